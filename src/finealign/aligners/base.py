@@ -1,0 +1,122 @@
+"""The aligner contract.
+
+Every aligner maps visual tokens (Nv, Lv, d) + mask and text tokens (Nt, Lt, d) + mask (plus
+optional pooled global vectors) to an (Nv, Nt) similarity matrix, and where the method has one,
+explains a single pair as a token-level alignment (which word goes to which region, with weight).
+
+Memory: `Aligner.forward` scores blocks of `chunk_visual × chunk_text` items at a time, so the
+largest temporary is (chunk_visual, chunk_text, Lv, Lt) and never (Nv, Nt, Lv, Lt).
+A new aligner subclasses `Aligner`, defines a `Config` dataclass and `score_block`, and registers
+itself with `@ALIGNERS.register("name")`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from finealign.aligners.validation import check_pair
+from finealign.errors import ConfigError
+from finealign.tokens import TokenBatch
+
+
+@dataclass
+class AlignerConfig:
+    """Options every token-level aligner shares."""
+
+    normalize: bool = True  # L2-normalise tokens first, so token similarities are cosines
+    chunk_visual: int = 64  # items per block along Nv
+    chunk_text: int = 256  # items per block along Nt
+
+    def __post_init__(self) -> None:
+        for key in ("chunk_visual", "chunk_text"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{key} must be a positive int, got {value!r}")
+
+
+@dataclass
+class TokenAlignment:
+    """How one (image, caption) pair was aligned, for interpretation and plots.
+
+    weights: (Lt, Lv) alignment weight of each real word to each real region (flow, attention,
+             or one-hot for hard alignment); padded tokens are removed.
+    word_to_region: (Lt,) index of the region each word relies on most.
+    score: the pair's similarity, equal to the aligner's matrix entry.
+    """
+
+    weights: Tensor
+    word_to_region: Tensor
+    score: float
+
+
+class Aligner(nn.Module):
+    """Base class. Subclasses set `Config` and implement `score_block`."""
+
+    Config = AlignerConfig
+    #: True if the aligner needs `pooled` global vectors on both sides.
+    needs_pooled: bool = False
+
+    def __init__(self, config: AlignerConfig | None = None):
+        super().__init__()
+        self.config = config if config is not None else self.Config()
+
+    # -- the contract -------------------------------------------------------------------------
+    def forward(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        """(Nv, Nt) similarity matrix, computed in bounded chunks."""
+        check_pair(visual, text, need_pooled=self.needs_pooled)
+        visual, text = self.prepare(visual), self.prepare(text)
+        cv, ct = self.config.chunk_visual, self.config.chunk_text
+        rows = []
+        for i in range(0, len(visual), cv):
+            vb = visual[i : i + cv]
+            rows.append(torch.cat([self.score_block(vb, text[j : j + ct]) for j in range(0, len(text), ct)], 1))
+        return torch.cat(rows, 0)
+
+    def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        """(nv, nt) scores for one block of already-prepared items."""
+        raise NotImplementedError
+
+    def explain(self, visual: TokenBatch, text: TokenBatch) -> TokenAlignment:
+        """Token-level alignment of one pair (visual and text of one item each)."""
+        raise NotImplementedError(f"{type(self).__name__} has no token-level alignment")
+
+    # -- helpers ------------------------------------------------------------------------------
+    def prepare(self, batch: TokenBatch) -> TokenBatch:
+        """Normalise tokens (and pooled vectors) when the config asks for cosine similarity."""
+        if not self.config.normalize:
+            return batch
+        pooled = None if batch.pooled is None else F.normalize(batch.pooled, dim=-1)
+        return TokenBatch(F.normalize(batch.tokens, dim=-1), batch.mask, pooled)
+
+    def prepare_pair(self, visual: TokenBatch, text: TokenBatch) -> tuple[TokenBatch, TokenBatch]:
+        """Validate and prepare a single pair for `explain`."""
+        check_pair(visual, text, need_pooled=self.needs_pooled)
+        if len(visual) != 1 or len(text) != 1:
+            raise ConfigError(
+                f"explain() takes one visual and one text item, got {len(visual)} and {len(text)}"
+            )
+        return self.prepare(visual), self.prepare(text)
+
+
+def token_similarities(visual: TokenBatch, text: TokenBatch) -> Tensor:
+    """(nv, nt, Lv, Lt) token-pair similarities of one block (fp32 accumulation for half inputs)."""
+    sim = torch.einsum("ikd,jld->ijkl", visual.tokens, text.tokens)
+    return sim
+
+
+def masked_fill_pairs(sim: Tensor, visual_mask: Tensor, text_mask: Tensor, value: float) -> Tensor:
+    """Set entries of a (nv, nt, Lv, Lt) block whose visual or text token is padding to `value`."""
+    valid = visual_mask[:, None, :, None] & text_mask[None, :, None, :]
+    return sim.masked_fill(~valid, value)
+
+
+def masked_mean(values: Tensor, mask: Tensor, dim: int) -> Tensor:
+    """Mean of `values` over `dim` counting only entries where `mask` (broadcastable) is True."""
+    # where() rather than multiply: padded entries may hold -inf, and -inf * 0 is NaN.
+    mask = mask.expand_as(values)
+    total = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum(dim)
+    return total / mask.sum(dim).clamp_min(1).to(values.dtype)

@@ -1,0 +1,69 @@
+"""Input checks shared by every aligner: wrong shapes, dtypes, NaN and empty items fail loudly."""
+
+from __future__ import annotations
+
+import torch
+
+from finealign.errors import ShapeError
+from finealign.tokens import TokenBatch
+
+
+def check_batch(batch: TokenBatch, name: str, *, need_pooled: bool = False) -> None:
+    """Raise ShapeError naming `name` if `batch` breaks the aligner contract.
+
+    Contract: tokens (N, L, d) floating; mask (N, L) bool; pooled (N, d) if given; no NaN/inf in
+    real tokens; every item has at least one real token (an all-padding item has no defined
+    score, so it is an error rather than a silent 0 or NaN).
+    """
+    if not isinstance(batch, TokenBatch):
+        raise ShapeError(f"{name}: expected a TokenBatch, got {type(batch).__name__}")
+    t, m = batch.tokens, batch.mask
+    if t.dim() != 3:
+        raise ShapeError(f"{name}.tokens must be (N, L, d), got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise ShapeError(f"{name}.tokens must be floating point, got {t.dtype}")
+    if m.dtype != torch.bool:
+        raise ShapeError(f"{name}.mask must be a bool tensor (True = real token), got {m.dtype}")
+    if m.shape != t.shape[:2]:
+        raise ShapeError(
+            f"{name}.mask must be (N, L) = {tuple(t.shape[:2])} to match the tokens, got {tuple(m.shape)}"
+        )
+    if m.device != t.device:
+        raise ShapeError(f"{name}.mask is on {m.device} but the tokens are on {t.device}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ShapeError(f"{name} is empty: tokens have shape {tuple(t.shape)}")
+    empty = ~m.any(dim=1)
+    if bool(empty.any()):
+        rows = empty.nonzero().flatten()[:5].tolist()
+        raise ShapeError(
+            f"{name}: item(s) {rows} have no real token (mask row all False); "
+            "drop them or unmask at least one token"
+        )
+    with torch.no_grad():
+        bad = ~torch.isfinite(t) & m.unsqueeze(-1)
+        if bool(bad.any()):
+            item = int(bad.any(-1).any(-1).nonzero()[0])
+            raise ShapeError(f"{name}.tokens holds NaN or inf (first at item {item})")
+    if batch.pooled is not None:
+        p = batch.pooled
+        if p.shape != (t.shape[0], t.shape[2]):
+            raise ShapeError(
+                f"{name}.pooled must be (N, d) = {(t.shape[0], t.shape[2])}, got {tuple(p.shape)}"
+            )
+        with torch.no_grad():
+            if not bool(torch.isfinite(p).all()):
+                raise ShapeError(f"{name}.pooled holds NaN or inf")
+    elif need_pooled:
+        raise ShapeError(f"{name}.pooled is required by this aligner but is None")
+
+
+def check_pair(visual: TokenBatch, text: TokenBatch, *, need_pooled: bool = False) -> None:
+    check_batch(visual, "visual", need_pooled=need_pooled)
+    check_batch(text, "text", need_pooled=need_pooled)
+    if visual.dim != text.dim:
+        raise ShapeError(
+            f"visual and text token dims differ: {visual.dim} vs {text.dim}; "
+            "project both to the joint embedding dimension first"
+        )
+    if visual.tokens.device != text.tokens.device:
+        raise ShapeError(f"visual is on {visual.tokens.device} but text is on {text.tokens.device}")

@@ -1,0 +1,45 @@
+"""The dataset contract: one retrieval split with captions grouped by image (or video).
+
+`RetrievalSplit` holds what evaluation needs: `num_items` images/videos, the captions, and for each
+caption the index of the item it describes (`caption_item`), so an image keeps all its (usually 5)
+captions and image→text counts a hit when any of them is retrieved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass
+class RetrievalSplit:
+    """One split of a retrieval dataset.
+
+    items: per image/video, what its vision-side encoder loads (path, frame list, feature index...).
+    captions: every caption, as text (or whatever the text-side encoder loads).
+    caption_item: (n_captions,) long tensor, the item index each caption belongs to.
+    load_item: raw loader for an item (defaults to returning `items[i]`).
+    """
+
+    name: str
+    items: list[Any]
+    captions: list[Any]
+    caption_item: torch.Tensor
+    load_item: Callable[[Any], Any] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def num_captions(self) -> int:
+        return len(self.captions)
+
+    def raw_item(self, i: int) -> Any:
+        return self.load_item(self.items[i]) if self.load_item else self.items[i]
+
+    def captions_of(self, i: int) -> list[int]:
+        return (self.caption_item == i).nonzero().flatten().tolist()
