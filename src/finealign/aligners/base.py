@@ -86,11 +86,16 @@ class Aligner(nn.Module):
 
     # -- helpers ------------------------------------------------------------------------------
     def prepare(self, batch: TokenBatch) -> TokenBatch:
-        """Normalise tokens (and pooled vectors) when the config asks for cosine similarity."""
-        if not self.config.normalize:
-            return batch
-        pooled = None if batch.pooled is None else F.normalize(batch.pooled, dim=-1)
-        return TokenBatch(F.normalize(batch.tokens, dim=-1), batch.mask, pooled)
+        """Zero padded tokens, then normalise tokens (and pooled vectors) when the config asks
+        for cosine similarity."""
+        # Validation only checks real tokens, so padding may hold NaN/inf. Masking scores later is
+        # not enough: in backward, einsum multiplies a zero gradient by the padded token (0 * NaN).
+        tokens = batch.tokens.masked_fill(~batch.mask.unsqueeze(-1), 0.0)
+        pooled = batch.pooled
+        if self.config.normalize:
+            tokens = F.normalize(tokens, dim=-1)
+            pooled = None if pooled is None else F.normalize(pooled, dim=-1)
+        return TokenBatch(tokens, batch.mask, pooled)
 
     def prepare_pair(self, visual: TokenBatch, text: TokenBatch) -> tuple[TokenBatch, TokenBatch]:
         """Validate and prepare a single pair for `explain`."""

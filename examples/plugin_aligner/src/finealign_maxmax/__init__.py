@@ -1,0 +1,1 @@
+"""Example finealign plugin package."""

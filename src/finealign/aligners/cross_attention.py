@@ -1,0 +1,95 @@
+"""Stacked cross attention, text → image (SCAN t-i): each word attends over the regions.
+
+For one (image, caption) pair with token similarities s(r, w) (cosines when `normalize` is on):
+  scan_norm:  ŝ(r, w) = leaky_relu(s(r, w), 0.1) / ‖leaky_relu(s(r, ·), 0.1)‖₂ over real words
+              (SCAN's "clipped l2norm"); without scan_norm, ŝ = s.
+  attention:  α(r | w) = softmax over real regions r of λ · ŝ(r, w)           (λ = lambda_softmax)
+  attended:   a_w = Σ_r α(r | w) · region_r
+  relevance:  R(w) = cos(word_w, a_w)                    (always a cosine, whatever `normalize`)
+  score:      mean over real words of R(w), or τ · log Σ_w exp(R(w) / τ) with pooling="lse".
+
+Memory: a_w is never materialised per pair. word·a_w = Σ_r α s(r, w) and
+‖a_w‖² = αᵀ G α with G the (Lv, Lv) Gram matrix of the regions, so a block needs only
+(nv, nt, Lv, Lt) temporaries, like every other aligner. Softmax, norms and pooling run in fp32
+for half-precision inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from finealign.aligners.base import Aligner, AlignerConfig, TokenAlignment, token_similarities
+from finealign.aligners.pooling import accumulation_dtype, check_pooling, masked_softmax, pool_masked
+from finealign.errors import ConfigError
+from finealign.registry import ALIGNERS
+from finealign.tokens import TokenBatch
+
+LEAKY_SLOPE = 0.1  # SCAN clips negative similarities with leaky_relu(0.1) before normalising
+NORM_EPS = 1e-12
+
+
+@dataclass
+class CrossAttentionConfig(AlignerConfig):
+    lambda_softmax: float = 9.0  # λ, inverse temperature of the attention softmax over regions
+    scan_norm: bool = True  # leaky-relu + l2-normalise similarities over words before the softmax
+    pooling: str = "mean"  # "mean" | "lse" over words
+    temperature: float = 0.1  # τ of the LogSumExp pooling: τ · logsumexp(R / τ)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        lam = self.lambda_softmax
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam > 0:
+            raise ConfigError(f"lambda_softmax must be a positive number, got {lam!r}")
+        if not isinstance(self.scan_norm, bool):
+            raise ConfigError(f"scan_norm must be True or False, got {self.scan_norm!r}")
+        check_pooling(self.pooling, self.temperature)
+
+
+@ALIGNERS.register("cross_attention")
+class CrossAttentionAligner(Aligner):
+    """SCAN text→image cross attention: each word attends over regions, cos(word, attended)."""
+
+    Config = CrossAttentionConfig
+
+    def attention(self, sim: Tensor, visual_mask: Tensor, text_mask: Tensor) -> Tensor:
+        """(nv, nt, Lv, Lt) α(r | w) from token similarities; zero on padded regions."""
+        region_real = visual_mask[:, None, :, None]
+        word_real = text_mask[None, :, None, :]
+        logits = sim
+        if self.config.scan_norm:
+            clipped = F.leaky_relu(sim, LEAKY_SLOPE)
+            clipped = torch.where(word_real, clipped, torch.zeros((), dtype=sim.dtype, device=sim.device))
+            logits = F.normalize(clipped, dim=3, eps=NORM_EPS)  # over words, per region
+        return masked_softmax(self.config.lambda_softmax * logits, region_real, dim=2)
+
+    def word_relevance(self, visual: TokenBatch, text: TokenBatch) -> tuple[Tensor, Tensor]:
+        """(attention α (nv, nt, Lv, Lt), relevance R (nv, nt, Lt)), in ≥ fp32."""
+        acc = accumulation_dtype(visual.tokens.dtype)
+        sim = token_similarities(visual, text).to(acc)
+        alpha = self.attention(sim, visual.mask, text.mask)
+        v = visual.tokens.to(acc)
+        gram = v @ v.transpose(1, 2)  # (nv, Lv, Lv)
+        dot = (alpha * sim).sum(2)  # word · a_w
+        attended_sq = (alpha * torch.einsum("ikm,ijml->ijkl", gram, alpha)).sum(2)  # ‖a_w‖²
+        attended_norm = attended_sq.clamp_min(NORM_EPS**2).sqrt()
+        word_norm = text.tokens.to(acc).norm(dim=-1)[None, :, :]  # (1, nt, Lt)
+        relevance = dot / (attended_norm * word_norm).clamp_min(NORM_EPS)
+        return alpha, relevance
+
+    def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        _, relevance = self.word_relevance(visual, text)
+        cfg = self.config
+        score = pool_masked(relevance, text.mask[None, :, :], 2, cfg.pooling, cfg.temperature)
+        return score.to(visual.tokens.dtype)
+
+    def explain(self, visual: TokenBatch, text: TokenBatch) -> TokenAlignment:
+        """weights[w, r] = α(r | w), the attention of each real word over the real regions."""
+        visual, text = self.prepare_pair(visual, text)
+        alpha, _ = self.word_relevance(visual, text)
+        weights = alpha[0, 0][visual.mask[0]][:, text.mask[0]].T.detach()  # (Lt, Lv)
+        score = self.score_block(visual, text)[0, 0]
+        return TokenAlignment(weights=weights, word_to_region=weights.argmax(dim=1), score=float(score))

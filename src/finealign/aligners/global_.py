@@ -1,0 +1,61 @@
+"""Global alignment: one vector per item, no token interaction (the CLIP-style baseline)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from finealign.aligners.base import Aligner, AlignerConfig
+from finealign.aligners.validation import check_pair
+from finealign.errors import ConfigError
+from finealign.registry import ALIGNERS
+from finealign.tokens import TokenBatch
+
+SOURCES = ("auto", "pooled", "mean")
+
+
+@dataclass
+class GlobalConfig(AlignerConfig):
+    # Where each item's global vector comes from:
+    #   "auto":   `pooled` when the batch has it (CLS / pooler output), else the masked token mean;
+    #   "pooled": always `pooled`; a batch without it is a ShapeError;
+    #   "mean":   always the masked mean of the real tokens, ignoring `pooled`.
+    # The mean is taken over the raw tokens, before `normalize` is applied to the result.
+    source: str = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.source not in SOURCES:
+            raise ConfigError(f"source must be one of {SOURCES}, got {self.source!r}")
+
+
+@ALIGNERS.register("global")
+class GlobalAligner(Aligner):
+    """Cosine of pooled global vectors (CLIP style); masked token mean when `pooled` is missing."""
+
+    Config = GlobalConfig
+
+    def forward(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        # One (Nv, d) x (d, Nt) matmul: no (Lv, Lt) temporaries, so no chunking.
+        check_pair(visual, text, need_pooled=self.config.source == "pooled")
+        return self.score_block(self.prepare(visual), self.prepare(text))
+
+    def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        return visual.pooled @ text.pooled.T
+
+    def prepare(self, batch: TokenBatch) -> TokenBatch:
+        """Fill `pooled` as `source` says, then normalise it (tokens are left as they are)."""
+        if self.config.source == "mean" or batch.pooled is None:
+            # Zero padding first: it may hold NaN, and the mean multiplies it by a 0 weight.
+            tokens = batch.tokens.masked_fill(~batch.mask.unsqueeze(-1), 0.0)
+            batch = TokenBatch(tokens, batch.mask, TokenBatch(tokens, batch.mask).mean_pooled())
+        pooled = F.normalize(batch.pooled, dim=-1) if self.config.normalize else batch.pooled
+        return TokenBatch(batch.tokens, batch.mask, pooled)
+
+    def explain(self, visual: TokenBatch, text: TokenBatch):
+        raise NotImplementedError(
+            "the 'global' aligner compares one vector per item, so it has no word-to-region "
+            "alignment to explain; use a token-level aligner (mean_max, hard, cross_attention, ...)"
+        )

@@ -1,0 +1,75 @@
+"""Hard alignment (CHAN): each word keeps only its most relevant region; the rest is dropped.
+
+score(text direction) = pool over real words w of max over real regions r of s(w, r)
+score(visual direction) = pool over real regions r of max over real words w of s(w, r)
+"both" averages the two. s is the cosine when `normalize` is on (the default).
+
+pool is `mean` or `lse`: τ · log Σ exp(x / τ) over the real entries (CHAN's LogSumExp with
+λ = 1/τ; τ = temperature, default 0.1). With mean pooling this is exactly `mean_max`; both names
+are kept because they are different framings (CHAN's hard alignment vs ColBERT's MaxSim).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from finealign.aligners.base import (
+    Aligner,
+    AlignerConfig,
+    TokenAlignment,
+    masked_fill_pairs,
+    token_similarities,
+)
+from finealign.aligners.pooling import check_pooling, pool_masked
+from finealign.errors import ConfigError
+from finealign.registry import ALIGNERS
+from finealign.tokens import TokenBatch
+
+DIRECTIONS = ("text", "visual", "both")
+
+
+@dataclass
+class HardConfig(AlignerConfig):
+    pooling: str = "lse"  # "mean" | "lse" over words (or regions, for the visual direction)
+    temperature: float = 0.1  # τ of the LogSumExp pooling: τ · logsumexp(x / τ)
+    # "text": word → best region; "visual": region → best word; "both": the mean of the two.
+    direction: str = "text"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_pooling(self.pooling, self.temperature)
+        if self.direction not in DIRECTIONS:
+            raise ConfigError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
+
+
+@ALIGNERS.register("hard")
+class HardAligner(Aligner):
+    """Hard alignment (CHAN): each word keeps only its best region, pooled by mean or LogSumExp."""
+
+    Config = HardConfig
+
+    def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        cfg = self.config
+        sim = masked_fill_pairs(token_similarities(visual, text), visual.mask, text.mask, float("-inf"))
+        parts = []
+        if cfg.direction in ("text", "both"):
+            word_best = sim.amax(dim=2)  # (nv, nt, Lt)
+            parts.append(pool_masked(word_best, text.mask[None, :, :], 2, cfg.pooling, cfg.temperature))
+        if cfg.direction in ("visual", "both"):
+            region_best = sim.amax(dim=3)  # (nv, nt, Lv)
+            parts.append(pool_masked(region_best, visual.mask[:, None, :], 2, cfg.pooling, cfg.temperature))
+        score = parts[0] if len(parts) == 1 else 0.5 * (parts[0] + parts[1])
+        return score.to(sim.dtype)
+
+    def explain(self, visual: TokenBatch, text: TokenBatch) -> TokenAlignment:
+        """One-hot word → region weights (each word's kept region), whatever the direction."""
+        visual, text = self.prepare_pair(visual, text)
+        v = visual.tokens[0][visual.mask[0]]
+        t = text.tokens[0][text.mask[0]]
+        best = (t @ v.T).argmax(dim=1)  # (Lt,)
+        weights = v.new_zeros(len(t), len(v))
+        weights[range(len(best)), best] = 1.0
+        score = self.score_block(visual, text)[0, 0]
+        return TokenAlignment(weights=weights, word_to_region=best, score=float(score))

@@ -1,0 +1,54 @@
+"""Masked reductions shared by several aligners: softmax over real tokens and word pooling.
+
+All of them compute in at least fp32 (half-precision inputs are upcast) and ignore masked
+entries exactly, whatever value those hold (including -inf).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from finealign.errors import ConfigError
+
+POOLINGS = ("mean", "lse")
+
+
+def check_pooling(pooling: str, temperature: float) -> None:
+    """Raise ConfigError unless `pooling` is known and `temperature` is a positive number."""
+    if pooling not in POOLINGS:
+        raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ConfigError(f"temperature must be a positive number, got {temperature!r}")
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for half types (bf16/fp16), the input dtype otherwise (fp32 stays, fp64 stays)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def masked_softmax(logits: Tensor, mask: Tensor, dim: int) -> Tensor:
+    """Softmax over `dim` among entries where `mask` (broadcastable) is True; masked entries get 0.
+
+    Every slice must hold at least one True entry (validation guarantees a real token per item).
+    """
+    neg_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
+    return torch.softmax(torch.where(mask, logits, neg_inf), dim=dim)
+
+
+def pool_masked(values: Tensor, mask: Tensor, dim: int, pooling: str, temperature: float) -> Tensor:
+    """Pool `values` over `dim`, counting only entries where `mask` (broadcastable) is True.
+
+    mean: Σ v / n over real entries.
+    lse:  τ · log Σ exp(v / τ) over real entries (SCAN/CHAN LogSumExp with λ = 1/τ). It tends to
+          the max as τ → 0; note it is not normalised by n, so it grows by τ·log n with length.
+    """
+    values = values.to(accumulation_dtype(values.dtype))
+    mask = mask.expand_as(values)
+    if pooling == "mean":
+        zero = torch.zeros((), dtype=values.dtype, device=values.device)
+        return torch.where(mask, values, zero).sum(dim) / mask.sum(dim).clamp_min(1).to(values.dtype)
+    if pooling == "lse":
+        neg_inf = torch.tensor(float("-inf"), dtype=values.dtype, device=values.device)
+        return temperature * torch.logsumexp(torch.where(mask, values / temperature, neg_inf), dim=dim)
+    raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")

@@ -1,0 +1,113 @@
+"""Weighted token-wise interaction (DRL "WTI"): mean_max with learned per-token weights.
+
+text → visual:  Σ_w  a_w · max_r s(w, r),   a = softmax over real words of Linear(d, 1)(word)
+visual → text:  Σ_r  b_r · max_w s(w, r),   b = softmax over real regions of Linear(d, 1)(region)
+"both" averages the two directions. The weights are computed from the prepared tokens (unit
+vectors when `normalize` is on). Both Linear layers start at zero, so an untrained aligner gives
+uniform weights, i.e. exactly `mean_max`, and learns away from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from finealign.aligners.base import (
+    Aligner,
+    AlignerConfig,
+    TokenAlignment,
+    masked_fill_pairs,
+    token_similarities,
+)
+from finealign.aligners.pooling import accumulation_dtype, masked_softmax
+from finealign.errors import ConfigError, ShapeError
+from finealign.registry import ALIGNERS
+from finealign.tokens import TokenBatch
+
+DIRECTIONS = ("text", "visual", "both")
+
+
+@dataclass
+class WeightedMeanMaxConfig(AlignerConfig):
+    dim: int | None = None  # token dimension d (required: it sizes the weight layers)
+    # "text": weighted words → best region; "visual": weighted regions → best word; "both": mean.
+    direction: str = "both"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dim is None:
+            raise ConfigError("weighted_mean_max needs `dim`, the token dimension of its weight layers")
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
+            raise ConfigError(f"dim must be a positive int, got {self.dim!r}")
+        if self.direction not in DIRECTIONS:
+            raise ConfigError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
+
+
+@ALIGNERS.register("weighted_mean_max")
+class WeightedMeanMaxAligner(Aligner):
+    """Weighted mean of per-word max (DRL WTI): learned softmax token weights instead of a mean."""
+
+    Config = WeightedMeanMaxConfig
+
+    def __init__(self, config: WeightedMeanMaxConfig | None = None):
+        super().__init__(config)
+        cfg = self.config
+        # Only the layers the direction uses exist, so no parameter is left without a gradient.
+        self.text_weight = self._zero_linear(cfg.dim) if cfg.direction in ("text", "both") else None
+        self.visual_weight = self._zero_linear(cfg.dim) if cfg.direction in ("visual", "both") else None
+
+    @staticmethod
+    def _zero_linear(dim: int) -> nn.Linear:
+        layer = nn.Linear(dim, 1)
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+        return layer
+
+    def token_weights(self, batch: TokenBatch, layer: nn.Linear) -> Tensor:
+        """(n, L) softmax weights over each item's real tokens (0 on padding), in ≥ fp32."""
+        if batch.dim != layer.in_features:
+            raise ShapeError(
+                f"weighted_mean_max was built with dim={layer.in_features} but the tokens have d={batch.dim}"
+            )
+        acc = accumulation_dtype(batch.tokens.dtype)
+        logits = nn.functional.linear(batch.tokens.to(acc), layer.weight.to(acc), layer.bias.to(acc))
+        return masked_softmax(logits.squeeze(-1), batch.mask, dim=1)
+
+    def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        sim = masked_fill_pairs(token_similarities(visual, text), visual.mask, text.mask, float("-inf"))
+        parts = []
+        if self.text_weight is not None:
+            word_best = sim.amax(dim=2)  # (nv, nt, Lt)
+            weights = self.token_weights(text, self.text_weight)
+            parts.append(_weighted_sum(word_best, weights[None, :, :], text.mask[None, :, :]))
+        if self.visual_weight is not None:
+            region_best = sim.amax(dim=3)  # (nv, nt, Lv)
+            weights = self.token_weights(visual, self.visual_weight)
+            parts.append(_weighted_sum(region_best, weights[:, None, :], visual.mask[:, None, :]))
+        score = parts[0] if len(parts) == 1 else 0.5 * (parts[0] + parts[1])
+        return score.to(sim.dtype)
+
+    def explain(self, visual: TokenBatch, text: TokenBatch) -> TokenAlignment:
+        """Each word's best region, weighted by the word's learned weight (uniform for 'visual')."""
+        visual, text = self.prepare_pair(visual, text)
+        v = visual.tokens[0][visual.mask[0]]
+        t = text.tokens[0][text.mask[0]]
+        best = (t @ v.T).argmax(dim=1)
+        if self.text_weight is not None:
+            word_weight = self.token_weights(text, self.text_weight)[0][text.mask[0]]
+        else:
+            word_weight = torch.full((len(t),), 1.0 / len(t), device=t.device)
+        weights = v.new_zeros(len(t), len(v))
+        weights[range(len(best)), best] = word_weight.to(weights.dtype).detach()
+        score = self.score_block(visual, text)[0, 0]
+        return TokenAlignment(weights=weights, word_to_region=best, score=float(score))
+
+
+def _weighted_sum(values: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
+    """Σ weights · values over the last dim, real entries only (padded values are -inf, and
+    -inf · 0 would be NaN, hence where() rather than relying on the zero weight)."""
+    values = values.to(weights.dtype)
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    return torch.where(mask, weights * values, zero).sum(-1)
