@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from finealign.aligners.validation import check_pair
-from finealign.errors import ConfigError
+from finealign.aligners.validation import check_pair, check_pair_indices
+from finealign.errors import ConfigError, ShapeError
 from finealign.tokens import TokenBatch
 
 
@@ -30,9 +30,10 @@ class AlignerConfig:
     normalize: bool = True  # L2-normalise tokens first, so token similarities are cosines
     chunk_visual: int = 64  # items per block along Nv
     chunk_text: int = 256  # items per block along Nt
+    chunk_pairs: int = 32  # pairs per block in `score_pairs` (the generic path costs chunk² pairs)
 
     def __post_init__(self) -> None:
-        for key in ("chunk_visual", "chunk_text"):
+        for key in ("chunk_visual", "chunk_text", "chunk_pairs"):
             value = getattr(self, key)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key} must be a positive int, got {value!r}")
@@ -80,6 +81,33 @@ class Aligner(nn.Module):
         """(nv, nt) scores for one block of already-prepared items."""
         raise NotImplementedError
 
+    def score_pairs(self, visual: TokenBatch, text: TokenBatch, pairs: Tensor | None = None) -> Tensor:
+        """(P,) scores of chosen (visual item, text item) pairs, without the full matrix.
+
+        pairs: (P, 2) integer tensor of (visual index, text index) rows; None pairs item p of
+        `visual` with item p of `text` (both must then hold P items). Entry p equals
+        `self(visual, text)[pairs[p, 0], pairs[p, 1]]`. Used by `two_stage` to re-rank a shortlist.
+        """
+        check_pair(visual, text, need_pooled=self.needs_pooled)
+        pairs = resolve_pairs(visual, text, pairs)
+        visual, text = self.prepare(visual), self.prepare(text)
+        step = self.config.chunk_pairs
+        scores = [
+            self.score_pair_block(visual[pairs[i : i + step, 0]], text[pairs[i : i + step, 1]])
+            for i in range(0, len(pairs), step)
+        ]
+        if not scores:  # no pairs: an empty result of the dtype the matrix would have
+            return visual.tokens.new_zeros(0)
+        return torch.cat(scores)
+
+    def score_pair_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        """(c,) scores of item p with item p for one chunk of already-prepared pairs.
+
+        Generic and correct for every aligner: the diagonal of the c × c block (c² work).
+        Aligners with a direct paired form override this for speed.
+        """
+        return self.score_block(visual, text).diagonal()
+
     def explain(self, visual: TokenBatch, text: TokenBatch) -> TokenAlignment:
         """Token-level alignment of one pair (visual and text of one item each)."""
         raise NotImplementedError(f"{type(self).__name__} has no token-level alignment")
@@ -107,6 +135,26 @@ class Aligner(nn.Module):
         return self.prepare(visual), self.prepare(text)
 
 
+def resolve_pairs(visual: TokenBatch, text: TokenBatch, pairs: Tensor | None) -> Tensor:
+    """The checked (P, 2) index pairs of `score_pairs`, on the tokens' device (None → item p with item p)."""
+    if pairs is None:
+        if len(visual) != len(text):
+            raise ShapeError(
+                f"score_pairs pairs item p with item p, so visual and text need equal lengths; "
+                f"got {len(visual)} and {len(text)} (pass `pairs` to choose other pairs)"
+            )
+        pairs = torch.arange(len(visual), device=visual.tokens.device).unsqueeze(1).expand(-1, 2)
+    check_pair_indices(pairs, len(visual), len(text))
+    return pairs.to(visual.tokens.device)
+
+
+def global_vectors(batch: TokenBatch) -> Tensor:
+    """(N, d) `pooled`, or the masked token mean when it is None (NaN/inf padding cannot leak in)."""
+    if batch.pooled is not None:
+        return batch.pooled
+    return masked_mean(batch.tokens, batch.mask.unsqueeze(-1), dim=1)
+
+
 def token_similarities(visual: TokenBatch, text: TokenBatch) -> Tensor:
     """(nv, nt, Lv, Lt) token-pair similarities of one block (fp32 accumulation for half inputs)."""
     sim = torch.einsum("ikd,jld->ijkl", visual.tokens, text.tokens)
@@ -117,6 +165,14 @@ def masked_fill_pairs(sim: Tensor, visual_mask: Tensor, text_mask: Tensor, value
     """Set entries of a (nv, nt, Lv, Lt) block whose visual or text token is padding to `value`."""
     valid = visual_mask[:, None, :, None] & text_mask[None, :, None, :]
     return sim.masked_fill(~valid, value)
+
+
+def paired_token_similarities(visual: TokenBatch, text: TokenBatch, padding_value: float) -> Tensor:
+    """(c, Lv, Lt) token similarities of item p with item p; pairs with a padded token get
+    `padding_value`. The paired counterpart of token_similarities + masked_fill_pairs."""
+    sim = torch.einsum("pkd,pld->pkl", visual.tokens, text.tokens)
+    valid = visual.mask[:, :, None] & text.mask[:, None, :]
+    return sim.masked_fill(~valid, padding_value)
 
 
 def masked_mean(values: Tensor, mask: Tensor, dim: int) -> Tensor:

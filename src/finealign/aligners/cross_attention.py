@@ -55,41 +55,61 @@ class CrossAttentionAligner(Aligner):
 
     Config = CrossAttentionConfig
 
-    def attention(self, sim: Tensor, visual_mask: Tensor, text_mask: Tensor) -> Tensor:
-        """(nv, nt, Lv, Lt) α(r | w) from token similarities; zero on padded regions."""
-        region_real = visual_mask[:, None, :, None]
-        word_real = text_mask[None, :, None, :]
+    def attention(self, sim: Tensor, region_real: Tensor, word_real: Tensor) -> Tensor:
+        """α(r | w) (..., Lv, Lt) from similarities (..., Lv, Lt); zero on padded regions.
+
+        region_real / word_real: masks broadcastable to (..., Lv, 1) / (..., 1, Lt).
+        """
         logits = sim
         if self.config.scan_norm:
             clipped = F.leaky_relu(sim, LEAKY_SLOPE)
             clipped = torch.where(word_real, clipped, torch.zeros((), dtype=sim.dtype, device=sim.device))
-            logits = F.normalize(clipped, dim=3, eps=NORM_EPS)  # over words, per region
-        return masked_softmax(self.config.lambda_softmax * logits, region_real, dim=2)
+            logits = F.normalize(clipped, dim=-1, eps=NORM_EPS)  # over words, per region
+        return masked_softmax(self.config.lambda_softmax * logits, region_real, dim=-2)
 
-    def word_relevance(self, visual: TokenBatch, text: TokenBatch) -> tuple[Tensor, Tensor]:
-        """(attention α (nv, nt, Lv, Lt), relevance R (nv, nt, Lt)), in ≥ fp32."""
+    def block_relevance(self, visual: TokenBatch, text: TokenBatch) -> tuple[Tensor, Tensor]:
+        """(attention α (nv, nt, Lv, Lt), relevance R (nv, nt, Lt)) of a block, in ≥ fp32."""
         acc = accumulation_dtype(visual.tokens.dtype)
         sim = token_similarities(visual, text).to(acc)
-        alpha = self.attention(sim, visual.mask, text.mask)
+        alpha = self.attention(sim, visual.mask[:, None, :, None], text.mask[None, :, None, :])
         v = visual.tokens.to(acc)
-        gram = v @ v.transpose(1, 2)  # (nv, Lv, Lv)
-        dot = (alpha * sim).sum(2)  # word · a_w
-        attended_sq = (alpha * torch.einsum("ikm,ijml->ijkl", gram, alpha)).sum(2)  # ‖a_w‖²
-        attended_norm = attended_sq.clamp_min(NORM_EPS**2).sqrt()
+        gram_alpha = torch.einsum("ikm,ijml->ijkl", v @ v.transpose(1, 2), alpha)  # G α per pair
         word_norm = text.tokens.to(acc).norm(dim=-1)[None, :, :]  # (1, nt, Lt)
-        relevance = dot / (attended_norm * word_norm).clamp_min(NORM_EPS)
-        return alpha, relevance
+        return alpha, _cosine_with_attended(alpha, sim, gram_alpha, word_norm)
+
+    def paired_relevance(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        """Relevance R (c, Lt) of item p with item p, in ≥ fp32."""
+        acc = accumulation_dtype(visual.tokens.dtype)
+        v, t = visual.tokens.to(acc), text.tokens.to(acc)
+        sim = v @ t.transpose(1, 2)  # (c, Lv, Lt)
+        alpha = self.attention(sim, visual.mask[:, :, None], text.mask[:, None, :])
+        gram_alpha = (v @ v.transpose(1, 2)) @ alpha
+        return _cosine_with_attended(alpha, sim, gram_alpha, t.norm(dim=-1))
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
-        _, relevance = self.word_relevance(visual, text)
-        cfg = self.config
-        score = pool_masked(relevance, text.mask[None, :, :], 2, cfg.pooling, cfg.temperature)
-        return score.to(visual.tokens.dtype)
+        _, relevance = self.block_relevance(visual, text)
+        return self._pool(relevance, text.mask[None, :, :]).to(visual.tokens.dtype)
+
+    def score_pair_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        # Item p with item p only: (c, Lv, Lt) instead of the c × c block.
+        return self._pool(self.paired_relevance(visual, text), text.mask).to(visual.tokens.dtype)
+
+    def _pool(self, relevance: Tensor, word_mask: Tensor) -> Tensor:
+        return pool_masked(relevance, word_mask, -1, self.config.pooling, self.config.temperature)
 
     def explain(self, visual: TokenBatch, text: TokenBatch) -> TokenAlignment:
         """weights[w, r] = α(r | w), the attention of each real word over the real regions."""
         visual, text = self.prepare_pair(visual, text)
-        alpha, _ = self.word_relevance(visual, text)
+        alpha, _ = self.block_relevance(visual, text)
         weights = alpha[0, 0][visual.mask[0]][:, text.mask[0]].T.detach()  # (Lt, Lv)
         score = self.score_block(visual, text)[0, 0]
-        return TokenAlignment(weights=weights, word_to_region=weights.argmax(dim=1), score=float(score))
+        best = weights.argmax(dim=1)
+        return TokenAlignment(weights=weights, word_to_region=best, score=float(score.detach()))
+
+
+def _cosine_with_attended(alpha: Tensor, sim: Tensor, gram_alpha: Tensor, word_norm: Tensor) -> Tensor:
+    """cos(word_w, a_w) per word (..., Lt) without forming a_w = Σ_r α(r | w) region_r:
+    word · a_w = Σ_r α s(r, w) and ‖a_w‖² = αᵀ G α (gram_alpha = G α)."""
+    dot = (alpha * sim).sum(-2)
+    attended_norm = (alpha * gram_alpha).sum(-2).clamp_min(NORM_EPS**2).sqrt()
+    return dot / (attended_norm * word_norm).clamp_min(NORM_EPS)

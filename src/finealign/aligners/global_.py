@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from finealign.aligners.base import Aligner, AlignerConfig
+from finealign.aligners.pooling import accumulation_dtype
 from finealign.aligners.validation import check_pair
 from finealign.errors import ConfigError
 from finealign.registry import ALIGNERS
@@ -37,13 +38,21 @@ class GlobalAligner(Aligner):
 
     Config = GlobalConfig
 
+    def __init__(self, config: GlobalConfig | None = None):
+        super().__init__(config)
+        self.needs_pooled = self.config.source == "pooled"
+
     def forward(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         # One (Nv, d) x (d, Nt) matmul: no (Lv, Lt) temporaries, so no chunking.
-        check_pair(visual, text, need_pooled=self.config.source == "pooled")
+        check_pair(visual, text, need_pooled=self.needs_pooled)
         return self.score_block(self.prepare(visual), self.prepare(text))
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         return visual.pooled @ text.pooled.T
+
+    def score_pair_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        acc = accumulation_dtype(visual.pooled.dtype)  # a d-long sum: fp32 for half inputs, like matmul
+        return (visual.pooled.to(acc) * text.pooled.to(acc)).sum(-1).to(visual.pooled.dtype)
 
     def prepare(self, batch: TokenBatch) -> TokenBatch:
         """Fill `pooled` as `source` says, then normalise it (tokens are left as they are)."""

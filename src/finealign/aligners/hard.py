@@ -20,6 +20,7 @@ from finealign.aligners.base import (
     AlignerConfig,
     TokenAlignment,
     masked_fill_pairs,
+    paired_token_similarities,
     token_similarities,
 )
 from finealign.aligners.pooling import check_pooling, pool_masked
@@ -51,15 +52,23 @@ class HardAligner(Aligner):
     Config = HardConfig
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
-        cfg = self.config
         sim = masked_fill_pairs(token_similarities(visual, text), visual.mask, text.mask, float("-inf"))
+        return self._reduce(sim, visual.mask[:, None, :], text.mask[None, :, :])
+
+    def score_pair_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        # Item p with item p only: (c, Lv, Lt) instead of the c × c block.
+        return self._reduce(paired_token_similarities(visual, text, float("-inf")), visual.mask, text.mask)
+
+    def _reduce(self, sim: Tensor, visual_mask: Tensor, text_mask: Tensor) -> Tensor:
+        """Scores from masked similarities (..., Lv, Lt) (padding = -inf); masks broadcast to (..., L)."""
+        cfg = self.config
         parts = []
         if cfg.direction in ("text", "both"):
-            word_best = sim.amax(dim=2)  # (nv, nt, Lt)
-            parts.append(pool_masked(word_best, text.mask[None, :, :], 2, cfg.pooling, cfg.temperature))
+            word_best = sim.amax(dim=-2)  # (..., Lt): each word keeps its best region
+            parts.append(pool_masked(word_best, text_mask, -1, cfg.pooling, cfg.temperature))
         if cfg.direction in ("visual", "both"):
-            region_best = sim.amax(dim=3)  # (nv, nt, Lv)
-            parts.append(pool_masked(region_best, visual.mask[:, None, :], 2, cfg.pooling, cfg.temperature))
+            region_best = sim.amax(dim=-1)  # (..., Lv): each region keeps its best word
+            parts.append(pool_masked(region_best, visual_mask, -1, cfg.pooling, cfg.temperature))
         score = parts[0] if len(parts) == 1 else 0.5 * (parts[0] + parts[1])
         return score.to(sim.dtype)
 
@@ -72,4 +81,4 @@ class HardAligner(Aligner):
         weights = v.new_zeros(len(t), len(v))
         weights[range(len(best)), best] = 1.0
         score = self.score_block(visual, text)[0, 0]
-        return TokenAlignment(weights=weights, word_to_region=best, score=float(score))
+        return TokenAlignment(weights=weights, word_to_region=best, score=float(score.detach()))

@@ -12,9 +12,12 @@ from finealign.aligners.base import (
     TokenAlignment,
     masked_fill_pairs,
     masked_mean,
+    paired_token_similarities,
     token_similarities,
 )
+from finealign.aligners.validation import check_pair
 from finealign.errors import ConfigError
+from finealign.kernels import check_backend, maxsim_scores, use_triton
 from finealign.registry import ALIGNERS
 from finealign.tokens import TokenBatch
 
@@ -24,11 +27,14 @@ class MeanMaxConfig(AlignerConfig):
     # "text": each word takes its best region, averaged over words (ColBERT/FILIP t2v);
     # "both": the mean of that and the region→word direction (FILIP / DRL bidirectional).
     direction: str = "text"
+    # "auto": the fused Triton kernel for CUDA tensors when Triton imports, torch otherwise.
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.direction not in ("text", "both"):
             raise ConfigError(f"direction must be 'text' or 'both', got {self.direction!r}")
+        check_backend(self.backend)
 
 
 @ALIGNERS.register("mean_max")
@@ -37,13 +43,34 @@ class MeanMaxAligner(Aligner):
 
     Config = MeanMaxConfig
 
+    def forward(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        if not isinstance(visual, TokenBatch) or not use_triton(self.config.backend, visual.tokens):
+            return super().forward(visual, text)  # (which also rejects bad inputs)
+        # The fused kernel keeps token pairs on chip, so the whole matrix is one launch.
+        check_pair(visual, text, need_pooled=self.needs_pooled)
+        return self.score_block(self.prepare(visual), self.prepare(text))
+
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        if use_triton(self.config.backend, visual.tokens):
+            scores = maxsim_scores(
+                visual.tokens, visual.mask, text.tokens, text.mask, "mean", self.config.direction, backend="triton"
+            )
+            return scores.to(visual.tokens.dtype)
         sim = masked_fill_pairs(token_similarities(visual, text), visual.mask, text.mask, float("-inf"))
-        word_best = sim.amax(dim=2)  # (nv, nt, Lt): best region per word
-        score = masked_mean(word_best, text.mask[None, :, :], dim=2)
+        return self._reduce(sim, visual.mask[:, None, :], text.mask[None, :, :])
+
+    def score_pair_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        # Paired form: item p with item p only, (c, Lv, Lt) instead of the c × c block.
+        sim = paired_token_similarities(visual, text, float("-inf"))
+        return self._reduce(sim, visual.mask, text.mask)
+
+    def _reduce(self, sim: Tensor, visual_mask: Tensor, text_mask: Tensor) -> Tensor:
+        """Scores from masked similarities (..., Lv, Lt) (padding = -inf); masks broadcast to (..., L)."""
+        word_best = sim.amax(dim=-2)  # (..., Lt): best region per word
+        score = masked_mean(word_best, text_mask, dim=-1)
         if self.config.direction == "both":
-            region_best = sim.amax(dim=3)  # (nv, nt, Lv): best word per region
-            score = 0.5 * (score + masked_mean(region_best, visual.mask[:, None, :], dim=2))
+            region_best = sim.amax(dim=-1)  # (..., Lv): best word per region
+            score = 0.5 * (score + masked_mean(region_best, visual_mask, dim=-1))
         return score
 
     def explain(self, visual: TokenBatch, text: TokenBatch) -> TokenAlignment:

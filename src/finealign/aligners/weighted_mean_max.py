@@ -19,6 +19,7 @@ from finealign.aligners.base import (
     AlignerConfig,
     TokenAlignment,
     masked_fill_pairs,
+    paired_token_similarities,
     token_similarities,
 )
 from finealign.aligners.pooling import accumulation_dtype, masked_softmax
@@ -77,15 +78,25 @@ class WeightedMeanMaxAligner(Aligner):
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         sim = masked_fill_pairs(token_similarities(visual, text), visual.mask, text.mask, float("-inf"))
+        return self._reduce(sim, visual, text, lambda x: x[:, None, :], lambda x: x[None, :, :])
+
+    def score_pair_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        # Item p with item p only: (c, Lv, Lt) instead of the c × c block.
+        sim = paired_token_similarities(visual, text, float("-inf"))
+        return self._reduce(sim, visual, text, lambda x: x, lambda x: x)
+
+    def _reduce(self, sim: Tensor, visual: TokenBatch, text: TokenBatch, as_visual, as_text) -> Tensor:
+        """Scores from masked similarities (..., Lv, Lt) (padding = -inf). `as_visual`/`as_text`
+        reshape per-item (n, L) weights and masks to broadcast against (..., L)."""
         parts = []
         if self.text_weight is not None:
-            word_best = sim.amax(dim=2)  # (nv, nt, Lt)
+            word_best = sim.amax(dim=-2)  # (..., Lt): best region per word
             weights = self.token_weights(text, self.text_weight)
-            parts.append(_weighted_sum(word_best, weights[None, :, :], text.mask[None, :, :]))
+            parts.append(_weighted_sum(word_best, as_text(weights), as_text(text.mask)))
         if self.visual_weight is not None:
-            region_best = sim.amax(dim=3)  # (nv, nt, Lv)
+            region_best = sim.amax(dim=-1)  # (..., Lv): best word per region
             weights = self.token_weights(visual, self.visual_weight)
-            parts.append(_weighted_sum(region_best, weights[:, None, :], visual.mask[:, None, :]))
+            parts.append(_weighted_sum(region_best, as_visual(weights), as_visual(visual.mask)))
         score = parts[0] if len(parts) == 1 else 0.5 * (parts[0] + parts[1])
         return score.to(sim.dtype)
 
@@ -102,12 +113,13 @@ class WeightedMeanMaxAligner(Aligner):
         weights = v.new_zeros(len(t), len(v))
         weights[range(len(best)), best] = word_weight.to(weights.dtype).detach()
         score = self.score_block(visual, text)[0, 0]
-        return TokenAlignment(weights=weights, word_to_region=best, score=float(score))
+        return TokenAlignment(weights=weights, word_to_region=best, score=float(score.detach()))
 
 
 def _weighted_sum(values: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
-    """Σ weights · values over the last dim, real entries only (padded values are -inf, and
-    -inf · 0 would be NaN, hence where() rather than relying on the zero weight)."""
+    """Σ weights · values over the last dim, real entries only."""
+    # Padded values are -inf: zero them before multiplying, since even a masked -inf · 0 = NaN
+    # turns into a NaN gradient for the weights.
     values = values.to(weights.dtype)
     zero = torch.zeros((), dtype=values.dtype, device=values.device)
-    return torch.where(mask, weights * values, zero).sum(-1)
+    return (weights * torch.where(mask, values, zero)).sum(-1)

@@ -12,6 +12,13 @@ from finealign.errors import FinealignError
 # subcommand → (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("finealign.cli.list_cmd", "list registered aligners, losses, encoders, datasets"),
+    "profile": ("finealign.cli.profile_cmd", "profile aligners: latency, memory, FLOPs, traces, scaling"),
+    "train": ("finealign.cli.train_cmd", "train and evaluate one experiment (Hydra overrides: aligner=hard ...)"),
+    "eval": ("finealign.cli.eval_cmd", "evaluate a saved model: finealign eval ckpt=PATH [overrides]"),
+    "sweep": ("finealign.cli.sweep_cmd", "run or join an Optuna sweep over aligners, losses, encoders"),
+    "report": ("finealign.cli.report_cmd", "rebuild a sweep's table, CSV and plot from its storage"),
+    "download": ("finealign.cli.download_cmd", "download a dataset's public files; say where the rest goes"),
+    "cache": ("finealign.cli.cache_cmd", "encode a dataset split once with frozen encoders into a feature cache"),
 }
 
 

@@ -1,1 +1,14 @@
-"""kernels."""
+"""Fused token-level scoring kernels (Triton on CUDA) with torch fallbacks.
+
+- `maxsim_scores`: mean-max / hard alignment / weighted token-wise interaction, one score per
+  (image, caption) pair without materialising the (Nv, Nt, Lv, Lt) token-pair tensor.
+- `sinkhorn_flow_scores`: TokenFlow's Σ flow·sim per pair, a log-domain Sinkhorn run on chip.
+
+`backend="auto"` uses Triton for CUDA tensors (fp16/bf16/fp32) when it imports, torch otherwise.
+"""
+
+from finealign.kernels.api import maxsim_scores, sinkhorn_flow_scores
+from finealign.kernels.dispatch import BACKENDS, check_backend, use_triton
+from finealign.kernels.tiles import Tiles
+
+__all__ = ["BACKENDS", "Tiles", "check_backend", "maxsim_scores", "sinkhorn_flow_scores", "use_triton"]

@@ -1,0 +1,144 @@
+"""TokenFlow: optimal-transport flow between visual and text tokens.
+
+For one (image, caption) pair with token similarities S (Lv × Lt, cosines when `normalize`):
+
+* Marginals. `importance`: a region's mass is softmax over the image's real regions of
+  sim(region, caption's global vector) / τ, and a word's mass is softmax over the caption's real
+  words of sim(word, image's global vector) / τ (τ = `marginal_temperature`; the global vector is
+  `pooled`, or the masked token mean when an encoder gives none). `uniform`: 1/Lv and 1/Lt.
+  Padded tokens get exactly zero mass.
+* Cost C = 1 − S. (−S gives the same plan: adding a constant to the cost only rescales the Gibbs
+  kernel, which the Sinkhorn scalings absorb, because both marginals sum to 1.)
+* Flow P = the entropic OT plan (log-domain Sinkhorn, `epsilon`, `iterations`; see sinkhorn.py),
+  and the pair's score is Σ P ⊙ S.
+
+Subsumption of token-wise aggregation (`relax_visual=True`). Enforce only the word marginal b
+and leave the region marginal free (one-sided OT):
+
+    min_P  Σ_ij P_ij C_ij + ε Σ_ij P_ij (log P_ij − 1)   s.t.  Σ_i P_ij = b_j.
+
+The problem separates over words j; the Lagrangian stationarity condition C_ij + ε log P_ij = λ_j
+gives P_ij = b_j · softmax_i(−C_ij/ε) = b_j · softmax_i(S_ij/ε) over the real regions. Hence
+
+    score = Σ_j b_j Σ_i softmax_i(S_ij/ε) S_ij  →  Σ_j b_j max_i S_ij     as ε → 0,
+
+(the gap is at most ε·log Lv), which for uniform b_j = 1/Lt is exactly `mean_max`: each word's
+mass flows to its best region. With `importance` marginals it is an importance-weighted
+mean-max; with both marginals enforced, regions can no longer be shared by every word for free,
+which is the extra structure TokenFlow adds over token-wise max.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from finealign.aligners.base import (
+    Aligner,
+    AlignerConfig,
+    TokenAlignment,
+    global_vectors,
+    masked_fill_pairs,
+    paired_token_similarities,
+    token_similarities,
+)
+from finealign.aligners.sinkhorn import log_sinkhorn
+from finealign.errors import ConfigError
+from finealign.registry import ALIGNERS
+from finealign.tokens import TokenBatch
+
+MARGINALS = ("importance", "uniform")
+
+
+@dataclass
+class TokenFlowConfig(AlignerConfig):
+    # Smaller blocks than the base default: a block holds nv·nt OT problems, and autograd keeps
+    # every Sinkhorn iterate of them.
+    chunk_visual: int = 16
+    chunk_text: int = 64
+    epsilon: float = 0.05  # entropic regularisation ε (smaller = sharper flow, more iterations)
+    iterations: int = 50  # Sinkhorn iterations (unrolled, so gradients flow through them)
+    marginals: str = "importance"  # "importance" or "uniform"
+    marginal_temperature: float = 0.1  # τ of the importance softmax
+    relax_visual: bool = False  # enforce only the word marginal (one-sided OT; → mean_max as ε → 0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("epsilon", "marginal_temperature"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{key} must be a positive finite number, got {value!r}")
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
+            raise ConfigError(f"iterations must be a positive int, got {self.iterations!r}")
+        if self.marginals not in MARGINALS:
+            raise ConfigError(f"marginals must be one of {MARGINALS}, got {self.marginals!r}")
+        if not isinstance(self.relax_visual, bool):
+            raise ConfigError(f"relax_visual must be a bool, got {self.relax_visual!r}")
+
+
+@ALIGNERS.register("tokenflow")
+class TokenFlowAligner(Aligner):
+    """Optimal-transport flow between visual and text tokens; score = Σ flow · similarity (TokenFlow)."""
+
+    Config = TokenFlowConfig
+
+    def prepare(self, batch: TokenBatch) -> TokenBatch:
+        # Fill the global vector (masked mean) before normalising, so importance always has one.
+        return super().prepare(TokenBatch(batch.tokens, batch.mask, global_vectors(batch)))
+
+    # -- scoring ------------------------------------------------------------------------------
+    def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        nv, nt = len(visual), len(text)
+        lv, lt = visual.tokens.shape[1], text.tokens.shape[1]
+        # Padded pairs read 0: their flow is 0, and a 0 cannot turn 0·x into NaN.
+        sim = masked_fill_pairs(token_similarities(visual, text), visual.mask, text.mask, 0.0).reshape(nv * nt, lv, lt)
+        # Region importance w.r.t. each caption's global vector, word importance w.r.t. each image's.
+        region_imp = torch.einsum("ikd,jd->ijk", visual.tokens, text.pooled).reshape(nv * nt, lv)
+        word_imp = torch.einsum("jld,id->ijl", text.tokens, visual.pooled).reshape(nv * nt, lt)
+        vmask = visual.mask[:, None, :].expand(nv, nt, lv).reshape(nv * nt, lv)
+        tmask = text.mask[None, :, :].expand(nv, nt, lt).reshape(nv * nt, lt)
+        flow = self._flow(sim, region_imp, word_imp, vmask, tmask)
+        return self._score(flow, sim).reshape(nv, nt)
+
+    def score_pair_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        # Paired form: c OT problems instead of the c × c block.
+        sim = paired_token_similarities(visual, text, 0.0)
+        region_imp = torch.einsum("pkd,pd->pk", visual.tokens, text.pooled)
+        word_imp = torch.einsum("pld,pd->pl", text.tokens, visual.pooled)
+        flow = self._flow(sim, region_imp, word_imp, visual.mask, text.mask)
+        return self._score(flow, sim)
+
+    def explain(self, visual: TokenBatch, text: TokenBatch) -> TokenAlignment:
+        visual, text = self.prepare_pair(visual, text)
+        sim = paired_token_similarities(visual, text, 0.0)
+        region_imp = torch.einsum("pkd,pd->pk", visual.tokens, text.pooled)
+        word_imp = torch.einsum("pld,pd->pl", text.tokens, visual.pooled)
+        flow = self._flow(sim, region_imp, word_imp, visual.mask, text.mask)
+        score = self._score(flow, sim)[0]
+        weights = flow[0][visual.mask[0]][:, text.mask[0]].T  # (real words, real regions)
+        return TokenAlignment(weights=weights, word_to_region=weights.argmax(dim=1), score=float(score))
+
+    # -- the method ---------------------------------------------------------------------------
+    def _flow(self, sim: Tensor, region_imp: Tensor, word_imp: Tensor, vmask: Tensor, tmask: Tensor) -> Tensor:
+        """(B, Lv, Lt) flow for B pairs, computed in at least fp32 (half precision cannot hold exp(S/ε))."""
+        dtype = torch.promote_types(sim.dtype, torch.float32)
+        cfg = self.config
+        log_b = self._log_marginal(word_imp.to(dtype), tmask)
+        log_a = None if cfg.relax_visual else self._log_marginal(region_imp.to(dtype), vmask)
+        return log_sinkhorn(1.0 - sim.to(dtype), log_a, log_b, vmask, tmask, cfg.epsilon, cfg.iterations)
+
+    def _log_marginal(self, importance: Tensor, mask: Tensor) -> Tensor:
+        """(B, L) log token masses: softmax over real tokens; −inf on padding."""
+        if self.config.marginals == "uniform":
+            importance = torch.zeros_like(importance)
+        else:
+            importance = importance / self.config.marginal_temperature
+        return torch.log_softmax(importance.masked_fill(~mask, float("-inf")), dim=-1)
+
+    @staticmethod
+    def _score(flow: Tensor, sim: Tensor) -> Tensor:
+        """Σ flow · similarity (padded pairs have flow 0 and similarity 0), in the input dtype."""
+        return (flow * sim.to(flow.dtype)).sum(dim=(1, 2)).to(sim.dtype)

@@ -1,0 +1,172 @@
+"""Build (or reuse) the feature cache of one dataset split under a pair of frozen encoders.
+
+Encoders run once, with no projection (embed_dim=0: raw backbone features), so learned heads live
+downstream and many experiments share one cache. The entry's key hashes everything the features
+depend on: encoder names, complete options and weight-file identities, the data files' identity,
+the split and max_items. A changed option, checkpoint or annotation file gives a new key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from finealign.cache.encode import encode_items, pad_stack
+from finealign.cache.format import FORMAT_VERSION, META_FILE, is_complete
+from finealign.cache.keys import cache_key, default_cache_dir
+from finealign.errors import ConfigError
+from finealign.registry import create_dataset, create_encoder
+
+
+def _options_of(component: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """The complete options (defaults filled in), so `{}` and the spelled-out defaults share a key."""
+    config = getattr(component, "config", None)
+    if config is not None and dataclasses.is_dataclass(config):
+        return dataclasses.asdict(config)
+    return dict(given)
+
+
+def _encoder_identity(name: str, encoder: Any, given: dict[str, Any]) -> dict[str, Any]:
+    weights = getattr(encoder, "weights_identity", None)
+    return {"name": name, "options": _options_of(encoder, given), "weights": weights() if weights else {}}
+
+
+def _dataset_identity(name: str, dataset: Any, given: dict[str, Any]) -> dict[str, Any]:
+    options = _options_of(dataset, given)
+    options.pop("root", None)  # the fingerprint records the resolved files instead
+    fingerprint = getattr(dataset, "fingerprint", None)
+    return {"name": name, "options": options, "fingerprint": fingerprint() if fingerprint else None}
+
+
+def _raw_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    options = dict(options or {})
+    options.setdefault("embed_dim", 0)
+    if options["embed_dim"] != 0:
+        raise ConfigError("feature caches hold raw backbone features: leave embed_dim unset (0)")
+    return options
+
+
+def _remove_stale_temporaries(cache_dir: Path, key: str) -> None:
+    """Drop temporary folders of this key left by killed builds (their process is gone)."""
+    for tmp in cache_dir.glob(f".{key}.tmp-*"):
+        try:
+            pid = int(tmp.name.split("-")[1])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
+
+
+def _write_modality(tmp: Path, prefix: str, tokens, masks, pooled) -> dict[str, int]:
+    n = sum(len(t) for t in tokens)
+    length = max(t.shape[1] for t in tokens)
+    dim = tokens[0].shape[2]
+    out_tokens = np.lib.format.open_memmap(tmp / f"{prefix}_tokens.npy", "w+", np.float16, (n, length, dim))
+    out_mask = np.lib.format.open_memmap(tmp / f"{prefix}_mask.npy", "w+", np.bool_, (n, length))
+    out_tokens[:] = 0
+    out_mask[:] = False
+    pad_stack(tokens, length, out_tokens)
+    pad_stack(masks, length, out_mask)
+    out_tokens.flush()
+    out_mask.flush()
+    del out_tokens, out_mask
+    np.save(tmp / f"{prefix}_pooled.npy", pooled.astype(np.float16))
+    return {"dim": int(dim), "num_tokens": int(length)}
+
+
+def build_feature_cache(
+    dataset_name: str,
+    dataset_options: dict[str, Any] | None,
+    split: str,
+    vision_name: str,
+    vision_options: dict[str, Any] | None,
+    text_name: str,
+    text_options: dict[str, Any] | None,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+) -> Path:
+    """Encode one split once and return its cache entry folder (reused when already complete)."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
+    cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    device = torch.device(device)
+    dataset_options = dict(dataset_options or {})
+    dataset = create_dataset(dataset_name, **dataset_options)
+    data = dataset.split(split)
+    vision = create_encoder(vision_name, **_raw_options(vision_options))
+    text = create_encoder(text_name, **_raw_options(text_options))
+    identity = {
+        "format": FORMAT_VERSION,
+        "dataset": _dataset_identity(dataset_name, dataset, dataset_options),
+        "split": split,
+        "vision": _encoder_identity(vision_name, vision, vision_options or {}),
+        "text": _encoder_identity(text_name, text, text_options or {}),
+    }
+    key = cache_key(identity)
+    entry = cache_dir / key
+    if is_complete(entry):
+        return entry
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(cache_dir, key)
+    tmp = cache_dir / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        seconds = {}
+        start = time.perf_counter()
+        v = encode_items(vision, data.num_items, data.raw_item, batch_size=batch_size, device=device,
+                         num_workers=num_workers, desc=f"{dataset_name}/{split} {vision_name}")
+        visual_info = _write_modality(tmp, "visual", *v)
+        del v
+        seconds["vision"] = time.perf_counter() - start
+        start = time.perf_counter()
+        t = encode_items(text, data.num_captions, data.captions.__getitem__, batch_size=batch_size,
+                         device=device, num_workers=0, desc=f"{dataset_name}/{split} {text_name}")
+        text_info = _write_modality(tmp, "text", *t)
+        del t
+        seconds["text"] = time.perf_counter() - start
+        np.save(tmp / "caption_item.npy", data.caption_item.numpy().astype(np.int64))
+        meta = {
+            "format": FORMAT_VERSION,
+            "key": key,
+            "vision": {**identity["vision"], **visual_info},
+            "text": {**identity["text"], **text_info},
+            "dataset": dataset_name,
+            "dataset_identity": identity["dataset"],
+            "split": split,
+            "num_items": data.num_items,
+            "num_captions": data.num_captions,
+            "items": [str(x) for x in data.items],
+            "seconds": seconds,
+            "device": str(device),
+            "complete": True,  # written last: a meta.json without it never counts as a cache
+        }
+        with open(tmp / META_FILE, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=1, default=str)
+        _move_into_place(tmp, entry)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return entry
+
+
+def _move_into_place(tmp: Path, entry: Path) -> None:
+    if entry.exists() and not is_complete(entry):
+        shutil.rmtree(entry)  # a leftover that never completed
+    try:
+        os.rename(tmp, entry)
+    except OSError:
+        if not is_complete(entry):  # someone else finished the same key first: theirs is as good
+            raise

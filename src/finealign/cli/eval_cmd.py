@@ -1,0 +1,36 @@
+"""`finealign eval ckpt=PATH [key=value ...]`: evaluate a saved model on its config's eval split.
+
+    finealign eval ckpt=runs/toy/toy/mean_max-infonce/model.pt
+    finealign eval ckpt=.../model.pt eval.split=val eval.coco_folds=5 aligner=hard
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from finealign.errors import ConfigError
+
+HEADLINE = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="ckpt=PATH (required), then overrides applied to the checkpoint's config")
+    parser.add_argument("--output-dir", default=None, help="where results go (default: <run output_dir>/eval)")
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    ckpts = [o.partition("=")[2] for o in args.overrides if o.startswith("ckpt=")]
+    if len(ckpts) != 1 or not ckpts[0]:
+        raise ConfigError("finealign eval needs exactly one ckpt=PATH (a model.pt or checkpoints/last.pt)")
+    overrides = [o for o in args.overrides if not o.startswith("ckpt=")]
+    from finealign.engine.experiment import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(ckpts[0], overrides, output_dir=args.output_dir)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print("  ".join(f"{k}={metrics[k]:.1f}" for k in HEADLINE))
+    return 0

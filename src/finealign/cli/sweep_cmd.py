@@ -1,0 +1,36 @@
+"""`finealign sweep [sweep=NAME] [overrides...] [--storage URL] [--study NAME] [--n-trials N]`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "overrides", nargs="*",
+        help="sweep=NAME picks configs/sweep/NAME.yaml (default: default); sweep.KEY=VALUE edits the "
+        "sweep (e.g. sweep.sampler=tpe); any other KEY=VALUE is fixed for every trial (e.g. data=toy)",
+    )  # fmt: skip
+    parser.add_argument("--storage", default=None, help="Optuna RDB URL (default: sqlite:///runs/sweeps/STUDY.db)")
+    parser.add_argument("--study", default=None, help="study name (default: the sweep file's `study`)")
+    parser.add_argument("--n-trials", type=int, default=None, help="study-wide number of trials (grid: cap)")
+    parser.add_argument("--out", type=Path, default=None, help="report folder (default: runs/sweeps/STUDY)")
+    parser.add_argument("--worker-id", type=int, default=0, help="give parallel workers distinct ids (sampler seeds)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from finealign.sweeps import run_sweep
+
+    result = run_sweep(
+        list(args.overrides), storage=args.storage, study_name=args.study, n_trials=args.n_trials,
+        out_dir=args.out, progress=not args.no_progress, worker_id=args.worker_id,
+    )  # fmt: skip
+    report = result.report
+    print(report.markdown)
+    s = result.stats
+    print(f"\nthis worker: {s.complete} complete, {s.pruned} pruned, {s.failed} failed")
+    print(f"storage: {result.storage_url}  study: {result.study.study_name}")
+    print(f"table: {report.csv}  plot: {report.plot or '(no plot: trials lack the plot metrics)'}")
+    return 0

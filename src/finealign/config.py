@@ -1,0 +1,261 @@
+"""Hydra configuration: where the config tree lives, composing it, and validating it up front.
+
+The tree under `configs/` has one group per slot (encoder, aligner, loss, data, train). The slots
+that hold a registered component (aligner, loss, data, encoder.vision, encoder.text) are free-form
+(`name:` + that component's options); they are checked against the component's own `Config`
+dataclass by `validate()` (through `finealign.registry.build_config`), so a bad value stops the run
+with a ConfigError naming the key before any data is read or any step is trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+from finealign.errors import ConfigError, UnknownNameError
+
+#: environment variable that points finealign at another config tree
+CONFIG_DIR_ENV = "FINEALIGN_CONFIG_DIR"
+
+
+def config_dir() -> Path:
+    """The directory holding `config.yaml` and the config groups.
+
+    Order: $FINEALIGN_CONFIG_DIR; the repository's `configs/` (editable install); the copy that
+    the wheel ships as `finealign/_configs`.
+    """
+    env = os.environ.get(CONFIG_DIR_ENV)
+    if env:
+        path = Path(env).expanduser().resolve()
+        if not (path / "config.yaml").is_file():
+            raise ConfigError(f"{CONFIG_DIR_ENV}={env} has no config.yaml")
+        return path
+    import finealign
+
+    package = Path(finealign.__file__).resolve().parent
+    for candidate in (package.parents[1] / "configs", package / "_configs"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise ConfigError(
+        f"no finealign config tree found (looked in {package.parents[1] / 'configs'} and "
+        f"{package / '_configs'}); set {CONFIG_DIR_ENV}"
+    )
+
+
+def compose(config_name: str = "config", overrides: Iterable[str] = ()) -> DictConfig:
+    """Compose the config like `finealign train key=value ...` would, via Hydra's compose API.
+
+    Hydra's global state is cleared before and after, so this can be called repeatedly (sweeps,
+    tests) and from inside a process that already used Hydra.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = list(overrides)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+            return hydra_compose(config_name=config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"cannot compose config {config_name!r} with overrides {overrides}: {exc}") from exc
+    finally:
+        GlobalHydra.instance().clear()
+
+
+# -- typed sections ---------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """The `train:` group: optimisation and the training loop."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 2e-4  # heads, aligner and loss parameters (e.g. a learnable temperature)
+    backbone_lr: float = 1e-5  # encoder backbones (ignored when frozen)
+    freeze_backbone: bool = False
+    weight_decay: float = 1e-4
+    warmup_steps: int = 0  # linear warm-up, in optimiser steps
+    schedule: str = "cosine"  # cosine | step | constant (after warm-up)
+    step_epochs: int = 10  # step schedule: multiply the lr by step_gamma every step_epochs epochs
+    step_gamma: float = 0.1
+    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of the peak lr
+    grad_clip: float = 2.0  # max global grad norm; 0 disables clipping
+    accumulate: int = 1  # optimiser step every `accumulate` batches
+    amp: str = "none"  # none | bf16 | fp16 (fp16 uses a GradScaler, CUDA only)
+    pairs: str = "captions"  # captions: every caption once per epoch; images: each image once
+    num_workers: int = 0
+    eval_every: int = 1  # validate every N epochs (0: never)
+    val_max_items: int = 0  # cap the validation gallery (0: all items) to keep validation cheap
+    select: str = "best"  # best (by validation rsum) | last: which weights are tested
+    checkpoint: bool = True  # write output_dir/checkpoints/last.pt every epoch
+    resume: Any = None  # null | "auto" (output_dir/checkpoints/last.pt if present) | a path
+    max_steps: int = 0  # stop after this many optimiser steps (0: no limit); for smoke tests
+    log_every: int = 50
+    progress: bool = True  # tqdm bars
+    save_model: bool = True  # write output_dir/model.pt (weights + config) for `finealign eval`
+
+    def __post_init__(self) -> None:
+        positive_ints = ("epochs", "batch_size", "accumulate", "step_epochs", "log_every")
+        for key in positive_ints:
+            _require(isinstance(getattr(self, key), int) and getattr(self, key) >= 1, key, "a positive int", self)
+        for key in ("warmup_steps", "num_workers", "eval_every", "val_max_items", "max_steps"):
+            _require(isinstance(getattr(self, key), int) and getattr(self, key) >= 0, key, "an int >= 0", self)
+        _require(_number(self.lr) and self.lr > 0, "lr", "a positive number", self)
+        _require(_number(self.backbone_lr) and self.backbone_lr >= 0, "backbone_lr", "a number >= 0", self)
+        _require(_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0", self)
+        _require(_number(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a number >= 0", self)
+        _require(_number(self.step_gamma) and 0 < self.step_gamma <= 1, "step_gamma", "in (0, 1]", self)
+        _require(_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]", self)
+        _require(self.schedule in ("cosine", "step", "constant"), "schedule", "cosine, step or constant", self)
+        _require(self.amp in ("none", "bf16", "fp16"), "amp", "none, bf16 or fp16", self)
+        _require(self.pairs in ("captions", "images"), "pairs", "captions or images", self)
+        _require(self.select in ("best", "last"), "select", "best or last", self)
+        _require(self.resume is None or isinstance(self.resume, str), "resume", "null, 'auto' or a path", self)
+
+
+@dataclass
+class EvalConfig:
+    """The `eval:` section: which split is tested and how the gallery is scored."""
+
+    split: str = "test"
+    batch_size: int = 256  # items per encoder batch when encoding the gallery
+    chunk_items: int = 256  # images per aligner call when scoring (bounds memory)
+    coco_folds: int = 0  # >0: also report the average over this many folds of fold_size images
+    fold_size: int = 1000
+    max_items: int = 0  # evaluate on the first N items only (0: all)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "chunk_items", "fold_size"):
+            _require(isinstance(getattr(self, key), int) and getattr(self, key) >= 1, key, "a positive int", self)
+        for key in ("coco_folds", "max_items"):
+            _require(isinstance(getattr(self, key), int) and getattr(self, key) >= 0, key, "an int >= 0", self)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _require(ok: bool, key: str, what: str, obj: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {what}, got {getattr(obj, key)!r}")
+
+
+# -- validation -------------------------------------------------------------------------------
+
+
+@dataclass
+class ExperimentSpec:
+    """A validated experiment: every component's name and checked options."""
+
+    vision: tuple[str, dict[str, Any]]
+    text: tuple[str, dict[str, Any]]
+    embed_dim: int
+    aligner: tuple[str, dict[str, Any]]
+    loss: tuple[str, dict[str, Any]]
+    data: tuple[str, dict[str, Any]]
+    train: TrainConfig
+    eval: EvalConfig
+    seed: int
+    device: str
+    output_dir: str
+
+
+REQUIRED_KEYS = ("encoder", "aligner", "loss", "data", "train", "seed", "output_dir", "device")
+
+
+def validate(cfg: DictConfig) -> ExperimentSpec:
+    """Check the whole composed config; raise ConfigError naming the first bad key.
+
+    Every component's options are validated against its own Config dataclass, so this catches
+    unknown names, unknown options and out-of-range values without building any model.
+    """
+    from finealign.registry import build_config, config_class, ensure_builtins, registry
+
+    missing = [k for k in REQUIRED_KEYS if k not in cfg]
+    if missing:
+        raise ConfigError(f"config is missing the key(s) {missing}")
+
+    def component(kind: str, key: str, node: Any, inject: dict[str, Any] | None = None) -> tuple[str, dict]:
+        options = _container(node, key)
+        if "name" not in options:
+            raise ConfigError(f"{key}.name is missing: say which {kind[:-1]} to use")
+        name = options.pop("name")
+        ensure_builtins(kind)
+        try:
+            target = registry(kind).get(name)
+        except UnknownNameError as exc:
+            raise ConfigError(f"{key}.name: {exc}") from exc
+        cfg_cls = config_class(target)
+        if cfg_cls is not None:
+            fields = {f.name for f in dataclasses.fields(cfg_cls)}
+            for k, v in (inject or {}).items():
+                if k in fields and options.get(k) is None:
+                    options[k] = v
+            try:
+                build_config(cfg_cls, options, f"{kind[:-1]} {name!r}")
+            except ConfigError as exc:
+                raise ConfigError(f"{key}: {exc}") from exc
+        return name, options
+
+    encoder = _container(cfg.encoder, "encoder")
+    embed_dim = encoder.get("embed_dim")
+    if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim < 1:
+        raise ConfigError(f"encoder.embed_dim must be a positive int, got {embed_dim!r}")
+    for side in ("vision", "text"):
+        if side not in encoder:
+            raise ConfigError(f"encoder.{side} is missing (name + options of the {side} encoder)")
+    shared = {"embed_dim": embed_dim}
+    vision = component("encoders", "encoder.vision", cfg.encoder.vision, shared)
+    text = component("encoders", "encoder.text", cfg.encoder.text, shared)
+    aligner = component("aligners", "aligner", cfg.aligner)
+    loss = component("losses", "loss", cfg.loss)
+    data = component("datasets", "data", cfg.data)
+    train = _typed(TrainConfig, cfg.train, "train")
+    evaluation = _typed(EvalConfig, cfg.get("eval", {}), "eval")
+    if not isinstance(cfg.seed, int):
+        raise ConfigError(f"seed must be an int, got {cfg.seed!r}")
+    return ExperimentSpec(
+        vision=vision,
+        text=text,
+        embed_dim=embed_dim,
+        aligner=aligner,
+        loss=loss,
+        data=data,
+        train=train,
+        eval=evaluation,
+        seed=int(cfg.seed),
+        device=str(cfg.device),
+        output_dir=str(cfg.output_dir),
+    )
+
+
+def _container(node: Any, key: str) -> dict[str, Any]:
+    if node is None:
+        return {}
+    if not isinstance(node, (DictConfig, dict)):
+        raise ConfigError(f"{key} must be a mapping, got {node!r}")
+    try:
+        data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    except Exception as exc:  # interpolation errors name the key themselves
+        raise ConfigError(f"{key}: {exc}") from exc
+    return dict(data)
+
+
+def _typed(cls: type, node: Any, key: str) -> Any:
+    from finealign.registry import build_config
+
+    try:
+        return build_config(cls, _container(node, key), key)
+    except ConfigError as exc:
+        message = str(exc)
+        raise ConfigError(message if message.startswith(key) else f"{key}.{message}") from exc

@@ -1,0 +1,249 @@
+"""Precomputed features on disk: the feature-cache layout, and BUTD-style region files.
+
+Cache layout (one directory per split; written by the encoders' feature cache or
+`write_feature_cache`):
+
+    visual_tokens.npy (N, Lv, dv) float16    visual_mask.npy (N, Lv) bool   visual_pooled.npy (N, dv) float16
+    text_tokens.npy   (M, Lt, dt) float16    text_mask.npy   (M, Lt) bool   text_pooled.npy   (M, dt) float16
+    caption_item.npy  (M,) int64             meta.json {"num_items": N, "num_captions": M, "complete": true, ...}
+
+Arrays are memory-mapped, so a split larger than RAM is read item by item in DataLoader workers.
+
+Region layout (`layout: regions`, e.g. BUTD 36×2048 Faster R-CNN features per image): a split
+directory holds `regions.npy` (N, R, D) — or `regions.npz` with `features` (N, R, D) and an
+optional bool `mask` (N, R) — plus `captions.json` {"captions": [str, ...], "caption_item": [int, ...]}.
+The vision side then gets feature rows; the text side gets the raw caption strings for a text
+encoder (e.g. a BiGRU or BERT).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from finealign.data.base import RetrievalSplit
+from finealign.errors import ConfigError, DataError
+from finealign.registry import DATASETS
+
+CACHE_FILES = (
+    "visual_tokens.npy",
+    "visual_mask.npy",
+    "visual_pooled.npy",
+    "text_tokens.npy",
+    "text_mask.npy",
+    "text_pooled.npy",
+    "caption_item.npy",
+)
+
+
+class FeatureRows(Sequence):
+    """Lazy per-item view of (tokens, mask, pooled) arrays: row i is a dict of numpy arrays.
+
+    This is what the `precomputed` encoder's `load` receives for one image or caption.
+    """
+
+    def __init__(self, tokens: np.ndarray, mask: np.ndarray, pooled: np.ndarray | None = None):
+        if tokens.ndim != 3 or mask.shape != tokens.shape[:2]:
+            raise DataError(f"feature rows: tokens {tokens.shape} and mask {mask.shape} do not match")
+        if pooled is not None and pooled.shape != (tokens.shape[0], tokens.shape[2]):
+            raise DataError(f"feature rows: pooled {pooled.shape} does not match tokens {tokens.shape}")
+        self.tokens, self.mask, self.pooled = tokens, mask, pooled
+
+    @property
+    def dim(self) -> int:
+        return int(self.tokens.shape[2])
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return {
+            "tokens": self.tokens[i],
+            "mask": self.mask[i],
+            "pooled": None if self.pooled is None else self.pooled[i],
+        }
+
+
+def _load_array(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"feature cache file missing: {path}")
+    try:
+        return np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as exc:
+        raise DataError(f"cannot read feature cache file {path}: {exc}") from exc
+
+
+def load_feature_cache(directory: str | Path, name: str | None = None) -> RetrievalSplit:
+    """Open one split's feature cache (memory-mapped); DataError naming the path if it is missing,
+    incomplete (meta.json "complete" not true) or inconsistent."""
+    directory = Path(directory)
+    meta_path = directory / "meta.json"
+    if not meta_path.is_file():
+        raise DataError(f"feature cache has no meta.json: {meta_path} (was the cache written?)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"corrupt feature cache meta file {meta_path}: {exc}") from exc
+    if meta.get("complete") is not True:
+        raise DataError(f"feature cache {directory} is incomplete (meta.json complete != true); rebuild it")
+    arrays = {f[:-4]: _load_array(directory / f) for f in CACHE_FILES}
+    n, m = meta.get("num_items"), meta.get("num_captions")
+    checks = {
+        "visual_tokens.npy": (arrays["visual_tokens"].shape[0], n),
+        "text_tokens.npy": (arrays["text_tokens"].shape[0], m),
+        "caption_item.npy": (arrays["caption_item"].shape[0], m),
+    }
+    for file, (got, want) in checks.items():
+        if got != want:
+            raise DataError(f"{directory / file} has {got} rows but meta.json says {want}")
+    caption_item = torch.from_numpy(np.array(arrays["caption_item"], dtype=np.int64))  # a copy: small
+    if len(caption_item) and (int(caption_item.min()) < 0 or int(caption_item.max()) >= n):
+        raise DataError(f"{directory / 'caption_item.npy'} holds item indices outside [0, {n})")
+    try:
+        items = FeatureRows(arrays["visual_tokens"], arrays["visual_mask"], arrays["visual_pooled"])
+        captions = FeatureRows(arrays["text_tokens"], arrays["text_mask"], arrays["text_pooled"])
+    except DataError as exc:
+        raise DataError(f"feature cache {directory}: {exc}") from exc
+    return RetrievalSplit(
+        name=name or directory.name,
+        items=items,  # type: ignore[arg-type]
+        captions=captions,  # type: ignore[arg-type]
+        caption_item=caption_item,
+        meta={**meta, "vision_dim": items.dim, "text_dim": captions.dim, "path": str(directory)},
+    )
+
+
+def write_feature_cache(
+    directory: str | Path,
+    *,
+    visual_tokens: np.ndarray,
+    visual_mask: np.ndarray,
+    visual_pooled: np.ndarray,
+    text_tokens: np.ndarray,
+    text_mask: np.ndarray,
+    text_pooled: np.ndarray,
+    caption_item: np.ndarray,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write one split in the cache layout; meta.json is written last, marked complete."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "visual_tokens": np.asarray(visual_tokens, dtype=np.float16),
+        "visual_mask": np.asarray(visual_mask, dtype=bool),
+        "visual_pooled": np.asarray(visual_pooled, dtype=np.float16),
+        "text_tokens": np.asarray(text_tokens, dtype=np.float16),
+        "text_mask": np.asarray(text_mask, dtype=bool),
+        "text_pooled": np.asarray(text_pooled, dtype=np.float16),
+        "caption_item": np.asarray(caption_item, dtype=np.int64),
+    }
+    for key, array in arrays.items():
+        np.save(directory / f"{key}.npy", array)
+    info = {
+        **(meta or {}),
+        "num_items": int(arrays["visual_tokens"].shape[0]),
+        "num_captions": int(arrays["text_tokens"].shape[0]),
+        "complete": True,
+    }
+    (directory / "meta.json").write_text(json.dumps(info, indent=2))
+    return directory
+
+
+def load_region_split(directory: str | Path, name: str | None = None) -> RetrievalSplit:
+    """Open a `regions` layout split: region feature rows for images, caption strings for text."""
+    directory = Path(directory)
+    npy, npz = directory / "regions.npy", directory / "regions.npz"
+    if npy.is_file():
+        features, mask = _load_array(npy), None
+    elif npz.is_file():
+        with np.load(npz) as archive:
+            if "features" not in archive:
+                raise DataError(f"{npz} has no 'features' array (found {list(archive.keys())})")
+            features = archive["features"]
+            mask = archive["mask"].astype(bool) if "mask" in archive else None
+    else:
+        raise DataError(f"region features missing: neither {npy} nor {npz} exists")
+    if features.ndim != 3:
+        raise DataError(f"region features in {directory} must be (N, R, D), got shape {features.shape}")
+    if mask is None:
+        mask = np.ones(features.shape[:2], dtype=bool)
+    captions_path = directory / "captions.json"
+    if not captions_path.is_file():
+        raise DataError(f"captions file missing: {captions_path}")
+    try:
+        captions = json.loads(captions_path.read_text())
+        texts, owner = list(captions["captions"]), list(captions["caption_item"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"{captions_path} must hold {{'captions': [...], 'caption_item': [...]}}: {exc}") from exc
+    if len(texts) != len(owner):
+        raise DataError(f"{captions_path}: {len(texts)} captions but {len(owner)} caption_item entries")
+    caption_item = torch.tensor(owner, dtype=torch.long)
+    if len(owner) and (int(caption_item.min()) < 0 or int(caption_item.max()) >= features.shape[0]):
+        raise DataError(f"{captions_path}: caption_item outside [0, {features.shape[0]})")
+    items = FeatureRows(features, mask, None)
+    return RetrievalSplit(
+        name=name or directory.name,
+        items=items,  # type: ignore[arg-type]
+        captions=texts,
+        caption_item=caption_item,
+        meta={"vision_dim": items.dim, "path": str(directory), "layout": "regions"},
+    )
+
+
+LAYOUTS = {"cache": load_feature_cache, "regions": load_region_split}
+
+
+@dataclass
+class FeaturesConfig:
+    root: str | None = None  # directory holding one sub-directory per split
+    layout: str = "cache"  # cache | regions (see module docstring)
+    # split name → directory: relative to root, or absolute (e.g. a `finealign cache` entry)
+    splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "val": "val", "test": "test"})
+
+    def __post_init__(self) -> None:
+        if self.root is not None and not isinstance(self.root, str):
+            raise ConfigError(f"root must be a directory path or null, got {self.root!r}")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"layout must be one of {sorted(LAYOUTS)}, got {self.layout!r}")
+        if not isinstance(self.splits, dict) or not self.splits:
+            raise ConfigError(f"splits must map split names to directories, got {self.splits!r}")
+        for split, path in self.splits.items():
+            if not isinstance(path, str) or not path:
+                raise ConfigError(f"splits.{split} must be a directory path, got {path!r}")
+            if not self.root and not Path(path).is_absolute():
+                raise ConfigError(
+                    f"splits.{split}={path!r} is relative but root is not set "
+                    "(set data.root=/path/to/features or give absolute split directories)"
+                )
+
+
+@DATASETS.register("features")
+class FeatureDataset:
+    """Precomputed features (feature cache or region files), memory-mapped, one directory per split."""
+
+    Config = FeaturesConfig
+
+    def __init__(self, config: FeaturesConfig | None = None):
+        self.config = config if config is not None else FeaturesConfig()
+
+    @property
+    def split_names(self) -> list[str]:
+        return list(self.config.splits)
+
+    def has_split(self, name: str) -> bool:
+        return name in self.config.splits
+
+    def split(self, name: str) -> RetrievalSplit:
+        if name not in self.config.splits:
+            raise ConfigError(f"features dataset has no split {name!r} (splits: {', '.join(self.config.splits)})")
+        directory = Path(self.config.splits[name]).expanduser()
+        if not directory.is_absolute():
+            directory = Path(self.config.root or "").expanduser() / directory
+        return LAYOUTS[self.config.layout](directory, name)

@@ -1,0 +1,125 @@
+"""Any Hugging Face text encoder (BERT, RoBERTa, MiniLM...) as a token encoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from finealign.encoders.common import (
+    BackboneEncoder,
+    check_embed_dim,
+    check_positive_int,
+    file_identity,
+    output_dim,
+    projection,
+)
+from finealign.errors import ConfigError, DataError
+from finealign.registry import ENCODERS
+from finealign.tokens import TokenBatch
+
+_POOLINGS = ("cls", "mean")
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+@dataclass
+class HFTextConfig:
+    model_name_or_path: str = "bert-base-uncased"  # hub name, or a local folder (works offline)
+    embed_dim: int = 1024  # 0 = raw hidden states (no projection)
+    pooling: str = "cls"  # global vector: "cls" ([CLS] state) or "mean" (masked mean of states)
+    max_length: int = 64
+    freeze: bool = False
+    # False drops [CLS]/[SEP] from the tokens the aligners see (they still feed the pooled vector).
+    keep_special_tokens: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model_name_or_path, str):
+            raise ConfigError(f"model_name_or_path must be a string, got {self.model_name_or_path!r}")
+        check_embed_dim(self.embed_dim)
+        if self.pooling not in _POOLINGS:
+            raise ConfigError(f"pooling must be one of {_POOLINGS}, got {self.pooling!r}")
+        check_positive_int("max_length", self.max_length)
+
+
+def _load_pretrained(name_or_path: str) -> tuple[Any, Any]:
+    from transformers import AutoModel, AutoTokenizer
+
+    local = Path(name_or_path).expanduser()
+    looks_local = local.is_absolute() or name_or_path.startswith((".", "~")) or local.exists()
+    if looks_local and not local.is_dir():
+        raise DataError(f"Hugging Face model folder not found: {local}")
+    source = str(local) if looks_local else name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModel.from_pretrained(source)
+    except OSError as exc:
+        raise DataError(
+            f"cannot load Hugging Face model {source!r}: {exc}. Pass a local folder "
+            "(model_name_or_path=/path/to/model) when the hub is unreachable."
+        ) from exc
+    return tokenizer, model
+
+
+@ENCODERS.register("hf_text")
+class HFTextEncoder(BackboneEncoder):
+    """A Hugging Face encoder: last hidden states as tokens, [CLS] or mean as the global vector."""
+
+    Config = HFTextConfig
+    modality = "text"
+
+    def __init__(self, config: HFTextConfig | None = None):
+        super().__init__()
+        self.config = config or self.Config()
+        self.source = self.resolve_source()
+        self.tokenizer, self.backbone = _load_pretrained(self.source)
+        self.raw_dim = int(self.backbone.config.hidden_size)
+        self.proj = projection(self.raw_dim, self.config.embed_dim)
+        self.embed_dim = output_dim(self.raw_dim, self.config.embed_dim)
+        self.set_frozen(self.config.freeze)
+
+    def resolve_source(self) -> str:
+        """Where the weights come from; presets override this."""
+        return self.config.model_name_or_path
+
+    def load(self, raw: Any) -> str:
+        if not isinstance(raw, str):
+            raise DataError(f"a text encoder needs a caption string, got {type(raw).__name__}")
+        return raw
+
+    def collate(self, items: Sequence[str]) -> dict[str, Tensor]:
+        return dict(
+            self.tokenizer(
+                list(items),
+                padding=True,
+                truncation=True,
+                max_length=self.config.max_length,
+                return_tensors="pt",
+                return_special_tokens_mask=True,
+            )
+        )
+
+    def forward(self, batch: dict[str, Tensor]) -> TokenBatch:
+        batch = dict(batch)
+        special = batch.pop("special_tokens_mask", None)
+        attention = batch["attention_mask"].bool()
+        with self.backbone_grad_context():
+            hidden = self.backbone(**batch).last_hidden_state
+        if self.config.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            weights = attention.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        mask = attention
+        if not self.config.keep_special_tokens and special is not None:
+            mask = attention & ~special.bool()
+        return TokenBatch(self.proj(hidden), mask, self.proj(pooled))
+
+    def weights_identity(self) -> dict[str, Any]:
+        folder = Path(self.source).expanduser()
+        if folder.is_dir():
+            files = [folder / f for f in _WEIGHT_FILES if (folder / f).is_file()]
+            return {"files": [file_identity(f) for f in files]}
+        return {"hub": self.source}

@@ -1,0 +1,105 @@
+"""Training batches of (image, caption) pairs with a `positives` matrix.
+
+Each epoch visits either every caption once with its image (`pairs: captions`) or every image once
+with one random caption (`pairs: images`), in an order drawn from (seed, epoch) alone, so a resumed
+run sees exactly the batches an uninterrupted one would. Images that occur twice in a batch (two of
+their captions were drawn) are encoded once: the batch holds B_img unique images and B_txt
+captions, and positives[u, b] is True when caption b describes image u.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from finealign.data.base import RetrievalSplit
+
+
+def epoch_pairs(split: RetrievalSplit, mode: str, seed: int, epoch: int) -> Tensor:
+    """(P, 2) long tensor of (item, caption) pairs for one epoch, shuffled by (seed, epoch)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    owner = split.caption_item.long()
+    if mode == "captions":
+        captions = torch.randperm(len(owner), generator=g)
+    else:  # one random caption per image
+        order = torch.randperm(len(owner), generator=g)
+        first = torch.full((split.num_items,), -1, dtype=torch.long)
+        first[owner[order].flip(0)] = order.flip(0)  # the first drawn caption of each item wins
+        captions = first[first >= 0]
+        captions = captions[torch.randperm(len(captions), generator=g)]
+    return torch.stack([owner[captions], captions], dim=1)
+
+
+class PairDataset(Dataset):
+    """Loads the encoder inputs of each (item, caption) pair."""
+
+    def __init__(self, split: RetrievalSplit, pairs: Tensor, vision: Any, text: Any):
+        self.split, self.pairs, self.vision, self.text = split, pairs, vision, text
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, k: int) -> tuple[int, int, Any, Any]:
+        item, caption = (int(x) for x in self.pairs[k])
+        return item, caption, self.vision.load(self.split.raw_item(item)), self.text.load(self.split.captions[caption])
+
+
+@dataclass
+class PairBatch:
+    images: Any  # the vision encoder's collated input for the B_img unique images
+    texts: Any  # the text encoder's collated input for the B_txt captions
+    positives: Tensor  # (B_img, B_txt) bool
+    item_ids: Tensor  # (B_img,) dataset indices of the images
+    caption_ids: Tensor  # (B_txt,)
+
+
+class PairCollator:
+    """Deduplicates images and builds the positives matrix."""
+
+    def __init__(self, vision: Any, text: Any):
+        self.vision, self.text = vision, text
+
+    def __call__(self, samples: Sequence[tuple[int, int, Any, Any]]) -> PairBatch:
+        unique: dict[int, Any] = {}
+        for item, _, image, _ in samples:
+            unique.setdefault(item, image)
+        item_ids = torch.tensor(list(unique), dtype=torch.long)
+        owners = torch.tensor([s[0] for s in samples], dtype=torch.long)
+        return PairBatch(
+            images=self.vision.collate(list(unique.values())),
+            texts=self.text.collate([s[3] for s in samples]),
+            positives=item_ids[:, None] == owners[None, :],
+            item_ids=item_ids,
+            caption_ids=torch.tensor([s[1] for s in samples], dtype=torch.long),
+        )
+
+
+def epoch_loader(
+    split: RetrievalSplit, model: Any, *, mode: str, batch_size: int, seed: int, epoch: int, num_workers: int = 0
+) -> DataLoader:
+    pairs = epoch_pairs(split, mode, seed, epoch)
+    return DataLoader(
+        PairDataset(split, pairs, model.vision, model.text),
+        batch_size=batch_size,
+        shuffle=False,  # the order is already drawn from (seed, epoch)
+        drop_last=len(pairs) > batch_size,  # a tiny last batch gives a noisy contrastive step
+        num_workers=num_workers,
+        collate_fn=PairCollator(model.vision, model.text),
+    )
+
+
+def to_device(obj: Any, device: torch.device | str) -> Any:
+    """Move tensors inside dicts/lists/tuples/TokenBatches to `device`."""
+    if isinstance(obj, Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    if hasattr(obj, "to") and callable(obj.to):
+        return obj.to(device)
+    return obj

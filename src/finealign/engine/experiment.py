@@ -1,0 +1,185 @@
+"""One experiment end to end: validate the config, build, train, evaluate, save results; and the
+evaluation of a saved model (`finealign eval ckpt=...`)."""
+
+from __future__ import annotations
+
+import random
+import resource
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from finealign.config import ExperimentSpec, config_dir, validate
+from finealign.engine.checkpoint import load_checkpoint, save_checkpoint
+from finealign.engine.evaluate import evaluate
+from finealign.engine.model import RetrievalModel, build_loss, build_model, fit_to_training_data
+from finealign.engine.results import save_results
+from finealign.engine.trainer import Trainer
+from finealign.errors import ConfigError
+from finealign.registry import create_dataset
+
+GROUPS = ("encoder", "aligner", "loss", "data", "train")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device: {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but CUDA is not available; use device=cpu or device=auto")
+    return device
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated tensor memory since the run started. CPU: the process's peak resident
+    set size (it cannot be reset, so it also covers whatever the process did before the run)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def labels(spec: ExperimentSpec) -> dict[str, Any]:
+    return {
+        "aligner": spec.aligner[0],
+        "loss": spec.loss[0],
+        "vision": spec.vision[0],
+        "text": spec.text[0],
+        "data": spec.data[0],
+        "embed_dim": spec.embed_dim,
+        "seed": spec.seed,
+    }
+
+
+def _test_metrics(model: RetrievalModel, spec: ExperimentSpec, split: Any, device: torch.device) -> dict[str, float]:
+    e = spec.eval
+    return evaluate(
+        model, split, device=device, batch_size=e.batch_size, chunk_items=e.chunk_items, max_items=e.max_items,
+        coco_folds=e.coco_folds, fold_size=e.fold_size, amp=spec.train.amp, progress=e.progress,
+    )
+
+
+def run_experiment(cfg: DictConfig, *, report: Callable[[int, dict], None] | None = None) -> dict:
+    """Train and evaluate the experiment `cfg` (as composed by finealign.config.compose).
+
+    report(epoch, val_metrics) is called after each validation (sweeps prune by raising from it).
+    Returns the test-split metrics (i2t/t2i R@1/5/10, rsum, medr, meanr, score_latency_ms) plus
+    peak_mem_mb, train_time_s, final_loss, epochs, steps and best_val_rsum, and writes
+    results.json / results.csv (and model.pt, when train.save_model) into cfg.output_dir.
+    """
+    spec = validate(cfg)  # every ConfigError before any data is read
+    device = resolve_device(spec.device)
+    seed_everything(spec.seed)
+    dname, doptions = spec.data
+    dataset = create_dataset(dname, **doptions)
+    train_split = dataset.split("train")
+    has_val = getattr(dataset, "has_split", lambda name: True)("val")
+    val_split = dataset.split("val") if has_val and spec.train.eval_every else None
+    test_split = dataset.split(spec.eval.split)
+
+    model = build_model(spec, train_split.meta)
+    fit_to_training_data(model, train_split)
+    model = model.to(device)
+    loss = build_loss(spec).to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    snapshot = {"config": OmegaConf.to_container(cfg, resolve=True), "data_meta": _plain(train_split.meta)}
+    trainer = Trainer(
+        model, loss, spec.train, device=device, seed=spec.seed, output_dir=spec.output_dir, eval_cfg=spec.eval,
+        config_snapshot=snapshot, progress=spec.train.progress,
+    )
+    result = trainer.fit(train_split, val_split, report=report)
+    metrics = _test_metrics(model, spec, test_split, device)
+    out = {
+        **metrics,
+        "peak_mem_mb": peak_memory_mb(device),
+        "train_time_s": result.train_time_s,
+        "final_loss": result.final_loss,
+        "epochs": result.epochs_run,
+        "steps": result.steps,
+        "best_val_rsum": result.best["rsum"] if result.best else float("nan"),
+        "params_trainable": sum(p.numel() for p in [*model.parameters(), *loss.parameters()] if p.requires_grad),
+    }
+    if spec.train.save_model:
+        save_checkpoint(Path(spec.output_dir) / "model.pt", {"model": model.state_dict(), **snapshot})
+    save_results(
+        spec.output_dir, out, labels=labels(spec), config=snapshot["config"],
+        extra={"history": result.history, "epoch_losses": result.epoch_losses, "device": str(device)},
+    )
+    return out
+
+
+def _plain(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, type(None)))}
+
+
+def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
+    """Apply `key=value` overrides to a saved config: `group=option` (e.g. aligner=hard,
+    data=features) swaps in that group file; any other `a.b=value` sets one value."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep:
+            raise ConfigError(f"override {override!r} is not key=value")
+        group_file = config_dir() / key / f"{value}.yaml"
+        if key in GROUPS and group_file.is_file():
+            node = OmegaConf.load(group_file)
+            node.pop("defaults", None)
+            cfg[key] = node
+        else:
+            OmegaConf.update(cfg, key, OmegaConf.create({"v": _yaml_value(value)}).v, force_add=True)
+    return cfg
+
+
+def _yaml_value(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def evaluate_checkpoint(ckpt: str | Path, overrides: Iterable[str] = (), *, output_dir: str | Path | None = None) -> dict:
+    """Evaluate a saved model (model.pt or checkpoints/last.pt) on its config's eval split.
+
+    The checkpoint's own config is used, with `overrides` applied on top (e.g. eval.split=val,
+    data.root=/other/cache, or aligner=hard to score the same features with another aligner).
+    Results go to <output_dir or the config's output_dir>/eval/results.{json,csv}.
+    """
+    state = load_checkpoint(ckpt)
+    if "config" not in state or "model" not in state:
+        raise ConfigError(f"{ckpt} is not a finealign checkpoint (no config/model inside)")
+    snapshot = state["config"] if "data_meta" not in state else state
+    cfg = apply_overrides(OmegaConf.create(snapshot["config"]), overrides)
+    spec = validate(cfg)
+    device = resolve_device(spec.device)
+    seed_everything(spec.seed)
+    model = build_model(spec, snapshot.get("data_meta", {})).to(device)
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if unexpected or [k for k in missing if not k.startswith("aligner.")]:
+        raise ConfigError(
+            f"{ckpt} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]} "
+            "(changed the encoder or embed_dim?)"
+        )
+    dname, doptions = spec.data
+    split = create_dataset(dname, **doptions).split(spec.eval.split)
+    metrics = _test_metrics(model, spec, split, device)
+    metrics["peak_mem_mb"] = peak_memory_mb(device)
+    target = Path(output_dir) if output_dir is not None else Path(spec.output_dir) / "eval"
+    save_results(target, metrics, labels=labels(spec), config=OmegaConf.to_container(cfg, resolve=True),
+                 extra={"checkpoint": str(ckpt), "new_aligner_params": missing})
+    return metrics

@@ -1,0 +1,35 @@
+"""Saving results: a JSON file with metrics and config, and a one-row tidy CSV (pandas)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN/inf
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def save_results(
+    output_dir: str | Path, metrics: Mapping[str, Any], *, labels: Mapping[str, Any], config: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None, stem: str = "results",
+) -> tuple[Path, Path]:
+    """Write <output_dir>/<stem>.json ({labels, metrics, config, ...extra}) and <stem>.csv (one row:
+    the labels — aligner, loss, encoder, data, seed — followed by the metrics)."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = output_dir / f"{stem}.json", output_dir / f"{stem}.csv"
+    payload = {"labels": dict(labels), "metrics": dict(metrics), "config": dict(config), **dict(extra or {})}
+    json_path.write_text(json.dumps(_clean(payload), indent=2, default=str))
+    pd.DataFrame([{**labels, **metrics}]).to_csv(csv_path, index=False)
+    return json_path, csv_path

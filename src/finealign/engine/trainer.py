@@ -1,0 +1,207 @@
+"""The training loop: AdamW, warm-up + schedule, AMP, gradient accumulation and clipping,
+validation with a report hook, and checkpoint/resume that continues a run exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from finealign.config import EvalConfig, TrainConfig
+from finealign.data.base import RetrievalSplit
+from finealign.engine.batching import epoch_loader, epoch_pairs, to_device
+from finealign.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from finealign.engine.evaluate import autocast_context, evaluate
+from finealign.engine.model import RetrievalModel, loss_extras
+from finealign.engine.optim import build_optimizer
+from finealign.engine.schedule import LRSchedule
+from finealign.errors import ConfigError
+
+
+@dataclass
+class TrainResult:
+    epochs_run: int = 0  # epochs completed (including any before a resume)
+    steps: int = 0  # optimiser steps
+    final_loss: float = float("nan")  # mean loss of the last epoch
+    epoch_losses: list[float] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)  # validation metrics per epoch
+    best: dict[str, float] | None = None  # best validation metrics (by rsum)
+    train_time_s: float = 0.0  # wall time of this process's training (resumed runs: this part only)
+
+
+class Trainer:
+    """Trains a RetrievalModel with a loss on one split; see `fit`."""
+
+    def __init__(
+        self,
+        model: RetrievalModel,
+        loss: nn.Module,
+        cfg: TrainConfig,
+        *,
+        device: torch.device,
+        seed: int = 0,
+        output_dir: str | Path | None = None,
+        eval_cfg: EvalConfig | None = None,
+        config_snapshot: dict[str, Any] | None = None,
+        progress: bool = True,
+    ):
+        if cfg.amp == "fp16" and device.type != "cuda":
+            raise ConfigError("train.amp=fp16 needs a CUDA device; use bf16 (or none) on the CPU")
+        self.model, self.loss, self.cfg, self.device, self.seed = model, loss, cfg, device, seed
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.eval_cfg = eval_cfg or EvalConfig()
+        self.config_snapshot = config_snapshot or {}
+        self.progress = progress
+        self.optimizer = build_optimizer(model, loss, cfg)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self.best_state: dict[str, Any] | None = None
+
+    # -- checkpoints --------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return None if self.output_dir is None else self.output_dir / "checkpoints" / "last.pt"
+
+    def _state(self, epoch: int, result: TrainResult) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "loss": self.loss.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,  # the last completed epoch
+            "result": dataclasses.asdict(result),
+            "best_state": self.best_state,
+            "rng": rng_state(),
+            "config": self.config_snapshot,
+        }
+
+    def _resume_path(self) -> Path | None:
+        resume = self.cfg.resume
+        if resume is None:
+            return None
+        if resume == "auto":
+            path = self.checkpoint_path
+            return path if path is not None and path.is_file() else None
+        return Path(resume)
+
+    def _restore(self, path: Path) -> tuple[int, TrainResult]:
+        state = load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        self.loss.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.best_state = state["best_state"]
+        set_rng_state(state["rng"])
+        result = TrainResult(**state["result"])
+        result.train_time_s = 0.0
+        return state["epoch"] + 1, result
+
+    # -- the loop -----------------------------------------------------------------------------
+    def fit(
+        self,
+        train_split: RetrievalSplit,
+        val_split: RetrievalSplit | None = None,
+        report: Callable[[int, dict], None] | None = None,
+    ) -> TrainResult:
+        """Train for cfg.epochs; validate every cfg.eval_every epochs and call report(epoch, metrics)
+        after each validation (after the checkpoint is written, so a run stopped by `report` can
+        still be resumed). Leaves the model with the selected (best or last) weights."""
+        cfg = self.cfg
+        batches = len(epoch_pairs(train_split, cfg.pairs, self.seed, 0)) // cfg.batch_size or 1
+        steps_per_epoch = math.ceil(batches / cfg.accumulate)
+        total = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+        schedule = LRSchedule(
+            total_steps=total, warmup_steps=cfg.warmup_steps, kind=cfg.schedule, steps_per_epoch=steps_per_epoch,
+            step_epochs=cfg.step_epochs, gamma=cfg.step_gamma, min_ratio=cfg.min_lr_ratio,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        result, start_epoch = TrainResult(), 0
+        resume = self._resume_path()
+        if resume is not None:
+            start_epoch, result = self._restore(resume)
+        started = time.perf_counter()
+        for epoch in range(start_epoch, cfg.epochs):
+            if cfg.max_steps and result.steps >= cfg.max_steps:
+                break
+            epoch_loss = self._train_epoch(train_split, epoch, result)
+            result.epoch_losses.append(epoch_loss)
+            result.final_loss = epoch_loss
+            result.epochs_run = epoch + 1
+            metrics = None
+            if val_split is not None and cfg.eval_every and (epoch + 1) % cfg.eval_every == 0:
+                metrics = self._validate(val_split)
+                metrics["epoch"] = float(epoch)
+                metrics["train_loss"] = epoch_loss
+                result.history.append(metrics)
+                if result.best is None or metrics["rsum"] > result.best["rsum"]:
+                    result.best = metrics
+                    if cfg.select == "best":
+                        self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            result.train_time_s += time.perf_counter() - started
+            started = time.perf_counter()
+            if cfg.checkpoint and self.checkpoint_path is not None:
+                save_checkpoint(self.checkpoint_path, self._state(epoch, result))
+            if metrics is not None and report is not None:
+                report(epoch, metrics)
+        result.train_time_s += time.perf_counter() - started
+        if cfg.select == "best" and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        return result
+
+    def _train_epoch(self, split: RetrievalSplit, epoch: int, result: TrainResult) -> float:
+        cfg = self.cfg
+        self.model.train()
+        self.loss.train()
+        if hasattr(self.loss, "set_epoch"):
+            self.loss.set_epoch(epoch)
+        loader = epoch_loader(
+            split, self.model, mode=cfg.pairs, batch_size=cfg.batch_size, seed=self.seed, epoch=epoch,
+            num_workers=cfg.num_workers,
+        )
+        total, count = 0.0, 0
+        self.optimizer.zero_grad(set_to_none=True)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False)
+        for i, batch in enumerate(bar):
+            with autocast_context(self.device, cfg.amp):
+                sim, visual, text = self.model(to_device(batch.images, self.device), to_device(batch.texts, self.device))
+                loss = self.loss(sim, batch.positives.to(self.device), loss_extras(visual, text))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch}, batch {i}; lower train.lr?")
+            self.scaler.scale(loss / cfg.accumulate).backward()
+            total, count = total + float(loss.detach()), count + 1
+            if (i + 1) % cfg.accumulate == 0 or i + 1 == len(loader):
+                self._step()
+                result.steps += 1
+                if cfg.max_steps and result.steps >= cfg.max_steps:
+                    break
+            if (i + 1) % cfg.log_every == 0:
+                bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+        return total / max(count, 1)
+
+    def _step(self) -> None:
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        assert self.scheduler is not None
+        self.scheduler.step()
+
+    def _validate(self, split: RetrievalSplit) -> dict[str, float]:
+        e = self.eval_cfg
+        return evaluate(
+            self.model, split, device=self.device, batch_size=e.batch_size, chunk_items=e.chunk_items,
+            max_items=self.cfg.val_max_items, amp=self.cfg.amp, progress=False,
+        )

@@ -1,0 +1,293 @@
+"""Fused MaxSim on the GPU: token similarities are tiled on chip, reduced (max over regions per
+word and/or over words per region), masked and pooled in registers; only one score per
+(image, caption) pair is written. The token-pair tensor (Nv, Nt, Lv, Lt) never exists in memory.
+
+Backward recomputes the tile's similarities, sends each pair's gradient to the arg-max token
+pairs (split evenly between exact ties, as torch.amax does) and accumulates the token gradients
+with atomic adds, so extra memory stays O(Nv·Nt) plus the gradients themselves.
+
+Import this module only after deciding on TRITON_INTERPRET: Triton reads it when a kernel is
+decorated.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from finealign.kernels.pooling_weights import mean_weights
+from finealign.kernels.tiles import Tiles, next_pow2
+
+
+@triton.jit
+def _sim_tile(
+    v_ptr, t_ptr, vm_ptr, tm_ptr, iv0, it0, Nv, Nt, Lv, Lt, D,
+    s_vn, s_vl, s_vd, s_tn, s_tl, s_td,
+    BV: tl.constexpr, LVP: tl.constexpr, BT: tl.constexpr, LTP: tl.constexpr,
+    BK: tl.constexpr, PREC: tl.constexpr,
+):
+    """fp32 similarities of BV images × BT captions as a (BV·LVP, BT·LTP) tile, plus token masks."""
+    rows = tl.arange(0, BV * LVP)
+    img = iv0 + rows // LVP
+    rtok = rows % LVP
+    row_in = (img < Nv) & (rtok < Lv)
+    cols = tl.arange(0, BT * LTP)
+    cap = it0 + cols // LTP
+    ctok = cols % LTP
+    col_in = (cap < Nt) & (ctok < Lt)
+    a_base = v_ptr + img.to(tl.int64) * s_vn + rtok * s_vl
+    b_base = t_ptr + cap.to(tl.int64) * s_tn + ctok * s_tl
+    acc = tl.zeros((BV * LVP, BT * LTP), dtype=tl.float32)
+    for k in range(0, D, BK):
+        kk = k + tl.arange(0, BK)
+        kin = kk < D
+        a = tl.load(a_base[:, None] + kk[None, :] * s_vd, mask=row_in[:, None] & kin[None, :], other=0.0)
+        b = tl.load(b_base[:, None] + kk[None, :] * s_td, mask=col_in[:, None] & kin[None, :], other=0.0)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=PREC)
+    vm = tl.load(vm_ptr + img * Lv + rtok, mask=row_in, other=0) != 0
+    tm = tl.load(tm_ptr + cap * Lt + ctok, mask=col_in, other=0) != 0
+    return acc, vm, tm
+
+
+@triton.jit
+def _pool_text(s4, tm3, w3, temperature, LSE: tl.constexpr):
+    """Best region per word (BV, BT, LTP) and its pool over real words (BV, BT)."""
+    best = tl.max(s4, axis=1)
+    if LSE:
+        m = tl.max(tl.where(tm3, best, float("-inf")), axis=2)
+        m = tl.where(m == float("-inf"), 0.0, m)  # tiles past the end of the batch
+        e = tl.where(tm3, tl.exp((best - m[:, :, None]) / temperature), 0.0)
+        pooled = temperature * tl.log(tl.sum(e, axis=2)) + m
+    else:
+        pooled = tl.sum(tl.where(tm3, best * w3, 0.0), axis=2)
+    return best, pooled
+
+
+@triton.jit
+def _pool_visual(s4, vm3, w3, temperature, LSE: tl.constexpr):
+    """Best word per region (BV, LVP, BT) and its pool over real regions (BV, BT)."""
+    best = tl.max(s4, axis=3)
+    if LSE:
+        m = tl.max(tl.where(vm3, best, float("-inf")), axis=1)
+        m = tl.where(m == float("-inf"), 0.0, m)
+        e = tl.where(vm3, tl.exp((best - m[:, None, :]) / temperature), 0.0)
+        pooled = temperature * tl.log(tl.sum(e, axis=1)) + m
+    else:
+        pooled = tl.sum(tl.where(vm3, best * w3, 0.0), axis=1)
+    return best, pooled
+
+
+@triton.jit
+def _tile_ids(Nv, Nt, BV: tl.constexpr, BT: tl.constexpr, GROUP: tl.constexpr):
+    """Grouped launch order: GROUP visual blocks sweep the text blocks together (L2 reuse)."""
+    pid = tl.program_id(0)
+    nbv = tl.cdiv(Nv, BV)
+    nbt = tl.cdiv(Nt, BT)
+    width = GROUP * nbt
+    first = (pid // width) * GROUP
+    size = tl.minimum(nbv - first, GROUP)
+    pid_v = first + (pid % width) % size
+    pid_t = (pid % width) // size
+    return pid_v * BV, pid_t * BT
+
+
+@triton.jit
+def _maxsim_fwd(
+    v_ptr, t_ptr, vm_ptr, tm_ptr, tw_ptr, vw_ptr, out_ptr,
+    Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, temperature,
+    BV: tl.constexpr, LVP: tl.constexpr, BT: tl.constexpr, LTP: tl.constexpr, BK: tl.constexpr,
+    PREC: tl.constexpr, GROUP: tl.constexpr,
+    DO_TEXT: tl.constexpr, DO_VISUAL: tl.constexpr, LSE: tl.constexpr,
+):
+    iv0, it0 = _tile_ids(Nv, Nt, BV, BT, GROUP)
+    acc, vm, tm = _sim_tile(
+        v_ptr, t_ptr, vm_ptr, tm_ptr, iv0, it0, Nv, Nt, Lv, Lt, D,
+        s_vn, s_vl, s_vd, s_tn, s_tl, s_td, BV, LVP, BT, LTP, BK, PREC,
+    )
+    s = tl.where(vm[:, None] & tm[None, :], acc, float("-inf"))
+    s4 = tl.reshape(s, (BV, LVP, BT, LTP))
+    iv = iv0 + tl.arange(0, BV)
+    it = it0 + tl.arange(0, BT)
+    score = tl.zeros((BV, BT), dtype=tl.float32)
+    half: tl.constexpr = 0.5 if (DO_TEXT and DO_VISUAL) else 1.0
+    if DO_TEXT:
+        tm3 = tl.reshape(tm, (BT, LTP))[None, :, :]
+        cols = tl.arange(0, BT * LTP)
+        tw = tl.load(tw_ptr + (it0 * Lt + (cols // LTP) * Lt + cols % LTP),
+                     mask=(it0 + cols // LTP < Nt) & (cols % LTP < Lt), other=0.0)
+        _, pooled = _pool_text(s4, tm3, tl.reshape(tw, (BT, LTP))[None, :, :], temperature, LSE)
+        score += half * pooled
+    if DO_VISUAL:
+        vm3 = tl.reshape(vm, (BV, LVP))[:, :, None]
+        rows = tl.arange(0, BV * LVP)
+        vw = tl.load(vw_ptr + (iv0 * Lv + (rows // LVP) * Lv + rows % LVP),
+                     mask=(iv0 + rows // LVP < Nv) & (rows % LVP < Lv), other=0.0)
+        _, pooled = _pool_visual(s4, vm3, tl.reshape(vw, (BV, LVP))[:, :, None], temperature, LSE)
+        score += half * pooled
+    tl.store(out_ptr + iv[:, None] * Nt + it[None, :], score, mask=(iv[:, None] < Nv) & (it[None, :] < Nt))
+
+
+@triton.jit
+def _maxsim_bwd(
+    v_ptr, t_ptr, vm_ptr, tm_ptr, tw_ptr, vw_ptr, g_ptr, dv_ptr, dt_ptr, dtw_ptr, dvw_ptr,
+    Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, temperature,
+    BV: tl.constexpr, LVP: tl.constexpr, BT: tl.constexpr, LTP: tl.constexpr, BK: tl.constexpr,
+    PREC: tl.constexpr, GROUP: tl.constexpr,
+    DO_TEXT: tl.constexpr, DO_VISUAL: tl.constexpr, LSE: tl.constexpr,
+    NEED_DV: tl.constexpr, NEED_DT: tl.constexpr, NEED_DTW: tl.constexpr, NEED_DVW: tl.constexpr,
+):
+    iv0, it0 = _tile_ids(Nv, Nt, BV, BT, GROUP)
+    acc, vm, tm = _sim_tile(
+        v_ptr, t_ptr, vm_ptr, tm_ptr, iv0, it0, Nv, Nt, Lv, Lt, D,
+        s_vn, s_vl, s_vd, s_tn, s_tl, s_td, BV, LVP, BT, LTP, BK, PREC,
+    )
+    valid = vm[:, None] & tm[None, :]
+    s4 = tl.reshape(tl.where(valid, acc, float("-inf")), (BV, LVP, BT, LTP))
+    valid4 = tl.reshape(valid, (BV, LVP, BT, LTP))
+    iv = iv0 + tl.arange(0, BV)
+    it = it0 + tl.arange(0, BT)
+    pair_in = (iv[:, None] < Nv) & (it[None, :] < Nt)
+    half: tl.constexpr = 0.5 if (DO_TEXT and DO_VISUAL) else 1.0
+    g = half * tl.load(g_ptr + iv[:, None] * Nt + it[None, :], mask=pair_in, other=0.0)  # (BV, BT)
+    rows = tl.arange(0, BV * LVP)
+    cols = tl.arange(0, BT * LTP)
+    ds4 = tl.zeros((BV, LVP, BT, LTP), dtype=tl.float32)
+    if DO_TEXT:
+        tm3 = tl.reshape(tm, (BT, LTP))[None, :, :]
+        tw = tl.load(tw_ptr + (it0 * Lt + (cols // LTP) * Lt + cols % LTP),
+                     mask=(it0 + cols // LTP < Nt) & (cols % LTP < Lt), other=0.0)
+        tw3 = tl.reshape(tw, (BT, LTP))[None, :, :]
+        best, pooled = _pool_text(s4, tm3, tw3, temperature, LSE)
+        if LSE:
+            coef = tl.exp((best - pooled[:, :, None]) / temperature)  # softmax over words
+        else:
+            coef = tw3 + tl.zeros_like(best)
+        keep = tm3 & pair_in[:, :, None]
+        coef = tl.where(keep, coef * g[:, :, None], 0.0)
+        hot = (s4 == best[:, None, :, :]) & valid4
+        ties = tl.maximum(tl.sum(hot.to(tl.float32), axis=1), 1.0)
+        ds4 += tl.where(hot, (coef / ties)[:, None, :, :], 0.0)
+        if NEED_DTW:
+            dtw = tl.sum(tl.where(keep, best * g[:, :, None], 0.0), axis=0)  # (BT, LTP)
+            tl.atomic_add(dtw_ptr + (it0 * Lt + (cols // LTP) * Lt + cols % LTP), tl.reshape(dtw, (BT * LTP,)),
+                          mask=(it0 + cols // LTP < Nt) & (cols % LTP < Lt))
+    if DO_VISUAL:
+        vm3 = tl.reshape(vm, (BV, LVP))[:, :, None]
+        vw = tl.load(vw_ptr + (iv0 * Lv + (rows // LVP) * Lv + rows % LVP),
+                     mask=(iv0 + rows // LVP < Nv) & (rows % LVP < Lv), other=0.0)
+        vw3 = tl.reshape(vw, (BV, LVP))[:, :, None]
+        best, pooled = _pool_visual(s4, vm3, vw3, temperature, LSE)
+        if LSE:
+            coef = tl.exp((best - pooled[:, None, :]) / temperature)
+        else:
+            coef = vw3 + tl.zeros_like(best)
+        keep = vm3 & pair_in[:, None, :]
+        coef = tl.where(keep, coef * g[:, None, :], 0.0)
+        hot = (s4 == best[:, :, :, None]) & valid4
+        ties = tl.maximum(tl.sum(hot.to(tl.float32), axis=3), 1.0)
+        ds4 += tl.where(hot, (coef / ties)[:, :, :, None], 0.0)
+        if NEED_DVW:
+            dvw = tl.sum(tl.where(keep, best * g[:, None, :], 0.0), axis=2)  # (BV, LVP)
+            tl.atomic_add(dvw_ptr + (iv0 * Lv + (rows // LVP) * Lv + rows % LVP), tl.reshape(dvw, (BV * LVP,)),
+                          mask=(iv0 + rows // LVP < Nv) & (rows % LVP < Lv))
+    if NEED_DV or NEED_DT:
+        ds = tl.reshape(ds4, (BV * LVP, BT * LTP))
+        img = iv0 + rows // LVP
+        rtok = rows % LVP
+        row_in = (img < Nv) & (rtok < Lv)
+        cap = it0 + cols // LTP
+        ctok = cols % LTP
+        col_in = (cap < Nt) & (ctok < Lt)
+        a_base = v_ptr + img.to(tl.int64) * s_vn + rtok * s_vl
+        b_base = t_ptr + cap.to(tl.int64) * s_tn + ctok * s_tl
+        for k in range(0, D, BK):
+            kk = k + tl.arange(0, BK)
+            kin = kk < D
+            if NEED_DV:
+                b = tl.load(b_base[:, None] + kk[None, :] * s_td, mask=col_in[:, None] & kin[None, :], other=0.0)
+                dv = tl.dot(ds.to(b.dtype), b, input_precision=PREC)  # (BV·LVP, BK)
+                tl.atomic_add(dv_ptr + (img.to(tl.int64) * Lv + rtok)[:, None] * D + kk[None, :], dv,
+                              mask=row_in[:, None] & kin[None, :])
+            if NEED_DT:
+                a = tl.load(a_base[:, None] + kk[None, :] * s_vd, mask=row_in[:, None] & kin[None, :], other=0.0)
+                dt = tl.dot(tl.trans(ds).to(a.dtype), a, input_precision=PREC)  # (BT·LTP, BK)
+                tl.atomic_add(dt_ptr + (cap.to(tl.int64) * Lt + ctok)[:, None] * D + kk[None, :], dt,
+                              mask=col_in[:, None] & kin[None, :])
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 inputs follow torch's own matmul setting (TF32 only if the user allowed it).
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def _launch(kernel, v, t, vmask8, tmask8, tw, vw, extra, pooling, direction, temperature, tiles, **consts):
+    nv, lv, d = v.shape
+    nt, lt, _ = t.shape
+    tiles = tiles or Tiles.default(lv, lt, v.dtype)
+    grid = (triton.cdiv(nv, tiles.items_visual) * triton.cdiv(nt, tiles.items_text),)
+    kernel[grid](
+        v, t, vmask8, tmask8, tw, vw, *extra,
+        nv, nt, lv, lt, d, *v.stride(), *t.stride(), float(temperature),
+        BV=tiles.items_visual, LVP=next_pow2(lv), BT=tiles.items_text, LTP=next_pow2(lt), BK=tiles.block_k,
+        PREC=_precision(v.dtype), GROUP=tiles.group,
+        DO_TEXT=direction in ("text", "both"), DO_VISUAL=direction in ("visual", "both"), LSE=pooling == "lse",
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages, **consts,
+    )
+
+
+class _MaxSim(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, v, t, text_weights, visual_weights, vmask, tmask, pooling, direction, temperature, tiles):
+        vmask8, tmask8 = vmask.to(torch.int8).contiguous(), tmask.to(torch.int8).contiguous()
+        tw, vw = text_weights.float().contiguous(), visual_weights.float().contiguous()
+        out = torch.empty(v.shape[0], t.shape[0], dtype=torch.float32, device=v.device)
+        _launch(_maxsim_fwd, v, t, vmask8, tmask8, tw, vw, (out,), pooling, direction, temperature, tiles)
+        ctx.save_for_backward(v, t, vmask8, tmask8, tw, vw)
+        ctx.options = (pooling, direction, temperature, tiles)
+        ctx.weight_dtypes = (text_weights.dtype, visual_weights.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, t, vmask8, tmask8, tw, vw = ctx.saved_tensors
+        pooling, direction, temperature, tiles = ctx.options
+        need_dv, need_dt, need_dtw, need_dvw = ctx.needs_input_grad[:4]
+        # Weights only matter for weighted pooling in a direction that is computed.
+        need_dtw = need_dtw and pooling == "weighted" and direction in ("text", "both")
+        need_dvw = need_dvw and pooling == "weighted" and direction in ("visual", "both")
+        # fp32 accumulators for the atomic adds; empty placeholders for what is not needed.
+        dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device) if need_dv else v.new_empty(0)
+        dt = torch.zeros(t.shape, dtype=torch.float32, device=t.device) if need_dt else t.new_empty(0)
+        dtw = torch.zeros_like(tw) if need_dtw else tw.new_empty(0)
+        dvw = torch.zeros_like(vw) if need_dvw else vw.new_empty(0)
+        _launch(
+            _maxsim_bwd, v, t, vmask8, tmask8, tw, vw, (grad.float().contiguous(), dv, dt, dtw, dvw),
+            pooling, direction, temperature, tiles,
+            NEED_DV=bool(need_dv), NEED_DT=bool(need_dt), NEED_DTW=bool(need_dtw), NEED_DVW=bool(need_dvw),
+        )
+        return (
+            dv.to(v.dtype) if need_dv else None,
+            dt.to(t.dtype) if need_dt else None,
+            dtw.to(ctx.weight_dtypes[0]) if need_dtw else None,
+            dvw.to(ctx.weight_dtypes[1]) if need_dvw else None,
+            None, None, None, None, None, None,
+        )
+
+
+def maxsim_triton(
+    v: Tensor, vmask: Tensor, t: Tensor, tmask: Tensor, pooling: str, direction: str, temperature: float,
+    text_weights: Tensor | None = None, visual_weights: Tensor | None = None, tiles: Tiles | None = None,
+) -> Tensor:
+    """(Nv, Nt) fp32 scores, differentiable in v, t and (pooling='weighted') in the weights."""
+    if pooling != "weighted":
+        # Mean is weighted pooling with weights 1/n; LSE ignores the weights.
+        text_weights, visual_weights = mean_weights(tmask), mean_weights(vmask)
+    if text_weights is None:
+        text_weights = mean_weights(tmask)
+    if visual_weights is None:
+        visual_weights = mean_weights(vmask)
+    return _MaxSim.apply(v, t, text_weights, visual_weights, vmask, tmask, pooling, direction, temperature, tiles)

@@ -1,0 +1,95 @@
+"""TGDT's Consistent Multimodal Contrastive (CMC) loss.
+
+    L = global_weight      · H(S_global)               hinge on the global similarities
+      + local_weight       · H(S)                      hinge on the aligner's (local) similarities
+      + consistency_weight · C                         intra-modal consistency
+
+H is the bidirectional hinge of `hinge_terms` (margin m, hardest negative or sum), averaged over
+the batch's positive pairs. S_global comes from `extras["global_sim"]`, or is the cosine of
+`extras["image_global"]` and `extras["text_global"]`.
+
+C compares the similarity structure of the two modalities on the batch's captions. Caption b
+belongs to image u(b) (its single positive). With ĝ the L2-normalised global vectors,
+    S_tt[b, b'] = ĝ_text[b] · ĝ_text[b']          S_ii[b, b'] = ĝ_img[u(b)] · ĝ_img[u(b')]
+    C = mean over b ≠ b' of |S_tt[b, b'] − S_ii[b, b']|^p     (p = 2 for "l2", 1 for "l1")
+so two captions should be as similar as the images they describe (captions of one image: S_ii=1).
+Gradients reach both modalities' global vectors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from finealign.errors import ConfigError, ShapeError
+from finealign.losses.base import Loss, check_similarity, hinge_terms
+from finealign.registry import LOSSES
+
+
+@dataclass
+class CMCConfig:
+    margin: float = 0.2
+    global_weight: float = 1.0
+    local_weight: float = 1.0
+    consistency_weight: float = 0.1
+    consistency: str = "l2"  # l2 (squared gap) | l1 (absolute gap)
+    hardest: bool = True  # hardest negative (VSE++) or the sum over negatives
+
+    def __post_init__(self) -> None:
+        for key in ("margin", "global_weight", "local_weight", "consistency_weight"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
+        if self.consistency not in ("l1", "l2"):
+            raise ConfigError(f"consistency must be 'l1' or 'l2', got {self.consistency!r}")
+
+
+@LOSSES.register("cmc")
+class CMCLoss(Loss):
+    """TGDT consistent multimodal contrastive loss: global + local hinge + intra-modal consistency."""
+
+    Config = CMCConfig
+
+    def forward(self, sim: Tensor, positives: Tensor, extras: Mapping[str, Tensor] | None = None) -> Tensor:
+        check_similarity(sim, positives)
+        extras = extras or {}
+        image_global, text_global = extras.get("image_global"), extras.get("text_global")
+        global_sim = extras.get("global_sim")
+        if global_sim is None:
+            if image_global is None or text_global is None:
+                raise ShapeError("cmc needs extras 'global_sim' or both 'image_global' and 'text_global'")
+            global_sim = F.normalize(image_global.float(), dim=-1) @ F.normalize(text_global.float(), dim=-1).T
+        check_similarity(global_sim, positives, "global_sim")
+        cfg = self.config
+        loss = cfg.local_weight * hinge_terms(sim.float(), positives, cfg.margin, cfg.hardest).mean()
+        loss = loss + cfg.global_weight * hinge_terms(global_sim.float(), positives, cfg.margin, cfg.hardest).mean()
+        if cfg.consistency_weight > 0:
+            if image_global is None or text_global is None:
+                raise ShapeError("cmc's consistency term needs extras 'image_global' and 'text_global'")
+            loss = loss + cfg.consistency_weight * self.consistency(image_global, text_global, positives)
+        return loss
+
+    def consistency(self, image_global: Tensor, text_global: Tensor, positives: Tensor) -> Tensor:
+        """C of the module docstring: gap between caption-caption and image-image similarities."""
+        n_img, n_txt = positives.shape
+        if image_global.shape[0] != n_img or text_global.shape[0] != n_txt:
+            raise ShapeError(
+                f"image_global {tuple(image_global.shape)} / text_global {tuple(text_global.shape)} "
+                f"do not match positives {tuple(positives.shape)}"
+            )
+        per_caption = positives.sum(dim=0)
+        if not bool((per_caption == 1).all()):
+            raise ShapeError("cmc consistency needs exactly one positive image per caption (column)")
+        owner = positives.float().argmax(dim=0)  # u(b)
+        img = F.normalize(image_global.float(), dim=-1)[owner]
+        txt = F.normalize(text_global.float(), dim=-1)
+        gap = txt @ txt.T - img @ img.T
+        off_diagonal = ~torch.eye(n_txt, dtype=torch.bool, device=gap.device)
+        if not bool(off_diagonal.any()):
+            return gap.new_zeros(())
+        gap = gap[off_diagonal]
+        return gap.abs().mean() if self.config.consistency == "l1" else gap.pow(2).mean()

@@ -1,0 +1,73 @@
+"""Symmetric InfoNCE (CLIP), with a learnable or fixed temperature and several positives per row."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from finealign.errors import ConfigError
+from finealign.losses.base import Loss, check_similarity
+from finealign.registry import LOSSES
+
+
+@dataclass
+class InfoNCEConfig:
+    temperature: float = 0.07  # initial (learnable) or fixed τ; logits are sim / τ
+    learnable: bool = True  # learn log(1/τ), as CLIP does
+    max_scale: float = 100.0  # CLIP's clamp: 1/τ never exceeds this
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature!r}")
+        if not isinstance(self.max_scale, (int, float)) or self.max_scale <= 0:
+            raise ConfigError(f"max_scale must be > 0, got {self.max_scale!r}")
+        if 1.0 / self.temperature > self.max_scale:
+            raise ConfigError(
+                f"temperature {self.temperature} gives a logit scale {1 / self.temperature:.1f} "
+                f"above max_scale {self.max_scale}"
+            )
+
+
+def multi_positive_nce(logits: Tensor, positives: Tensor) -> Tensor:
+    """Mean over rows that have a positive of  -1/|P_r| Σ_{p∈P_r} log softmax(logits[r])[p].
+
+    With one positive per row this is exactly cross-entropy. With several (the captions of one
+    image), each positive is a separate target and the row averages their losses (SupCon's
+    "L_out" form), so every caption of the image is pulled up while the other images' captions
+    are pushed down. Rows without a positive (pure negatives) contribute only as negatives.
+    """
+    log_prob = torch.log_softmax(logits, dim=1)
+    has_pos = positives.any(dim=1)
+    per_row = -(log_prob * positives).sum(dim=1)[has_pos] / positives.sum(dim=1)[has_pos]
+    return per_row.mean()
+
+
+@LOSSES.register("infonce")
+class InfoNCELoss(Loss):
+    """Symmetric InfoNCE (CLIP) over the aligner's similarity matrix; multi-positive aware."""
+
+    Config = InfoNCEConfig
+
+    def __init__(self, config: InfoNCEConfig | None = None):
+        super().__init__(config)
+        log_scale = torch.tensor(math.log(1.0 / self.config.temperature))
+        if self.config.learnable:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+
+    @property
+    def temperature(self) -> float:
+        return float(1.0 / self.scale().detach())
+
+    def scale(self) -> Tensor:
+        return self.log_scale.clamp(max=math.log(self.config.max_scale)).exp()
+
+    def forward(self, sim: Tensor, positives: Tensor, extras: Mapping[str, Tensor] | None = None) -> Tensor:
+        check_similarity(sim, positives)
+        logits = sim.float() * self.scale()
+        return 0.5 * (multi_positive_nce(logits, positives) + multi_positive_nce(logits.T, positives.T))

@@ -1,0 +1,45 @@
+"""Hinge triplet loss with a margin (VSE++, CHAN), both directions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from torch import Tensor
+
+from finealign.errors import ConfigError
+from finealign.losses.base import Loss, check_similarity, hinge_terms
+from finealign.registry import LOSSES
+
+
+@dataclass
+class TripletConfig:
+    margin: float = 0.2
+    # Epochs (0-based, epoch < warmup_epochs) that sum the hinge over all negatives before
+    # switching to the hardest negative: the hardest-only loss can collapse from a random start.
+    warmup_epochs: int = 1
+    reduction: str = "mean"  # mean | sum over positive pairs (VSE++ sums over the batch)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.margin, (int, float)) or self.margin < 0:
+            raise ConfigError(f"margin must be >= 0, got {self.margin!r}")
+        if not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
+            raise ConfigError(f"warmup_epochs must be an int >= 0, got {self.warmup_epochs!r}")
+        if self.reduction not in ("mean", "sum"):
+            raise ConfigError(f"reduction must be 'mean' or 'sum', got {self.reduction!r}")
+
+
+@LOSSES.register("triplet")
+class TripletLoss(Loss):
+    """Bidirectional hinge triplet loss: all negatives during warm-up, then the hardest (VSE++)."""
+
+    Config = TripletConfig
+
+    @property
+    def hardest(self) -> bool:
+        return self.epoch >= self.config.warmup_epochs
+
+    def forward(self, sim: Tensor, positives: Tensor, extras: Mapping[str, Tensor] | None = None) -> Tensor:
+        check_similarity(sim, positives)
+        cost = hinge_terms(sim.float(), positives, self.config.margin, self.hardest)
+        return cost.mean() if self.config.reduction == "mean" else cost.sum()

@@ -1,0 +1,88 @@
+"""Load `configs/sweep/NAME.yaml` through Hydra and split command-line overrides.
+
+`finealign sweep sweep=toy sweep.sampler=tpe data=toy train.epochs=2`:
+  - `sweep=NAME` picks the file (default: `default`),
+  - `sweep.KEY=VALUE` changes the sweep itself (Hydra places the file under the `sweep` package),
+  - everything else is a fixed override added to every trial's experiment config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from omegaconf import OmegaConf
+
+from finealign.errors import ConfigError
+from finealign.sweeps.spec import SweepSpec, override_key
+
+
+@dataclass(frozen=True)
+class LoadedSweep:
+    spec: SweepSpec
+    trial_overrides: tuple[str, ...]  # the file's fixed overrides, then the command line's
+
+
+def split_overrides(args: Iterable[str]) -> tuple[str, list[str], list[str]]:
+    """(sweep name, overrides of the sweep file, fixed overrides of every trial)."""
+    name, sweep_overrides, trial_overrides = "default", [], []
+    for arg in args:
+        if "=" not in arg and not arg.startswith("~"):
+            raise ConfigError(f"override {arg!r} is not KEY=VALUE")
+        key = override_key(arg)
+        if key == "sweep":
+            name = arg.split("=", 1)[1]
+        elif key.startswith("sweep."):
+            sweep_overrides.append(arg)
+        else:
+            trial_overrides.append(arg)
+    return name, sweep_overrides, trial_overrides
+
+
+def merge_overrides(base: Iterable[str], extra: Iterable[str]) -> tuple[str, ...]:
+    """Later overrides of the same key replace earlier ones (Hydra rejects a key given twice)."""
+    merged: dict[str, str] = {}
+    for o in [*base, *extra]:
+        merged.pop(override_key(o), None)
+        merged[override_key(o)] = o
+    return tuple(merged.values())
+
+
+def available_sweeps() -> list[str]:
+    from finealign.config import config_dir
+
+    return sorted(p.stem for p in (config_dir() / "sweep").glob("*.yaml"))
+
+
+def load_sweep(args: Iterable[str] = ()) -> LoadedSweep:
+    """Compose a sweep file with its overrides, validate it, and check that every option exists."""
+    from finealign.config import compose, config_dir
+
+    name, sweep_overrides, extra = split_overrides(args)
+    if not (config_dir() / "sweep" / f"{name}.yaml").is_file():
+        raise ConfigError(
+            f"no sweep config {name!r} in {config_dir() / 'sweep'} (available: {', '.join(available_sweeps())})"
+        )
+    cfg = compose(f"sweep/{name}", sweep_overrides)
+    raw = OmegaConf.to_container(cfg, resolve=True).get("sweep", {})
+    spec = SweepSpec.from_dict(raw)
+    check_options_exist(spec, config_dir())
+    trial_overrides = merge_overrides(spec.overrides, extra)
+    for o in extra:
+        key = override_key(o)
+        if key in spec.choices or key in {p.name for p in spec.all_params()}:
+            raise ConfigError(f"override {o!r} sets {key!r}, which sweep {name!r} varies; drop it or edit the sweep")
+    return LoadedSweep(spec=spec, trial_overrides=trial_overrides)
+
+
+def check_options_exist(spec: SweepSpec, root: Path) -> None:
+    """Every `choose` option must be a config file of its group (`aligner=hard` → aligner/hard.yaml)."""
+    for group, options in spec.choices.items():
+        folder = root / group.replace(".", "/")
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        if not known:
+            raise ConfigError(f"choose.{group}: {folder} is not a config group (no *.yaml files)")
+        for option in options:
+            if option not in known:
+                raise ConfigError(f"choose.{group}: no option {option!r} in {folder} (options: {', '.join(known)})")

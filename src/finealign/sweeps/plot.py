@@ -1,0 +1,38 @@
+"""Recall vs cost scatter of a sweep: every complete trial, the Pareto front marked and joined,
+points labelled by their aligner (or the first swept component)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+def plot_tradeoff(frame: pd.DataFrame, x: str, y: str, label: str | None, path: Path, title: str = "") -> Path | None:
+    """Write the PNG and return its path; None when the trials lack the x or y metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = frame[frame["state"] == "COMPLETE"]
+    if done.empty or x not in done or y not in done or done[[x, y]].isna().all().any():
+        return None
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    rest, front = done[~done["pareto"]], done[done["pareto"]].sort_values(x)
+    ax.scatter(rest[x], rest[y], c="tab:gray", alpha=0.7, label="trial")
+    ax.scatter(front[x], front[y], c="tab:red", s=60, zorder=3, label="Pareto front")
+    ax.plot(front[x], front[y], c="tab:red", lw=1, zorder=2, drawstyle="steps-post")
+    for _, row in done.iterrows():
+        text = str(row[label]) if label and label in row else f"#{row['trial']}"
+        ax.annotate(text, (row[x], row[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,326 @@
+"""The sweep specification: what a `configs/sweep/*.yaml` file may say, validated up front.
+
+A sweep file names the component choices to ablate (each one a Hydra config-group override such as
+`aligner=hard`), the hyperparameters that exist only for some choices (`aligner.epsilon` only when
+aligner=tokenflow), unconditional hyperparameters (`train.lr`), the metrics to optimise and how
+trials are proposed. `SweepSpec.from_dict` turns the composed file into frozen dataclasses and
+raises ConfigError naming the first bad key, before any trial starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+from finealign.errors import ConfigError
+
+SAMPLERS = ("grid", "tpe", "nsga2", "random")
+DIRECTIONS = ("maximize", "minimize")
+PRUNERS = ("none", "median", "percentile", "hyperband")
+
+Value = Any  # None | bool | int | float | str: what Optuna can store as a categorical choice
+
+
+def _unknown_keys(given: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    for key in given:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=2, cutoff=0.5)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ConfigError(f"{where} has no key {key!r}{hint} (allowed: {', '.join(allowed)})")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One hyperparameter: a categorical list (`values`) or a numeric range (`low`..`high`).
+
+    `grid` lists the values a range takes in grid mode (a categorical param uses its `values`).
+    The name is the Hydra override key the value is passed as (`aligner.epsilon=0.1`).
+    """
+
+    name: str
+    kind: str  # "categorical" | "float" | "int"
+    values: tuple[Value, ...] = ()
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    grid: tuple[Value, ...] = ()
+
+    ALLOWED = ("values", "low", "high", "log", "step", "type", "grid")
+
+    @classmethod
+    def from_raw(cls, name: str, raw: Any) -> ParamSpec:
+        where = f"param {name!r}"
+        if isinstance(raw, (list, tuple)):  # shorthand: a bare list is a categorical choice
+            raw = {"values": list(raw)}
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where} must be a mapping (values: [...] or low/high) or a list, got {raw!r}")
+        _unknown_keys(raw, cls.ALLOWED, where)
+        if "values" in raw:
+            extra = [k for k in ("low", "high", "log", "step", "grid") if k in raw]
+            if extra:
+                raise ConfigError(f"{where}: give either values or a low/high range, not both (also has {extra})")
+            values = tuple(raw["values"] or ())
+            if not values:
+                raise ConfigError(f"{where}: values is empty")
+            for v in values:
+                if v is not None and not isinstance(v, (bool, int, float, str)):
+                    raise ConfigError(f"{where}: value {v!r} is not a bool, number, string or null")
+            if len(set(map(repr, values))) != len(values):
+                raise ConfigError(f"{where}: values {list(values)} hold duplicates")
+            return cls(name=name, kind="categorical", values=values)
+        if "low" not in raw or "high" not in raw:
+            raise ConfigError(f"{where} needs values: [...] or both low and high")
+        low, high, step = raw["low"], raw["high"], raw.get("step")
+        for key, v in (("low", low), ("high", high)) + ((("step", step),) if step is not None else ()):
+            if not _is_number(v):
+                raise ConfigError(f"{where}: {key} must be a finite number, got {v!r}")
+        kind = raw.get("type") or ("int" if all(isinstance(v, int) for v in (low, high)) else "float")
+        if kind not in ("int", "float"):
+            raise ConfigError(f"{where}: type must be int or float, got {kind!r}")
+        if kind == "int" and not all(isinstance(v, int) for v in (low, high, step if step is not None else 1)):
+            raise ConfigError(f"{where}: an int range needs int low/high/step, got {low!r}, {high!r}, {step!r}")
+        log = bool(raw.get("log", False))
+        if not low <= high:
+            raise ConfigError(f"{where}: low ({low}) must not exceed high ({high})")
+        if log and low <= 0:
+            raise ConfigError(f"{where}: a log range needs low > 0, got {low}")
+        if step is not None and step <= 0:
+            raise ConfigError(f"{where}: step must be > 0, got {step}")
+        if log and step is not None:
+            raise ConfigError(f"{where}: Optuna cannot combine log=true with a step")
+        grid = tuple(raw.get("grid") or ())
+        for v in grid:
+            if not _is_number(v) or not low <= v <= high:
+                raise ConfigError(f"{where}: grid value {v!r} is not a number in [{low}, {high}]")
+            if kind == "int" and not isinstance(v, int):
+                raise ConfigError(f"{where}: grid value {v!r} of an int range is not an int")
+        return cls(name=name, kind=kind, low=low, high=high, log=log, step=step, grid=grid)
+
+    def grid_values(self) -> tuple[Value, ...]:
+        if self.kind == "categorical":
+            return self.values
+        if not self.grid:
+            raise ConfigError(
+                f"param {self.name!r} is a range ({self.low}..{self.high}); grid mode needs the values "
+                f"to try: add grid: [...] to it"
+            )
+        return self.grid
+
+    def signature(self) -> tuple:
+        """What Optuna requires to agree between two uses of one parameter name."""
+        return (self.kind, self.log, self.values if self.kind == "categorical" else ())
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    metric: str
+    direction: str = "maximize"
+
+    @classmethod
+    def from_raw(cls, raw: Any, index: int) -> ObjectiveSpec:
+        where = f"objectives[{index}]"
+        if isinstance(raw, str):  # shorthand: "rsum" maximises
+            raw = {"metric": raw}
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where} must be a metric name or {{metric, direction}}, got {raw!r}")
+        _unknown_keys(raw, ("metric", "direction"), where)
+        metric, direction = raw.get("metric"), raw.get("direction", "maximize")
+        if not isinstance(metric, str) or not metric:
+            raise ConfigError(f"{where}.metric must be a metric name such as rsum, got {metric!r}")
+        if direction not in DIRECTIONS:
+            raise ConfigError(f"{where}.direction must be maximize or minimize, got {direction!r}")
+        return cls(metric=metric, direction=direction)
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    name: str = "none"
+    n_startup_trials: int = 2  # trials that are never pruned (the median needs a history)
+    n_warmup_steps: int = 0  # epochs of each trial that are never pruned
+    percentile: float = 25.0  # percentile pruner: prune below this percentile
+
+    @classmethod
+    def from_raw(cls, raw: Any) -> PrunerSpec:
+        if raw is None or isinstance(raw, str):
+            raw = {"name": raw or "none"}
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"pruner must be a name or a mapping, got {raw!r}")
+        _unknown_keys(raw, ("name", "n_startup_trials", "n_warmup_steps", "percentile"), "pruner")
+        spec = cls(**dict(raw))
+        if spec.name not in PRUNERS:
+            raise ConfigError(f"pruner.name must be one of {', '.join(PRUNERS)}, got {spec.name!r}")
+        for key in ("n_startup_trials", "n_warmup_steps"):
+            value = getattr(spec, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"pruner.{key} must be an int >= 0, got {value!r}")
+        if not _is_number(spec.percentile) or not 0 < spec.percentile < 100:
+            raise ConfigError(f"pruner.percentile must be in (0, 100), got {spec.percentile!r}")
+        return spec
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A whole validated sweep (see configs/sweep/toy.yaml for a commented example)."""
+
+    study: str
+    sampler: str
+    objectives: tuple[ObjectiveSpec, ...]
+    choices: dict[str, dict[str, tuple[ParamSpec, ...]]]  # group → option → its conditional params
+    params: tuple[ParamSpec, ...] = ()  # unconditional
+    overrides: tuple[str, ...] = ()  # fixed for every trial
+    experiment: str = "config"  # primary config that finealign.config.compose starts from
+    objective: str | None = None  # "module:function" replacing compose + run_experiment
+    n_trials: int | None = None  # study-wide total; grid: all points by default
+    seed: int = 0
+    pruner: PrunerSpec = field(default_factory=PrunerSpec)
+    heartbeat_s: int = 10  # RUNNING trials silent for 2x this long are failed and retried
+    plot_x: str = "score_latency_ms"
+    plot_y: str = "rsum"
+
+    TOP_KEYS = (
+        "study", "sampler", "objectives", "choose", "params", "overrides", "experiment", "objective",
+        "n_trials", "seed", "pruner", "heartbeat_s", "plot",
+    )  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> SweepSpec:
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"a sweep config must be a mapping, got {type(raw).__name__}")
+        _unknown_keys(raw, cls.TOP_KEYS, "the sweep config")
+        study = raw.get("study")
+        if not isinstance(study, str) or not study or any(c in study for c in "/\\ "):
+            raise ConfigError(f"study must be a name without slashes or spaces, got {study!r}")
+        sampler = raw.get("sampler", "tpe")
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        objectives = tuple(ObjectiveSpec.from_raw(o, i) for i, o in enumerate(raw.get("objectives") or ()))
+        if not objectives:
+            raise ConfigError("objectives is empty: name at least one metric, e.g. [{metric: rsum}]")
+        metrics = [o.metric for o in objectives]
+        if len(set(metrics)) != len(metrics):
+            raise ConfigError(f"objectives name a metric twice: {metrics}")
+        choices = _parse_choices(raw.get("choose") or {})
+        params = tuple(ParamSpec.from_raw(k, v) for k, v in (raw.get("params") or {}).items())
+        overrides = tuple(raw.get("overrides") or ())
+        for o in overrides:
+            if not isinstance(o, str) or "=" not in o:
+                raise ConfigError(f"overrides must be strings like 'data=toy', got {o!r}")
+        pruner = PrunerSpec.from_raw(raw.get("pruner"))
+        if pruner.name != "none" and len(objectives) > 1:
+            raise ConfigError(
+                f"pruner {pruner.name!r} with {len(objectives)} objectives: Optuna prunes single-objective "
+                "studies only; set pruner: none or keep one objective"
+            )
+        n_trials = raw.get("n_trials")
+        if n_trials is not None and (not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1):
+            raise ConfigError(f"n_trials must be a positive int or null, got {n_trials!r}")
+        if n_trials is None and sampler != "grid":
+            raise ConfigError(f"sampler {sampler!r} needs n_trials (only grid mode defaults to every point)")
+        seed = raw.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ConfigError(f"seed must be an int >= 0, got {seed!r}")
+        heartbeat_s = raw.get("heartbeat_s", 10)
+        if not isinstance(heartbeat_s, int) or isinstance(heartbeat_s, bool) or heartbeat_s < 1:
+            raise ConfigError(f"heartbeat_s must be a positive int (seconds), got {heartbeat_s!r}")
+        plot = dict(raw.get("plot") or {})
+        _unknown_keys(plot, ("x", "y"), "plot")
+        objective = raw.get("objective")
+        if objective is not None and (not isinstance(objective, str) or ":" not in objective):
+            raise ConfigError(f"objective must be 'module:function' or null, got {objective!r}")
+        spec = cls(
+            study=study,
+            sampler=sampler,
+            objectives=objectives,
+            choices=choices,
+            params=params,
+            overrides=overrides,
+            experiment=str(raw.get("experiment", "config")),
+            objective=objective,
+            n_trials=n_trials,
+            seed=seed,
+            pruner=pruner,
+            heartbeat_s=heartbeat_s,
+            plot_x=str(plot.get("x", "score_latency_ms")),
+            plot_y=str(plot.get("y", objectives[0].metric)),
+        )
+        spec._check_consistency()
+        return spec
+
+    # -- derived ------------------------------------------------------------------------------
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.objectives]
+
+    def all_params(self) -> list[ParamSpec]:
+        found = list(self.params)
+        for options in self.choices.values():
+            for params in options.values():
+                found.extend(params)
+        return found
+
+    def _check_consistency(self) -> None:
+        swept = set(self.choices)
+        seen: dict[str, ParamSpec] = {}
+        for p in self.all_params():
+            if p.name in swept:
+                raise ConfigError(f"param {p.name!r} has the name of a swept component group")
+            if p.name in seen and seen[p.name].signature() != p.signature():
+                raise ConfigError(
+                    f"param {p.name!r} is declared twice with different kinds/log/values; Optuna needs "
+                    "one kind per name (use the same type and log flag, and the same values list)"
+                )
+            seen[p.name] = p
+        unconditional = {p.name for p in self.params}
+        for group, options in self.choices.items():
+            for option, params in options.items():
+                clash = unconditional & {p.name for p in params}
+                if clash:
+                    raise ConfigError(f"{group}={option}: {sorted(clash)} is also an unconditional param")
+        for o in self.overrides:
+            key = override_key(o)
+            if key in swept or key in seen:
+                raise ConfigError(f"fixed override {o!r} sets {key!r}, which the sweep varies")
+        if self.sampler == "grid":
+            for p in self.all_params():
+                p.grid_values()  # raises when a range has no grid values
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able copy, stored on the study so that `finealign report` needs no YAML."""
+        return asdict(self)
+
+
+def override_key(override: str) -> str:
+    """`aligner=hard` → `aligner`; `+train.x=1` / `~foo` → `train.x` / `foo`."""
+    key = override.split("=", 1)[0].strip()
+    return key.lstrip("+~")
+
+
+def _parse_choices(raw: Any) -> dict[str, dict[str, tuple[ParamSpec, ...]]]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"choose must map a config group to its options, got {raw!r}")
+    out: dict[str, dict[str, tuple[ParamSpec, ...]]] = {}
+    for group, options in raw.items():
+        if isinstance(options, (list, tuple)):  # shorthand: options without conditional params
+            options = {name: None for name in options}
+        if not isinstance(options, Mapping) or not options:
+            raise ConfigError(f"choose.{group} must list at least one option, got {options!r}")
+        parsed: dict[str, tuple[ParamSpec, ...]] = {}
+        for option, params in options.items():
+            if params is None:
+                params = {}
+            if not isinstance(params, Mapping):
+                raise ConfigError(f"choose.{group}.{option} must map param names to specs, got {params!r}")
+            parsed[str(option)] = tuple(ParamSpec.from_raw(k, v) for k, v in params.items())
+        out[str(group)] = parsed
+    return out

@@ -1,0 +1,105 @@
+"""Where studies live: an SQLite file by default, any Optuna RDB URL (PostgreSQL, MySQL) to share.
+
+Heartbeats make killed workers recoverable: every running trial records a heartbeat every
+`heartbeat_s`; a RUNNING trial silent for 2 × heartbeat_s is failed by whichever worker notices
+first, and `requeue_stale_trial` puts its parameters back in the queue, so the point is re-run
+once (with the same seed) and not lost.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial
+
+from finealign.errors import ConfigError
+
+DEFAULT_ROOT = Path("runs") / "sweeps"
+#: a point whose worker died this many times stays FAIL (it probably kills its worker: OOM-killer)
+MAX_ATTEMPTS = 3
+
+
+def default_storage_url(study: str, root: Path = DEFAULT_ROOT) -> str:
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(root / f'{study}.db').resolve()}"
+
+
+def requeue_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Called once per trial a dead worker left RUNNING: queue the same point again."""
+    attempt = int(trial.user_attrs.get("attempt", 1))
+    if attempt >= MAX_ATTEMPTS:
+        return
+    params = trial.system_attrs.get("fixed_params", trial.params)
+    attrs = {
+        "retry_of": trial.user_attrs.get("retry_of", trial.number),
+        "attempt": attempt + 1,
+        **({"grid_key": trial.user_attrs["grid_key"]} if "grid_key" in trial.user_attrs else {}),
+    }
+    study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+
+
+def open_storage(url: str, heartbeat_s: int) -> RDBStorage:
+    # heartbeat_interval is flagged experimental since Optuna 2.x; the sweep relies on it on purpose
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and table report instead
+    url = with_available_driver(url)
+    engine_kwargs = {}
+    if url.startswith("sqlite"):
+        # Several local workers on one file wait for the write lock instead of failing at once.
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    try:
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_s,
+            grace_period=2 * heartbeat_s,
+            heartbeat_stale_trial_callback=requeue_stale_trial,
+        )
+    except ImportError as exc:  # e.g. postgresql:// without a driver
+        cause = exc.__cause__ or exc.__context__ or exc
+        raise ConfigError(
+            f"storage {url!r} needs a database driver ({cause}); for PostgreSQL: pip install psycopg2-binary"
+        ) from exc
+    except Exception as exc:  # sqlalchemy's errors name the host/file that failed
+        raise ConfigError(f"cannot open sweep storage {url!r}: {exc}") from exc
+
+
+def with_available_driver(url: str) -> str:
+    """SQLAlchemy >= 2.1 reads a bare `postgresql://` as psycopg 3; use psycopg2 when only it is
+    installed (the `postgres` extra installs psycopg2-binary)."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://") :]
+    return url
+
+
+class Heartbeat:
+    """Records a trial's heartbeat now and every `interval` seconds until the block exits."""
+
+    def __init__(self, storage: RDBStorage, trial_id: int, interval: float):
+        self._storage, self._trial_id, self._interval = storage, trial_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name=f"heartbeat-{trial_id}")
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._storage.record_heartbeat(self._trial_id)
+            except Exception:  # a lost beat only risks a retry; never kill the trial for it
+                pass
+
+    def __enter__(self) -> Heartbeat:
+        self._storage.record_heartbeat(self._trial_id)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -1,0 +1,76 @@
+"""Backend choice, bad-input errors, and the mean_max aligner's `backend` option."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from finealign.errors import ConfigError, ShapeError
+from finealign.kernels import maxsim_scores, sinkhorn_flow_scores, use_triton
+from finealign.registry import create_aligner
+from tests.conftest import random_batch
+from tests.kernels.inputs import tokens
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+def test_auto_uses_torch_for_cpu_and_float64():
+    assert not use_triton("auto", torch.zeros(1))  # CPU tensors: torch, even when interpreting
+    assert not use_triton("torch", torch.zeros(1))
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        use_triton("cuda", torch.zeros(1))
+    with pytest.raises(ConfigError, match="supports"):
+        use_triton("triton", torch.zeros(1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(pooling="max"), ConfigError, "pooling must be one of"),
+        (dict(direction="left"), ConfigError, "direction must be one of"),
+        (dict(temperature=0.0), ConfigError, "temperature must be a positive"),
+        (dict(pooling="weighted"), ShapeError, "needs text_weights"),
+        (dict(pooling="weighted", direction="visual", visual_weights=torch.ones(3)), ShapeError, "visual_weights must be"),
+    ],
+)
+def test_bad_options_raise_named_errors(kwargs, error, match, gen):
+    v, vm = tokens(2, 3, 4, gen)
+    t, tm = tokens(2, 3, 4, gen)
+    with pytest.raises(error, match=match):
+        maxsim_scores(v, vm, t, tm, **kwargs)
+
+
+def test_bad_shapes_raise_shape_error(gen):
+    v, vm = tokens(2, 3, 4, gen)
+    t, tm = tokens(2, 3, 5, gen)
+    with pytest.raises(ShapeError, match="token dims differ"):
+        maxsim_scores(v, vm, t, tm)
+    with pytest.raises(ShapeError, match="visual mask must be bool"):
+        maxsim_scores(v, vm.float(), v, vm)
+    with pytest.raises(ShapeError, match="log_text must be"):
+        sinkhorn_flow_scores(v, vm, v, vm, log_text=torch.zeros(2, 4))
+    with pytest.raises(ConfigError, match="epsilon"):
+        sinkhorn_flow_scores(v, vm, v, vm, epsilon=0)
+
+
+def test_fused_sinkhorn_refuses_autograd(gen):
+    v, vm = tokens(2, 3, 16, gen)
+    v.requires_grad_()
+    with pytest.raises(ConfigError, match="forward-only"):
+        sinkhorn_flow_scores(v, vm, v, vm, backend="triton")
+    assert sinkhorn_flow_scores(v, vm, v, vm, backend="auto").requires_grad  # torch solver instead
+
+
+def test_mean_max_aligner_backends_agree(gen):
+    v = random_batch(5, 7, 16, generator=gen)
+    t = random_batch(6, 4, 16, generator=gen)
+    for direction in ("text", "both"):
+        fused = create_aligner("mean_max", direction=direction, backend="triton")(v, t)
+        plain = create_aligner("mean_max", direction=direction, backend="torch")(v, t)
+        assert fused.dtype == plain.dtype == torch.float32
+        torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_mean_max_rejects_unknown_backend():
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        create_aligner("mean_max", backend="cuda")

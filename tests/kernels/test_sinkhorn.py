@@ -1,0 +1,105 @@
+"""The fused Sinkhorn kernel (Triton; CPU interpreter here) equals the torch solver
+(finealign.aligners.sinkhorn) iteration for iteration, and POT's converged plan."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from finealign.kernels import sinkhorn_flow_scores
+from tests.kernels.inputs import one_real_token, token_weights, tokens
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+def _inputs(gen, nv=3, lv=6, nt=5, lt=4, d=12):
+    v, vm = tokens(nv, lv, d, gen)
+    t, tm = tokens(nt, lt, d, gen)
+    return v, vm, t, tm
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(), dict(iterations=1), dict(rows="text"), dict(one_sided=True), dict(one_sided=True, rows="text"),
+     dict(marginals=True), dict(epsilon=0.02, iterations=7)],
+    ids=["uniform", "one-iteration", "text-rows", "one-sided", "one-sided-text", "given-marginals", "small-eps"],
+)
+def test_triton_equals_torch_solver(options, gen):
+    v, vm, t, tm = _inputs(gen)
+    options = dict(options)
+    if options.pop("marginals", False):
+        options.update(log_visual=token_weights(vm, gen).log(), log_text=token_weights(tm, gen).log())
+    got = sinkhorn_flow_scores(v, vm, t, tm, backend="triton", **options)
+    ref = sinkhorn_flow_scores(v.double(), vm, t.double(), tm, backend="torch", **options)
+    assert got.shape == (3, 5) and got.dtype == torch.float32 and torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_converged_flow_matches_pot(backend, gen):
+    ot = pytest.importorskip("ot")
+    v, vm, t, tm = _inputs(gen, 2, 5, 3, 7, 8)
+    a_w, b_w = token_weights(vm, gen), token_weights(tm, gen)
+    eps = 0.25  # large enough to converge in few iterations (the interpreter is slow)
+    got = sinkhorn_flow_scores(
+        v, vm, t, tm, log_visual=a_w.log(), log_text=b_w.log(), epsilon=eps, iterations=50, backend=backend
+    )
+    for i in range(2):
+        for j in range(3):
+            sim = v[i][vm[i]].double() @ t[j][tm[j]].double().T
+            plan = ot.sinkhorn(
+                a_w[i][vm[i]].numpy(), b_w[j][tm[j]].numpy(), (1 - sim).numpy(), eps,
+                method="sinkhorn_log", numItermax=5000, stopThr=1e-13,
+            )
+            assert abs(float(got[i, j]) - float((torch.from_numpy(plan) * sim).sum())) < 1e-5
+
+
+def test_awkward_sizes_and_single_tokens(gen):
+    for v, vm, t, tm in (
+        _inputs(gen, 1, 1, 1, 1, 16),
+        _inputs(gen, 2, 20, 7, 3, 40),
+        (*one_real_token(3, 5, 8, gen), *one_real_token(4, 3, 8, gen)),
+    ):
+        got = sinkhorn_flow_scores(v, vm, t, tm, backend="triton", iterations=5)
+        ref = sinkhorn_flow_scores(v.double(), vm, t.double(), tm, backend="torch", iterations=5)
+        torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_single_real_token_each_side_flows_all_mass_there(gen):
+    v, vm = one_real_token(2, 4, 8, gen)
+    t, tm = one_real_token(3, 5, 8, gen)
+    got = sinkhorn_flow_scores(v, vm, t, tm, backend="triton", iterations=3)
+    ref = torch.stack([torch.stack([v[i][vm[i]][0].double() @ t[j][tm[j]][0].double() for j in range(3)]) for i in range(2)])
+    torch.testing.assert_close(got.double(), ref, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("config", [dict(), dict(relax_visual=True), dict(marginals="uniform", epsilon=0.2)])
+def test_equals_the_tokenflow_aligner(config, backend, gen):
+    """Same numbers as aligners/tokenflow.py (importance marginals from the pooled vectors)."""
+    from finealign.registry import create_aligner
+    from tests.conftest import random_batch
+
+    aligner = create_aligner("tokenflow", iterations=6, **config)
+    cfg = aligner.config
+    visual = random_batch(3, 6, 16, generator=gen)
+    text = random_batch(4, 5, 16, generator=gen, pooled=False)  # the aligner fills in the token mean
+    expected = aligner(visual, text)
+    pv, pt = aligner.prepare(visual), aligner.prepare(text)
+    marginals = (
+        dict(visual_pooled=pv.pooled, text_pooled=pt.pooled, marginal_temperature=cfg.marginal_temperature)
+        if cfg.marginals == "importance" else {}
+    )
+    got = sinkhorn_flow_scores(
+        pv.tokens, pv.mask, pt.tokens, pt.mask, epsilon=cfg.epsilon, iterations=cfg.iterations,
+        one_sided=cfg.relax_visual, backend=backend, **marginals,
+    )
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_importance_marginals_need_both_pooled_vectors(gen):
+    from finealign.errors import ShapeError
+
+    v, vm, t, tm = _inputs(gen)
+    with pytest.raises(ShapeError, match="both visual_pooled and text_pooled"):
+        sinkhorn_flow_scores(v, vm, t, tm, visual_pooled=v[:, 0])

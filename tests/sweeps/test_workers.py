@@ -1,0 +1,98 @@
+"""Real `finealign sweep` processes: killed and resumed (SQLite), and two workers sharing one
+PostgreSQL study. The objective is the small one in tests/sweeps/objectives.py, slowed down to
+~0.5 s per trial so that the kill lands mid-study and the workers overlap."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections import Counter
+
+import optuna
+import pytest
+
+from finealign.sweeps.runner import trial_seed
+from finealign.sweeps.storage import with_available_driver
+
+from tests.sweeps.conftest import FAKE, cli
+
+COMPLETE = optuna.trial.TrialState.COMPLETE
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def completed(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        s = optuna.load_study(study_name=study, storage=storage)
+    except KeyError:  # not created yet
+        return []
+    return [t for t in s.get_trials(deepcopy=False) if t.state == COMPLETE]
+
+
+def sweep_args(storage: str, study: str, out, *extra: str) -> list[str]:
+    return [
+        "sweep", "sweep=toy", f"sweep.objective={FAKE}", "sweep.heartbeat_s=1", *extra,
+        "--storage", storage, "--study", study, "--out", str(out), "--no-progress",
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_mid_study_resumes_without_losing_or_repeating_trials(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'resume.db'}"
+    # 3 aligners x 2 replicas = 6 grid points, ~1 s each
+    args = sweep_args(storage, "resume", tmp_path / "out", "+sweep.params.rep={values: [0, 1]}")
+    env = {"FINEALIGN_TEST_SLEEP": "0.6"}
+    first = cli(args, env)
+    try:
+        wait_for(lambda: len(completed(storage, "resume")) >= 1, 60, "a first complete trial")
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    done_before = {t.user_attrs["grid_key"] for t in completed(storage, "resume")}
+    assert 1 <= len(done_before) < 6
+
+    second = cli(args, env)
+    out, err = second.communicate(timeout=90)
+    assert second.returncode == 0, err
+
+    study = optuna.load_study(study_name="resume", storage=storage)
+    done = [t for t in study.trials if t.state == COMPLETE]
+    keys = Counter(t.user_attrs["grid_key"] for t in done)
+    assert len(done) == 6 and len(keys) == 6, keys  # all points, none twice
+    assert done_before <= set(keys)  # the finished ones were not re-run
+    killed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert all("error" not in t.user_attrs for t in killed)  # only the trial the kill interrupted
+    for t in done:  # a re-run point keeps the seed of its first attempt
+        assert t.user_attrs["seed"] == trial_seed(0, t.user_attrs.get("retry_of", t.number))
+    assert "6 complete" not in out  # the second run did only what was left
+    assert f"{6 - len(done_before)} complete" in out
+
+
+@pytest.mark.postgres
+def test_two_workers_share_a_postgres_study_without_duplicated_or_lost_trials(tmp_path):
+    url = os.environ.get("FINEALIGN_TEST_PG_URL")
+    if not url:
+        pytest.skip("FINEALIGN_TEST_PG_URL is not set (bash scripts/ci_postgres.sh starts a server)")
+    study = f"workers_{uuid.uuid4().hex[:8]}"
+    # 3 aligners x 4 replicas = 12 grid points shared by two workers started together
+    args = sweep_args(url, study, tmp_path / "out", "+sweep.params.rep={values: [0, 1, 2, 3]}")
+    env = {"FINEALIGN_TEST_SLEEP": "0.5"}
+    workers = [cli([*args, "--worker-id", str(i)], env) for i in range(2)]
+    outputs = [w.communicate(timeout=120) for w in workers]
+    for w, (out, err) in zip(workers, outputs):
+        assert w.returncode == 0, err
+
+    trials = optuna.load_study(study_name=study, storage=with_available_driver(url)).trials
+    done = [t for t in trials if t.state == COMPLETE]
+    keys = Counter(t.user_attrs["grid_key"] for t in done)
+    assert len(trials) == 12 and len(done) == 12 and len(keys) == 12, keys
+    per_worker = [int(out.split(" complete,")[0].rsplit(" ", 1)[-1]) for out, _ in outputs]
+    assert sum(per_worker) == 12 and min(per_worker) >= 1, per_worker  # both did real work
