@@ -8,7 +8,7 @@ For each size (images × captions, Lv × Lt tokens, d, bf16 on CUDA) it times on
                  blocks into one reused output buffer of ≤ 4 GiB: the token-pair similarities every
                  method needs, with nothing else. FLOPs = 2·Nv·Lv·Nt·Lt·d for every method.
   naive torch    all (cv, Nt, Lv, Lt) similarities at once, cv as large as a 16 GiB budget allows.
-  chunked torch  the aligner's torch path (mean_max backend="torch", 64 × 256 blocks).
+  chunked torch  the aligners' torch paths (mean_max backend="torch", hard; 64 × 256 blocks).
   fused          finealign.kernels (Triton), raw and through the aligner (backend="triton").
   peers          late-interaction-kernels `maxsim` and flash-maxsim `flash_maxsim_batched`, when
                  importable (they return sums over words: divided by the word count here).
@@ -35,6 +35,8 @@ import torch
 
 from finealign.kernels import Tiles, maxsim_scores, sinkhorn_flow_scores
 from finealign.kernels.maxsim_torch import maxsim_torch
+from finealign.registry import create_aligner
+from finealign.tokens import TokenBatch
 
 SIZES = {  # name: (Nv, Nt, Lv, Lt, d)
     "cpu-smoke": (3, 9, 50, 32, 64),
@@ -178,18 +180,29 @@ def bench_size(name, nv, nt, lv, lt, d, repeats, args):
     cv = max(1, min(nv, int(budget // (nt * lv * lt * 2 * 3))))
     add("mean_max", f"naive torch (cv={cv})", lambda: maxsim_torch(v, vm, t, tm, "mean", "text", 0.1,
         chunk_visual=cv, chunk_text=nt), ref_mean, reps=slow_reps)
-    add("mean_max", "chunked torch (64x256)", lambda: maxsim_torch(v, vm, t, tm, "mean", "text", 0.1),
-        ref_mean, reps=slow_reps)
+    visual, text = TokenBatch(v, vm), TokenBatch(t, tm)
+    torch_aligner = create_aligner("mean_max", backend="torch")
+    add("mean_max", "chunked torch (aligner, 64x256)", lambda: torch_aligner(visual, text), ref_mean, reps=slow_reps)
     add("mean_max", "fused triton", lambda: maxsim_scores(v, vm, t, tm, "mean", "text", backend="triton"), ref_mean)
+    fused_aligner = create_aligner("mean_max", backend="triton")
+    add("mean_max", "fused triton (aligner)", lambda: fused_aligner(visual, text), ref_mean,
+        note="incl. input checks + normalise")
     for tiles in args.tiles:
-        add("mean_max", f"fused {tiles}", lambda: maxsim_scores(v, vm, t, tm, "mean", "text", backend="triton",
+        label = f"fused tiles bv={tiles.items_visual} bt={tiles.items_text} bk={tiles.block_k} " \
+                f"w={tiles.num_warps} s={tiles.num_stages}"
+        add("mean_max", label, lambda: maxsim_scores(v, vm, t, tm, "mean", "text", backend="triton",
             tiles=tiles), ref_mean)
     # -- hard alignment (CHAN, LSE pooling) --------------------------------------------------------
-    add("hard_lse", "chunked torch (64x256)", lambda: maxsim_torch(v, vm, t, tm, "lse", "text", 0.1),
-        ref_lse, reps=slow_reps)
+    hard = create_aligner("hard", pooling="lse", temperature=0.1, direction="text")
+    add("hard_lse", "chunked torch (hard aligner, 64x256)", lambda: hard(visual, text), ref_lse, reps=slow_reps)
     add("hard_lse", "fused triton", lambda: maxsim_scores(v, vm, t, tm, "lse", "text", 0.1, backend="triton"), ref_lse)
     add("both_dir", "fused triton (mean, both)", lambda: maxsim_scores(v, vm, t, tm, "mean", "both",
         backend="triton"), None)
+    # -- a training step (forward + backward) at batch scale ------------------------------------
+    if nv * nt <= 1e6:
+        for method, backend in (("torch autograd (64x256)", "torch"), ("fused triton fwd+bwd", "triton")):
+            add("fwd+bwd", method, lambda: train_step(v, vm, t, tm, backend), None,
+                note="mean, both directions; grads of v and t")
     # -- tokenflow (Sinkhorn) --------------------------------------------------------------------
     if not args.no_sinkhorn:
         bench_sinkhorn(name, rows, v, vm, t, tm, floor, repeats, args, add)
@@ -221,9 +234,11 @@ def bench_sinkhorn(name, rows, v, vm, t, tm, floor, repeats, args, add):
                    reps=1 if nv * nt > 2e7 else repeats)
     if sec is not None:
         rows[-1]["note"] = f"{sec * 1e3 / mean_ms:.1f}x fused mean_max"
-    for bt in args.sinkhorn_bt:
-        add_flow(f"fused sinkhorn bt={bt}", lambda: sinkhorn_flow_scores(
-            v, vm, t, tm, backend="triton", captions_per_program=bt, **imp), reps=1)
+    for bt, warps in args.sinkhorn_bt:
+        from finealign.kernels.sinkhorn_triton import sinkhorn_triton
+
+        add_flow(f"fused sinkhorn bt={bt} w={warps}", lambda: sinkhorn_triton(
+            v, vm, t, tm, None, None, 0.1, 20, "visual", False, bt, num_warps=warps, **imp), reps=1)
     # Batched torch solver on a slice of images, extrapolated to the full matrix.
     sub_v = min(nv, max(4, int(2e5 / nt)))  # about 200k pairs
     sec_sub, out, _ = timed(lambda: sinkhorn_flow_scores(
@@ -272,6 +287,12 @@ def bench_sinkhorn(name, rows, v, vm, t, tm, floor, repeats, args, add):
                          note="extrap.; timing only (ε-scaling, debiased, squared-Euclidean cost)"))
 
 
+def train_step(v, vm, t, tm, backend):
+    a, b = v.detach().requires_grad_(), t.detach().requires_grad_()
+    maxsim_scores(a, vm, b, tm, "mean", "both", backend=backend).float().sum().backward()
+    return None
+
+
 def parse_tiles(text: str) -> list[Tiles]:
     """'2,4,64,8,3;1,8,64,8,3' -> Tiles(items_visual, items_text, block_k, num_warps, num_stages)."""
     return [Tiles(*map(int, part.split(","))) for part in text.split(";") if part.strip()]
@@ -282,8 +303,8 @@ def main() -> None:
     p.add_argument("--sizes", default="tiny,small,flickr30k,coco5k", help=f"comma list of {list(SIZES)}")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--tiles", type=parse_tiles, default=[], help="extra Triton tiles to time: 'bv,bt,bk,warps,stages;...'")
-    p.add_argument("--sinkhorn-bt", type=lambda s: [int(x) for x in s.split(",") if x], default=[],
-                   help="extra captions-per-program values to time for the fused Sinkhorn")
+    p.add_argument("--sinkhorn-bt", type=lambda s: [tuple(map(int, x.split(":"))) for x in s.split(",") if x],
+                   default=[], help="extra 'captions_per_program:num_warps' pairs to time for the fused Sinkhorn")
     p.add_argument("--no-sinkhorn", action="store_true")
     p.add_argument("--no-peers", action="store_true", help="skip late-interaction-kernels and flash-maxsim")
     p.add_argument("--out", type=Path, default=None, help="folder for kernels.csv and kernels.md")

@@ -51,8 +51,10 @@ class TokenBatch:
 
     def mean_pooled(self) -> Tensor:
         """Masked mean of the tokens: the global vector when an encoder gives none."""
-        weights = self.mask.to(self.tokens.dtype).unsqueeze(-1)
-        return (self.tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        # where() rather than multiply, so NaN/inf in padding cannot leak into the mean.
+        real = self.mask.unsqueeze(-1)
+        total = torch.where(real, self.tokens, torch.zeros((), dtype=self.tokens.dtype, device=self.tokens.device)).sum(1)
+        return total / real.sum(1).clamp_min(1).to(self.tokens.dtype)
 
     def with_pooled(self) -> "TokenBatch":
         """This batch, with `pooled` filled by the masked mean when it is missing."""

@@ -13,7 +13,8 @@ WORDS = ["dog", "cat", "beach", "red", "ball", "child", "runs", "sits", "grass",
 
 
 def caption(i: int, j: int) -> str:
-    return f"A {WORDS[i % 10]} and a {WORDS[(i + j) % 10]} {WORDS[(3 * j + 1) % 10]} near {WORDS[j % 10]} ."[: 20 + 7 * j]
+    """Caption j of image i; captions have different lengths (3 + j words) so padding is exercised."""
+    return " ".join(WORDS[(i + 3 * k + j) % len(WORDS)] for k in range(3 + j)) + " ."
 
 
 def make_fake_karpathy(root: Path, json_name: str = "dataset_flickr8k.json", size: int = 40) -> Path:

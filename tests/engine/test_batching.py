@@ -67,3 +67,34 @@ def test_gallery_scoring_keeps_whole_gallery_aligners_whole(gen):
         aligner = create_aligner(name)
         sim, _ = score_gallery(aligner, visual, text, chunk_items=4)
         torch.testing.assert_close(sim, aligner(visual, text), atol=1e-5, rtol=1e-5)
+
+
+def test_optimizer_gives_backbones_their_own_lr_and_freezes_them_on_request():
+    from torch import nn
+
+    from finealign.config import TrainConfig
+    from finealign.encoders.base import Encoder
+    from finealign.engine.model import RetrievalModel
+    from finealign.engine.optim import build_optimizer
+    from finealign.registry import create_aligner, create_loss
+
+    class WithBackbone(Encoder):
+        def __init__(self):
+            super().__init__()
+            self.backbone, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def backbone_parameters(self):
+            return list(self.backbone.parameters())
+
+    model = RetrievalModel(WithBackbone(), WithBackbone(), create_aligner("mean_max"))
+    loss = create_loss("infonce", learnable=True)
+    opt = build_optimizer(model, loss, TrainConfig(lr=1e-3, backbone_lr=1e-5, weight_decay=0.1))
+    by_name = {g["name"]: g for g in opt.param_groups}
+    assert by_name["backbone"]["lr"] == 1e-5 and by_name["heads"]["lr"] == 1e-3
+    assert {id(p) for p in by_name["backbone"]["params"]} == {id(model.vision.backbone.weight), id(model.text.backbone.weight)}
+    assert any(p is loss.log_scale for p in by_name["heads_no_decay"]["params"])  # the temperature, no decay
+    assert by_name["heads_no_decay"]["weight_decay"] == 0.0
+    frozen = RetrievalModel(WithBackbone(), WithBackbone(), create_aligner("mean_max"))
+    opt = build_optimizer(frozen, loss, TrainConfig(freeze_backbone=True))
+    assert {g["name"] for g in opt.param_groups} == {"heads", "heads_no_decay"}
+    assert not frozen.vision.backbone.weight.requires_grad

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from finealign.data.features import FeatureRows, load_feature_cache, write_feature_cache
+from finealign.data.features import FeatureRows, load_feature_cache
 from finealign.errors import ConfigError, DataError, ShapeError
 from finealign.registry import create_dataset, create_encoder
 

@@ -74,8 +74,9 @@ def test_peak_of_allocation_log_counts_frees():
     assert peak_from_allocation_log([]) == 0
 
 
-def test_profile_row_for_global_has_exact_flops_and_memory(tmp_path, monkeypatch):
-    monkeypatch.setenv("FINEALIGN_CACHE", str(tmp_path))
+def test_profile_row_for_global_has_exact_flops_and_memory():
+    from finealign.profiling.flops import cache_dir
+
     shape = ProblemShape(nv=8, nt=40, lv=4, lt=3, dim=16)
     settings = ProfileSettings(repeats=3, warmup=1, threads=1, aligner_options={"global": {"normalize": False}})
     (row,) = profile_aligners(["global"], shape, settings, progress=False)
@@ -86,7 +87,7 @@ def test_profile_row_for_global_has_exact_flops_and_memory(tmp_path, monkeypatch
     assert row["peak_mem_mib"] * 2**20 >= 8 * 40 * 4
     assert row["threads"] == 1 and row["timer"] == "perf_counter"
     assert 0 < row["frac_of_matmul_peak"] < 10
-    assert (tmp_path / "matmul_throughput.json").is_file()
+    assert (cache_dir() / "matmul_throughput.json").is_file()
 
 
 def test_a_failing_aligner_becomes_an_error_row_and_the_run_goes_on():
@@ -112,3 +113,30 @@ def test_pinned_threads_are_restored():
 
 def test_cpu_device_resolves():
     assert resolve_device("cpu") == CPU
+
+
+def test_backward_mode_counts_forward_and_both_gradient_matmuls():
+    # scores = V Tᵀ; backward adds dV = G T and dT = Gᵀ V: three (nv, nt, d) matmuls in all
+    nv, nt, d = 4, 20, 16
+    settings = ProfileSettings(repeats=2, warmup=0, backward=True, aligner_options={"global": {"normalize": False}})
+    (row,) = profile_aligners(["global"], ProblemShape(nv, nt, 3, 2, d), settings, progress=False)
+    assert row["error"] == "" and row["mode"] == "fwd+bwd"
+    assert row["gflop"] * 1e9 == pytest.approx(3 * 2 * nv * nt * d)
+    assert row["peak_mem_mib"] > 0
+
+
+def test_matmul_throughput_is_measured_once_and_cached(monkeypatch):
+    import json
+
+    from finealign.profiling import flops
+
+    first = flops.matmul_throughput(CPU, torch.float32, size=128, repeats=2)
+    assert first > 0 and math.isfinite(first)
+    cached = json.loads((flops.cache_dir() / flops.CACHE_FILE).read_text())
+    assert cached[flops.throughput_key(CPU, torch.float32)]["flops_per_s"] == first
+
+    def no_measuring(*args):
+        raise AssertionError("the cached value should have been used")
+
+    monkeypatch.setattr(flops, "_measure_matmul", no_measuring)
+    assert flops.matmul_throughput(CPU, torch.float32) == first

@@ -74,8 +74,7 @@ def _cli(argv):
     return profile_cmd.run(parser.parse_args(argv))
 
 
-def test_cli_profiles_and_writes_reports(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("FINEALIGN_CACHE", str(tmp_path / "cache"))
+def test_cli_profiles_and_writes_reports(tmp_path, capsys):
     out = tmp_path / "runs"
     code = _cli(["aligner=global,mean_max", "nv=4", "nt=20", "lv=4", "lt=3", "dim=8", "repeats=2",
                  "warmup=0", "threads=1", "scaling=n", "n_values=2,4", "progress=false",
@@ -87,7 +86,7 @@ def test_cli_profiles_and_writes_reports(tmp_path, monkeypatch, capsys):
     for name in ("profile.csv", "profile.md", "scaling.csv", "scaling_fits.csv", "latency_vs_n.png",
                  "top_ops.csv"):
         assert (run_dir / name).is_file(), name
-    traces = sorted((out / "traces").glob("*/*.pt.trace.json"))
+    traces = sorted((out / "traces").glob("*/*/*.pt.trace.json"))
     assert len(traces) == 2 and all(load_trace(p)["traceEvents"] for p in traces)
 
 

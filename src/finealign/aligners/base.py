@@ -150,13 +150,12 @@ def resolve_pairs(visual: TokenBatch, text: TokenBatch, pairs: Tensor | None) ->
 
 def global_vectors(batch: TokenBatch) -> Tensor:
     """(N, d) `pooled`, or the masked token mean when it is None (NaN/inf padding cannot leak in)."""
-    if batch.pooled is not None:
-        return batch.pooled
-    return masked_mean(batch.tokens, batch.mask.unsqueeze(-1), dim=1)
+    return batch.with_pooled().pooled
 
 
 def token_similarities(visual: TokenBatch, text: TokenBatch) -> Tensor:
-    """(nv, nt, Lv, Lt) token-pair similarities of one block (fp32 accumulation for half inputs)."""
+    """(nv, nt, Lv, Lt) token-pair similarities of one block, in the input dtype (the matmul
+    backends accumulate half-precision products in fp32 internally)."""
     sim = torch.einsum("ikd,jld->ijkl", visual.tokens, text.tokens)
     return sim
 

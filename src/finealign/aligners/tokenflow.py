@@ -105,23 +105,23 @@ class TokenFlowAligner(Aligner):
 
     def score_pair_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         # Paired form: c OT problems instead of the c × c block.
-        sim = paired_token_similarities(visual, text, 0.0)
-        region_imp = torch.einsum("pkd,pd->pk", visual.tokens, text.pooled)
-        word_imp = torch.einsum("pld,pd->pl", text.tokens, visual.pooled)
-        flow = self._flow(sim, region_imp, word_imp, visual.mask, text.mask)
-        return self._score(flow, sim)
+        return self._score(*self._paired_flow(visual, text))
 
     def explain(self, visual: TokenBatch, text: TokenBatch) -> TokenAlignment:
         visual, text = self.prepare_pair(visual, text)
-        sim = paired_token_similarities(visual, text, 0.0)
-        region_imp = torch.einsum("pkd,pd->pk", visual.tokens, text.pooled)
-        word_imp = torch.einsum("pld,pd->pl", text.tokens, visual.pooled)
-        flow = self._flow(sim, region_imp, word_imp, visual.mask, text.mask)
+        flow, sim = self._paired_flow(visual, text)
         score = self._score(flow, sim)[0]
         weights = flow[0][visual.mask[0]][:, text.mask[0]].T  # (real words, real regions)
         return TokenAlignment(weights=weights, word_to_region=weights.argmax(dim=1), score=float(score))
 
     # -- the method ---------------------------------------------------------------------------
+    def _paired_flow(self, visual: TokenBatch, text: TokenBatch) -> tuple[Tensor, Tensor]:
+        """(flow, similarities), each (c, Lv, Lt), of item p with item p."""
+        sim = paired_token_similarities(visual, text, 0.0)
+        region_imp = torch.einsum("pkd,pd->pk", visual.tokens, text.pooled)
+        word_imp = torch.einsum("pld,pd->pl", text.tokens, visual.pooled)
+        return self._flow(sim, region_imp, word_imp, visual.mask, text.mask), sim
+
     def _flow(self, sim: Tensor, region_imp: Tensor, word_imp: Tensor, vmask: Tensor, tmask: Tensor) -> Tensor:
         """(B, Lv, Lt) flow for B pairs, computed in at least fp32 (half precision cannot hold exp(S/ε))."""
         dtype = torch.promote_types(sim.dtype, torch.float32)

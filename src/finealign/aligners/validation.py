@@ -32,29 +32,31 @@ def check_batch(batch: TokenBatch, name: str, *, need_pooled: bool = False) -> N
         raise ShapeError(f"{name}.mask is on {m.device} but the tokens are on {t.device}")
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise ShapeError(f"{name} is empty: tokens have shape {tuple(t.shape)}")
-    empty = ~m.any(dim=1)
+    if batch.pooled is not None and batch.pooled.shape != (t.shape[0], t.shape[2]):
+        raise ShapeError(
+            f"{name}.pooled must be (N, d) = {(t.shape[0], t.shape[2])}, got {tuple(batch.pooled.shape)}"
+        )
+    if batch.pooled is None and need_pooled:
+        raise ShapeError(f"{name}.pooled is required by this aligner but is None")
+    with torch.no_grad():
+        empty = ~m.any(dim=1)
+        bad = (~torch.isfinite(t) & m.unsqueeze(-1)).any(-1)  # (N, L): real token holding NaN/inf
+        flags = [empty.any(), bad.any()]
+        if batch.pooled is not None:
+            flags.append(~torch.isfinite(batch.pooled).all())
+        # One host-device sync for all value checks; details are computed only on failure.
+        if not bool(torch.stack(flags).any()):
+            return
     if bool(empty.any()):
         rows = empty.nonzero().flatten()[:5].tolist()
         raise ShapeError(
             f"{name}: item(s) {rows} have no real token (mask row all False); "
             "drop them or unmask at least one token"
         )
-    with torch.no_grad():
-        bad = ~torch.isfinite(t) & m.unsqueeze(-1)
-        if bool(bad.any()):
-            item = int(bad.any(-1).any(-1).nonzero()[0])
-            raise ShapeError(f"{name}.tokens holds NaN or inf (first at item {item})")
-    if batch.pooled is not None:
-        p = batch.pooled
-        if p.shape != (t.shape[0], t.shape[2]):
-            raise ShapeError(
-                f"{name}.pooled must be (N, d) = {(t.shape[0], t.shape[2])}, got {tuple(p.shape)}"
-            )
-        with torch.no_grad():
-            if not bool(torch.isfinite(p).all()):
-                raise ShapeError(f"{name}.pooled holds NaN or inf")
-    elif need_pooled:
-        raise ShapeError(f"{name}.pooled is required by this aligner but is None")
+    if bool(bad.any()):
+        item = int(bad.any(-1).nonzero()[0])
+        raise ShapeError(f"{name}.tokens holds NaN or inf (first at item {item})")
+    raise ShapeError(f"{name}.pooled holds NaN or inf")
 
 
 def check_pair(visual: TokenBatch, text: TokenBatch, *, need_pooled: bool = False) -> None:

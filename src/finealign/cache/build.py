@@ -73,8 +73,7 @@ def _write_modality(tmp: Path, prefix: str, tokens, masks, pooled) -> dict[str, 
     dim = tokens[0].shape[2]
     out_tokens = np.lib.format.open_memmap(tmp / f"{prefix}_tokens.npy", "w+", np.float16, (n, length, dim))
     out_mask = np.lib.format.open_memmap(tmp / f"{prefix}_mask.npy", "w+", np.bool_, (n, length))
-    out_tokens[:] = 0
-    out_mask[:] = False
+    # A new memmap file starts zero-filled, so padding stays 0 / False without a write.
     pad_stack(tokens, length, out_tokens)
     pad_stack(masks, length, out_mask)
     out_tokens.flush()

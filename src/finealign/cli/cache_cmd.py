@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from finealign.cache import build_feature_cache, read_meta
 
     settings, options = parse_overrides(args.overrides)
+    entries = {}
     for split in [s.strip() for s in str(settings["split"]).split(",") if s.strip()]:
         entry = build_feature_cache(
             settings["data"],
@@ -86,4 +87,7 @@ def run(args: argparse.Namespace) -> int:
             f"{settings['data']}/{split}: {meta.get('num_items')} items, {meta.get('num_captions')} captions "
             f"-> {entry}"
         )
+        entries[split] = str(entry)
+    # The `features` dataset reads these entries: one absolute directory per split.
+    print("use with: data=features " + " ".join(f"data.splits.{k}={v}" for k, v in entries.items()))
     return 0

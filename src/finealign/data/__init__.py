@@ -8,5 +8,6 @@ from finealign.data import karpathy  # noqa: F401  (registers "karpathy", "flick
 from finealign.data import msrvtt  # noqa: F401  (registers "msrvtt")
 from finealign.data import features  # noqa: F401  (registers "features")
 from finealign.data import toy  # noqa: F401  (registers "toy")
+from finealign.data import cached  # noqa: F401  (registers "cached")
 
 __all__ = ["RetrievalSplit"]

@@ -43,3 +43,24 @@ class RetrievalSplit:
 
     def captions_of(self, i: int) -> list[int]:
         return (self.caption_item == i).nonzero().flatten().tolist()
+
+
+class ConfiguredSplits:
+    """Mixin for datasets whose splits are the keys (or items) of `self.config.splits`."""
+
+    config: Any
+
+    @property
+    def split_names(self) -> list[str]:
+        return list(self.config.splits)
+
+    def has_split(self, name: str) -> bool:
+        return name in self.config.splits
+
+    def require_split(self, name: str) -> None:
+        if name not in self.config.splits:
+            from finealign.errors import ConfigError
+
+            raise ConfigError(
+                f"{type(self).__name__} has no split {name!r} (splits: {', '.join(self.config.splits)})"
+            )

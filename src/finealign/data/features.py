@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from finealign.data.base import RetrievalSplit
+from finealign.data.base import ConfiguredSplits, RetrievalSplit
 from finealign.errors import ConfigError, DataError
 from finealign.registry import DATASETS
 
@@ -225,7 +225,7 @@ class FeaturesConfig:
 
 
 @DATASETS.register("features")
-class FeatureDataset:
+class FeatureDataset(ConfiguredSplits):
     """Precomputed features (feature cache or region files), memory-mapped, one directory per split."""
 
     Config = FeaturesConfig
@@ -233,16 +233,8 @@ class FeatureDataset:
     def __init__(self, config: FeaturesConfig | None = None):
         self.config = config if config is not None else FeaturesConfig()
 
-    @property
-    def split_names(self) -> list[str]:
-        return list(self.config.splits)
-
-    def has_split(self, name: str) -> bool:
-        return name in self.config.splits
-
     def split(self, name: str) -> RetrievalSplit:
-        if name not in self.config.splits:
-            raise ConfigError(f"features dataset has no split {name!r} (splits: {', '.join(self.config.splits)})")
+        self.require_split(name)
         directory = Path(self.config.splits[name]).expanduser()
         if not directory.is_absolute():
             directory = Path(self.config.root or "").expanduser() / directory

@@ -21,7 +21,7 @@ class VideoConfig:
     # Registered vision encoder applied to every frame, and its options. None = the dataset hands
     # over precomputed per-frame features (T, feature_dim) instead of frames.
     frame_encoder: str | None = "timm"
-    frame_options: dict[str, Any] = field(default_factory=lambda: {"embed_dim": 0})
+    frame_options: dict[str, Any] = field(default_factory=dict)  # embed_dim defaults to 0 (raw)
     feature_dim: int = 0  # width of precomputed frame features (frame_encoder=None only)
     num_frames: int = 12  # frames sampled uniformly per video
     embed_dim: int = 0  # 0 = frame features as they come
@@ -61,7 +61,9 @@ class VideoEncoder(Encoder):
             self.frame_encoder = None
             frame_dim = self.config.feature_dim
         else:
-            self.frame_encoder = create_encoder(self.config.frame_encoder, **self.config.frame_options)
+            # Frames stay raw unless asked otherwise: this encoder's own `embed_dim` projects.
+            options = {"embed_dim": 0, **self.config.frame_options}
+            self.frame_encoder = create_encoder(self.config.frame_encoder, **options)
             frame_dim = self.frame_encoder.embed_dim
         self.raw_dim = frame_dim
         self.proj = projection(frame_dim, self.config.embed_dim)

@@ -123,6 +123,32 @@ def score_gallery(
     return sim, 1000.0 * (time.perf_counter() - start)
 
 
+@torch.no_grad()
+def scoring_peak_memory_mb(
+    aligner: Any, visual: TokenBatch, text: TokenBatch, *, chunk_items: int, device: torch.device
+) -> float:
+    """Peak extra memory (MiB) of scoring the gallery, above the encoded features.
+
+    Row-separable aligners hold one row chunk's working set at a time plus the growing output, so
+    we measure scoring the first few images (one aligner block) against every caption and add the full fp32
+    (N_img, N_cap) output; other aligners (two_stage) are measured on the whole gallery. Method:
+    finealign.profiling.memory (CUDA allocator peak, or torch's CPU allocation log).
+    """
+    from finealign.profiling.memory import peak_memory
+
+    if scores_by_rows(aligner):
+        # A short slice is enough: the aligner's working set is bounded by its own block size
+        # (chunk_visual × chunk_text items), and the profiler makes each scored row slow.
+        rows = min(chunk_items, getattr(getattr(aligner, "config", None), "chunk_visual", 64), len(visual))
+        first = peak_memory(lambda: aligner(visual[:rows], text), (), device)
+        if first.peak_bytes is None:
+            return float("nan")
+        chunk_output = rows * len(text) * 4
+        return (first.peak_bytes - chunk_output + len(visual) * len(text) * 4) / 2**20
+    whole = peak_memory(lambda: aligner(visual, text), (), device)
+    return whole.peak_mib
+
+
 def evaluate(
     model: Any, split: RetrievalSplit, *, device: torch.device, batch_size: int = 256, chunk_items: int = 256,
     max_items: int = 0, coco_folds: int = 0, fold_size: int = 1000, amp: str = "none", progress: bool = False,
@@ -136,12 +162,14 @@ def evaluate(
         text = encode_all(model.text, captions, batch_size=batch_size, device=device, amp=amp, progress=progress, desc="captions")
         with autocast_context(device, amp):
             sim, latency_ms = score_gallery(model.aligner, visual, text, chunk_items=chunk_items, progress=progress, device=device)
+            score_mem = scoring_peak_memory_mb(model.aligner, visual, text, chunk_items=chunk_items, device=device)
     finally:
         model.train(was_training)
     metrics = retrieval_metrics(sim, caption_item)
     if coco_folds:
         metrics.update({f"folds_{k}": v for k, v in fold_metrics(sim, caption_item, coco_folds, fold_size).items()})
     metrics["score_latency_ms"] = latency_ms
+    metrics["score_peak_mem_mb"] = score_mem
     metrics["num_items"] = float(len(items))
     metrics["num_captions"] = float(len(captions))
     return metrics

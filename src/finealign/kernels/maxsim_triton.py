@@ -94,6 +94,17 @@ def _tile_ids(Nv, Nt, BV: tl.constexpr, BT: tl.constexpr, GROUP: tl.constexpr):
 
 
 @triton.jit
+def _pool(best, mask, w, temperature, axis: tl.constexpr, LSE: tl.constexpr):
+    """Pool `best` over `axis`, real entries only (`mask`, `w` broadcast to `best`)."""
+    if LSE:
+        m = tl.max(tl.where(mask, best, float("-inf")), axis=axis)
+        m = tl.where(m == float("-inf"), 0.0, m)  # tiles past the end of the batch
+        e = tl.where(mask, tl.exp((best - tl.expand_dims(m, axis)) / temperature), 0.0)
+        return temperature * tl.log(tl.sum(e, axis=axis)) + m
+    return tl.sum(tl.where(mask, best * w, 0.0), axis=axis)
+
+
+@triton.jit
 def _maxsim_fwd(
     v_ptr, t_ptr, vm_ptr, tm_ptr, tw_ptr, vw_ptr, out_ptr,
     Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, temperature,
@@ -101,32 +112,35 @@ def _maxsim_fwd(
     PREC: tl.constexpr, GROUP: tl.constexpr,
     DO_TEXT: tl.constexpr, DO_VISUAL: tl.constexpr, LSE: tl.constexpr,
 ):
+    # The tile is computed transposed, words × regions: the max over an image's regions (the
+    # common "text" direction) then runs along the accumulator's columns, mostly inside each
+    # thread, instead of across lanes and warps.
     iv0, it0 = _tile_ids(Nv, Nt, BV, BT, GROUP)
-    acc, vm, tm = _sim_tile(
-        v_ptr, t_ptr, vm_ptr, tm_ptr, iv0, it0, Nv, Nt, Lv, Lt, D,
-        s_vn, s_vl, s_vd, s_tn, s_tl, s_td, BV, LVP, BT, LTP, BK, PREC,
+    acc_t, tm, vm = _sim_tile(
+        t_ptr, v_ptr, tm_ptr, vm_ptr, it0, iv0, Nt, Nv, Lt, Lv, D,
+        s_tn, s_tl, s_td, s_vn, s_vl, s_vd, BT, LTP, BV, LVP, BK, PREC,
     )
-    s = tl.where(vm[:, None] & tm[None, :], acc, float("-inf"))
-    s4 = tl.reshape(s, (BV, LVP, BT, LTP))
+    s4 = tl.reshape(tl.where(tm[:, None] & vm[None, :], acc_t, float("-inf")), (BT, LTP, BV, LVP))
     iv = iv0 + tl.arange(0, BV)
     it = it0 + tl.arange(0, BT)
-    score = tl.zeros((BV, BT), dtype=tl.float32)
-    half: tl.constexpr = 0.5 if (DO_TEXT and DO_VISUAL) else 1.0
+    score = tl.zeros((BT, BV), dtype=tl.float32)
     if DO_TEXT:
-        tm3 = tl.reshape(tm, (BT, LTP))[None, :, :]
         cols = tl.arange(0, BT * LTP)
         tw = tl.load(tw_ptr + (it0 * Lt + (cols // LTP) * Lt + cols % LTP),
                      mask=(it0 + cols // LTP < Nt) & (cols % LTP < Lt), other=0.0)
-        _, pooled = _pool_text(s4, tm3, tl.reshape(tw, (BT, LTP))[None, :, :], temperature, LSE)
-        score += half * pooled
+        best = tl.max(s4, axis=3)  # (BT, LTP, BV): each word's best region
+        score += _pool(best, tl.reshape(tm, (BT, LTP))[:, :, None], tl.reshape(tw, (BT, LTP))[:, :, None],
+                       temperature, 1, LSE)
     if DO_VISUAL:
-        vm3 = tl.reshape(vm, (BV, LVP))[:, :, None]
         rows = tl.arange(0, BV * LVP)
         vw = tl.load(vw_ptr + (iv0 * Lv + (rows // LVP) * Lv + rows % LVP),
                      mask=(iv0 + rows // LVP < Nv) & (rows % LVP < Lv), other=0.0)
-        _, pooled = _pool_visual(s4, vm3, tl.reshape(vw, (BV, LVP))[:, :, None], temperature, LSE)
-        score += half * pooled
-    tl.store(out_ptr + iv[:, None] * Nt + it[None, :], score, mask=(iv[:, None] < Nv) & (it[None, :] < Nt))
+        best = tl.max(s4, axis=1)  # (BT, BV, LVP): each region's best word
+        score += _pool(best, tl.reshape(vm, (BV, LVP))[None, :, :], tl.reshape(vw, (BV, LVP))[None, :, :],
+                       temperature, 2, LSE)
+    if DO_TEXT and DO_VISUAL:
+        score = score * 0.5
+    tl.store(out_ptr + iv[None, :] * Nt + it[:, None], score, mask=(iv[None, :] < Nv) & (it[:, None] < Nt))
 
 
 @triton.jit
@@ -149,8 +163,9 @@ def _maxsim_bwd(
     iv = iv0 + tl.arange(0, BV)
     it = it0 + tl.arange(0, BT)
     pair_in = (iv[:, None] < Nv) & (it[None, :] < Nt)
-    half: tl.constexpr = 0.5 if (DO_TEXT and DO_VISUAL) else 1.0
-    g = half * tl.load(g_ptr + iv[:, None] * Nt + it[None, :], mask=pair_in, other=0.0)  # (BV, BT)
+    g = tl.load(g_ptr + iv[:, None] * Nt + it[None, :], mask=pair_in, other=0.0)  # (BV, BT)
+    if DO_TEXT and DO_VISUAL:
+        g = g * 0.5
     rows = tl.arange(0, BV * LVP)
     cols = tl.arange(0, BT * LTP)
     ds4 = tl.zeros((BV, LVP, BT, LTP), dtype=tl.float32)

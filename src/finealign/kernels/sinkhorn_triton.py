@@ -21,10 +21,11 @@ from finealign.kernels.tiles import next_pow2
 
 @triton.jit
 def _lse(x, axis: tl.constexpr):
-    """Masked logsumexp (masked entries hold -inf); -inf for a slice with nothing real."""
+    """Masked log2-sum-exp2 (masked entries hold -inf); -inf for a slice with nothing real.
+    The kernel works in base-2 logs throughout: exp2/log2 are the hardware's native functions."""
     mx = tl.max(x, axis=axis)
     safe = tl.where(mx == float("-inf"), 0.0, mx)
-    return tl.log(tl.sum(tl.exp(x - tl.expand_dims(safe, axis)), axis=axis)) + safe
+    return tl.log2(tl.sum(tl.exp2(x - tl.expand_dims(safe, axis)), axis=axis)) + safe
 
 
 @triton.jit
@@ -97,7 +98,8 @@ def _sinkhorn_fwd(
     )
     s3 = tl.reshape(acc, (LVP, BT, LTP))
     valid3 = tl.reshape(vm[:, None] & tm[None, :], (LVP, BT, LTP))
-    logk = tl.where(valid3, (s3 - 1.0) * inv_eps, float("-inf"))  # −cost/ε with cost = 1 − sim
+    # −cost/ε with cost = 1 − sim, in log2 units (as are all potentials and marginals below).
+    logk = tl.where(valid3, (s3 - 1.0) * (inv_eps * 1.4426950408889634), float("-inf"))
     rows = tl.arange(0, LVP)
     vm2 = vm[:, None]
     tm3 = tl.reshape(tm, (BT, LTP))
@@ -108,14 +110,16 @@ def _sinkhorn_fwd(
             v_ptr, t_ptr, vp_ptr, tp_ptr, iv0, it0, Nt, Lv, Lt, D,
             s_vn, s_vl, s_vd, s_tn, s_tl, s_td, s_vpn, s_vpd, s_tpn, s_tpd, LVP, BT, LTP, BK,
         )
-        la2 = tl.where(vm2, _log_softmax(region * inv_tau, vm2, 0), 0.0)  # (LVP, BT)
-        lb3 = tl.where(tm3, _log_softmax(tl.reshape(word, (BT, LTP)) * inv_tau, tm3, 1), 0.0)
+        scale = inv_tau * 1.4426950408889634
+        la2 = tl.where(vm2, _log_softmax(region * scale, vm2, 0), 0.0)  # (LVP, BT)
+        lb3 = tl.where(tm3, _log_softmax(tl.reshape(word, (BT, LTP)) * scale, tm3, 1), 0.0)
     else:
-        la2 = tl.where(vm, tl.load(la_ptr + iv0 * Lv + rows, mask=rows < Lv, other=0.0), 0.0)[:, None]
+        la = tl.load(la_ptr + iv0 * Lv + rows, mask=rows < Lv, other=0.0) * 1.4426950408889634
+        la2 = tl.where(vm, la, 0.0)[:, None]
         cols = tl.arange(0, BT * LTP)
         cap = it0 + cols // LTP
         ctok = cols % LTP
-        lb = tl.load(lb_ptr + cap * Lt + ctok, mask=(cap < Nt) & (ctok < Lt), other=0.0)
+        lb = tl.load(lb_ptr + cap * Lt + ctok, mask=(cap < Nt) & (ctok < Lt), other=0.0) * 1.4426950408889634
         lb3 = tl.where(tm3, tl.reshape(lb, (BT, LTP)), 0.0)
     u = tl.zeros((LVP, BT), dtype=tl.float32)
     w = tl.zeros((BT, LTP), dtype=tl.float32)
@@ -133,7 +137,7 @@ def _sinkhorn_fwd(
             else:
                 u = _update_visual(logk, w, la2, vm2)
                 w = _update_text(logk, u, lb3, tm3)
-    flow = tl.exp(logk + u[:, :, None] + w[None, :, :])  # 0 wherever logk is -inf
+    flow = tl.exp2(logk + u[:, :, None] + w[None, :, :])  # 0 wherever logk is -inf
     score = tl.sum(tl.sum(tl.where(valid3, flow * s3, 0.0), axis=2), axis=0)  # (BT,)
     it = it0 + tl.arange(0, BT)
     tl.store(out_ptr + iv0 * Nt + it, score, mask=it < Nt)
@@ -143,6 +147,7 @@ def sinkhorn_triton(
     v: Tensor, vmask: Tensor, t: Tensor, tmask: Tensor, log_visual: Tensor | None, log_text: Tensor | None,
     epsilon: float, iterations: int, rows: str, one_sided: bool, captions_per_program: int | None = None,
     visual_pooled: Tensor | None = None, text_pooled: Tensor | None = None, marginal_temperature: float = 0.1,
+    num_warps: int | None = None,
 ) -> Tensor:
     """(Nv, Nt) fp32 Σ flow·sim. Marginals: the given (N, L) log masses (padding ignored), or, with
     pooled vectors, TokenFlow's per-pair importance softmax (log_* are then ignored)."""
@@ -155,8 +160,10 @@ def sinkhorn_triton(
     nt, lt, _ = t.shape
     # tl.dot needs at least 16 rows and columns per tile.
     lvp, ltp = max(16, next_pow2(lv)), next_pow2(lt)
-    bt = captions_per_program or max(1, 64 // ltp)
-    bt = max(bt, -(-16 // ltp))
+    # One caption per program, and a single warp for a 64 × 32 problem: on an H200 that was the
+    # fastest (benchmarks/gpu_notes.md): the per-iteration reductions then stay inside one warp.
+    bt = max(captions_per_program or 1, -(-16 // ltp))  # tl.dot needs ≥ 16 columns
+    warps = num_warps or max(1, min(8, next_pow2(lvp * bt * ltp // 2048)))
     out = torch.empty(nv, nt, dtype=torch.float32, device=v.device)
     grid = (nv * triton.cdiv(nt, bt),)
     _sinkhorn_fwd[grid](
@@ -166,6 +173,6 @@ def sinkhorn_triton(
         1.0 / float(epsilon), 1.0 / float(marginal_temperature), int(iterations),
         LVP=lvp, BT=bt, LTP=ltp, BK=32 if v.dtype == torch.float32 else 64, PREC=_precision(v.dtype),
         TEXT_FIRST=rows == "text", ONE_SIDED=bool(one_sided), IMPORTANCE=importance,
-        num_warps=4 if lvp * bt * ltp <= 4096 else 8, num_stages=2,
+        num_warps=warps, num_stages=2,
     )
     return out

@@ -74,8 +74,8 @@ def random_input_sets(
     for _ in range(count):
         v = random_batch(shape.nv, shape.lv, shape.dim, generator=g).to(device, dtype=dtype)
         t = random_batch(shape.nt, shape.lt, shape.dim, generator=g).to(device, dtype=dtype)
-        if requires_grad:
-            v.tokens.requires_grad_(True)
-            t.tokens.requires_grad_(True)
+        if requires_grad:  # tokens and pooled vectors: `global` reads only the latter
+            for tensor in (v.tokens, t.tokens, v.pooled, t.pooled):
+                tensor.requires_grad_(True)
         sets.append((v, t))
     return sets

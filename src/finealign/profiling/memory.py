@@ -22,12 +22,12 @@ from finealign.profiling.device import synchronize
 
 @dataclass
 class MemoryResult:
-    peak_bytes: int
+    peak_bytes: int | None  # None when this torch cannot report it
     method: str
 
     @property
     def peak_mib(self) -> float:
-        return self.peak_bytes / 2**20
+        return float("nan") if self.peak_bytes is None else self.peak_bytes / 2**20
 
 
 def peak_memory(fn: Callable[..., Any], args: tuple, device: torch.device) -> MemoryResult:
@@ -54,7 +54,11 @@ def _cpu_peak(fn, args) -> MemoryResult:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn(*args)
         del out  # the output's free is logged too; the peak already counted it
-    return MemoryResult(peak_from_allocation_log(allocation_log(prof)), "torch_profiler_cpu_alloc")
+    try:
+        log = allocation_log(prof)
+    except AttributeError as exc:  # the log's accessors are not public API; say so, never guess
+        return MemoryResult(None, f"unavailable ({exc})")
+    return MemoryResult(peak_from_allocation_log(log), "torch_profiler_cpu_alloc")
 
 
 def allocation_log(prof) -> list[tuple[int, int]]:

@@ -70,9 +70,16 @@ def plot_scaling(rows, path: str | Path, axis: str = "n", metric: str = "latency
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for aligner, group in df.groupby("aligner"):
         group = group.sort_values("x")
-        ax.plot(group["x"], group[metric], marker="o", label=aligner)
+        (line,) = ax.plot(group["x"], group[metric], marker="o", label=aligner)
+        if metric == "latency_ms" and {"latency_q25_ms", "latency_q75_ms"} <= set(group.columns):
+            # the interquartile band: how much to trust each point
+            ax.fill_between(group["x"], group["latency_q25_ms"], group["latency_q75_ms"],
+                            color=line.get_color(), alpha=0.15, linewidth=0)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    xs = sorted(df["x"].unique())
+    ax.set_xticks(xs, [str(int(x)) for x in xs])
+    ax.minorticks_off()
     ax.set_xlabel(label)
     ax.set_ylabel(metric.replace("_", " "))
     ax.grid(True, which="both", alpha=0.3)

@@ -75,6 +75,13 @@ class Registry:
         self._entries: dict[str, Entry] = {}
         self._plugins_scanned = False
 
+    @property
+    def singular(self) -> str:
+        """'aligners' → 'aligner', 'losses' → 'loss': for messages."""
+        if self.kind.endswith("sses"):
+            return self.kind[:-2]
+        return self.kind[:-1] if self.kind.endswith("s") else self.kind
+
     # -- registration -------------------------------------------------------------------------
     def register(
         self,
@@ -179,7 +186,7 @@ class Registry:
             close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
             raise UnknownNameError(
-                f"unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} {name!r}.{hint} "
+                f"unknown {self.singular} {name!r}.{hint} "
                 f"Registered: {', '.join(sorted(self._entries)) or '(none)'}"
             )
         return self._entries[name]
@@ -200,7 +207,7 @@ class Registry:
         cfg_cls = config_class(target)
         if cfg_cls is None:
             return target(**kwargs)
-        return target(build_config(cfg_cls, kwargs, f"{self.kind[:-1]} {name!r}"))
+        return target(build_config(cfg_cls, kwargs, f"{self.singular} {name!r}"))
 
     def __contains__(self, name: object) -> bool:
         self.scan_plugins()

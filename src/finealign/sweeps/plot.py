@@ -26,6 +26,9 @@ def plot_tradeoff(frame: pd.DataFrame, x: str, y: str, label: str | None, path: 
     for _, row in done.iterrows():
         text = str(row[label]) if label and label in row else f"#{row['trial']}"
         ax.annotate(text, (row[x], row[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    xs = done[x].dropna()
+    if len(xs) and (xs > 0).all() and xs.max() / xs.min() > 100:
+        ax.set_xscale("log")  # latencies of a global dot product and of OT differ by orders of magnitude
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.set_title(title)

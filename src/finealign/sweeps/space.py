@@ -54,9 +54,8 @@ def grid_points(spec: SweepSpec) -> list[Point]:
             for values in itertools.product(*(p.grid_values() for p in params)):
                 branch.append({group: option, **{p.name: v for p, v in zip(params, values)}})
         per_group.append(branch)
-    per_group.append(
-        [dict(zip([p.name for p in spec.params], vals)) for vals in itertools.product(*(p.grid_values() for p in spec.params))]
-    )
+    names = [p.name for p in spec.params]
+    per_group.append([dict(zip(names, v)) for v in itertools.product(*(p.grid_values() for p in spec.params))])
     points = []
     for parts in itertools.product(*per_group):
         merged: Point = {}

@@ -31,8 +31,9 @@ SAMPLERS: dict[str, Callable[[SweepSpec, int], optuna.samplers.BaseSampler]] = {
     "random": lambda spec, seed: optuna.samplers.RandomSampler(seed=seed),
     # constant_liar: parallel workers don't all propose the point next to the current best
     "tpe": lambda spec, seed: optuna.samplers.TPESampler(
-        seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=min(10, max(2, (spec.n_trials or 10) // 4))
-    ),
+        seed=seed, multivariate=True, group=True, constant_liar=True,
+        n_startup_trials=min(10, max(2, (spec.n_trials or 10) // 4)),
+    ),  # fmt: skip
     "nsga2": lambda spec, seed: optuna.samplers.NSGAIISampler(
         seed=seed, population_size=min(50, max(4, (spec.n_trials or 50) // 4))
     ),
@@ -40,7 +41,9 @@ SAMPLERS: dict[str, Callable[[SweepSpec, int], optuna.samplers.BaseSampler]] = {
 
 PRUNERS: dict[str, Callable[[PrunerSpec], optuna.pruners.BasePruner]] = {
     "none": lambda p: optuna.pruners.NopPruner(),
-    "median": lambda p: optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps),
+    "median": lambda p: optuna.pruners.MedianPruner(
+        n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+    ),
     "percentile": lambda p: optuna.pruners.PercentilePruner(
         p.percentile, n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
     ),
