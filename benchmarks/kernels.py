@@ -194,7 +194,7 @@ def bench_size(name, nv, nt, lv, lt, d, repeats, args):
             tiles=tiles), ref_mean)
     # -- hard alignment (CHAN, LSE pooling) --------------------------------------------------------
     hard = create_aligner("hard", pooling="lse", temperature=0.1, direction="text")
-    add("hard_lse", "chunked torch (hard aligner, 64x256)", lambda: hard(visual, text), ref_lse, reps=slow_reps)
+    add("hard_lse", "hard aligner (backend auto: fused on CUDA)", lambda: hard(visual, text), ref_lse, reps=slow_reps)
     add("hard_lse", "fused triton", lambda: maxsim_scores(v, vm, t, tm, "lse", "text", 0.1, backend="triton"), ref_lse)
     add("both_dir", "fused triton (mean, both)", lambda: maxsim_scores(v, vm, t, tm, "mean", "both",
         backend="triton"), None)

@@ -74,3 +74,30 @@ def test_mean_max_aligner_backends_agree(gen):
 def test_mean_max_rejects_unknown_backend():
     with pytest.raises(ConfigError, match="backend must be one of"):
         create_aligner("mean_max", backend="cuda")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"pooling": "lse", "temperature": 0.1}, {"pooling": "mean", "direction": "both"}, {"direction": "visual"}],
+)
+def test_hard_aligner_backends_agree(options, gen):
+    v = random_batch(4, 7, 16, generator=gen)
+    t = random_batch(5, 4, 16, generator=gen)
+    fused = create_aligner("hard", backend="triton", **options)(v, t)
+    plain = create_aligner("hard", backend="torch", **options)(v, t)
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("options", [{}, {"marginals": "uniform"}, {"relax_visual": True, "epsilon": 0.02}])
+def test_tokenflow_aligner_uses_fused_solver_only_without_gradients(options, gen):
+    v = random_batch(3, 6, 8, generator=gen)
+    t = random_batch(4, 5, 8, generator=gen)
+    plain = create_aligner("tokenflow", backend="torch", iterations=20, **options)
+    fused = create_aligner("tokenflow", backend="triton", iterations=20, **options)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(v, t), plain(v, t), atol=1e-5, rtol=1e-5)
+    # With gradients wanted, the aligner falls back to the differentiable torch solver.
+    v.tokens.requires_grad_(True)
+    out = fused(v, t)
+    assert out.requires_grad
+    torch.testing.assert_close(out.detach(), plain(v, t).detach(), atol=1e-5, rtol=1e-5)

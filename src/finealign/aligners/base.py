@@ -70,6 +70,9 @@ class Aligner(nn.Module):
         """(Nv, Nt) similarity matrix, computed in bounded chunks."""
         check_pair(visual, text, need_pooled=self.needs_pooled)
         visual, text = self.prepare(visual), self.prepare(text)
+        fused = self.fused_scores(visual, text)
+        if fused is not None:
+            return fused
         cv, ct = self.config.chunk_visual, self.config.chunk_text
         rows = []
         for i in range(0, len(visual), cv):
@@ -80,6 +83,11 @@ class Aligner(nn.Module):
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         """(nv, nt) scores for one block of already-prepared items."""
         raise NotImplementedError
+
+    def fused_scores(self, visual: TokenBatch, text: TokenBatch) -> Tensor | None:
+        """The whole (Nv, Nt) matrix from a fused kernel (finealign.kernels), or None to score in
+        chunks. Fused kernels keep token pairs on chip, so they need no chunking."""
+        return None
 
     def score_pairs(self, visual: TokenBatch, text: TokenBatch, pairs: Tensor | None = None) -> Tensor:
         """(P,) scores of chosen (visual item, text item) pairs, without the full matrix.

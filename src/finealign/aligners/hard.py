@@ -25,6 +25,7 @@ from finealign.aligners.base import (
 )
 from finealign.aligners.pooling import check_pooling, pool_masked
 from finealign.errors import ConfigError
+from finealign.kernels import check_backend, maxsim_scores, use_triton
 from finealign.registry import ALIGNERS
 from finealign.tokens import TokenBatch
 
@@ -37,9 +38,12 @@ class HardConfig(AlignerConfig):
     temperature: float = 0.1  # τ of the LogSumExp pooling: τ · logsumexp(x / τ)
     # "text": word → best region; "visual": region → best word; "both": the mean of the two.
     direction: str = "text"
+    # "auto": the fused Triton kernel for CUDA tensors when Triton imports, torch otherwise.
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_backend(self.backend)
         check_pooling(self.pooling, self.temperature)
         if self.direction not in DIRECTIONS:
             raise ConfigError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
@@ -50,6 +54,16 @@ class HardAligner(Aligner):
     """Hard alignment (CHAN): each word keeps only its best region, pooled by mean or LogSumExp."""
 
     Config = HardConfig
+
+    def fused_scores(self, visual: TokenBatch, text: TokenBatch) -> Tensor | None:
+        cfg = self.config
+        if not use_triton(cfg.backend, visual.tokens):
+            return None
+        scores = maxsim_scores(
+            visual.tokens, visual.mask, text.tokens, text.mask, cfg.pooling, cfg.direction, cfg.temperature,
+            backend="triton",
+        )
+        return scores.to(visual.tokens.dtype)
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         sim = masked_fill_pairs(token_similarities(visual, text), visual.mask, text.mask, float("-inf"))

@@ -15,7 +15,6 @@ from finealign.aligners.base import (
     paired_token_similarities,
     token_similarities,
 )
-from finealign.aligners.validation import check_pair
 from finealign.errors import ConfigError
 from finealign.kernels import check_backend, maxsim_scores, use_triton
 from finealign.registry import ALIGNERS
@@ -43,19 +42,15 @@ class MeanMaxAligner(Aligner):
 
     Config = MeanMaxConfig
 
-    def forward(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
-        if not isinstance(visual, TokenBatch) or not use_triton(self.config.backend, visual.tokens):
-            return super().forward(visual, text)  # (which also rejects bad inputs)
-        # The fused kernel keeps token pairs on chip, so the whole matrix is one launch.
-        check_pair(visual, text, need_pooled=self.needs_pooled)
-        return self.score_block(self.prepare(visual), self.prepare(text))
+    def fused_scores(self, visual: TokenBatch, text: TokenBatch) -> Tensor | None:
+        if not use_triton(self.config.backend, visual.tokens):
+            return None
+        scores = maxsim_scores(
+            visual.tokens, visual.mask, text.tokens, text.mask, "mean", self.config.direction, backend="triton"
+        )
+        return scores.to(visual.tokens.dtype)
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
-        if use_triton(self.config.backend, visual.tokens):
-            scores = maxsim_scores(
-                visual.tokens, visual.mask, text.tokens, text.mask, "mean", self.config.direction, backend="triton"
-            )
-            return scores.to(visual.tokens.dtype)
         sim = masked_fill_pairs(token_similarities(visual, text), visual.mask, text.mask, float("-inf"))
         return self._reduce(sim, visual.mask[:, None, :], text.mask[None, :, :])
 

@@ -47,6 +47,7 @@ from finealign.aligners.base import (
 )
 from finealign.aligners.sinkhorn import log_sinkhorn
 from finealign.errors import ConfigError
+from finealign.kernels import check_backend, sinkhorn_flow_scores, use_triton
 from finealign.registry import ALIGNERS
 from finealign.tokens import TokenBatch
 
@@ -64,9 +65,13 @@ class TokenFlowConfig(AlignerConfig):
     marginals: str = "importance"  # "importance" or "uniform"
     marginal_temperature: float = 0.1  # τ of the importance softmax
     relax_visual: bool = False  # enforce only the word marginal (one-sided OT; → mean_max as ε → 0)
+    # "auto": the fused Triton Sinkhorn for CUDA tensors at inference (it has no backward);
+    # the unrolled torch solver when gradients are needed or elsewhere.
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_backend(self.backend)
         for key in ("epsilon", "marginal_temperature"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
@@ -90,6 +95,23 @@ class TokenFlowAligner(Aligner):
         return super().prepare(TokenBatch(batch.tokens, batch.mask, global_vectors(batch)))
 
     # -- scoring ------------------------------------------------------------------------------
+    def fused_scores(self, visual: TokenBatch, text: TokenBatch) -> Tensor | None:
+        cfg = self.config
+        if torch.is_grad_enabled() and (visual.tokens.requires_grad or text.tokens.requires_grad):
+            return None  # training: the fused solver is forward-only
+        if not use_triton(cfg.backend, visual.tokens):
+            return None
+        importance = (
+            dict(visual_pooled=visual.pooled, text_pooled=text.pooled, marginal_temperature=cfg.marginal_temperature)
+            if cfg.marginals == "importance"
+            else {}
+        )
+        scores = sinkhorn_flow_scores(
+            visual.tokens, visual.mask, text.tokens, text.mask, epsilon=cfg.epsilon, iterations=cfg.iterations,
+            one_sided=cfg.relax_visual, backend="triton", **importance,
+        )
+        return scores.to(visual.tokens.dtype)
+
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         nv, nt = len(visual), len(text)
         lv, lt = visual.tokens.shape[1], text.tokens.shape[1]

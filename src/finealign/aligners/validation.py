@@ -40,7 +40,9 @@ def check_batch(batch: TokenBatch, name: str, *, need_pooled: bool = False) -> N
         raise ShapeError(f"{name}.pooled is required by this aligner but is None")
     with torch.no_grad():
         empty = ~m.any(dim=1)
-        bad = (~torch.isfinite(t) & m.unsqueeze(-1)).any(-1)  # (N, L): real token holding NaN/inf
+        # (N, L): real token holding NaN/inf. A NaN or inf anywhere in a token makes its fp32 sum
+        # non-finite, so this needs (N, L) temporaries instead of an (N, L, d) bool mask.
+        bad = ~torch.isfinite(t.sum(-1, dtype=torch.float32)) & m
         flags = [empty.any(), bad.any()]
         if batch.pooled is not None:
             flags.append(~torch.isfinite(batch.pooled).all())

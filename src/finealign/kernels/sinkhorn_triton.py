@@ -163,7 +163,7 @@ def sinkhorn_triton(
     # One caption per program, and a single warp for a 64 × 32 problem: on an H200 that was the
     # fastest (benchmarks/gpu_notes.md): the per-iteration reductions then stay inside one warp.
     bt = max(captions_per_program or 1, -(-16 // ltp))  # tl.dot needs ≥ 16 columns
-    warps = num_warps or max(1, min(8, next_pow2(lvp * bt * ltp // 2048)))
+    warps = num_warps or min(8, next_pow2(max(1, lvp * bt * ltp // 2048)))
     out = torch.empty(nv, nt, dtype=torch.float32, device=v.device)
     grid = (nv * triton.cdiv(nt, bt),)
     _sinkhorn_fwd[grid](
