@@ -210,3 +210,19 @@ def test_two_stage_without_pooled_ignores_poisoned_padding(gen):
         TokenBatch(t.tokens.masked_fill(~t.mask[..., None], float("inf")), t.mask),
     )
     torch.testing.assert_close(poisoned, clean)
+
+
+def test_train_mode_scores_every_pair_with_the_mixed_score(gen):
+    """Training uses α·global + (1−α)·local on all pairs; eval mode (the default) uses the shortlist."""
+    v = random_batch(6, 5, 8, generator=gen)
+    t = random_batch(7, 4, 8, generator=gen)
+    aligner = create_aligner("two_stage", top_k=1, alpha=0.3)
+    assert not aligner.training  # built for inference
+    glob = aligner.global_similarity(aligner.prepare(v), aligner.prepare(t))
+    full = 0.3 * glob + 0.7 * create_aligner("mean_max")(v, t)
+    shortlisted = aligner(v, t)
+    aligner.train()
+    torch.testing.assert_close(aligner(v, t), full, atol=1e-6, rtol=1e-6)
+    aligner.eval()
+    assert not torch.allclose(shortlisted, full)  # top_k=1 pushes most pairs below the shortlist
+    torch.testing.assert_close(aligner(v, t), shortlisted)

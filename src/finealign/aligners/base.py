@@ -64,6 +64,9 @@ class Aligner(nn.Module):
     def __init__(self, config: AlignerConfig | None = None):
         super().__init__()
         self.config = config if config is not None else self.Config()
+        # Built in inference mode: an aligner used on its own scores as at test time; the engine
+        # switches it to train mode while training (only two_stage behaves differently then).
+        self.eval()
 
     # -- the contract -------------------------------------------------------------------------
     def forward(self, visual: TokenBatch, text: TokenBatch) -> Tensor:

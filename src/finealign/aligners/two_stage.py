@@ -86,6 +86,11 @@ class TwoStageAligner(Aligner):
     def forward(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         check_pair(visual, text)
         glob = self.global_similarity(visual, text)
+        if self.training:
+            # TGDT trains the global and local branches on every pair of the batch; the shortlist
+            # is an inference procedure. (Through the shortlist, a positive outside the top-K would
+            # get a floor score and no useful gradient: training then stays at chance.)
+            return self.config.alpha * glob + (1 - self.config.alpha) * self.local(visual, text).to(glob.dtype)
         pairs = self.shortlist(glob).nonzero()  # (P, 2) shortlisted (image, caption) pairs
         local = self.local.score_pairs(visual, text, pairs)
         mixed = self.config.alpha * glob[pairs[:, 0], pairs[:, 1]] + (1 - self.config.alpha) * local.to(glob.dtype)
