@@ -101,3 +101,22 @@ def test_tokenflow_aligner_uses_fused_solver_only_without_gradients(options, gen
     out = fused(v, t)
     assert out.requires_grad
     torch.testing.assert_close(out.detach(), plain(v, t).detach(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("direction", ["text", "visual", "both"])
+def test_weighted_mean_max_backends_agree_with_weight_gradients(direction, gen):
+    v = random_batch(3, 6, 8, generator=gen)
+    t = random_batch(4, 5, 8, generator=gen)
+    torch.manual_seed(0)
+    fused = create_aligner("weighted_mean_max", dim=8, direction=direction, backend="triton")
+    plain = create_aligner("weighted_mean_max", dim=8, direction=direction, backend="torch")
+    for layer in (fused.text_weight, fused.visual_weight):
+        if layer is not None:
+            torch.nn.init.normal_(layer.weight)  # non-uniform weights, so pooling really is weighted
+    plain.load_state_dict(fused.state_dict())
+    out_fused, out_plain = fused(v, t), plain(v, t)
+    torch.testing.assert_close(out_fused, out_plain, atol=1e-5, rtol=1e-5)
+    out_fused.sum().backward()
+    out_plain.sum().backward()
+    for (name, a), b in zip(fused.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
