@@ -57,9 +57,8 @@ class GlobalAligner(Aligner):
     def prepare(self, batch: TokenBatch) -> TokenBatch:
         """Fill `pooled` as `source` says, then normalise it (tokens are left as they are)."""
         if self.config.source == "mean" or batch.pooled is None:
-            # Zero padding first: it may hold NaN, and the mean multiplies it by a 0 weight.
-            tokens = batch.tokens.masked_fill(~batch.mask.unsqueeze(-1), 0.0)
-            batch = TokenBatch(tokens, batch.mask, TokenBatch(tokens, batch.mask).mean_pooled())
+            # mean_pooled selects real tokens with where(), so NaN in padding cannot leak in.
+            batch = TokenBatch(batch.tokens, batch.mask, batch.mean_pooled())
         pooled = F.normalize(batch.pooled, dim=-1) if self.config.normalize else batch.pooled
         return TokenBatch(batch.tokens, batch.mask, pooled)
 

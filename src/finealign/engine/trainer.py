@@ -203,5 +203,5 @@ class Trainer:
         e = self.eval_cfg
         return evaluate(
             self.model, split, device=self.device, batch_size=e.batch_size, chunk_items=e.chunk_items,
-            max_items=self.cfg.val_max_items, amp=self.cfg.amp, progress=False,
+            max_items=self.cfg.val_max_items, amp=self.cfg.amp, progress=False, measure_memory=False,
         )
