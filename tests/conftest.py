@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from finealign.tokens import TokenBatch
+
+# Without CUDA, the Triton kernels run in Triton's CPU interpreter. Triton reads TRITON_INTERPRET
+# when a kernel is decorated, and finealign imports its kernel modules only on first use, so
+# setting it here (before any test calls a kernel) is early enough. backend="auto" still picks
+# torch for CPU tensors; only tests that ask for backend="triton" run the interpreter.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"

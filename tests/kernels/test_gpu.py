@@ -64,9 +64,25 @@ def test_sinkhorn_bf16_matches_torch_solver():
         dict(log_visual=vw.log(), log_text=tw.log(), epsilon=0.05, rows="text"),
         dict(visual_pooled=vp, text_pooled=tp, epsilon=0.05, iterations=50),  # TokenFlow's defaults
     ):
-        got = sinkhorn_flow_scores(v, vm, t, tm, backend="triton", **options)
         ref = sinkhorn_flow_scores(v.float(), vm, t.float(), tm, backend="torch", **options)
-        torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+        for domain in ("log", "scaling"):
+            got = sinkhorn_flow_scores(v, vm, t, tm, backend="triton", domain=domain, **options)
+            torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_pair_kernels_equal_the_full_kernels():
+    v, vm, t, tm, _, _ = _cuda_inputs(40, 50, 200, 32, 512)
+    gen = torch.Generator().manual_seed(1)
+    pairs = torch.stack([torch.randint(0, 40, (999,), generator=gen), torch.randint(0, 200, (999,), generator=gen)], 1)
+    pairs = pairs.cuda()
+    for pooling, direction in (("mean", "text"), ("lse", "both")):
+        full = maxsim_scores(v, vm, t, tm, pooling, direction, 0.1, backend="triton")
+        got = maxsim_scores(v, vm, t, tm, pooling, direction, 0.1, backend="triton", pairs=pairs)
+        torch.testing.assert_close(got, full[pairs[:, 0], pairs[:, 1]], atol=1e-5, rtol=1e-5)
+    for domain in ("log", "scaling"):
+        full = sinkhorn_flow_scores(v, vm, t, tm, backend="triton", iterations=10, domain=domain)
+        got = sinkhorn_flow_scores(v, vm, t, tm, backend="triton", iterations=10, domain=domain, pairs=pairs)
+        torch.testing.assert_close(got, full[pairs[:, 0], pairs[:, 1]], atol=1e-5, rtol=1e-5)
 
 
 def test_mean_max_auto_backend_uses_the_kernel_and_agrees():

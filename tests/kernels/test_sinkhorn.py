@@ -24,12 +24,14 @@ def _inputs(gen, nv=3, lv=6, nt=5, lt=4, d=12):
      dict(marginals=True), dict(epsilon=0.02, iterations=7)],
     ids=["uniform", "one-iteration", "text-rows", "one-sided", "one-sided-text", "given-marginals", "small-eps"],
 )
-def test_triton_equals_torch_solver(options, gen):
+@pytest.mark.parametrize("domain", ["log", "scaling"])
+def test_triton_equals_torch_solver(options, domain, gen):
     v, vm, t, tm = _inputs(gen)
     options = dict(options)
     if options.pop("marginals", False):
         options.update(log_visual=token_weights(vm, gen).log(), log_text=token_weights(tm, gen).log())
-    got = sinkhorn_flow_scores(v, vm, t, tm, backend="triton", **options)
+    # absorb_every=3 puts absorptions inside the 7-iteration runs too.
+    got = sinkhorn_flow_scores(v, vm, t, tm, backend="triton", domain=domain, absorb_every=3, **options)
     ref = sinkhorn_flow_scores(v.double(), vm, t.double(), tm, backend="torch", **options)
     assert got.shape == (3, 5) and got.dtype == torch.float32 and torch.isfinite(got).all()
     torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-5)
@@ -103,3 +105,41 @@ def test_importance_marginals_need_both_pooled_vectors(gen):
     v, vm, t, tm = _inputs(gen)
     with pytest.raises(ShapeError, match="both visual_pooled and text_pooled"):
         sinkhorn_flow_scores(v, vm, t, tm, visual_pooled=v[:, 0])
+
+
+@pytest.mark.parametrize("rows", ["visual", "text"])
+def test_scaling_domain_hands_underflowing_pairs_to_the_log_domain(rows, gen, monkeypatch):
+    """At ε far below the similarity spread, exp(−C/ε) sums underflow in the scaling domain: the
+    kernel flags those pairs and they are redone in the log domain — same scores as torch's, and
+    the flagged pairs really went through the fallback (at the larger ε, none do)."""
+    import finealign.kernels.sinkhorn_triton as fused
+
+    calls = []
+    original = fused.sinkhorn_triton
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs.get("domain"), None if kwargs.get("pairs") is None else len(kwargs["pairs"])))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fused, "sinkhorn_triton", spy)
+    v, vm, t, tm = _inputs(gen, 3, 9, 4, 6)
+    for epsilon, fallback in ((0.1, False), (0.003, True)):
+        calls.clear()
+        got = sinkhorn_flow_scores(v, vm, t, tm, backend="triton", domain="scaling", epsilon=epsilon, iterations=6, rows=rows)
+        ref = sinkhorn_flow_scores(v.double(), vm, t.double(), tm, backend="torch", epsilon=epsilon, iterations=6, rows=rows)
+        torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-5)
+        redone = [n for domain, n in calls if domain == "log"]
+        assert calls[0] == ("scaling", None)
+        assert (len(redone) == 1 and 0 < redone[0] < 12) if fallback else not redone
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(domain="exp"), "domain must be one of"),
+    (dict(absorb_every=0), "absorb_every must be a positive int"),
+])
+def test_bad_kernel_options_are_named(options, message, gen):
+    from finealign.errors import ConfigError
+
+    v, vm, t, tm = _inputs(gen)
+    with pytest.raises(ConfigError, match=message):
+        sinkhorn_flow_scores(v, vm, t, tm, **options)

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from finealign.aligners.validation import check_pair, check_pair_indices
+from finealign.aligners.validation import check_pair
 from finealign.errors import ConfigError, ShapeError
+from finealign.kernels.checks import check_pair_indices
 from finealign.tokens import TokenBatch
 
 
@@ -92,6 +93,10 @@ class Aligner(nn.Module):
         chunks. Fused kernels keep token pairs on chip, so they need no chunking."""
         return None
 
+    def fused_pair_scores(self, visual: TokenBatch, text: TokenBatch, pairs: Tensor) -> Tensor | None:
+        """`score_pairs` from a fused kernel, or None to score the pairs in chunks."""
+        return None
+
     def score_pairs(self, visual: TokenBatch, text: TokenBatch, pairs: Tensor | None = None) -> Tensor:
         """(P,) scores of chosen (visual item, text item) pairs, without the full matrix.
 
@@ -102,6 +107,9 @@ class Aligner(nn.Module):
         check_pair(visual, text, need_pooled=self.needs_pooled)
         pairs = resolve_pairs(visual, text, pairs)
         visual, text = self.prepare(visual), self.prepare(text)
+        fused = self.fused_pair_scores(visual, text, pairs)
+        if fused is not None:
+            return fused
         step = self.config.chunk_pairs
         scores = [
             self.score_pair_block(visual[pairs[i : i + step, 0]], text[pairs[i : i + step, 1]])

@@ -16,16 +16,15 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from finealign.aligners.base import (
-    Aligner,
-    AlignerConfig,
     TokenAlignment,
     masked_fill_pairs,
     paired_token_similarities,
     token_similarities,
 )
+from finealign.aligners.kernel_backed import KernelAligner, KernelConfig
 from finealign.aligners.pooling import check_pooling, pool_masked
 from finealign.errors import ConfigError
-from finealign.kernels import check_backend, maxsim_scores, use_triton
+from finealign.kernels import maxsim_scores
 from finealign.registry import ALIGNERS
 from finealign.tokens import TokenBatch
 
@@ -33,37 +32,31 @@ DIRECTIONS = ("text", "visual", "both")
 
 
 @dataclass
-class HardConfig(AlignerConfig):
+class HardConfig(KernelConfig):
     pooling: str = "lse"  # "mean" | "lse" over words (or regions, for the visual direction)
     temperature: float = 0.1  # τ of the LogSumExp pooling: τ · logsumexp(x / τ)
     # "text": word → best region; "visual": region → best word; "both": the mean of the two.
     direction: str = "text"
-    # "auto": the fused Triton kernel for CUDA tensors when Triton imports, torch otherwise.
-    backend: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_backend(self.backend)
         check_pooling(self.pooling, self.temperature)
         if self.direction not in DIRECTIONS:
             raise ConfigError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
 
 
 @ALIGNERS.register("hard")
-class HardAligner(Aligner):
+class HardAligner(KernelAligner):
     """Hard alignment (CHAN): each word keeps only its best region, pooled by mean or LogSumExp."""
 
     Config = HardConfig
 
-    def fused_scores(self, visual: TokenBatch, text: TokenBatch) -> Tensor | None:
+    def kernel_scores(self, visual: TokenBatch, text: TokenBatch, pairs: Tensor | None) -> Tensor:
         cfg = self.config
-        if not use_triton(cfg.backend, visual.tokens):
-            return None
-        scores = maxsim_scores(
+        return maxsim_scores(
             visual.tokens, visual.mask, text.tokens, text.mask, cfg.pooling, cfg.direction, cfg.temperature,
-            backend="triton",
+            backend="triton", pairs=pairs,
         )
-        return scores.to(visual.tokens.dtype)
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         sim = masked_fill_pairs(token_similarities(visual, text), visual.mask, text.mask, float("-inf"))

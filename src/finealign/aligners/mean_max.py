@@ -7,48 +7,42 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from finealign.aligners.base import (
-    Aligner,
-    AlignerConfig,
     TokenAlignment,
     masked_fill_pairs,
     masked_mean,
     paired_token_similarities,
     token_similarities,
 )
+from finealign.aligners.kernel_backed import KernelAligner, KernelConfig
 from finealign.errors import ConfigError
-from finealign.kernels import check_backend, maxsim_scores, use_triton
+from finealign.kernels import maxsim_scores
 from finealign.registry import ALIGNERS
 from finealign.tokens import TokenBatch
 
 
 @dataclass
-class MeanMaxConfig(AlignerConfig):
+class MeanMaxConfig(KernelConfig):
     # "text": each word takes its best region, averaged over words (ColBERT/FILIP t2v);
     # "both": the mean of that and the region→word direction (FILIP / DRL bidirectional).
     direction: str = "text"
-    # "auto": the fused Triton kernel for CUDA tensors when Triton imports, torch otherwise.
-    backend: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.direction not in ("text", "both"):
             raise ConfigError(f"direction must be 'text' or 'both', got {self.direction!r}")
-        check_backend(self.backend)
 
 
 @ALIGNERS.register("mean_max")
-class MeanMaxAligner(Aligner):
+class MeanMaxAligner(KernelAligner):
     """Mean over words of the max over regions (ColBERT/FILIP/DRL token-wise interaction)."""
 
     Config = MeanMaxConfig
 
-    def fused_scores(self, visual: TokenBatch, text: TokenBatch) -> Tensor | None:
-        if not use_triton(self.config.backend, visual.tokens):
-            return None
-        scores = maxsim_scores(
-            visual.tokens, visual.mask, text.tokens, text.mask, "mean", self.config.direction, backend="triton"
+    def kernel_scores(self, visual: TokenBatch, text: TokenBatch, pairs: Tensor | None) -> Tensor:
+        return maxsim_scores(
+            visual.tokens, visual.mask, text.tokens, text.mask, "mean", self.config.direction,
+            backend="triton", pairs=pairs,
         )
-        return scores.to(visual.tokens.dtype)
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         sim = masked_fill_pairs(token_similarities(visual, text), visual.mask, text.mask, float("-inf"))

@@ -37,17 +37,17 @@ import torch
 from torch import Tensor
 
 from finealign.aligners.base import (
-    Aligner,
-    AlignerConfig,
     TokenAlignment,
     global_vectors,
     masked_fill_pairs,
     paired_token_similarities,
     token_similarities,
 )
+from finealign.aligners.kernel_backed import KernelAligner, KernelConfig
 from finealign.aligners.sinkhorn import log_sinkhorn
 from finealign.errors import ConfigError
-from finealign.kernels import check_backend, sinkhorn_flow_scores, use_triton
+from finealign.kernels import sinkhorn_flow_scores
+from finealign.kernels.checks import check_sinkhorn_kernel_options
 from finealign.registry import ALIGNERS
 from finealign.tokens import TokenBatch
 
@@ -55,7 +55,7 @@ MARGINALS = ("importance", "uniform")
 
 
 @dataclass
-class TokenFlowConfig(AlignerConfig):
+class TokenFlowConfig(KernelConfig):
     # Smaller blocks than the base default: a block holds nv·nt OT problems, and autograd keeps
     # every Sinkhorn iterate of them.
     chunk_visual: int = 16
@@ -65,13 +65,14 @@ class TokenFlowConfig(AlignerConfig):
     marginals: str = "importance"  # "importance" or "uniform"
     marginal_temperature: float = 0.1  # τ of the importance softmax
     relax_visual: bool = False  # enforce only the word marginal (one-sided OT; → mean_max as ε → 0)
-    # "auto": the fused Triton Sinkhorn for CUDA tensors at inference (it has no backward);
-    # the unrolled torch solver when gradients are needed or elsewhere.
-    backend: str = "auto"
+    # backend "auto" runs the fused Triton Sinkhorn for CUDA tensors at inference only (it has no
+    # backward); the unrolled torch solver when gradients are needed or elsewhere. kernel_domain:
+    # how the kernel iterates, "log" (log-sum-exps) or "scaling" (multiply-adds, same scores).
+    kernel_domain: str = "log"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_backend(self.backend)
+        check_sinkhorn_kernel_options(self.kernel_domain, 10)
         for key in ("epsilon", "marginal_temperature"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
@@ -85,32 +86,28 @@ class TokenFlowConfig(AlignerConfig):
 
 
 @ALIGNERS.register("tokenflow")
-class TokenFlowAligner(Aligner):
+class TokenFlowAligner(KernelAligner):
     """Optimal-transport flow between visual and text tokens; score = Σ flow · similarity (TokenFlow)."""
 
     Config = TokenFlowConfig
+    kernel_has_backward = False
 
     def prepare(self, batch: TokenBatch) -> TokenBatch:
         # Fill the global vector (masked mean) before normalising, so importance always has one.
         return super().prepare(TokenBatch(batch.tokens, batch.mask, global_vectors(batch)))
 
     # -- scoring ------------------------------------------------------------------------------
-    def fused_scores(self, visual: TokenBatch, text: TokenBatch) -> Tensor | None:
+    def kernel_scores(self, visual: TokenBatch, text: TokenBatch, pairs: Tensor | None) -> Tensor:
         cfg = self.config
-        if torch.is_grad_enabled() and (visual.tokens.requires_grad or text.tokens.requires_grad):
-            return None  # training: the fused solver is forward-only
-        if not use_triton(cfg.backend, visual.tokens):
-            return None
         importance = (
             dict(visual_pooled=visual.pooled, text_pooled=text.pooled, marginal_temperature=cfg.marginal_temperature)
             if cfg.marginals == "importance"
             else {}
         )
-        scores = sinkhorn_flow_scores(
+        return sinkhorn_flow_scores(
             visual.tokens, visual.mask, text.tokens, text.mask, epsilon=cfg.epsilon, iterations=cfg.iterations,
-            one_sided=cfg.relax_visual, backend="triton", **importance,
+            one_sided=cfg.relax_visual, backend="triton", pairs=pairs, domain=cfg.kernel_domain, **importance,
         )
-        return scores.to(visual.tokens.dtype)
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         nv, nt = len(visual), len(text)

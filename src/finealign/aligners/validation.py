@@ -71,18 +71,3 @@ def check_pair(visual: TokenBatch, text: TokenBatch, *, need_pooled: bool = Fals
         )
     if visual.tokens.device != text.tokens.device:
         raise ShapeError(f"visual is on {visual.tokens.device} but text is on {text.tokens.device}")
-
-
-def check_pair_indices(pairs, n_visual: int, n_text: int) -> None:
-    """Raise ShapeError unless `pairs` is a (P, 2) integer tensor of in-range (visual, text) indices."""
-    if not isinstance(pairs, torch.Tensor) or pairs.dim() != 2 or pairs.shape[1] != 2:
-        shape = tuple(pairs.shape) if isinstance(pairs, torch.Tensor) else type(pairs).__name__
-        raise ShapeError(f"pairs must be a (P, 2) tensor of (visual index, text index), got {shape}")
-    if pairs.dtype.is_floating_point or pairs.dtype == torch.bool or pairs.dtype.is_complex:
-        raise ShapeError(f"pairs must hold integer indices, got {pairs.dtype}")
-    if len(pairs) == 0:
-        return
-    for column, name, size in ((0, "visual", n_visual), (1, "text", n_text)):
-        low, high = int(pairs[:, column].min()), int(pairs[:, column].max())
-        if low < 0 or high >= size:
-            raise ShapeError(f"pairs has {name} index {low if low < 0 else high} outside [0, {size})")

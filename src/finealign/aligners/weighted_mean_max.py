@@ -15,16 +15,15 @@ import torch
 from torch import Tensor, nn
 
 from finealign.aligners.base import (
-    Aligner,
-    AlignerConfig,
     TokenAlignment,
     masked_fill_pairs,
     paired_token_similarities,
     token_similarities,
 )
+from finealign.aligners.kernel_backed import KernelAligner, KernelConfig
 from finealign.aligners.pooling import accumulation_dtype, masked_softmax
 from finealign.errors import ConfigError, ShapeError
-from finealign.kernels import check_backend, maxsim_scores, use_triton
+from finealign.kernels import maxsim_scores
 from finealign.registry import ALIGNERS
 from finealign.tokens import TokenBatch
 
@@ -32,16 +31,13 @@ DIRECTIONS = ("text", "visual", "both")
 
 
 @dataclass
-class WeightedMeanMaxConfig(AlignerConfig):
+class WeightedMeanMaxConfig(KernelConfig):
     dim: int | None = None  # token dimension d (required: it sizes the weight layers)
     # "text": weighted words → best region; "visual": weighted regions → best word; "both": mean.
     direction: str = "both"
-    # "auto": the fused Triton kernel (weighted pooling, with weight gradients) for CUDA tensors.
-    backend: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_backend(self.backend)
         if self.dim is None:
             raise ConfigError("weighted_mean_max needs `dim`, the token dimension of its weight layers")
         if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
@@ -51,7 +47,7 @@ class WeightedMeanMaxConfig(AlignerConfig):
 
 
 @ALIGNERS.register("weighted_mean_max")
-class WeightedMeanMaxAligner(Aligner):
+class WeightedMeanMaxAligner(KernelAligner):
     """Weighted mean of per-word max (DRL WTI): learned softmax token weights instead of a mean."""
 
     Config = WeightedMeanMaxConfig
@@ -80,16 +76,14 @@ class WeightedMeanMaxAligner(Aligner):
         logits = nn.functional.linear(batch.tokens.to(acc), layer.weight.to(acc), layer.bias.to(acc))
         return masked_softmax(logits.squeeze(-1), batch.mask, dim=1)
 
-    def fused_scores(self, visual: TokenBatch, text: TokenBatch) -> Tensor | None:
-        if not use_triton(self.config.backend, visual.tokens):
-            return None
+    def kernel_scores(self, visual: TokenBatch, text: TokenBatch, pairs: Tensor | None) -> Tensor:
+        # The fused kernel's weighted pooling has weight gradients too, so the weights can train.
         text_w = None if self.text_weight is None else self.token_weights(text, self.text_weight)
         visual_w = None if self.visual_weight is None else self.token_weights(visual, self.visual_weight)
-        scores = maxsim_scores(
+        return maxsim_scores(
             visual.tokens, visual.mask, text.tokens, text.mask, "weighted", self.config.direction,
-            text_weights=text_w, visual_weights=visual_w, backend="triton",
+            text_weights=text_w, visual_weights=visual_w, backend="triton", pairs=pairs,
         )
-        return scores.to(visual.tokens.dtype)
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         sim = masked_fill_pairs(token_similarities(visual, text), visual.mask, text.mask, float("-inf"))

@@ -6,10 +6,17 @@ import torch
 from torch import Tensor
 
 from finealign.errors import ConfigError, ShapeError
-from finealign.kernels.checks import check_marginal, check_pooling, check_token_weights, check_tokens
+from finealign.kernels.checks import (
+    check_marginal,
+    check_pair_indices,
+    check_pooling,
+    check_sinkhorn_kernel_options,
+    check_token_weights,
+    check_tokens,
+)
 from finealign.kernels.dispatch import interpreting, use_triton
-from finealign.kernels.maxsim_torch import maxsim_torch
-from finealign.kernels.sinkhorn_torch import sinkhorn_torch
+from finealign.kernels.maxsim_torch import maxsim_pairs_torch, maxsim_torch
+from finealign.kernels.sinkhorn_torch import sinkhorn_pairs_torch, sinkhorn_torch
 from finealign.kernels.tiles import Tiles
 
 
@@ -18,8 +25,9 @@ def maxsim_scores(
     pooling: str = "mean", direction: str = "text", temperature: float = 0.1,
     *, text_weights: Tensor | None = None, visual_weights: Tensor | None = None,
     backend: str = "auto", chunk_visual: int = 64, chunk_text: int = 256, tiles: Tiles | None = None,
+    pairs: Tensor | None = None,
 ) -> Tensor:
-    """(Nv, Nt) token-wise max scores of every (image, caption) pair.
+    """(Nv, Nt) token-wise max scores of every (image, caption) pair, or (P,) of the listed ones.
 
     v (Nv, Lv, d) + vmask (Nv, Lv) bool, t (Nt, Lt, d) + tmask (Nt, Lt) bool (True = real).
     direction "text": each real word's best real region; "visual": each region's best word;
@@ -27,12 +35,24 @@ def maxsim_scores(
     with the given per-token weights, e.g. DRL WTI's softmax), or "lse" (τ·logsumexp(best/τ)).
     Returns fp32 (fp64 for fp64 inputs); differentiable in v, t and the weights.
     chunk_* bound the torch path's (cv, ct, Lv, Lt) temporary; `tiles` overrides Triton's tiles.
+    pairs: (P, 2) (image index, caption index) rows → entry p is the matrix's [pairs[p, 0], pairs[p, 1]]
+    (two_stage's re-ranking). The Triton pair kernel is forward-only: with autograd on, "auto"
+    takes the torch path.
     """
     check_tokens(v, vmask, t, tmask)
     check_pooling(pooling, direction, temperature)
     weighted = pooling == "weighted"
     check_token_weights(text_weights, tmask, "text", weighted and direction in ("text", "both"))
     check_token_weights(visual_weights, vmask, "visual", weighted and direction in ("visual", "both"))
+    if pairs is not None:
+        check_pair_indices(pairs, v.shape[0], t.shape[0])
+        pairs = pairs.to(v.device)
+        if _forward_only_kernel(backend, v, (v, t, text_weights, visual_weights)):
+            from finealign.kernels.maxsim_triton import maxsim_pairs_triton
+
+            v, t = _interpreter_safe(v), _interpreter_safe(t)
+            return maxsim_pairs_triton(v, vmask, t, tmask, pairs, pooling, direction, temperature, text_weights, visual_weights)
+        return maxsim_pairs_torch(v, vmask, t, tmask, pairs, pooling, direction, temperature, text_weights, visual_weights)
     if use_triton(backend, v):
         from finealign.kernels.maxsim_triton import maxsim_triton  # imports triton: only when used
 
@@ -41,6 +61,15 @@ def maxsim_scores(
     return maxsim_torch(
         v, vmask, t, tmask, pooling, direction, temperature, text_weights, visual_weights, chunk_visual, chunk_text
     )
+
+
+def _forward_only_kernel(backend: str, like: Tensor, inputs) -> bool:
+    """Whether a forward-only kernel scores these inputs: not when autograd needs a graph through
+    them ("auto" then takes torch; "triton" is an error rather than a silent missing gradient)."""
+    needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs)
+    if backend == "triton" and needs_grad:
+        raise ConfigError("this fused kernel is forward-only; use backend='torch' (or 'auto') to train through it")
+    return not needs_grad and use_triton(backend, like)
 
 
 def _interpreter_safe(x: Tensor) -> Tensor:
@@ -61,8 +90,10 @@ def sinkhorn_flow_scores(
     visual_pooled: Tensor | None = None, text_pooled: Tensor | None = None, marginal_temperature: float = 0.1,
     epsilon: float = 0.1, iterations: int = 20, rows: str = "visual", one_sided: bool = False,
     backend: str = "auto", chunk_visual: int = 16, chunk_text: int = 64, captions_per_program: int | None = None,
+    pairs: Tensor | None = None, domain: str = "log", absorb_every: int = 10,
 ) -> Tensor:
-    """(Nv, Nt) TokenFlow scores Σ_rw flow_rw · sim_rw, flow the entropic OT plan for cost 1 − sim.
+    """(Nv, Nt) TokenFlow scores Σ_rw flow_rw · sim_rw, flow the entropic OT plan for cost 1 − sim,
+    or (P,) scores of the listed (image, caption) `pairs` (two_stage's re-ranking).
 
     Marginals, one of: log_visual (Nv, Lv) / log_text (Nt, Lt) log token masses (each sums to 1
     over real tokens; padding is ignored; None = uniform over real tokens); or visual_pooled (Nv, d)
@@ -71,8 +102,13 @@ def sinkhorn_flow_scores(
     (τ = marginal_temperature), computed on chip. `rows` names the side that
     log_sinkhorn treats as rows (updated first each iteration); `one_sided=True` drops that side's
     constraint. The Triton path is forward-only: with autograd on, "auto" takes the torch solver.
+    domain: how the Triton kernel iterates — "log" (log-sum-exps) or "scaling" (multiply-adds on
+    exp(−C/ε), absorbed into the log potentials every `absorb_every` iterations; pairs where that
+    loses precision are redone in the log domain). Same iterates, so the same scores either way;
+    the torch solver is always log-domain.
     """
     check_tokens(v, vmask, t, tmask)
+    check_sinkhorn_kernel_options(domain, absorb_every)
     check_marginal(log_visual, vmask, "visual")
     check_marginal(log_text, tmask, "text")
     if (visual_pooled is None) != (text_pooled is None):
@@ -94,19 +130,21 @@ def sinkhorn_flow_scores(
     if visual_pooled is None:
         log_visual = uniform_log_marginal(vmask) if log_visual is None else log_visual
         log_text = uniform_log_marginal(tmask) if log_text is None else log_text
-    needs_grad = torch.is_grad_enabled() and any(
-        x is not None and x.requires_grad for x in (v, t, log_visual, log_text, visual_pooled, text_pooled)
-    )
     importance = dict(visual_pooled=visual_pooled, text_pooled=text_pooled, marginal_temperature=marginal_temperature)
-    if backend == "triton" and needs_grad:
-        raise ConfigError("the fused Sinkhorn kernel is forward-only; use backend='torch' (or 'auto') to train")
-    if not needs_grad and use_triton(backend, v):
+    if pairs is not None:
+        check_pair_indices(pairs, v.shape[0], t.shape[0])
+        pairs = pairs.to(v.device)
+    if _forward_only_kernel(backend, v, (v, t, log_visual, log_text, visual_pooled, text_pooled)):
         from finealign.kernels.sinkhorn_triton import sinkhorn_triton
 
         v, t = _interpreter_safe(v), _interpreter_safe(t)
         return sinkhorn_triton(
             v, vmask, t, tmask, log_visual, log_text, epsilon, iterations, rows, one_sided, captions_per_program,
-            **importance,
+            pairs=pairs, domain=domain, absorb_every=absorb_every, **importance,
+        )
+    if pairs is not None:
+        return sinkhorn_pairs_torch(
+            v, vmask, t, tmask, pairs, log_visual, log_text, epsilon, iterations, rows, one_sided, **importance
         )
     return sinkhorn_torch(
         v, vmask, t, tmask, log_visual, log_text, epsilon, iterations, rows, one_sided, chunk_visual, chunk_text,

@@ -49,6 +49,31 @@ def check_token_weights(weights: Tensor | None, mask: Tensor, name: str, needed:
         )
 
 
+SINKHORN_DOMAINS = ("log", "scaling")
+
+
+def check_sinkhorn_kernel_options(domain: str, absorb_every: int) -> None:
+    if domain not in SINKHORN_DOMAINS:
+        raise ConfigError(f"domain must be one of {SINKHORN_DOMAINS}, got {domain!r}")
+    if isinstance(absorb_every, bool) or not isinstance(absorb_every, int) or absorb_every < 1:
+        raise ConfigError(f"absorb_every must be a positive int, got {absorb_every!r}")
+
+
 def check_marginal(log_m: Tensor | None, mask: Tensor, name: str) -> None:
     if log_m is not None and log_m.shape != mask.shape:
         raise ShapeError(f"log_{name} must be (N, L) = {tuple(mask.shape)}, got {tuple(log_m.shape)}")
+
+
+def check_pair_indices(pairs, n_visual: int, n_text: int) -> None:
+    """Raise ShapeError unless `pairs` is a (P, 2) integer tensor of in-range (visual, text) indices."""
+    if not isinstance(pairs, torch.Tensor) or pairs.dim() != 2 or pairs.shape[1] != 2:
+        shape = tuple(pairs.shape) if isinstance(pairs, torch.Tensor) else type(pairs).__name__
+        raise ShapeError(f"pairs must be a (P, 2) tensor of (visual index, text index), got {shape}")
+    if pairs.dtype.is_floating_point or pairs.dtype == torch.bool or pairs.dtype.is_complex:
+        raise ShapeError(f"pairs must hold integer indices, got {pairs.dtype}")
+    if len(pairs) == 0:
+        return
+    for column, name, size in ((0, "visual", n_visual), (1, "text", n_text)):
+        low, high = int(pairs[:, column].min()), int(pairs[:, column].max())
+        if low < 0 or high >= size:
+            raise ShapeError(f"pairs has {name} index {low if low < 0 else high} outside [0, {size})")

@@ -67,3 +67,30 @@ def maxsim_torch(
             for j in range(0, t.shape[0], chunk_text)
         ], 1))
     return torch.cat(rows, 0)
+
+
+def maxsim_pairs_torch(
+    v: Tensor, vmask: Tensor, t: Tensor, tmask: Tensor, pairs: Tensor, pooling: str, direction: str,
+    temperature: float, text_weights: Tensor | None = None, visual_weights: Tensor | None = None,
+    chunk_pairs: int = 1024,
+) -> Tensor:
+    """(P,) scores of the listed (image, caption) pairs: item i's tokens against caption j's only,
+    so the largest temporary is (chunk_pairs, Lv, Lt)."""
+    if pooling == "mean":
+        text_weights, visual_weights = mean_weights(tmask), mean_weights(vmask)
+    acc = torch.promote_types(v.dtype, torch.float32)
+    out = []
+    for p in range(0, pairs.shape[0], chunk_pairs):
+        iv, it = pairs[p : p + chunk_pairs, 0], pairs[p : p + chunk_pairs, 1]
+        vm, tm = vmask[iv], tmask[it]
+        sim = torch.einsum("pkd,pld->pkl", v[iv], t[it]).to(acc)
+        sim = sim.masked_fill(~(vm[:, :, None] & tm[:, None, :]), float("-inf"))
+        parts = []
+        if direction in ("text", "both"):
+            w = None if pooling == "lse" else text_weights[it].to(acc)
+            parts.append(_pool(sim.amax(dim=1), tm, w, pooling, temperature))
+        if direction in ("visual", "both"):
+            w = None if pooling == "lse" else visual_weights[iv].to(acc)
+            parts.append(_pool(sim.amax(dim=2), vm, w, pooling, temperature))
+        out.append(parts[0] if len(parts) == 1 else 0.5 * (parts[0] + parts[1]))
+    return torch.cat(out) if out else v.new_zeros(0, dtype=acc)

@@ -106,16 +106,22 @@ def _pool(best, mask, w, temperature, axis: tl.constexpr, LSE: tl.constexpr):
 
 @triton.jit
 def _maxsim_fwd(
-    v_ptr, t_ptr, vm_ptr, tm_ptr, tw_ptr, vw_ptr, out_ptr,
+    v_ptr, t_ptr, vm_ptr, tm_ptr, tw_ptr, vw_ptr, out_ptr, pairs_ptr,
     Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, temperature,
     BV: tl.constexpr, LVP: tl.constexpr, BT: tl.constexpr, LTP: tl.constexpr, BK: tl.constexpr,
     PREC: tl.constexpr, GROUP: tl.constexpr,
-    DO_TEXT: tl.constexpr, DO_VISUAL: tl.constexpr, LSE: tl.constexpr,
+    DO_TEXT: tl.constexpr, DO_VISUAL: tl.constexpr, LSE: tl.constexpr, PAIRS: tl.constexpr,
 ):
     # The tile is computed transposed, words × regions: the max over an image's regions (the
     # common "text" direction) then runs along the accumulator's columns, mostly inside each
     # thread, instead of across lanes and warps.
-    iv0, it0 = _tile_ids(Nv, Nt, BV, BT, GROUP)
+    if PAIRS:
+        # One listed (image, caption) pair per program (BV = BT = 1); its score goes to out[pid].
+        pid = tl.program_id(0)
+        iv0 = tl.load(pairs_ptr + 2 * pid)
+        it0 = tl.load(pairs_ptr + 2 * pid + 1)
+    else:
+        iv0, it0 = _tile_ids(Nv, Nt, BV, BT, GROUP)
     acc_t, tm, vm = _sim_tile(
         t_ptr, v_ptr, tm_ptr, vm_ptr, it0, iv0, Nt, Nv, Lt, Lv, D,
         s_tn, s_tl, s_td, s_vn, s_vl, s_vd, BT, LTP, BV, LVP, BK, PREC,
@@ -140,7 +146,10 @@ def _maxsim_fwd(
                        temperature, 2, LSE)
     if DO_TEXT and DO_VISUAL:
         score = score * 0.5
-    tl.store(out_ptr + iv[None, :] * Nt + it[:, None], score, mask=(iv[None, :] < Nv) & (it[:, None] < Nt))
+    if PAIRS:
+        tl.store(out_ptr + pid + tl.zeros((BT, BV), dtype=tl.int32), score)
+    else:
+        tl.store(out_ptr + iv[None, :] * Nt + it[:, None], score, mask=(iv[None, :] < Nv) & (it[:, None] < Nt))
 
 
 @triton.jit
@@ -244,10 +253,14 @@ def _launch(kernel, v, t, vmask8, tmask8, tw, vw, extra, pooling, direction, tem
     nt, lt, _ = t.shape
     tiles = tiles or Tiles.default(lv, lt, v.dtype)
     grid = (triton.cdiv(nv, tiles.items_visual) * triton.cdiv(nt, tiles.items_text),)
+    lvp, ltp = next_pow2(lv), next_pow2(lt)
+    if consts.get("PAIRS"):
+        # One pair per program; tl.dot needs at least 16 rows and columns, the extra are masked.
+        grid, lvp, ltp = (consts.pop("n_pairs"),), max(16, lvp), max(16, ltp)
     kernel[grid](
         v, t, vmask8, tmask8, tw, vw, *extra,
         nv, nt, lv, lt, d, *v.stride(), *t.stride(), float(temperature),
-        BV=tiles.items_visual, LVP=next_pow2(lv), BT=tiles.items_text, LTP=next_pow2(lt), BK=tiles.block_k,
+        BV=tiles.items_visual, LVP=lvp, BT=tiles.items_text, LTP=ltp, BK=tiles.block_k,
         PREC=_precision(v.dtype), GROUP=tiles.group,
         DO_TEXT=direction in ("text", "both"), DO_VISUAL=direction in ("visual", "both"), LSE=pooling == "lse",
         num_warps=tiles.num_warps, num_stages=tiles.num_stages, **consts,
@@ -260,7 +273,8 @@ class _MaxSim(torch.autograd.Function):
         vmask8, tmask8 = vmask.to(torch.int8).contiguous(), tmask.to(torch.int8).contiguous()
         tw, vw = text_weights.float().contiguous(), visual_weights.float().contiguous()
         out = torch.empty(v.shape[0], t.shape[0], dtype=torch.float32, device=v.device)
-        _launch(_maxsim_fwd, v, t, vmask8, tmask8, tw, vw, (out,), pooling, direction, temperature, tiles)
+        _launch(_maxsim_fwd, v, t, vmask8, tmask8, tw, vw, (out, out), pooling, direction, temperature, tiles,
+                PAIRS=False)
         ctx.save_for_backward(v, t, vmask8, tmask8, tw, vw)
         ctx.options = (pooling, direction, temperature, tiles)
         ctx.weight_dtypes = (text_weights.dtype, visual_weights.dtype)
@@ -306,3 +320,26 @@ def maxsim_triton(
     if visual_weights is None:
         visual_weights = mean_weights(vmask)
     return _MaxSim.apply(v, t, text_weights, visual_weights, vmask, tmask, pooling, direction, temperature, tiles)
+
+
+def maxsim_pairs_triton(
+    v: Tensor, vmask: Tensor, t: Tensor, tmask: Tensor, pairs: Tensor, pooling: str, direction: str,
+    temperature: float, text_weights: Tensor | None = None, visual_weights: Tensor | None = None,
+) -> Tensor:
+    """(P,) fp32 scores of the listed (image, caption) pairs, one pair per program (forward only:
+    the re-ranking stage of two_stage). Only the listed pairs' tokens are read."""
+    if pooling != "weighted" or text_weights is None:
+        text_weights = mean_weights(tmask)
+    if pooling != "weighted" or visual_weights is None:
+        visual_weights = mean_weights(vmask)
+    out = torch.empty(pairs.shape[0], dtype=torch.float32, device=v.device)
+    if pairs.shape[0] == 0:
+        return out
+    tiles = Tiles(1, 1, 32 if v.dtype == torch.float32 else 64, 4, 3)
+    _launch(
+        _maxsim_fwd, v, t, vmask.to(torch.int8).contiguous(), tmask.to(torch.int8).contiguous(),
+        text_weights.float().contiguous(), visual_weights.float().contiguous(),
+        (out, pairs.to(torch.int32).contiguous()), pooling, direction, temperature, tiles,
+        PAIRS=True, n_pairs=pairs.shape[0],
+    )
+    return out

@@ -1,5 +1,5 @@
 """TokenFlow scores with the differentiable torch solver, in blocks of pairs (the fallback and
-the reference for the fused kernel)."""
+the reference for the fused kernel): every (image, caption) block, or a list of pairs."""
 
 from __future__ import annotations
 
@@ -7,16 +7,31 @@ import torch
 from torch import Tensor
 
 
-def _pair_log_marginals(vi, ti, vm, tm, la, lb, vp, tp, tau, acc):
-    """(cv, ct, Lv) and (cv, ct, Lt) log masses: item marginals expanded, or per-pair importance."""
-    cv, ct = vi.shape[0], ti.shape[0]
-    if vp is None:
-        return la.to(acc)[:, None, :].expand(cv, ct, -1), lb.to(acc)[None, :, :].expand(cv, ct, -1)
-    region = torch.einsum("ikd,jd->ijk", vi.to(acc), tp.to(acc)) / tau
-    word = torch.einsum("jld,id->ijl", ti.to(acc), vp.to(acc)) / tau
-    region = torch.log_softmax(region.masked_fill(~vm[:, None, :], float("-inf")), -1)
-    word = torch.log_softmax(word.masked_fill(~tm[None, :, :], float("-inf")), -1)
-    return region, word
+def _importance(vi: Tensor, ti: Tensor, vm: Tensor, tm: Tensor, vp: Tensor, tp: Tensor, tau: float, paired: bool):
+    """Per-pair log importance masses: region·(caption global)/τ and word·(image global)/τ,
+    log-softmaxed over real tokens. Cross block: (cv, ct, L); paired (item p with item p): (P, L)."""
+    if paired:
+        region, word = torch.einsum("pkd,pd->pk", vi, tp) / tau, torch.einsum("pld,pd->pl", ti, vp) / tau
+    else:
+        region = torch.einsum("ikd,jd->ijk", vi, tp) / tau
+        word = torch.einsum("jld,id->ijl", ti, vp) / tau
+        vm, tm = vm[:, None, :], tm[None, :, :]
+    return torch.log_softmax(region.masked_fill(~vm, float("-inf")), -1), torch.log_softmax(
+        word.masked_fill(~tm, float("-inf")), -1
+    )
+
+
+def _flow(sim: Tensor, mv: Tensor, mt: Tensor, la: Tensor, lb: Tensor, epsilon, iterations, rows, one_sided):
+    """(B,) Σ plan·sim for B problems: sim (B, Lv, Lt) with 0 on padding, masks and log masses (B, L)."""
+    # Imported here: finealign.aligners imports this package (for its backends) on import.
+    from finealign.aligners.sinkhorn import log_sinkhorn
+
+    if rows == "visual":
+        plan = log_sinkhorn(1.0 - sim, None if one_sided else la, lb, mv, mt, epsilon, iterations)
+    else:
+        plan = log_sinkhorn((1.0 - sim).transpose(1, 2), None if one_sided else lb, la, mt, mv, epsilon, iterations)
+        plan = plan.transpose(1, 2)
+    return (plan * sim).sum((1, 2))
 
 
 def sinkhorn_torch(
@@ -25,9 +40,6 @@ def sinkhorn_torch(
     visual_pooled: Tensor | None = None, text_pooled: Tensor | None = None, marginal_temperature: float = 0.1,
 ) -> Tensor:
     """(Nv, Nt) Σ flow·sim with cost = 1 − sim; the largest temporary is (cv·ct, Lv, Lt)."""
-    # Imported here: finealign.aligners imports this package (for its backends) on import.
-    from finealign.aligners.sinkhorn import log_sinkhorn
-
     acc = torch.promote_types(v.dtype, torch.float32)
     nv, lv, _ = v.shape
     nt, lt, _ = t.shape
@@ -42,19 +54,36 @@ def sinkhorn_torch(
             sim = sim.masked_fill(~valid, 0.0).reshape(cv * ct, lv, lt)  # padding may hold anything
             mv = vmask[vi][:, None, :].expand(cv, ct, lv).reshape(cv * ct, lv)
             mt = tmask[tj][None, :, :].expand(cv, ct, lt).reshape(cv * ct, lt)
-            la, lb = _pair_log_marginals(
-                v[vi], t[tj], vmask[vi], tmask[tj],
-                None if log_visual is None else log_visual[vi], None if log_text is None else log_text[tj],
-                None if visual_pooled is None else visual_pooled[vi], None if text_pooled is None else text_pooled[tj],
-                marginal_temperature, acc,
-            )
-            la, lb = la.reshape(cv * ct, lv), lb.reshape(cv * ct, lt)
-            if rows == "visual":
-                plan = log_sinkhorn(1.0 - sim, None if one_sided else la, lb, mv, mt, epsilon, iterations)
+            if visual_pooled is None:
+                la, lb = log_visual[vi].to(acc)[:, None, :].expand(cv, ct, lv), log_text[tj].to(acc)[None].expand(cv, ct, lt)
             else:
-                plan = log_sinkhorn(
-                    (1.0 - sim).transpose(1, 2), None if one_sided else lb, la, mt, mv, epsilon, iterations
-                ).transpose(1, 2)
-            row.append((plan * sim).sum((1, 2)).reshape(cv, ct))
+                la, lb = _importance(
+                    v[vi].to(acc), t[tj].to(acc), vmask[vi], tmask[tj],
+                    visual_pooled[vi].to(acc), text_pooled[tj].to(acc), marginal_temperature, paired=False,
+                )
+            flow = _flow(sim, mv, mt, la.reshape(cv * ct, lv), lb.reshape(cv * ct, lt), epsilon, iterations, rows, one_sided)
+            row.append(flow.reshape(cv, ct))
         rows_out.append(torch.cat(row, 1))
     return torch.cat(rows_out, 0)
+
+
+def sinkhorn_pairs_torch(
+    v: Tensor, vmask: Tensor, t: Tensor, tmask: Tensor, pairs: Tensor, log_visual: Tensor | None,
+    log_text: Tensor | None, epsilon: float, iterations: int, rows: str, one_sided: bool, chunk_pairs: int = 1024,
+    visual_pooled: Tensor | None = None, text_pooled: Tensor | None = None, marginal_temperature: float = 0.1,
+) -> Tensor:
+    """(P,) Σ flow·sim of the listed (image, caption) pairs; the largest temporary is (chunk_pairs, Lv, Lt)."""
+    acc = torch.promote_types(v.dtype, torch.float32)
+    out = []
+    for p in range(0, pairs.shape[0], chunk_pairs):
+        iv, it = pairs[p : p + chunk_pairs, 0], pairs[p : p + chunk_pairs, 1]
+        vi, ti, mv, mt = v[iv].to(acc), t[it].to(acc), vmask[iv], tmask[it]
+        sim = torch.einsum("pkd,pld->pkl", vi, ti).masked_fill(~(mv[:, :, None] & mt[:, None, :]), 0.0)
+        if visual_pooled is None:
+            la, lb = log_visual[iv].to(acc), log_text[it].to(acc)
+        else:
+            la, lb = _importance(
+                vi, ti, mv, mt, visual_pooled[iv].to(acc), text_pooled[it].to(acc), marginal_temperature, paired=True
+            )
+        out.append(_flow(sim, mv, mt, la, lb, epsilon, iterations, rows, one_sided))
+    return torch.cat(out) if out else v.new_zeros(0, dtype=acc)

@@ -43,6 +43,63 @@ def _update_text(logk, u, lb3, tm3):
 
 
 @triton.jit
+def _scale_visual(kt, W, A, vm2, TINY: tl.constexpr):
+    """Scaling-domain row update U_r = a_r / Σ_w K̃_rw W_w: (LVP, BT), and where it lost precision."""
+    x = tl.sum(kt * W[None, :, :], axis=2)
+    return tl.where(vm2, A / x, 1.0), vm2 & (x < TINY)
+
+
+@triton.jit
+def _scale_text(kt, U, B, tm3, TINY: tl.constexpr):
+    """Scaling-domain column update W_w = b_w / Σ_r K̃_rw U_r: (BT, LTP), and where it lost precision."""
+    x = tl.sum(kt * U[:, :, None], axis=0)
+    return tl.where(tm3, B / x, 1.0), tm3 & (x < TINY)
+
+
+@triton.jit
+def _scaling_sinkhorn(logk, la2, lb3, vm2, tm3, iterations, TEXT_FIRST: tl.constexpr, ABSORB: tl.constexpr):
+    """The log-domain iterations, done as multiply-adds on K̃ = 2^(logk + u + w) with the scalings
+    U, W absorbed into the log potentials u, w every ABSORB iterations (one exp2 per entry per
+    block instead of one per entry per half-iteration). The same iterates as the log domain:
+    the first update of one side ignores that side's start, so it starts at minus its maxima
+    (each row, or column, of K̃ then peaks at exactly 1). Returns u, w and a per-caption flag (BT,)
+    raised where a sum fell below TINY (too small an ε for the spread of the similarities):
+    the caller then recomputes those pairs in the log domain."""
+    TINY: tl.constexpr = 1e-30
+    if TEXT_FIRST:
+        w = tl.max(logk, axis=0)
+        w = tl.where(tm3 & (w > float("-inf")), -w, 0.0)
+        u = tl.zeros(la2.shape, dtype=tl.float32)
+    else:
+        u = tl.max(logk, axis=2)
+        u = tl.where(vm2 & (u > float("-inf")), -u, 0.0)
+        w = tl.zeros(lb3.shape, dtype=tl.float32)
+    A = tl.where(vm2, tl.exp2(la2), 0.0)
+    B = tl.where(tm3, tl.exp2(lb3), 0.0)
+    bad_v = tl.zeros(u.shape, dtype=tl.int1)
+    bad_t = tl.zeros(w.shape, dtype=tl.int1)
+    for start in range(0, iterations, ABSORB):
+        kt = tl.exp2(logk + u[:, :, None] + w[None, :, :])  # 0 where logk is -inf
+        U = tl.full(u.shape, 1.0, tl.float32)
+        W = tl.full(w.shape, 1.0, tl.float32)
+        for _ in range(0, tl.minimum(ABSORB, iterations - start)):
+            if TEXT_FIRST:
+                W, low = _scale_text(kt, U, B, tm3, TINY)
+                bad_t = bad_t | low
+                U, low = _scale_visual(kt, W, A, vm2, TINY)
+                bad_v = bad_v | low
+            else:
+                U, low = _scale_visual(kt, W, A, vm2, TINY)
+                bad_v = bad_v | low
+                W, low = _scale_text(kt, U, B, tm3, TINY)
+                bad_t = bad_t | low
+        u = tl.where(vm2, u + tl.log2(U), 0.0)
+        w = tl.where(tm3, w + tl.log2(W), 0.0)
+    bad = (tl.max(bad_v.to(tl.int32), axis=0) + tl.max(bad_t.to(tl.int32), axis=1)) > 0
+    return u, w, bad
+
+
+@triton.jit
 def _log_softmax(x, mask, axis: tl.constexpr):
     """Log-softmax over the real entries of `axis` (−inf on padding; 0 where a slice is all padding)."""
     x = tl.where(mask, x, float("-inf"))
@@ -82,16 +139,23 @@ def _importance(
 
 @triton.jit
 def _sinkhorn_fwd(
-    v_ptr, t_ptr, vm_ptr, tm_ptr, la_ptr, lb_ptr, vp_ptr, tp_ptr, out_ptr,
+    v_ptr, t_ptr, vm_ptr, tm_ptr, la_ptr, lb_ptr, vp_ptr, tp_ptr, out_ptr, pairs_ptr,
     Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, s_vpn, s_vpd, s_tpn, s_tpd,
     inv_eps, inv_tau, iterations,
     LVP: tl.constexpr, BT: tl.constexpr, LTP: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
     TEXT_FIRST: tl.constexpr, ONE_SIDED: tl.constexpr, IMPORTANCE: tl.constexpr,
+    PAIRS: tl.constexpr, SCALING: tl.constexpr, ABSORB: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    nbt = tl.cdiv(Nt, BT)
-    iv0 = pid // nbt
-    it0 = (pid % nbt) * BT
+    if PAIRS:
+        # One listed pair per program: its caption is the block's first (any others are extra
+        # columns tl.dot needs, computed and dropped); the score goes to out[pid].
+        iv0 = tl.load(pairs_ptr + 2 * pid)
+        it0 = tl.load(pairs_ptr + 2 * pid + 1)
+    else:
+        nbt = tl.cdiv(Nt, BT)
+        iv0 = pid // nbt
+        it0 = (pid % nbt) * BT
     acc, vm, tm = _sim_tile(
         v_ptr, t_ptr, vm_ptr, tm_ptr, iv0, it0, Nv, Nt, Lv, Lt, D,
         s_vn, s_vl, s_vd, s_tn, s_tl, s_td, 1, LVP, BT, LTP, BK, PREC,
@@ -123,7 +187,10 @@ def _sinkhorn_fwd(
         lb3 = tl.where(tm3, tl.reshape(lb, (BT, LTP)), 0.0)
     u = tl.zeros((LVP, BT), dtype=tl.float32)
     w = tl.zeros((BT, LTP), dtype=tl.float32)
-    if ONE_SIDED:
+    bad = tl.zeros((BT,), dtype=tl.int1)
+    if SCALING and not ONE_SIDED:
+        u, w, bad = _scaling_sinkhorn(logk, la2 + u, lb3, vm2, tm3, iterations, TEXT_FIRST, ABSORB)
+    elif ONE_SIDED:
         # Only the column side is constrained: one normalisation is the exact optimum.
         if TEXT_FIRST:
             u = _update_visual(logk, w, la2, vm2)
@@ -139,18 +206,25 @@ def _sinkhorn_fwd(
                 w = _update_text(logk, u, lb3, tm3)
     flow = tl.exp2(logk + u[:, :, None] + w[None, :, :])  # 0 wherever logk is -inf
     score = tl.sum(tl.sum(tl.where(valid3, flow * s3, 0.0), axis=2), axis=0)  # (BT,)
+    score = tl.where(bad, float("nan"), score)  # the host redoes these in the log domain
     it = it0 + tl.arange(0, BT)
-    tl.store(out_ptr + iv0 * Nt + it, score, mask=it < Nt)
+    if PAIRS:
+        tl.store(out_ptr + pid + tl.arange(0, BT) * 0, score, mask=tl.arange(0, BT) == 0)
+    else:
+        tl.store(out_ptr + iv0 * Nt + it, score, mask=it < Nt)
 
 
 def sinkhorn_triton(
     v: Tensor, vmask: Tensor, t: Tensor, tmask: Tensor, log_visual: Tensor | None, log_text: Tensor | None,
     epsilon: float, iterations: int, rows: str, one_sided: bool, captions_per_program: int | None = None,
     visual_pooled: Tensor | None = None, text_pooled: Tensor | None = None, marginal_temperature: float = 0.1,
-    num_warps: int | None = None,
+    num_warps: int | None = None, pairs: Tensor | None = None, domain: str = "log", absorb_every: int = 10,
 ) -> Tensor:
-    """(Nv, Nt) fp32 Σ flow·sim. Marginals: the given (N, L) log masses (padding ignored), or, with
-    pooled vectors, TokenFlow's per-pair importance softmax (log_* are then ignored)."""
+    """(Nv, Nt) fp32 Σ flow·sim, or (P,) for the listed `pairs`. Marginals: the given (N, L) log
+    masses (padding ignored), or, with pooled vectors, TokenFlow's per-pair importance softmax
+    (log_* are then ignored). domain="scaling" iterates on exp(−C/ε) with multiply-adds (see
+    _scaling_sinkhorn); pairs it flags (sums below 1e-30, from ε small against the spread of the
+    similarities) are recomputed here in the log domain, so both domains give the same numbers."""
     importance = visual_pooled is not None
     if not importance:
         visual_pooled, text_pooled = v.new_zeros(1, 1), t.new_zeros(1, 1)  # unused placeholders
@@ -162,17 +236,35 @@ def sinkhorn_triton(
     lvp, ltp = max(16, next_pow2(lv)), next_pow2(lt)
     # One caption per program, and a single warp for a 64 × 32 problem: on an H200 that was the
     # fastest (benchmarks/gpu_notes.md): the per-iteration reductions then stay inside one warp.
-    bt = max(captions_per_program or 1, -(-16 // ltp))  # tl.dot needs ≥ 16 columns
+    bt = 1 if pairs is not None else (captions_per_program or 1)
+    bt = max(bt, -(-16 // ltp))  # tl.dot needs ≥ 16 columns
     warps = num_warps or min(8, next_pow2(max(1, lvp * bt * ltp // 2048)))
-    out = torch.empty(nv, nt, dtype=torch.float32, device=v.device)
-    grid = (nv * triton.cdiv(nt, bt),)
+    if pairs is None:
+        out = torch.empty(nv, nt, dtype=torch.float32, device=v.device)
+        grid, pairs_arg = (nv * triton.cdiv(nt, bt),), out  # pairs_arg: an unused placeholder
+    else:
+        out = torch.empty(pairs.shape[0], dtype=torch.float32, device=v.device)
+        grid, pairs_arg = (pairs.shape[0],), pairs.to(torch.int32).contiguous()
+    if grid[0] == 0:
+        return out
     _sinkhorn_fwd[grid](
         v, t, vmask.to(torch.int8).contiguous(), tmask.to(torch.int8).contiguous(),
-        log_visual.float().contiguous(), log_text.float().contiguous(), visual_pooled, text_pooled, out,
+        log_visual.float().contiguous(), log_text.float().contiguous(), visual_pooled, text_pooled, out, pairs_arg,
         nv, nt, lv, lt, d, *v.stride(), *t.stride(), *visual_pooled.stride(), *text_pooled.stride(),
         1.0 / float(epsilon), 1.0 / float(marginal_temperature), int(iterations),
         LVP=lvp, BT=bt, LTP=ltp, BK=32 if v.dtype == torch.float32 else 64, PREC=_precision(v.dtype),
         TEXT_FIRST=rows == "text", ONE_SIDED=bool(one_sided), IMPORTANCE=importance,
+        PAIRS=pairs is not None, SCALING=domain == "scaling", ABSORB=int(absorb_every),
         num_warps=warps, num_stages=2,
     )
+    if domain == "scaling" and not one_sided:
+        flagged = torch.isnan(out)  # one device sync: the price of the fallback
+        if bool(flagged.any()):
+            index = flagged.nonzero()
+            redo = index if pairs is None else pairs[index[:, 0]]
+            marginals = dict(visual_pooled=visual_pooled, text_pooled=text_pooled) if importance else {}
+            out[flagged] = sinkhorn_triton(
+                v, vmask, t, tmask, log_visual, log_text, epsilon, iterations, rows, one_sided,
+                marginal_temperature=marginal_temperature, num_warps=num_warps, pairs=redo, domain="log", **marginals,
+            )
     return out
