@@ -13,7 +13,10 @@ For each size (images × captions, Lv × Lt tokens, d, bf16 on CUDA) it times on
   peers          late-interaction-kernels `maxsim` and flash-maxsim `flash_maxsim_batched`, when
                  importable (they return sums over words: divided by the word count here).
   hard / lse     CHAN hard alignment (LogSumExp pooling, τ = 0.1): fused vs chunked torch.
-  tokenflow      fused Sinkhorn (20 iterations, ε = 0.1) for the full matrix; the batched torch
+  shortlist      two_stage's re-ranking: the pair kernels (mean-max, Sinkhorn) on the union of
+                 each image's and each caption's top-K captions/images by global similarity
+                 (--top-k, 20), and the whole two_stage aligner; compared with the full matrix.
+  tokenflow      fused Sinkhorn (20 iterations, ε = 0.1), log and scaling domain, for the full matrix; the batched torch
                  solver and POT (ot.sinkhorn per pair, CPU) on a subset, EXTRAPOLATED linearly to
                  the full matrix (marked "extrap."); geomloss, when importable, timing only (a
                  different algorithm: ε-scaling, debiased).
@@ -187,15 +190,19 @@ def bench_size(name, nv, nt, lv, lt, d, repeats, args):
     fused_aligner = create_aligner("mean_max", backend="triton")
     add("mean_max", "fused triton (aligner)", lambda: fused_aligner(visual, text), ref_mean,
         note="incl. input checks + normalise")
-    for tiles in args.tiles:
+    # Packed tiles: 5 images × 50 regions in 256 columns instead of 5 × 64 (see kernels/tiles.py).
+    packed = [Tiles(max(1, 256 // lv), bt, 64, w, 3, packed=True) for bt, w in ((4, 8), (2, 8), (2, 4))]
+    for tiles in packed + args.tiles:
         label = f"fused tiles bv={tiles.items_visual} bt={tiles.items_text} bk={tiles.block_k} " \
-                f"w={tiles.num_warps} s={tiles.num_stages}"
+                f"w={tiles.num_warps} s={tiles.num_stages}" + (" packed" if tiles.packed else "")
         add("mean_max", label, lambda: maxsim_scores(v, vm, t, tm, "mean", "text", backend="triton",
             tiles=tiles), ref_mean)
     # -- hard alignment (CHAN, LSE pooling) --------------------------------------------------------
     hard = create_aligner("hard", pooling="lse", temperature=0.1, direction="text")
     add("hard_lse", "hard aligner (backend auto: fused on CUDA)", lambda: hard(visual, text), ref_lse, reps=slow_reps)
     add("hard_lse", "fused triton", lambda: maxsim_scores(v, vm, t, tm, "lse", "text", 0.1, backend="triton"), ref_lse)
+    add("hard_lse", "fused triton, packed 4 captions", lambda: maxsim_scores(
+        v, vm, t, tm, "lse", "text", 0.1, backend="triton", tiles=packed[0]), ref_lse)
     add("both_dir", "fused triton (mean, both)", lambda: maxsim_scores(v, vm, t, tm, "mean", "both",
         backend="triton"), None)
     # -- a training step (forward + backward) at batch scale ------------------------------------
@@ -206,6 +213,7 @@ def bench_size(name, nv, nt, lv, lt, d, repeats, args):
     # -- tokenflow (Sinkhorn) --------------------------------------------------------------------
     if not args.no_sinkhorn:
         bench_sinkhorn(name, rows, v, vm, t, tm, floor, repeats, args, add)
+    bench_shortlist(rows, v, vm, t, tm, repeats, args, add)
     # Peers last: their first call autotunes, which can take a while.
     if not args.no_peers:
         for peer, fn in peers(v, vm, t, tm, vlen, tlen).items():
@@ -234,6 +242,10 @@ def bench_sinkhorn(name, rows, v, vm, t, tm, floor, repeats, args, add):
                    reps=1 if nv * nt > 2e7 else repeats)
     if sec is not None:
         rows[-1]["note"] = f"{sec * 1e3 / mean_ms:.1f}x fused mean_max"
+    sec = add_flow("fused sinkhorn, scaling domain", lambda: sinkhorn_flow_scores(
+        v, vm, t, tm, backend="triton", domain="scaling", **imp), reps=1 if nv * nt > 2e7 else repeats)
+    if sec is not None:
+        rows[-1]["note"] = f"{sec * 1e3 / mean_ms:.1f}x fused mean_max; absorb every 10"
     for bt, warps in args.sinkhorn_bt:
         from finealign.kernels.sinkhorn_triton import sinkhorn_triton
 
@@ -287,6 +299,41 @@ def bench_sinkhorn(name, rows, v, vm, t, tm, floor, repeats, args, add):
                          note="extrap.; timing only (ε-scaling, debiased, squared-Euclidean cost)"))
 
 
+def shortlist_pairs(v, vm, t, tm, k):
+    """(P, 2) union of every image's top-k captions and every caption's top-k images by the cosine
+    of the masked token means — the pairs two_stage re-ranks."""
+    glob = pooled(v, vm) @ pooled(t, tm).T
+    keep = torch.zeros_like(glob, dtype=torch.bool)
+    keep.scatter_(1, glob.topk(min(k, glob.shape[1]), dim=1).indices, True)
+    keep.scatter_(0, glob.topk(min(k, glob.shape[0]), dim=0).indices, True)
+    return keep.nonzero()
+
+
+def bench_shortlist(rows, v, vm, t, tm, repeats, args, add):
+    """two_stage's second stage: local scores of the shortlisted pairs only."""
+    pairs = shortlist_pairs(v, vm, t, tm, args.top_k)
+    ref = maxsim_scores(v.double(), vm, t.double(), tm, "mean", "text", backend="torch", pairs=pairs)
+    note = f"{len(pairs)} pairs (top-{args.top_k} union)"
+    add("shortlist", "mean_max pair kernel", lambda: maxsim_scores(
+        v, vm, t, tm, "mean", "text", backend="triton", pairs=pairs), ref, note)
+    add("shortlist", "mean_max torch pairs", lambda: maxsim_scores(
+        v, vm, t, tm, "mean", "text", backend="torch", pairs=pairs), ref, note)
+    visual, text = TokenBatch(v, vm), TokenBatch(t, tm)
+    for local, options in (("mean_max", {}), ("tokenflow", dict(iterations=20, epsilon=0.1))):
+        for backend in ("triton", "torch"):
+            if local == "tokenflow" and backend == "torch" and v.shape[0] * t.shape[0] > 1e6:
+                continue  # the torch solver on 10^5 pairs takes minutes
+            aligner = create_aligner("two_stage", local=local, top_k=args.top_k,
+                                     local_options=dict(options, backend=backend))
+            add("shortlist", f"two_stage aligner, local {local} ({backend})", lambda: aligner(visual, text),
+                None, "whole aligner: global stage + shortlist + re-rank", reps=1)
+    if not args.no_sinkhorn:
+        imp = dict(visual_pooled=pooled(v, vm), text_pooled=pooled(t, tm))
+        for domain in ("log", "scaling"):
+            add("shortlist", f"sinkhorn pair kernel ({domain})", lambda: sinkhorn_flow_scores(
+                v, vm, t, tm, backend="triton", pairs=pairs, domain=domain, **imp), None, note)
+
+
 def train_step(v, vm, t, tm, backend):
     a, b = v.detach().requires_grad_(), t.detach().requires_grad_()
     maxsim_scores(a, vm, b, tm, "mean", "both", backend=backend).float().sum().backward()
@@ -294,18 +341,25 @@ def train_step(v, vm, t, tm, backend):
 
 
 def parse_tiles(text: str) -> list[Tiles]:
-    """'2,4,64,8,3;1,8,64,8,3' -> Tiles(items_visual, items_text, block_k, num_warps, num_stages)."""
-    return [Tiles(*map(int, part.split(","))) for part in text.split(";") if part.strip()]
+    """'2,4,64,8,3;5,4,64,8,3,p' -> Tiles(items_visual, items_text, block_k, num_warps, num_stages[, packed])."""
+    tiles = []
+    for part in filter(str.strip, text.split(";")):
+        fields = part.split(",")
+        packed = fields[-1].strip() == "p"
+        tiles.append(Tiles(*map(int, fields[:5]), packed=packed))
+    return tiles
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="tiny,small,flickr30k,coco5k", help=f"comma list of {list(SIZES)}")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--tiles", type=parse_tiles, default=[], help="extra Triton tiles to time: 'bv,bt,bk,warps,stages;...'")
+    p.add_argument("--tiles", type=parse_tiles, default=[],
+                   help="extra Triton tiles to time: 'bv,bt,bk,warps,stages[,p];...' (p = packed)")
     p.add_argument("--sinkhorn-bt", type=lambda s: [tuple(map(int, x.split(":"))) for x in s.split(",") if x],
                    default=[], help="extra 'captions_per_program:num_warps' pairs to time for the fused Sinkhorn")
     p.add_argument("--no-sinkhorn", action="store_true")
+    p.add_argument("--top-k", type=int, default=20, help="two_stage shortlist length for the shortlist rows")
     p.add_argument("--no-peers", action="store_true", help="skip late-interaction-kernels and flash-maxsim")
     p.add_argument("--out", type=Path, default=None, help="folder for kernels.csv and kernels.md")
     p.add_argument("--cpu-smoke", action="store_true", help="run on CPU (set TRITON_INTERPRET=1): checks the script only")

@@ -6,7 +6,6 @@ from finealign.data.cached import first_items
 from finealign.data.features import load_feature_cache, write_feature_cache
 from finealign.errors import ConfigError
 from finealign.registry import create_dataset
-from tests.conftest import FLICKR8K
 
 
 def write_split(directory, n_items=4, per_item=3):

@@ -153,6 +153,84 @@ def _maxsim_fwd(
 
 
 @triton.jit
+def _packed_sim_tile(
+    v_ptr, t_ptr, vm_ptr, tm_ptr, iv0, it0, Nv, Nt, Lv, Lt, D,
+    s_vn, s_vl, s_vd, s_tn, s_tl, s_td,
+    BV: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, LTP: tl.constexpr, BK: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Words × regions tile whose columns are BV images' Lv regions back to back (NP ≥ BV·Lv,
+    padding only at the end), so 5 images of 50 regions fill 250 of 256 columns instead of
+    being padded to 64 each. Returns the fp32 tile, each column's image slot (≥ BV on the
+    tail padding) and the token masks."""
+    cols = tl.arange(0, NP)
+    slot = cols // Lv
+    img = iv0 + slot
+    rtok = cols % Lv
+    col_in = (slot < BV) & (img < Nv)
+    rows = tl.arange(0, BT * LTP)
+    cap = it0 + rows // LTP
+    ctok = rows % LTP
+    row_in = (cap < Nt) & (ctok < Lt)
+    a_base = t_ptr + cap.to(tl.int64) * s_tn + ctok * s_tl
+    b_base = v_ptr + img.to(tl.int64) * s_vn + rtok * s_vl
+    acc = tl.zeros((BT * LTP, NP), dtype=tl.float32)
+    for k in range(0, D, BK):
+        kk = k + tl.arange(0, BK)
+        kin = kk < D
+        a = tl.load(a_base[:, None] + kk[None, :] * s_td, mask=row_in[:, None] & kin[None, :], other=0.0)
+        b = tl.load(b_base[:, None] + kk[None, :] * s_vd, mask=col_in[:, None] & kin[None, :], other=0.0)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=PREC)
+    vm = tl.load(vm_ptr + img * Lv + rtok, mask=col_in, other=0) != 0
+    tm = tl.load(tm_ptr + cap * Lt + ctok, mask=row_in, other=0) != 0
+    return acc, slot, vm, tm
+
+
+@triton.jit
+def _maxsim_packed_fwd(
+    v_ptr, t_ptr, vm_ptr, tm_ptr, tw_ptr, vw_ptr, out_ptr,
+    Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, temperature,
+    BV: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, LTP: tl.constexpr, BK: tl.constexpr,
+    PREC: tl.constexpr, GROUP: tl.constexpr,
+    DO_TEXT: tl.constexpr, DO_VISUAL: tl.constexpr, LSE: tl.constexpr, BVP: tl.constexpr,
+):
+    """The forward of _maxsim_fwd on packed tiles (_packed_sim_tile): an image's regions are a
+    run of columns, not a power-of-two block, so each image's reductions are masked passes over
+    the tile (one per image slot) instead of a reshape."""
+    iv0, it0 = _tile_ids(Nv, Nt, BV, BT, GROUP)
+    acc, slot, vm, tm = _packed_sim_tile(
+        v_ptr, t_ptr, vm_ptr, tm_ptr, iv0, it0, Nv, Nt, Lv, Lt, D,
+        s_vn, s_vl, s_vd, s_tn, s_tl, s_td, BV, NP, BT, LTP, BK, PREC,
+    )
+    s = tl.where(tm[:, None] & vm[None, :], acc, float("-inf"))  # (BT·LTP, NP)
+    rows = tl.arange(0, BT * LTP)
+    tw = tl.load(tw_ptr + (it0 * Lt + (rows // LTP) * Lt + rows % LTP),
+                 mask=(it0 + rows // LTP < Nt) & (rows % LTP < Lt), other=0.0)
+    tm2, tw2 = tl.reshape(tm, (BT, LTP)), tl.reshape(tw, (BT, LTP))
+    cols = tl.arange(0, NP)
+    vw = tl.load(vw_ptr + iv0 * Lv + cols, mask=(slot < BV) & (iv0 + slot < Nv), other=0.0)
+    if DO_VISUAL:
+        region_best = tl.max(tl.reshape(s, (BT, LTP, NP)), axis=1)  # (BT, NP): each region's best word
+    slots = tl.arange(0, BVP)  # BV need not be a power of two (5 images × 50 regions)
+    score = tl.zeros((BT, BVP), dtype=tl.float32)
+    for k in tl.static_range(BV):
+        part = tl.zeros((BT,), dtype=tl.float32)
+        if DO_TEXT:
+            word_best = tl.max(tl.where(slot[None, :] == k, s, float("-inf")), axis=1)  # (BT·LTP,)
+            part += _pool(tl.reshape(word_best, (BT, LTP)), tm2, tw2, temperature, 1, LSE)
+        if DO_VISUAL:
+            mine = ((slot == k) & vm)[None, :]
+            part += _pool(region_best, mine, vw[None, :], temperature, 1, LSE)
+        score = tl.where(slots[None, :] == k, part[:, None], score)
+    if DO_TEXT and DO_VISUAL:
+        score = score * 0.5
+    iv = iv0 + slots
+    it = it0 + tl.arange(0, BT)
+    keep = (slots[None, :] < BV) & (iv[None, :] < Nv) & (it[:, None] < Nt)
+    tl.store(out_ptr + iv[None, :] * Nt + it[:, None], score, mask=keep)
+
+
+@triton.jit
 def _maxsim_bwd(
     v_ptr, t_ptr, vm_ptr, tm_ptr, tw_ptr, vw_ptr, g_ptr, dv_ptr, dt_ptr, dtw_ptr, dvw_ptr,
     Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, temperature,
@@ -254,13 +332,18 @@ def _launch(kernel, v, t, vmask8, tmask8, tw, vw, extra, pooling, direction, tem
     tiles = tiles or Tiles.default(lv, lt, v.dtype)
     grid = (triton.cdiv(nv, tiles.items_visual) * triton.cdiv(nt, tiles.items_text),)
     lvp, ltp = next_pow2(lv), next_pow2(lt)
+    if tiles.packed and kernel is _maxsim_fwd and not consts.get("PAIRS"):
+        kernel, extra = _maxsim_packed_fwd, extra[:1]  # no pairs pointer
+        consts = {k: x for k, x in consts.items() if k != "PAIRS"} | dict(BVP=next_pow2(tiles.items_visual))
+        lvp = None
     if consts.get("PAIRS"):
         # One pair per program; tl.dot needs at least 16 rows and columns, the extra are masked.
         grid, lvp, ltp = (consts.pop("n_pairs"),), max(16, lvp), max(16, ltp)
     kernel[grid](
         v, t, vmask8, tmask8, tw, vw, *extra,
         nv, nt, lv, lt, d, *v.stride(), *t.stride(), float(temperature),
-        BV=tiles.items_visual, LVP=lvp, BT=tiles.items_text, LTP=ltp, BK=tiles.block_k,
+        BV=tiles.items_visual, BT=tiles.items_text, LTP=ltp, BK=tiles.block_k,
+        **(dict(NP=next_pow2(tiles.items_visual * lv)) if lvp is None else dict(LVP=lvp)),
         PREC=_precision(v.dtype), GROUP=tiles.group,
         DO_TEXT=direction in ("text", "both"), DO_VISUAL=direction in ("visual", "both"), LSE=pooling == "lse",
         num_warps=tiles.num_warps, num_stages=tiles.num_stages, **consts,
@@ -284,6 +367,8 @@ class _MaxSim(torch.autograd.Function):
     def backward(ctx, grad):
         v, t, vmask8, tmask8, tw, vw = ctx.saved_tensors
         pooling, direction, temperature, tiles = ctx.options
+        if tiles is not None and tiles.packed:
+            tiles = None  # packing is forward-only; the backward recomputes on padded tiles
         need_dv, need_dt, need_dtw, need_dvw = ctx.needs_input_grad[:4]
         # Weights only matter for weighted pooling in a direction that is computed.
         need_dtw = need_dtw and pooling == "weighted" and direction in ("text", "both")

@@ -15,7 +15,7 @@ def next_pow2(n: int) -> int:
 class Tiles:
     """One program scores `items_visual` images × `items_text` captions; every item's tokens
     are padded to a power of two (Triton tiles are powers of two), so a tile holds whole pairs
-    and all pooling happens on chip."""
+    and all pooling happens on chip (or, `packed`, the images' regions share one padded block)."""
 
     items_visual: int
     items_text: int
@@ -23,6 +23,10 @@ class Tiles:
     num_warps: int
     num_stages: int
     group: int = 8  # visual blocks per launch group, so concurrent programs share text tiles in L2
+    # Forward only: pack the images' regions back to back (next_pow2(items_visual · Lv) columns)
+    # instead of padding each image to a power of two (50 regions → 64). Less MMA work on padding,
+    # more epilogue work (one masked reduction per image); the backward always uses padded tiles.
+    packed: bool = False
 
     @classmethod
     def default(cls, lv: int, lt: int, dtype: torch.dtype, rows: int = 128, cols: int = 128) -> "Tiles":
