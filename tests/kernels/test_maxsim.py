@@ -64,8 +64,8 @@ def test_packed_tiles_match_loop_reference(pooling, direction, tiles, gen):
     torch.testing.assert_close(got.double(), ref, atol=2e-6, rtol=2e-6)
 
 
-@pytest.mark.parametrize("shape", [(3, 1, 4, 9, 5), (6, 50, 5, 3, 16), (2, 33, 3, 17, 70)],
-                         ids=["Lv=1", "Lv=50", "beyond-one-tile"])
+@pytest.mark.parametrize("shape", [(3, 1, 4, 9, 5), (6, 50, 5, 3, 16), (7, 12, 3, 5, 16), (2, 33, 3, 17, 70)],
+                         ids=["Lv=1", "Lv=50 (runs of 2)", "Lv=12 (runs of 4)", "beyond-one-tile"])
 def test_packed_tiles_awkward_sizes_and_gradients(shape, gen):
     nv, lv, nt, lt, d = shape
     v, vm, t, tm, tw, vw = _inputs(gen, nv, lv, nt, lt, d)

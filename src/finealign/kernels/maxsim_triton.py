@@ -192,7 +192,7 @@ def _maxsim_packed_fwd(
     Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, temperature,
     BV: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, LTP: tl.constexpr, BK: tl.constexpr,
     PREC: tl.constexpr, GROUP: tl.constexpr,
-    DO_TEXT: tl.constexpr, DO_VISUAL: tl.constexpr, LSE: tl.constexpr, BVP: tl.constexpr,
+    DO_TEXT: tl.constexpr, DO_VISUAL: tl.constexpr, LSE: tl.constexpr, BVP: tl.constexpr, G: tl.constexpr,
 ):
     """The forward of _maxsim_fwd on packed tiles (_packed_sim_tile): an image's regions are a
     run of columns, not a power-of-two block, so each image's reductions are masked passes over
@@ -213,10 +213,16 @@ def _maxsim_packed_fwd(
         region_best = tl.max(tl.reshape(s, (BT, LTP, NP)), axis=1)  # (BT, NP): each region's best word
     slots = tl.arange(0, BVP)  # BV need not be a power of two (5 images × 50 regions)
     score = tl.zeros((BT, BVP), dtype=tl.float32)
+    if DO_TEXT:
+        # Runs of G columns never straddle two images (G divides Lv): max over each run first, in
+        # registers (an MMA fragment holds neighbouring columns), so the per-image passes below
+        # scan NP/G columns instead of NP.
+        s_g = tl.max(tl.reshape(s, (BT * LTP, NP // G, G)), axis=2)
+        slot_g = (tl.arange(0, NP // G) * G) // Lv
     for k in tl.static_range(BV):
         part = tl.zeros((BT,), dtype=tl.float32)
         if DO_TEXT:
-            word_best = tl.max(tl.where(slot[None, :] == k, s, float("-inf")), axis=1)  # (BT·LTP,)
+            word_best = tl.max(tl.where(slot_g[None, :] == k, s_g, float("-inf")), axis=1)  # (BT·LTP,)
             part += _pool(tl.reshape(word_best, (BT, LTP)), tm2, tw2, temperature, 1, LSE)
         if DO_VISUAL:
             mine = ((slot == k) & vm)[None, :]
@@ -334,7 +340,9 @@ def _launch(kernel, v, t, vmask8, tmask8, tw, vw, extra, pooling, direction, tem
     lvp, ltp = next_pow2(lv), next_pow2(lt)
     if tiles.packed and kernel is _maxsim_fwd and not consts.get("PAIRS"):
         kernel, extra = _maxsim_packed_fwd, extra[:1]  # no pairs pointer
-        consts = {k: x for k, x in consts.items() if k != "PAIRS"} | dict(BVP=next_pow2(tiles.items_visual))
+        np_ = next_pow2(tiles.items_visual * lv)
+        run = min(lv & -lv, np_, 8)  # the largest power of two dividing Lv (capped): G
+        consts = {k: x for k, x in consts.items() if k != "PAIRS"} | dict(BVP=next_pow2(tiles.items_visual), G=run)
         lvp = None
     if consts.get("PAIRS"):
         # One pair per program; tl.dot needs at least 16 rows and columns, the extra are masked.
@@ -343,7 +351,7 @@ def _launch(kernel, v, t, vmask8, tmask8, tw, vw, extra, pooling, direction, tem
         v, t, vmask8, tmask8, tw, vw, *extra,
         nv, nt, lv, lt, d, *v.stride(), *t.stride(), float(temperature),
         BV=tiles.items_visual, BT=tiles.items_text, LTP=ltp, BK=tiles.block_k,
-        **(dict(NP=next_pow2(tiles.items_visual * lv)) if lvp is None else dict(LVP=lvp)),
+        **(dict(NP=np_) if lvp is None else dict(LVP=lvp)),
         PREC=_precision(v.dtype), GROUP=tiles.group,
         DO_TEXT=direction in ("text", "both"), DO_VISUAL=direction in ("visual", "both"), LSE=pooling == "lse",
         num_warps=tiles.num_warps, num_stages=tiles.num_stages, **consts,
