@@ -159,6 +159,26 @@ def test_tokenflow_gradcheck(relax_visual, gen):
     assert torch.autograd.gradcheck(fn, tensors, fast_mode=True)
 
 
+def test_tokenflow_checkpointing_keeps_scores_and_gradients(gen, monkeypatch):
+    """checkpoint=True recomputes each block's Sinkhorn in backward: same scores and gradients
+    (over several blocks), and the recompute really happens (one more forward per block)."""
+    visual, text = random_batch(5, 4, 6, generator=gen), random_batch(7, 3, 6, generator=gen)
+    results, calls = {}, []
+    for ckpt in (False, True):
+        aligner = create_aligner("tokenflow", iterations=6, chunk_visual=2, chunk_text=4, checkpoint=ckpt).train()
+        original = aligner._block_scores
+        monkeypatch.setattr(aligner, "_block_scores", lambda v, t, f=original: calls.append(ckpt) or f(v, t))
+        leaves = [x.clone().requires_grad_() for x in (visual.tokens, visual.pooled, text.tokens, text.pooled)]
+        scores = aligner(TokenBatch(leaves[0], visual.mask, leaves[1]), TokenBatch(leaves[2], text.mask, leaves[3]))
+        (scores * torch.arange(35.0).reshape(5, 7)).sum().backward()
+        results[ckpt] = (scores.detach(), [x.grad for x in leaves])
+    blocks = 3 * 2
+    assert calls.count(False) == blocks and calls.count(True) == 2 * blocks
+    torch.testing.assert_close(results[True][0], results[False][0])
+    for a, b in zip(results[True][1], results[False][1]):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -170,6 +190,7 @@ def test_tokenflow_gradcheck(relax_visual, gen):
         {"marginals": "entropy"},
         {"marginal_temperature": 0.0},
         {"relax_visual": "yes"},
+        {"checkpoint": 1},
         {"chunk_pairs": 0},
     ],
 )

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from finealign.aligners.base import (
     TokenAlignment,
@@ -69,6 +70,9 @@ class TokenFlowConfig(KernelConfig):
     # backward); the unrolled torch solver when gradients are needed or elsewhere. kernel_domain:
     # how the kernel iterates, "log" (log-sum-exps) or "scaling" (multiply-adds, same scores).
     kernel_domain: str = "log"
+    # Training: recompute each block's Sinkhorn in the backward pass instead of keeping all its
+    # iterates (memory O(block) instead of O(batch pairs × iterations); one more forward's time).
+    checkpoint: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -81,8 +85,9 @@ class TokenFlowConfig(KernelConfig):
             raise ConfigError(f"iterations must be a positive int, got {self.iterations!r}")
         if self.marginals not in MARGINALS:
             raise ConfigError(f"marginals must be one of {MARGINALS}, got {self.marginals!r}")
-        if not isinstance(self.relax_visual, bool):
-            raise ConfigError(f"relax_visual must be a bool, got {self.relax_visual!r}")
+        for key in ("relax_visual", "checkpoint"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key} must be a bool, got {getattr(self, key)!r}")
 
 
 @ALIGNERS.register("tokenflow")
@@ -110,6 +115,15 @@ class TokenFlowAligner(KernelAligner):
         )
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        tensors = (visual.tokens, visual.pooled, text.tokens, text.pooled)
+        if self.config.checkpoint and torch.is_grad_enabled() and any(x.requires_grad for x in tensors):
+            return checkpoint(self._checkpointed_block, *tensors, visual.mask, text.mask, use_reentrant=False)
+        return self._block_scores(visual, text)
+
+    def _checkpointed_block(self, v, v_pooled, t, t_pooled, vmask, tmask) -> Tensor:
+        return self._block_scores(TokenBatch(v, vmask, v_pooled), TokenBatch(t, tmask, t_pooled))
+
+    def _block_scores(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         nv, nt = len(visual), len(text)
         lv, lt = visual.tokens.shape[1], text.tokens.shape[1]
         # Padded pairs read 0: their flow is 0, and a 0 cannot turn 0·x into NaN.
