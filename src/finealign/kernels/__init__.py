@@ -7,6 +7,7 @@
 `backend="auto"` uses Triton for CUDA tensors (fp16/bf16/fp32) when it imports, torch otherwise.
 """
 
+from finealign.kernels import ops  # noqa: F401  (registers the custom ops and their FLOP formulas)
 from finealign.kernels.api import maxsim_scores, sinkhorn_flow_scores
 from finealign.kernels.dispatch import BACKENDS, check_backend, use_triton
 from finealign.kernels.tiles import Tiles

@@ -18,6 +18,7 @@ import triton.language as tl
 from torch import Tensor
 
 from finealign.kernels.pooling_weights import mean_weights
+from finealign.kernels.ops import tile_list
 from finealign.kernels.tiles import Tiles, next_pow2
 
 
@@ -363,9 +364,9 @@ class _MaxSim(torch.autograd.Function):
     def forward(ctx, v, t, text_weights, visual_weights, vmask, tmask, pooling, direction, temperature, tiles):
         vmask8, tmask8 = vmask.to(torch.int8).contiguous(), tmask.to(torch.int8).contiguous()
         tw, vw = text_weights.float().contiguous(), visual_weights.float().contiguous()
-        out = torch.empty(v.shape[0], t.shape[0], dtype=torch.float32, device=v.device)
-        _launch(_maxsim_fwd, v, t, vmask8, tmask8, tw, vw, (out, out), pooling, direction, temperature, tiles,
-                PAIRS=False)
+        out = torch.ops.finealign.maxsim_forward(
+            v, t, vmask8, tmask8, tw, vw, None, pooling, direction, float(temperature), tile_list(tiles)
+        )
         ctx.save_for_backward(v, t, vmask8, tmask8, tw, vw)
         ctx.options = (pooling, direction, temperature, tiles)
         ctx.weight_dtypes = (text_weights.dtype, visual_weights.dtype)
@@ -381,15 +382,9 @@ class _MaxSim(torch.autograd.Function):
         # Weights only matter for weighted pooling in a direction that is computed.
         need_dtw = need_dtw and pooling == "weighted" and direction in ("text", "both")
         need_dvw = need_dvw and pooling == "weighted" and direction in ("visual", "both")
-        # fp32 accumulators for the atomic adds; empty placeholders for what is not needed.
-        dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device) if need_dv else v.new_empty(0)
-        dt = torch.zeros(t.shape, dtype=torch.float32, device=t.device) if need_dt else t.new_empty(0)
-        dtw = torch.zeros_like(tw) if need_dtw else tw.new_empty(0)
-        dvw = torch.zeros_like(vw) if need_dvw else vw.new_empty(0)
-        _launch(
-            _maxsim_bwd, v, t, vmask8, tmask8, tw, vw, (grad.float().contiguous(), dv, dt, dtw, dvw),
-            pooling, direction, temperature, tiles,
-            NEED_DV=bool(need_dv), NEED_DT=bool(need_dt), NEED_DTW=bool(need_dtw), NEED_DVW=bool(need_dvw),
+        dv, dt, dtw, dvw = torch.ops.finealign.maxsim_backward(
+            v, t, vmask8, tmask8, tw, vw, grad.float().contiguous(), pooling, direction, float(temperature),
+            tile_list(tiles), [int(need_dv), int(need_dt), int(need_dtw), int(need_dvw)],
         )
         return (
             dv.to(v.dtype) if need_dv else None,
@@ -425,14 +420,39 @@ def maxsim_pairs_triton(
         text_weights = mean_weights(tmask)
     if pooling != "weighted" or visual_weights is None:
         visual_weights = mean_weights(vmask)
-    out = torch.empty(pairs.shape[0], dtype=torch.float32, device=v.device)
-    if pairs.shape[0] == 0:
-        return out
-    tiles = Tiles(1, 1, 32 if v.dtype == torch.float32 else 64, 4, 3)
-    _launch(
-        _maxsim_fwd, v, t, vmask.to(torch.int8).contiguous(), tmask.to(torch.int8).contiguous(),
-        text_weights.float().contiguous(), visual_weights.float().contiguous(),
-        (out, pairs.to(torch.int32).contiguous()), pooling, direction, temperature, tiles,
-        PAIRS=True, n_pairs=pairs.shape[0],
+    return torch.ops.finealign.maxsim_forward(
+        v, t, vmask.to(torch.int8).contiguous(), tmask.to(torch.int8).contiguous(),
+        text_weights.float().contiguous(), visual_weights.float().contiguous(), pairs.to(torch.int32).contiguous(),
+        pooling, direction, float(temperature), [],
     )
+
+
+def launch_forward(v, t, vmask8, tmask8, tw, vw, pairs, pooling, direction, temperature, tiles: Tiles) -> Tensor:
+    """finealign::maxsim_forward: (Nv, Nt) scores, or (P,) for int32 `pairs` (one pair per program)."""
+    if pairs is None:
+        out = torch.empty(v.shape[0], t.shape[0], dtype=torch.float32, device=v.device)
+        _launch(_maxsim_fwd, v, t, vmask8, tmask8, tw, vw, (out, out), pooling, direction, temperature, tiles,
+                PAIRS=False)
+        return out
+    out = torch.empty(pairs.shape[0], dtype=torch.float32, device=v.device)
+    if pairs.shape[0]:
+        one_pair = Tiles(1, 1, 32 if v.dtype == torch.float32 else 64, 4, 3)
+        _launch(_maxsim_fwd, v, t, vmask8, tmask8, tw, vw, (out, pairs), pooling, direction, temperature, one_pair,
+                PAIRS=True, n_pairs=pairs.shape[0])
     return out
+
+
+def launch_backward(v, t, vmask8, tmask8, tw, vw, grad, pooling, direction, temperature, tiles: Tiles, need):
+    """finealign::maxsim_backward: fp32 gradients of v, t and the two token weights (empty where
+    `need` is 0)."""
+    need_dv, need_dt, need_dtw, need_dvw = map(bool, need)
+    # fp32 accumulators for the atomic adds; empty placeholders for what is not needed.
+    dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device) if need_dv else v.new_empty(0)
+    dt = torch.zeros(t.shape, dtype=torch.float32, device=t.device) if need_dt else t.new_empty(0)
+    dtw = torch.zeros_like(tw) if need_dtw else tw.new_empty(0)
+    dvw = torch.zeros_like(vw) if need_dvw else vw.new_empty(0)
+    _launch(
+        _maxsim_bwd, v, t, vmask8, tmask8, tw, vw, (grad, dv, dt, dtw, dvw), pooling, direction, temperature, tiles,
+        NEED_DV=need_dv, NEED_DT=need_dt, NEED_DTW=need_dtw, NEED_DVW=need_dvw,
+    )
+    return dv, dt, dtw, dvw

@@ -230,6 +230,31 @@ def sinkhorn_triton(
         visual_pooled, text_pooled = v.new_zeros(1, 1), t.new_zeros(1, 1)  # unused placeholders
     else:
         log_visual, log_text = vmask.new_zeros(1, dtype=torch.float32), tmask.new_zeros(1, dtype=torch.float32)
+    out = torch.ops.finealign.sinkhorn_forward(
+        v, t, vmask.to(torch.int8).contiguous(), tmask.to(torch.int8).contiguous(),
+        log_visual.float().contiguous(), log_text.float().contiguous(), visual_pooled, text_pooled,
+        None if pairs is None else pairs.to(torch.int32).contiguous(),
+        float(epsilon), float(marginal_temperature), int(iterations), rows == "text", bool(one_sided), importance,
+        domain == "scaling", int(absorb_every), int(captions_per_program or 0), int(num_warps or 0),
+    )
+    if domain == "scaling" and not one_sided:
+        flagged = torch.isnan(out)  # one device sync: the price of the fallback
+        if bool(flagged.any()):
+            index = flagged.nonzero()
+            redo = index if pairs is None else pairs[index[:, 0]]
+            marginals = dict(visual_pooled=visual_pooled, text_pooled=text_pooled) if importance else {}
+            out[flagged] = sinkhorn_triton(
+                v, vmask, t, tmask, log_visual, log_text, epsilon, iterations, rows, one_sided,
+                marginal_temperature=marginal_temperature, num_warps=num_warps, pairs=redo, domain="log", **marginals,
+            )
+    return out
+
+
+def launch_sinkhorn(
+    v, t, vmask8, tmask8, la, lb, vp, tp, pairs, epsilon, marginal_temperature, iterations, text_first, one_sided,
+    importance, scaling, absorb_every, captions_per_program, num_warps,
+) -> Tensor:
+    """finealign::sinkhorn_forward: one launch of the fused kernel (0 = default for the last two)."""
     nv, lv, d = v.shape
     nt, lt, _ = t.shape
     # tl.dot needs at least 16 rows and columns per tile.
@@ -244,27 +269,16 @@ def sinkhorn_triton(
         grid, pairs_arg = (nv * triton.cdiv(nt, bt),), out  # pairs_arg: an unused placeholder
     else:
         out = torch.empty(pairs.shape[0], dtype=torch.float32, device=v.device)
-        grid, pairs_arg = (pairs.shape[0],), pairs.to(torch.int32).contiguous()
+        grid, pairs_arg = (pairs.shape[0],), pairs
     if grid[0] == 0:
         return out
     _sinkhorn_fwd[grid](
-        v, t, vmask.to(torch.int8).contiguous(), tmask.to(torch.int8).contiguous(),
-        log_visual.float().contiguous(), log_text.float().contiguous(), visual_pooled, text_pooled, out, pairs_arg,
-        nv, nt, lv, lt, d, *v.stride(), *t.stride(), *visual_pooled.stride(), *text_pooled.stride(),
-        1.0 / float(epsilon), 1.0 / float(marginal_temperature), int(iterations),
+        v, t, vmask8, tmask8, la, lb, vp, tp, out, pairs_arg,
+        nv, nt, lv, lt, d, *v.stride(), *t.stride(), *vp.stride(), *tp.stride(),
+        1.0 / epsilon, 1.0 / marginal_temperature, iterations,
         LVP=lvp, BT=bt, LTP=ltp, BK=32 if v.dtype == torch.float32 else 64, PREC=_precision(v.dtype),
-        TEXT_FIRST=rows == "text", ONE_SIDED=bool(one_sided), IMPORTANCE=importance,
-        PAIRS=pairs is not None, SCALING=domain == "scaling", ABSORB=int(absorb_every),
+        TEXT_FIRST=text_first, ONE_SIDED=one_sided, IMPORTANCE=importance,
+        PAIRS=pairs is not None, SCALING=scaling, ABSORB=absorb_every,
         num_warps=warps, num_stages=2,
     )
-    if domain == "scaling" and not one_sided:
-        flagged = torch.isnan(out)  # one device sync: the price of the fallback
-        if bool(flagged.any()):
-            index = flagged.nonzero()
-            redo = index if pairs is None else pairs[index[:, 0]]
-            marginals = dict(visual_pooled=visual_pooled, text_pooled=text_pooled) if importance else {}
-            out[flagged] = sinkhorn_triton(
-                v, vmask, t, tmask, log_visual, log_text, epsilon, iterations, rows, one_sided,
-                marginal_temperature=marginal_temperature, num_warps=num_warps, pairs=redo, domain="log", **marginals,
-            )
     return out

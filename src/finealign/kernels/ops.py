@@ -1,0 +1,122 @@
+"""The fused kernels' launches as torch custom ops (`torch.ops.finealign.*`).
+
+Why ops rather than plain Python calls: torch's FlopCounterMode (used by `finealign profile`)
+sees custom ops and counts them with the formulas registered here — the token-pair matmul work,
+2·Lv·Lt·d per (image, caption) pair scored, exactly what it counts for the torch paths' einsums —
+where it cannot see inside a bare Triton launch. torch.compile can also trace through them.
+
+This module imports without Triton (the op bodies import the kernel modules on first call), and
+finealign.kernels imports it, so the formulas are registered before any FlopCounterMode starts:
+a counter copies the registry when it is created.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
+
+from finealign.kernels.tiles import Tiles
+
+
+def tile_list(tiles: Tiles | None) -> list[int]:
+    """Tiles as the op's int list ([] = the default tiles for the inputs)."""
+    if tiles is None:
+        return []
+    return [tiles.items_visual, tiles.items_text, tiles.block_k, tiles.num_warps, tiles.num_stages, tiles.group,
+            int(tiles.packed)]
+
+
+def _tiles_from(values: list[int], v: Tensor, t: Tensor) -> Tiles:
+    if not values:
+        return Tiles.default(v.shape[1], t.shape[1], v.dtype)
+    *sizes, packed = values
+    return Tiles(*sizes, packed=bool(packed))
+
+
+def token_pair_flops(v_shape, t_shape, pairs_shape=None) -> int:
+    """Matmul FLOPs of the token-pair similarities: 2·Lv·Lt·d per (image, caption) pair scored."""
+    (nv, lv, d), (nt, lt, _) = v_shape, t_shape
+    n_pairs = nv * nt if pairs_shape is None else pairs_shape[0]
+    return 2 * n_pairs * lv * lt * d
+
+
+# -- MaxSim ---------------------------------------------------------------------------------------
+@torch.library.custom_op("finealign::maxsim_forward", mutates_args=())
+def maxsim_forward(
+    v: Tensor, t: Tensor, vmask8: Tensor, tmask8: Tensor, tw: Tensor, vw: Tensor, pairs: Optional[Tensor],
+    pooling: str, direction: str, temperature: float, tiles: list[int],
+) -> Tensor:
+    """(Nv, Nt) fp32 MaxSim scores, or (P,) for int32 `pairs`."""
+    from finealign.kernels.maxsim_triton import launch_forward
+
+    return launch_forward(v, t, vmask8, tmask8, tw, vw, pairs, pooling, direction, temperature,
+                          _tiles_from(tiles, v, t))
+
+
+@maxsim_forward.register_fake
+def _(v, t, vmask8, tmask8, tw, vw, pairs, pooling, direction, temperature, tiles):
+    shape = (v.shape[0], t.shape[0]) if pairs is None else (pairs.shape[0],)
+    return v.new_empty(shape, dtype=torch.float32)
+
+
+@register_flop_formula(torch.ops.finealign.maxsim_forward)
+def _(v, t, vmask8, tmask8, tw, vw, pairs, *args, out_shape=None, **kwargs) -> int:
+    return token_pair_flops(v, t, pairs)
+
+
+@torch.library.custom_op("finealign::maxsim_backward", mutates_args=())
+def maxsim_backward(
+    v: Tensor, t: Tensor, vmask8: Tensor, tmask8: Tensor, tw: Tensor, vw: Tensor, grad: Tensor,
+    pooling: str, direction: str, temperature: float, tiles: list[int], need: list[int],
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """fp32 gradients of v, t, text and visual weights; an empty tensor where `need` is 0."""
+    from finealign.kernels.maxsim_triton import launch_backward
+
+    return launch_backward(v, t, vmask8, tmask8, tw, vw, grad, pooling, direction, temperature,
+                           _tiles_from(tiles, v, t), need)
+
+
+@maxsim_backward.register_fake
+def _(v, t, vmask8, tmask8, tw, vw, grad, pooling, direction, temperature, tiles, need):
+    like = (v, t, tw, vw)
+    return tuple(x.new_empty(x.shape if n else (0,), dtype=torch.float32) for x, n in zip(like, need))
+
+
+@register_flop_formula(torch.ops.finealign.maxsim_backward)
+def _(v, t, vmask8, tmask8, tw, vw, grad, pooling, direction, temperature, tiles, need, out_shape=None, **kwargs):
+    # The similarities are recomputed, then one matmul per token gradient (dv = dS·t, dt = dSᵀ·v).
+    return token_pair_flops(v, t) * (1 + int(need[0]) + int(need[1]))
+
+
+# -- Sinkhorn flow --------------------------------------------------------------------------------
+@torch.library.custom_op("finealign::sinkhorn_forward", mutates_args=())
+def sinkhorn_forward(
+    v: Tensor, t: Tensor, vmask8: Tensor, tmask8: Tensor, la: Tensor, lb: Tensor, vp: Tensor, tp: Tensor,
+    pairs: Optional[Tensor], epsilon: float, marginal_temperature: float, iterations: int, text_first: bool,
+    one_sided: bool, importance: bool, scaling: bool, absorb_every: int, captions_per_program: int,
+    num_warps: int,
+) -> Tensor:
+    """(Nv, Nt) fp32 Σ flow·sim, or (P,) for int32 `pairs` (NaN where the scaling domain gave up)."""
+    from finealign.kernels.sinkhorn_triton import launch_sinkhorn
+
+    return launch_sinkhorn(v, t, vmask8, tmask8, la, lb, vp, tp, pairs, epsilon, marginal_temperature, iterations,
+                           text_first, one_sided, importance, scaling, absorb_every, captions_per_program, num_warps)
+
+
+@sinkhorn_forward.register_fake
+def _(v, t, vmask8, tmask8, la, lb, vp, tp, pairs, *args):
+    shape = (v.shape[0], t.shape[0]) if pairs is None else (pairs.shape[0],)
+    return v.new_empty(shape, dtype=torch.float32)
+
+
+@register_flop_formula(torch.ops.finealign.sinkhorn_forward)
+def _(v, t, vmask8, tmask8, la, lb, vp, tp, pairs, epsilon, tau, iterations, text_first, one_sided, importance,
+      *args, out_shape=None, **kwargs) -> int:
+    flops = token_pair_flops(v, t, pairs)
+    if importance:  # region·(caption global) and word·(image global) per pair
+        (nv, lv, d), (nt, lt, _) = v, t
+        flops += 2 * (nv * nt if pairs is None else pairs[0]) * (lv + lt) * d
+    return flops
