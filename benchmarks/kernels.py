@@ -16,6 +16,8 @@ For each size (images × captions, Lv × Lt tokens, d, bf16 on CUDA) it times on
   shortlist      two_stage's re-ranking: the pair kernels (mean-max, Sinkhorn) on the union of
                  each image's and each caption's top-K captions/images by global similarity
                  (--top-k, 20), and the whole two_stage aligner; compared with the full matrix.
+  fwd+bwd        a training step at batch scale: mean-max (fused vs torch autograd) and tokenflow
+                 (fused forward + backward kernels vs the checkpointed torch solver).
   tokenflow      fused Sinkhorn (20 iterations, ε = 0.1), log and scaling domain, for the full matrix; the batched torch
                  solver and POT (ot.sinkhorn per pair, CPU) on a subset, EXTRAPOLATED linearly to
                  the full matrix (marked "extrap."); geomloss, when importable, timing only (a
@@ -210,6 +212,11 @@ def bench_size(name, nv, nt, lv, lt, d, repeats, args):
         for method, backend in (("torch autograd (64x256)", "torch"), ("fused triton fwd+bwd", "triton")):
             add("fwd+bwd", method, lambda: train_step(v, vm, t, tm, backend), None,
                 note="mean, both directions; grads of v and t")
+        if not args.no_sinkhorn:
+            for method, backend in (("tokenflow torch autograd (checkpointed)", "torch"),
+                                    ("tokenflow fused fwd+bwd", "triton")):
+                add("fwd+bwd", method, lambda: tokenflow_step(v, vm, t, tm, backend), None,
+                    note="20 it., importance marginals; grads of v, t and the pooled vectors", reps=1)
     # -- tokenflow (Sinkhorn) --------------------------------------------------------------------
     if not args.no_sinkhorn:
         bench_sinkhorn(name, rows, v, vm, t, tm, floor, repeats, args, add)
@@ -332,6 +339,14 @@ def bench_shortlist(rows, v, vm, t, tm, repeats, args, add):
         for domain in ("log", "scaling"):
             add("shortlist", f"sinkhorn pair kernel ({domain})", lambda: sinkhorn_flow_scores(
                 v, vm, t, tm, backend="triton", pairs=pairs, domain=domain, **imp), None, note)
+
+
+def tokenflow_step(v, vm, t, tm, backend):
+    """One tokenflow training step through the aligner (the torch path checkpoints each block)."""
+    aligner = create_aligner("tokenflow", iterations=20, epsilon=0.1, backend=backend).train()
+    leaves = [x.detach().requires_grad_() for x in (v, t, pooled(v, vm), pooled(t, tm))]
+    aligner(TokenBatch(leaves[0], vm, leaves[2]), TokenBatch(leaves[1], tm, leaves[3])).float().sum().backward()
+    return None
 
 
 def train_step(v, vm, t, tm, backend):

@@ -58,3 +58,17 @@ def test_profiled_aligner_flops_do_not_depend_on_the_backend(gen):
     for name in ("mean_max", "hard"):
         counts = [count_flops(create_aligner(name, backend=b), (visual, text)).total for b in ("triton", "torch")]
         assert counts[0] == counts[1] > 0
+
+
+def test_fused_sinkhorn_training_step_is_counted(gen):
+    """Forward (similarities + importance logits), then backward: recompute both, plus one
+    matmul each for the v and t gradients."""
+    v, vm, t, tm = _inputs(gen)
+    pooled = dict(visual_pooled=v[:, 0].contiguous(), text_pooled=t[:, 0].contiguous())
+    sims, importance = 2 * 4 * 7 * 6 * 5 * 12, 2 * 4 * 6 * (7 + 5) * 12
+
+    def train_step():
+        a, b = v.clone().requires_grad_(), t.clone().requires_grad_()
+        sinkhorn_flow_scores(a, vm, b, tm, iterations=2, backend="triton", **pooled).sum().backward()
+
+    assert count_flops(train_step, ()).total == 2 * (sims + importance) + 2 * sims

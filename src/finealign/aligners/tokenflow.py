@@ -66,12 +66,12 @@ class TokenFlowConfig(KernelConfig):
     marginals: str = "importance"  # "importance" or "uniform"
     marginal_temperature: float = 0.1  # τ of the importance softmax
     relax_visual: bool = False  # enforce only the word marginal (one-sided OT; → mean_max as ε → 0)
-    # backend "auto" runs the fused Triton Sinkhorn for CUDA tensors at inference only (it has no
-    # backward); the unrolled torch solver when gradients are needed or elsewhere. kernel_domain:
-    # how the kernel iterates, "log" (log-sum-exps) or "scaling" (multiply-adds, same scores).
+    # backend "auto" runs the fused Triton Sinkhorn for CUDA tensors (training too: its backward
+    # kernel reverses the saved iterates), the unrolled torch solver elsewhere. kernel_domain: how
+    # the kernel iterates at inference, "log" (log-sum-exps) or "scaling" (multiply-adds, same scores).
     kernel_domain: str = "log"
-    # Training: recompute each block's Sinkhorn in the backward pass instead of keeping all its
-    # iterates (memory O(block) instead of O(batch pairs × iterations); one more forward's time).
+    # Torch solver in training: recompute each block's Sinkhorn in the backward pass instead of
+    # keeping all its iterates (memory O(block), not O(batch pairs × iterations); one more forward).
     checkpoint: bool = True
 
     def __post_init__(self) -> None:
@@ -95,7 +95,6 @@ class TokenFlowAligner(KernelAligner):
     """Optimal-transport flow between visual and text tokens; score = Σ flow · similarity (TokenFlow)."""
 
     Config = TokenFlowConfig
-    kernel_has_backward = False
 
     def prepare(self, batch: TokenBatch) -> TokenBatch:
         # Fill the global vector (masked mean) before normalising, so importance always has one.

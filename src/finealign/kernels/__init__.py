@@ -2,7 +2,10 @@
 
 - `maxsim_scores`: mean-max / hard alignment / weighted token-wise interaction, one score per
   (image, caption) pair without materialising the (Nv, Nt, Lv, Lt) token-pair tensor.
-- `sinkhorn_flow_scores`: TokenFlow's Σ flow·sim per pair, a log-domain Sinkhorn run on chip.
+- `sinkhorn_flow_scores`: TokenFlow's Σ flow·sim per pair, a log-domain (or scaling-domain)
+  Sinkhorn run on chip, with a backward kernel for training.
+
+Both also score a list of (image, caption) pairs (`pairs=`, forward only) for two_stage.
 
 `backend="auto"` uses Triton for CUDA tensors (fp16/bf16/fp32) when it imports, torch otherwise.
 """

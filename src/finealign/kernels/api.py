@@ -101,7 +101,9 @@ def sinkhorn_flow_scores(
     softmax over real regions of region·text_pooled/τ and over real words of word·visual_pooled/τ
     (τ = marginal_temperature), computed on chip. `rows` names the side that
     log_sinkhorn treats as rows (updated first each iteration); `one_sided=True` drops that side's
-    constraint. The Triton path is forward-only: with autograd on, "auto" takes the torch solver.
+    constraint. With autograd on, the Triton kernel saves every iteration's potentials and a
+    backward kernel reverses them (log domain; `domain` then does not apply); for `pairs` it is
+    forward-only, and "auto" takes the torch solver.
     domain: how the Triton kernel iterates — "log" (log-sum-exps) or "scaling" (multiply-adds on
     exp(−C/ε), absorbed into the log potentials every `absorb_every` iterations; pairs where that
     loses precision are redone in the log domain). Same iterates, so the same scores either way;
@@ -134,7 +136,9 @@ def sinkhorn_flow_scores(
     if pairs is not None:
         check_pair_indices(pairs, v.shape[0], t.shape[0])
         pairs = pairs.to(v.device)
-    if _forward_only_kernel(backend, v, (v, t, log_visual, log_text, visual_pooled, text_pooled)):
+    # The full-matrix kernel has a backward (log domain); the pair kernel is forward-only.
+    inputs = (v, t, log_visual, log_text, visual_pooled, text_pooled)
+    if use_triton(backend, v) if pairs is None else _forward_only_kernel(backend, v, inputs):
         from finealign.kernels.sinkhorn_triton import sinkhorn_triton
 
         v, t = _interpreter_safe(v), _interpreter_safe(t)

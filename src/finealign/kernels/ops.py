@@ -103,7 +103,8 @@ def sinkhorn_forward(
     from finealign.kernels.sinkhorn_triton import launch_sinkhorn
 
     return launch_sinkhorn(v, t, vmask8, tmask8, la, lb, vp, tp, pairs, epsilon, marginal_temperature, iterations,
-                           text_first, one_sided, importance, scaling, absorb_every, captions_per_program, num_warps)
+                           text_first, one_sided, importance, scaling, absorb_every, captions_per_program,
+                           num_warps)[0]
 
 
 @sinkhorn_forward.register_fake
@@ -112,11 +113,75 @@ def _(v, t, vmask8, tmask8, la, lb, vp, tp, pairs, *args):
     return v.new_empty(shape, dtype=torch.float32)
 
 
-@register_flop_formula(torch.ops.finealign.sinkhorn_forward)
-def _(v, t, vmask8, tmask8, la, lb, vp, tp, pairs, epsilon, tau, iterations, text_first, one_sided, importance,
-      *args, out_shape=None, **kwargs) -> int:
+def _sinkhorn_flops(v, t, pairs, importance) -> int:
     flops = token_pair_flops(v, t, pairs)
     if importance:  # region·(caption global) and word·(image global) per pair
         (nv, lv, d), (nt, lt, _) = v, t
         flops += 2 * (nv * nt if pairs is None else pairs[0]) * (lv + lt) * d
     return flops
+
+
+@register_flop_formula(torch.ops.finealign.sinkhorn_forward)
+def _(v, t, vmask8, tmask8, la, lb, vp, tp, pairs, epsilon, tau, iterations, text_first, one_sided, importance,
+      *args, out_shape=None, **kwargs) -> int:
+    return _sinkhorn_flops(v, t, pairs, importance)
+
+
+@torch.library.custom_op("finealign::sinkhorn_forward_saving", mutates_args=())
+def sinkhorn_forward_saving(
+    v: Tensor, t: Tensor, vmask8: Tensor, tmask8: Tensor, la: Tensor, lb: Tensor, vp: Tensor, tp: Tensor,
+    epsilon: float, marginal_temperature: float, iterations: int, text_first: bool, one_sided: bool,
+    importance: bool, captions_per_program: int, num_warps: int,
+) -> tuple[Tensor, Tensor]:
+    """Training forward (log domain, full matrix): the scores and every iteration's potentials."""
+    from finealign.kernels.sinkhorn_triton import launch_sinkhorn
+
+    return launch_sinkhorn(v, t, vmask8, tmask8, la, lb, vp, tp, None, epsilon, marginal_temperature, iterations,
+                           text_first, one_sided, importance, False, 1, captions_per_program, num_warps, save=True)
+
+
+@sinkhorn_forward_saving.register_fake
+def _(v, t, vmask8, tmask8, la, lb, vp, tp, epsilon, tau, iterations, text_first, one_sided, importance, bt, warps):
+    from finealign.kernels.tiles import next_pow2
+
+    lvp, ltp = max(16, next_pow2(v.shape[1])), next_pow2(t.shape[1])
+    bt = max(bt or 1, -(-16 // ltp))
+    programs = v.shape[0] * -(-t.shape[0] // bt)
+    saved = 0 if one_sided else programs * iterations * (lvp * bt + bt * ltp)
+    return v.new_empty((v.shape[0], t.shape[0]), dtype=torch.float32), v.new_empty((saved,), dtype=torch.float32)
+
+
+@register_flop_formula(torch.ops.finealign.sinkhorn_forward_saving)
+def _(v, t, vmask8, tmask8, la, lb, vp, tp, epsilon, tau, iterations, text_first, one_sided, importance,
+      *args, out_shape=None, **kwargs) -> int:
+    return _sinkhorn_flops(v, t, None, importance)
+
+
+@torch.library.custom_op("finealign::sinkhorn_backward", mutates_args=())
+def sinkhorn_backward(
+    v: Tensor, t: Tensor, vmask8: Tensor, tmask8: Tensor, la: Tensor, lb: Tensor, vp: Tensor, tp: Tensor,
+    grad: Tensor, saved: Tensor, epsilon: float, marginal_temperature: float, iterations: int, text_first: bool,
+    one_sided: bool, importance: bool, captions_per_program: int, num_warps: int, need: list[int],
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """fp32 gradients of v, t and the marginals' inputs (la/lb, or vp/tp for importance)."""
+    from finealign.kernels.sinkhorn_triton import launch_sinkhorn_backward
+
+    return launch_sinkhorn_backward(v, t, vmask8, tmask8, la, lb, vp, tp, grad, saved, epsilon, marginal_temperature,
+                                    iterations, text_first, one_sided, importance, captions_per_program, num_warps,
+                                    need)
+
+
+@sinkhorn_backward.register_fake
+def _(v, t, vmask8, tmask8, la, lb, vp, tp, grad, saved, epsilon, tau, iterations, text_first, one_sided, importance,
+      bt, warps, need):
+    marginals = (vp, tp) if importance else (la, lb)
+    like = (v, t, *marginals)
+    wanted = (need[0], need[1], need[2], need[2])
+    return tuple(x.new_empty(x.shape if n else (0,), dtype=torch.float32) for x, n in zip(like, wanted))
+
+
+@register_flop_formula(torch.ops.finealign.sinkhorn_backward)
+def _(v, t, vmask8, tmask8, la, lb, vp, tp, grad, saved, epsilon, tau, iterations, text_first, one_sided,
+      importance, bt, warps, need, out_shape=None, **kwargs) -> int:
+    # Similarities recomputed (and importance logits' dot products), then one matmul per token gradient.
+    return _sinkhorn_flops(v, t, None, importance) + token_pair_flops(v, t) * (int(need[0]) + int(need[1]))

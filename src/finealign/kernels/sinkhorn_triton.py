@@ -1,7 +1,8 @@
 """Fused log-domain Sinkhorn (TokenFlow) on the GPU: one program takes one image and a few
 captions, computes their token similarities once, keeps every (Lv × Lt) problem in registers for
-all iterations, and writes Σ flow·sim per pair. Forward only (scoring); training goes through the
-differentiable torch solver.
+all iterations, and writes Σ flow·sim per pair. For training, the forward also saves every
+iteration's potentials and a backward kernel runs reverse mode through the unrolled iterations
+(_sinkhorn_bwd), matching the torch solver's autograd gradients.
 
 Semantics follow finealign.aligners.sinkhorn.log_sinkhorn with cost = 1 − sim and ε: scaled
 potentials start at 0; each iteration updates the row side then the column side; padded tokens
@@ -138,24 +139,14 @@ def _importance(
 
 
 @triton.jit
-def _sinkhorn_fwd(
-    v_ptr, t_ptr, vm_ptr, tm_ptr, la_ptr, lb_ptr, vp_ptr, tp_ptr, out_ptr, pairs_ptr,
-    Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, s_vpn, s_vpd, s_tpn, s_tpd,
-    inv_eps, inv_tau, iterations,
+def _problem(
+    v_ptr, t_ptr, vm_ptr, tm_ptr, la_ptr, lb_ptr, vp_ptr, tp_ptr, iv0, it0,
+    Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, s_vpn, s_vpd, s_tpn, s_tpd, inv_eps, inv_tau,
     LVP: tl.constexpr, BT: tl.constexpr, LTP: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
-    TEXT_FIRST: tl.constexpr, ONE_SIDED: tl.constexpr, IMPORTANCE: tl.constexpr,
-    PAIRS: tl.constexpr, SCALING: tl.constexpr, ABSORB: tl.constexpr,
+    IMPORTANCE: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    if PAIRS:
-        # One listed pair per program: its caption is the block's first (any others are extra
-        # columns tl.dot needs, computed and dropped); the score goes to out[pid].
-        iv0 = tl.load(pairs_ptr + 2 * pid)
-        it0 = tl.load(pairs_ptr + 2 * pid + 1)
-    else:
-        nbt = tl.cdiv(Nt, BT)
-        iv0 = pid // nbt
-        it0 = (pid % nbt) * BT
+    """One image × BT captions: similarities s3 (LVP, BT, LTP), their validity, −cost/ε as logk,
+    token masks, and the log2 marginals la2 (LVP, BT | 1) and lb3 (BT, LTP)."""
     acc, vm, tm = _sim_tile(
         v_ptr, t_ptr, vm_ptr, tm_ptr, iv0, it0, Nv, Nt, Lv, Lt, D,
         s_vn, s_vl, s_vd, s_tn, s_tl, s_td, 1, LVP, BT, LTP, BK, PREC,
@@ -179,17 +170,44 @@ def _sinkhorn_fwd(
         lb3 = tl.where(tm3, _log_softmax(tl.reshape(word, (BT, LTP)) * scale, tm3, 1), 0.0)
     else:
         la = tl.load(la_ptr + iv0 * Lv + rows, mask=rows < Lv, other=0.0) * 1.4426950408889634
-        la2 = tl.where(vm, la, 0.0)[:, None]
+        la2 = tl.where(vm, la, 0.0)[:, None] + tl.zeros((LVP, BT), dtype=tl.float32)
         cols = tl.arange(0, BT * LTP)
         cap = it0 + cols // LTP
         ctok = cols % LTP
         lb = tl.load(lb_ptr + cap * Lt + ctok, mask=(cap < Nt) & (ctok < Lt), other=0.0) * 1.4426950408889634
         lb3 = tl.where(tm3, tl.reshape(lb, (BT, LTP)), 0.0)
+    return s3, valid3, logk, vm, tm, vm2, tm3, la2, lb3
+
+
+@triton.jit
+def _sinkhorn_fwd(
+    v_ptr, t_ptr, vm_ptr, tm_ptr, la_ptr, lb_ptr, vp_ptr, tp_ptr, out_ptr, pairs_ptr, save_ptr,
+    Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, s_vpn, s_vpd, s_tpn, s_tpd,
+    inv_eps, inv_tau, iterations,
+    LVP: tl.constexpr, BT: tl.constexpr, LTP: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+    TEXT_FIRST: tl.constexpr, ONE_SIDED: tl.constexpr, IMPORTANCE: tl.constexpr,
+    PAIRS: tl.constexpr, SCALING: tl.constexpr, ABSORB: tl.constexpr, SAVE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    if PAIRS:
+        # One listed pair per program: its caption is the block's first (any others are extra
+        # columns tl.dot needs, computed and dropped); the score goes to out[pid].
+        iv0 = tl.load(pairs_ptr + 2 * pid)
+        it0 = tl.load(pairs_ptr + 2 * pid + 1)
+    else:
+        nbt = tl.cdiv(Nt, BT)
+        iv0 = pid // nbt
+        it0 = (pid % nbt) * BT
+    s3, valid3, logk, vm, tm, vm2, tm3, la2, lb3 = _problem(
+        v_ptr, t_ptr, vm_ptr, tm_ptr, la_ptr, lb_ptr, vp_ptr, tp_ptr, iv0, it0,
+        Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, s_vpn, s_vpd, s_tpn, s_tpd, inv_eps, inv_tau,
+        LVP, BT, LTP, BK, PREC, IMPORTANCE,
+    )
     u = tl.zeros((LVP, BT), dtype=tl.float32)
     w = tl.zeros((BT, LTP), dtype=tl.float32)
     bad = tl.zeros((BT,), dtype=tl.int1)
     if SCALING and not ONE_SIDED:
-        u, w, bad = _scaling_sinkhorn(logk, la2 + u, lb3, vm2, tm3, iterations, TEXT_FIRST, ABSORB)
+        u, w, bad = _scaling_sinkhorn(logk, la2, lb3, vm2, tm3, iterations, TEXT_FIRST, ABSORB)
     elif ONE_SIDED:
         # Only the column side is constrained: one normalisation is the exact optimum.
         if TEXT_FIRST:
@@ -197,13 +215,22 @@ def _sinkhorn_fwd(
         else:
             w = _update_text(logk, u, lb3, tm3)
     else:
-        for _ in range(iterations):
+        # SAVE (training): keep every iteration's potentials, (u_k, w_k) per program, for backward.
+        u_off = pid.to(tl.int64) * iterations * (LVP * BT + BT * LTP) + tl.reshape(
+            tl.arange(0, LVP)[:, None] * BT + tl.arange(0, BT)[None, :], (LVP, BT))
+        w_off = pid.to(tl.int64) * iterations * (LVP * BT + BT * LTP) + LVP * BT + tl.reshape(
+            tl.arange(0, BT)[:, None] * LTP + tl.arange(0, LTP)[None, :], (BT, LTP))
+        for k in range(iterations):
             if TEXT_FIRST:
                 w = _update_text(logk, u, lb3, tm3)
                 u = _update_visual(logk, w, la2, vm2)
             else:
                 u = _update_visual(logk, w, la2, vm2)
                 w = _update_text(logk, u, lb3, tm3)
+            if SAVE:
+                step = k * (LVP * BT + BT * LTP)
+                tl.store(save_ptr + u_off + step, u)
+                tl.store(save_ptr + w_off + step, w)
     flow = tl.exp2(logk + u[:, :, None] + w[None, :, :])  # 0 wherever logk is -inf
     score = tl.sum(tl.sum(tl.where(valid3, flow * s3, 0.0), axis=2), axis=0)  # (BT,)
     score = tl.where(bad, float("nan"), score)  # the host redoes these in the log domain
@@ -212,6 +239,175 @@ def _sinkhorn_fwd(
         tl.store(out_ptr + pid + tl.arange(0, BT) * 0, score, mask=tl.arange(0, BT) == 0)
     else:
         tl.store(out_ptr + iv0 * Nt + it, score, mask=it < Nt)
+
+
+@triton.jit
+def _sinkhorn_bwd(
+    v_ptr, t_ptr, vm_ptr, tm_ptr, la_ptr, lb_ptr, vp_ptr, tp_ptr, g_ptr, save_ptr,
+    dv_ptr, dt_ptr, dla_ptr, dlb_ptr, dvp_ptr, dtp_ptr,
+    Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, s_vpn, s_vpd, s_tpn, s_tpd,
+    inv_eps, inv_tau, iterations,
+    LVP: tl.constexpr, BT: tl.constexpr, LTP: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+    TEXT_FIRST: tl.constexpr, ONE_SIDED: tl.constexpr, IMPORTANCE: tl.constexpr,
+    NEED_DV: tl.constexpr, NEED_DT: tl.constexpr, NEED_DM: tl.constexpr,
+):
+    """Reverse mode through the unrolled iterations, from the potentials the forward saved.
+
+    Each half-iteration x = m − LSE(logk + y) has Jacobian rows given by its softmax, which is
+    the saved iterates' plan divided by the marginal: e.g. for w_k = lb − LSE_r(logk + u_k),
+    softmax_r = 2^(logk + u_k + w_k − lb). So per half-iteration: dm += dx, dlogk −= soft·dx,
+    dy −= Σ soft·dx. Then d sim = g·flow + dlogk/ε, and the two matmuls give the token gradients
+    (plus, for importance marginals, the softmax backward to region/word logits and their dot
+    products with the global vectors). Gradients leave through fp32 atomic adds.
+    """
+    pid = tl.program_id(0)
+    nbt = tl.cdiv(Nt, BT)
+    iv0 = pid // nbt
+    it0 = (pid % nbt) * BT
+    s3, valid3, logk, vm, tm, vm2, tm3, la2, lb3 = _problem(
+        v_ptr, t_ptr, vm_ptr, tm_ptr, la_ptr, lb_ptr, vp_ptr, tp_ptr, iv0, it0,
+        Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, s_vpn, s_vpd, s_tpn, s_tpd, inv_eps, inv_tau,
+        LVP, BT, LTP, BK, PREC, IMPORTANCE,
+    )
+    caps = it0 + tl.arange(0, BT)
+    g = tl.load(g_ptr + iv0 * Nt + caps, mask=caps < Nt, other=0.0)  # (BT,)
+    size = LVP * BT + BT * LTP
+    u_off = pid.to(tl.int64) * iterations * size + tl.reshape(
+        tl.arange(0, LVP)[:, None] * BT + tl.arange(0, BT)[None, :], (LVP, BT))
+    w_off = pid.to(tl.int64) * iterations * size + LVP * BT + tl.reshape(
+        tl.arange(0, BT)[:, None] * LTP + tl.arange(0, LTP)[None, :], (BT, LTP))
+    zero_u = tl.zeros((LVP, BT), dtype=tl.float32)
+    zero_w = tl.zeros((BT, LTP), dtype=tl.float32)
+    if ONE_SIDED:
+        if TEXT_FIRST:
+            u, w = _update_visual(logk, zero_w, la2, vm2), zero_w
+        else:
+            u, w = zero_u, _update_text(logk, zero_u, lb3, tm3)
+    else:
+        last = (iterations - 1) * size
+        u, w = tl.load(save_ptr + u_off + last), tl.load(save_ptr + w_off + last)
+    flow = tl.where(valid3, tl.exp2(logk + u[:, :, None] + w[None, :, :]), 0.0)
+    gs = g[None, :, None]
+    ds = gs * flow  # d score / d sim through Σ flow·sim directly
+    dlogk = gs * flow * tl.where(valid3, s3, 0.0)  # ... and through the flow: d flow = sim
+    du = tl.sum(dlogk, axis=2)
+    dw = tl.sum(dlogk, axis=0)
+    dla = zero_u
+    dlb = zero_w
+    if ONE_SIDED:
+        if TEXT_FIRST:  # u = la − LSE_w(logk)
+            soft = tl.where(valid3, tl.exp2(logk + u[:, :, None] - la2[:, :, None]), 0.0)
+            dla += du
+            dlogk -= soft * du[:, :, None]
+        else:  # w = lb − LSE_r(logk)
+            soft = tl.where(valid3, tl.exp2(logk + w[None, :, :] - lb3[None, :, :]), 0.0)
+            dlb += dw
+            dlogk -= soft * dw[None, :, :]
+    else:
+        for j in range(iterations):
+            k = iterations - 1 - j  # 0-based iteration, newest first
+            u = tl.load(save_ptr + u_off + k * size)
+            w = tl.load(save_ptr + w_off + k * size)
+            if TEXT_FIRST:
+                # u_k = la − LSE_w(logk + w_k)
+                soft = tl.where(valid3, tl.exp2(logk + u[:, :, None] + w[None, :, :] - la2[:, :, None]), 0.0)
+                dla += du
+                dlogk -= soft * du[:, :, None]
+                dw -= tl.sum(soft * du[:, :, None], axis=0)
+                # w_k = lb − LSE_r(logk + u_{k−1})
+                u_prev = tl.load(save_ptr + u_off + (k - 1) * size, mask=(u_off >= 0) & (k > 0), other=0.0)
+                soft = tl.where(valid3, tl.exp2(logk + u_prev[:, :, None] + w[None, :, :] - lb3[None, :, :]), 0.0)
+                dlb += dw
+                dlogk -= soft * dw[None, :, :]
+                du = -tl.sum(soft * dw[None, :, :], axis=2)
+                dw = zero_w
+            else:
+                # w_k = lb − LSE_r(logk + u_k)
+                soft = tl.where(valid3, tl.exp2(logk + u[:, :, None] + w[None, :, :] - lb3[None, :, :]), 0.0)
+                dlb += dw
+                dlogk -= soft * dw[None, :, :]
+                du -= tl.sum(soft * dw[None, :, :], axis=2)
+                # u_k = la − LSE_w(logk + w_{k−1})
+                w_prev = tl.load(save_ptr + w_off + (k - 1) * size, mask=(w_off >= 0) & (k > 0), other=0.0)
+                soft = tl.where(valid3, tl.exp2(logk + u[:, :, None] + w_prev[None, :, :] - la2[:, :, None]), 0.0)
+                dla += du
+                dlogk -= soft * du[:, :, None]
+                dw = -tl.sum(soft * du[:, :, None], axis=0)
+                du = zero_u
+    ds += tl.where(valid3, dlogk * inv_eps, 0.0)  # logk = (sim − 1)/ε (natural units)
+    dla = tl.where(vm2, dla, 0.0)
+    dlb = tl.where(tm3, dlb, 0.0)
+    rows = tl.arange(0, LVP)
+    row_in = rows < Lv
+    cols = tl.arange(0, BT * LTP)
+    cap = it0 + cols // LTP
+    ctok = cols % LTP
+    col_in = (cap < Nt) & (ctok < Lt)
+    if IMPORTANCE:
+        # la = log_softmax(region/τ): d region = (dla − a·Σ dla)/τ; same for the words.
+        a = tl.where(vm2, tl.exp2(la2), 0.0)
+        b = tl.where(tm3, tl.exp2(lb3), 0.0)
+        dregion = (dla - a * tl.sum(dla, axis=0)[None, :]) * inv_tau  # (LVP, BT)
+        dword = tl.reshape((dlb - b * tl.sum(dlb, axis=1)[:, None]) * inv_tau, (BT * LTP,))
+    elif NEED_DM:
+        tl.atomic_add(dla_ptr + iv0 * Lv + rows, tl.sum(dla, axis=1), mask=row_in)
+        tl.atomic_add(dlb_ptr + cap * Lt + ctok, tl.reshape(dlb, (BT * LTP,)), mask=col_in)
+    ds2 = tl.reshape(ds, (LVP, BT * LTP))
+    a_base = v_ptr + iv0.to(tl.int64) * s_vn + rows * s_vl
+    b_base = t_ptr + cap.to(tl.int64) * s_tn + ctok * s_tl
+    for k0 in range(0, D, BK):
+        kk = k0 + tl.arange(0, BK)
+        kin = kk < D
+        va = tl.load(a_base[:, None] + kk[None, :] * s_vd, mask=row_in[:, None] & kin[None, :], other=0.0)
+        tb = tl.load(b_base[:, None] + kk[None, :] * s_td, mask=col_in[:, None] & kin[None, :], other=0.0)
+        dv = tl.dot(ds2.to(tb.dtype), tb, input_precision=PREC)  # (LVP, BK)
+        dt = tl.dot(tl.trans(ds2).to(va.dtype), va, input_precision=PREC)  # (BT·LTP, BK)
+        if IMPORTANCE:
+            tp = tl.load(tp_ptr + caps[:, None].to(tl.int64) * s_tpn + kk[None, :] * s_tpd,
+                         mask=(caps[:, None] < Nt) & kin[None, :], other=0.0).to(tl.float32)  # (BT, BK)
+            vp = tl.load(vp_ptr + iv0.to(tl.int64) * s_vpn + kk * s_vpd, mask=kin, other=0.0).to(tl.float32)
+            dv += tl.sum(dregion[:, :, None] * tp[None, :, :], axis=1)
+            dt += dword[:, None] * vp[None, :]
+            if NEED_DM:
+                dtp = tl.sum(dregion[:, :, None] * va.to(tl.float32)[:, None, :], axis=0)  # (BT, BK)
+                tl.atomic_add(dtp_ptr + caps[:, None].to(tl.int64) * D + kk[None, :], dtp,
+                              mask=(caps[:, None] < Nt) & kin[None, :])
+                dvp = tl.sum(dword[:, None] * tb.to(tl.float32), axis=0)  # (BK,)
+                tl.atomic_add(dvp_ptr + iv0.to(tl.int64) * D + kk, dvp, mask=kin)
+        if NEED_DV:
+            tl.atomic_add(dv_ptr + (iv0.to(tl.int64) * Lv + rows)[:, None] * D + kk[None, :], dv,
+                          mask=row_in[:, None] & kin[None, :])
+        if NEED_DT:
+            tl.atomic_add(dt_ptr + (cap.to(tl.int64) * Lt + ctok)[:, None] * D + kk[None, :], dt,
+                          mask=col_in[:, None] & kin[None, :])
+
+
+class _SinkhornFlow(torch.autograd.Function):
+    """Σ flow·sim with the fused kernels both ways: the forward saves every iteration's
+    potentials (grid × iterations × (LVP·BT + BT·LTP) floats), the backward reverses them."""
+
+    @staticmethod
+    def forward(ctx, v, t, la, lb, vp, tp, vmask8, tmask8, options):
+        out, saved = torch.ops.finealign.sinkhorn_forward_saving(v, t, vmask8, tmask8, la, lb, vp, tp, *options)
+        ctx.save_for_backward(v, t, la, lb, vp, tp, vmask8, tmask8, saved)
+        ctx.options = options
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, t, la, lb, vp, tp, vmask8, tmask8, saved = ctx.saved_tensors
+        importance = ctx.options[5]
+        need = ctx.needs_input_grad
+        need_dm = any(need[4:6]) if importance else any(need[2:4])
+        dv, dt, dmv, dmt = torch.ops.finealign.sinkhorn_backward(
+            v, t, vmask8, tmask8, la, lb, vp, tp, grad.float().contiguous(), saved, *ctx.options,
+            [int(need[0]), int(need[1]), int(need_dm)],
+        )
+        grads = [dv.to(v.dtype) if need[0] else None, dt.to(t.dtype) if need[1] else None, None, None, None, None]
+        slot, like = (4, (vp, tp)) if importance else (2, (la, lb))
+        for i, (g, x) in enumerate(zip((dmv, dmt), like)):
+            grads[slot + i] = g.to(x.dtype) if need[slot + i] else None
+        return (*grads, None, None, None)
 
 
 def sinkhorn_triton(
@@ -230,6 +426,15 @@ def sinkhorn_triton(
         visual_pooled, text_pooled = v.new_zeros(1, 1), t.new_zeros(1, 1)  # unused placeholders
     else:
         log_visual, log_text = vmask.new_zeros(1, dtype=torch.float32), tmask.new_zeros(1, dtype=torch.float32)
+    inputs = (v, t, log_visual, log_text, visual_pooled, text_pooled)
+    if pairs is None and torch.is_grad_enabled() and any(x.requires_grad for x in inputs):
+        # Training: the log-domain kernel saves its iterates and the backward kernel uses them.
+        options = (float(epsilon), float(marginal_temperature), int(iterations), rows == "text", bool(one_sided),
+                   importance, int(captions_per_program or 0), int(num_warps or 0))
+        return _SinkhornFlow.apply(
+            v, t, log_visual.float().contiguous(), log_text.float().contiguous(), visual_pooled, text_pooled,
+            vmask.to(torch.int8).contiguous(), tmask.to(torch.int8).contiguous(), options,
+        )
     out = torch.ops.finealign.sinkhorn_forward(
         v, t, vmask.to(torch.int8).contiguous(), tmask.to(torch.int8).contiguous(),
         log_visual.float().contiguous(), log_text.float().contiguous(), visual_pooled, text_pooled,
@@ -250,12 +455,9 @@ def sinkhorn_triton(
     return out
 
 
-def launch_sinkhorn(
-    v, t, vmask8, tmask8, la, lb, vp, tp, pairs, epsilon, marginal_temperature, iterations, text_first, one_sided,
-    importance, scaling, absorb_every, captions_per_program, num_warps,
-) -> Tensor:
-    """finealign::sinkhorn_forward: one launch of the fused kernel (0 = default for the last two)."""
-    nv, lv, d = v.shape
+def _layout(v, t, pairs, captions_per_program, num_warps):
+    """Token blocks, captions per program, warps and grid of one launch (0 = the defaults)."""
+    nv, lv, _ = v.shape
     nt, lt, _ = t.shape
     # tl.dot needs at least 16 rows and columns per tile.
     lvp, ltp = max(16, next_pow2(lv)), next_pow2(lt)
@@ -264,21 +466,68 @@ def launch_sinkhorn(
     bt = 1 if pairs is not None else (captions_per_program or 1)
     bt = max(bt, -(-16 // ltp))  # tl.dot needs ≥ 16 columns
     warps = num_warps or min(8, next_pow2(max(1, lvp * bt * ltp // 2048)))
-    if pairs is None:
-        out = torch.empty(nv, nt, dtype=torch.float32, device=v.device)
-        grid, pairs_arg = (nv * triton.cdiv(nt, bt),), out  # pairs_arg: an unused placeholder
-    else:
-        out = torch.empty(pairs.shape[0], dtype=torch.float32, device=v.device)
-        grid, pairs_arg = (pairs.shape[0],), pairs
+    grid = (pairs.shape[0],) if pairs is not None else (nv * triton.cdiv(nt, bt),)
+    return lvp, ltp, bt, warps, grid
+
+
+def _strides(v, t, vp, tp):
+    return (*v.stride(), *t.stride(), *vp.stride(), *tp.stride())
+
+
+def launch_sinkhorn(
+    v, t, vmask8, tmask8, la, lb, vp, tp, pairs, epsilon, marginal_temperature, iterations, text_first, one_sided,
+    importance, scaling, absorb_every, captions_per_program, num_warps, save=False,
+) -> tuple[Tensor, Tensor]:
+    """finealign::sinkhorn_forward: one launch of the fused kernel (0 = default for the last two).
+    Returns the scores and, with `save` (training), every iteration's potentials (else empty)."""
+    nv, lv, d = v.shape
+    nt, lt, _ = t.shape
+    lvp, ltp, bt, warps, grid = _layout(v, t, pairs, captions_per_program, num_warps)
+    shape = (nv, nt) if pairs is None else (pairs.shape[0],)
+    out = torch.empty(shape, dtype=torch.float32, device=v.device)
+    keep = save and not one_sided
+    saved = torch.empty(grid[0] * iterations * (lvp * bt + bt * ltp) if keep else 0, dtype=torch.float32,
+                        device=v.device)
     if grid[0] == 0:
-        return out
+        return out, saved
     _sinkhorn_fwd[grid](
-        v, t, vmask8, tmask8, la, lb, vp, tp, out, pairs_arg,
-        nv, nt, lv, lt, d, *v.stride(), *t.stride(), *vp.stride(), *tp.stride(),
-        1.0 / epsilon, 1.0 / marginal_temperature, iterations,
+        v, t, vmask8, tmask8, la, lb, vp, tp, out, out if pairs is None else pairs, saved if keep else out,
+        nv, nt, lv, lt, d, *_strides(v, t, vp, tp), 1.0 / epsilon, 1.0 / marginal_temperature, iterations,
         LVP=lvp, BT=bt, LTP=ltp, BK=32 if v.dtype == torch.float32 else 64, PREC=_precision(v.dtype),
         TEXT_FIRST=text_first, ONE_SIDED=one_sided, IMPORTANCE=importance,
-        PAIRS=pairs is not None, SCALING=scaling, ABSORB=absorb_every,
+        PAIRS=pairs is not None, SCALING=scaling and not keep, ABSORB=absorb_every, SAVE=keep,
         num_warps=warps, num_stages=2,
     )
-    return out
+    return out, saved
+
+
+def launch_sinkhorn_backward(
+    v, t, vmask8, tmask8, la, lb, vp, tp, grad, saved, epsilon, marginal_temperature, iterations, text_first,
+    one_sided, importance, captions_per_program, num_warps, need,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """finealign::sinkhorn_backward: fp32 gradients of v, t and the marginals' inputs — log
+    marginals (la, lb) or, for importance marginals, the pooled vectors (vp, tp) — from the
+    potentials `saved` by the forward. Empty tensors for what `need` (dv, dt, marginals) omits."""
+    nv, lv, d = v.shape
+    nt, lt, _ = t.shape
+    lvp, ltp, bt, warps, grid = _layout(v, t, None, captions_per_program, num_warps)
+    need_dv, need_dt, need_dm = map(bool, need)
+    dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device) if need_dv else v.new_empty(0)
+    dt = torch.zeros(t.shape, dtype=torch.float32, device=t.device) if need_dt else t.new_empty(0)
+    dm_visual, dm_text = (vp, tp) if importance else (la, lb)
+    dmv = torch.zeros(dm_visual.shape, dtype=torch.float32, device=v.device) if need_dm else v.new_empty(0)
+    dmt = torch.zeros(dm_text.shape, dtype=torch.float32, device=v.device) if need_dm else v.new_empty(0)
+    if grid[0]:
+        placeholder = dv if need_dv else torch.empty(1, device=v.device)
+        _sinkhorn_bwd[grid](
+            v, t, vmask8, tmask8, la, lb, vp, tp, grad, saved if saved.numel() else placeholder,
+            dv if need_dv else placeholder, dt if need_dt else placeholder,
+            dmv if need_dm else placeholder, dmt if need_dm else placeholder,
+            dmv if need_dm else placeholder, dmt if need_dm else placeholder,
+            nv, nt, lv, lt, d, *_strides(v, t, vp, tp), 1.0 / epsilon, 1.0 / marginal_temperature, iterations,
+            LVP=lvp, BT=bt, LTP=ltp, BK=32 if v.dtype == torch.float32 else 64, PREC=_precision(v.dtype),
+            TEXT_FIRST=text_first, ONE_SIDED=one_sided, IMPORTANCE=importance,
+            NEED_DV=need_dv, NEED_DT=need_dt, NEED_DM=need_dm,
+            num_warps=warps, num_stages=2,
+        )
+    return dv, dt, dmv, dmt
