@@ -24,10 +24,9 @@ from finealign.aligners.kernel_backed import KernelAligner, KernelConfig
 from finealign.aligners.pooling import accumulation_dtype, masked_softmax
 from finealign.errors import ConfigError, ShapeError
 from finealign.kernels import maxsim_scores
+from finealign.kernels.checks import DIRECTIONS  # "text", "visual", "both": the kernels' directions
 from finealign.registry import ALIGNERS
 from finealign.tokens import TokenBatch
-
-DIRECTIONS = ("text", "visual", "both")
 
 
 @dataclass

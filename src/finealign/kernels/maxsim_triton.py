@@ -23,6 +23,21 @@ from finealign.kernels.tiles import Tiles, next_pow2
 
 
 @triton.jit
+def _dot_rows(a_base, b_base, a_in, b_in, s_ad, s_bd, D, RA: tl.constexpr, RB: tl.constexpr,
+              BK: tl.constexpr, PREC: tl.constexpr):
+    """(RA, RB) fp32 dot products of the token rows at a_base / b_base (row pointers; masked
+    rows read 0), accumulated over d in BK-wide steps."""
+    acc = tl.zeros((RA, RB), dtype=tl.float32)
+    for k in range(0, D, BK):
+        kk = k + tl.arange(0, BK)
+        kin = kk < D
+        a = tl.load(a_base[:, None] + kk[None, :] * s_ad, mask=a_in[:, None] & kin[None, :], other=0.0)
+        b = tl.load(b_base[:, None] + kk[None, :] * s_bd, mask=b_in[:, None] & kin[None, :], other=0.0)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
 def _sim_tile(
     v_ptr, t_ptr, vm_ptr, tm_ptr, iv0, it0, Nv, Nt, Lv, Lt, D,
     s_vn, s_vl, s_vd, s_tn, s_tl, s_td,
@@ -40,13 +55,7 @@ def _sim_tile(
     col_in = (cap < Nt) & (ctok < Lt)
     a_base = v_ptr + img.to(tl.int64) * s_vn + rtok * s_vl
     b_base = t_ptr + cap.to(tl.int64) * s_tn + ctok * s_tl
-    acc = tl.zeros((BV * LVP, BT * LTP), dtype=tl.float32)
-    for k in range(0, D, BK):
-        kk = k + tl.arange(0, BK)
-        kin = kk < D
-        a = tl.load(a_base[:, None] + kk[None, :] * s_vd, mask=row_in[:, None] & kin[None, :], other=0.0)
-        b = tl.load(b_base[:, None] + kk[None, :] * s_td, mask=col_in[:, None] & kin[None, :], other=0.0)
-        acc = tl.dot(a, tl.trans(b), acc, input_precision=PREC)
+    acc = _dot_rows(a_base, b_base, row_in, col_in, s_vd, s_td, D, BV * LVP, BT * LTP, BK, PREC)
     vm = tl.load(vm_ptr + img * Lv + rtok, mask=row_in, other=0) != 0
     tm = tl.load(tm_ptr + cap * Lt + ctok, mask=col_in, other=0) != 0
     return acc, vm, tm
@@ -175,13 +184,7 @@ def _packed_sim_tile(
     row_in = (cap < Nt) & (ctok < Lt)
     a_base = t_ptr + cap.to(tl.int64) * s_tn + ctok * s_tl
     b_base = v_ptr + img.to(tl.int64) * s_vn + rtok * s_vl
-    acc = tl.zeros((BT * LTP, NP), dtype=tl.float32)
-    for k in range(0, D, BK):
-        kk = k + tl.arange(0, BK)
-        kin = kk < D
-        a = tl.load(a_base[:, None] + kk[None, :] * s_td, mask=row_in[:, None] & kin[None, :], other=0.0)
-        b = tl.load(b_base[:, None] + kk[None, :] * s_vd, mask=col_in[:, None] & kin[None, :], other=0.0)
-        acc = tl.dot(a, tl.trans(b), acc, input_precision=PREC)
+    acc = _dot_rows(a_base, b_base, row_in, col_in, s_td, s_vd, D, BT * LTP, NP, BK, PREC)
     vm = tl.load(vm_ptr + img * Lv + rtok, mask=col_in, other=0) != 0
     tm = tl.load(tm_ptr + cap * Lt + ctok, mask=row_in, other=0) != 0
     return acc, slot, vm, tm

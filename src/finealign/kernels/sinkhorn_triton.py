@@ -139,6 +139,17 @@ def _importance(
 
 
 @triton.jit
+def _block_ids(pid, pairs_ptr, Nt, BT: tl.constexpr, PAIRS: tl.constexpr):
+    """The image and first caption of program `pid`: one image × BT captions, or with PAIRS one
+    listed pair (its caption is the block's first; any others are extra columns tl.dot needs,
+    computed and dropped)."""
+    if PAIRS:
+        return tl.load(pairs_ptr + 2 * pid), tl.load(pairs_ptr + 2 * pid + 1)
+    nbt = tl.cdiv(Nt, BT)
+    return pid // nbt, (pid % nbt) * BT
+
+
+@triton.jit
 def _problem(
     v_ptr, t_ptr, vm_ptr, tm_ptr, la_ptr, lb_ptr, vp_ptr, tp_ptr, iv0, it0,
     Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, s_vpn, s_vpd, s_tpn, s_tpd, inv_eps, inv_tau,
@@ -189,15 +200,7 @@ def _sinkhorn_fwd(
     PAIRS: tl.constexpr, SCALING: tl.constexpr, ABSORB: tl.constexpr, SAVE: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    if PAIRS:
-        # One listed pair per program: its caption is the block's first (any others are extra
-        # columns tl.dot needs, computed and dropped); the score goes to out[pid].
-        iv0 = tl.load(pairs_ptr + 2 * pid)
-        it0 = tl.load(pairs_ptr + 2 * pid + 1)
-    else:
-        nbt = tl.cdiv(Nt, BT)
-        iv0 = pid // nbt
-        it0 = (pid % nbt) * BT
+    iv0, it0 = _block_ids(pid, pairs_ptr, Nt, BT, PAIRS)
     s3, valid3, logk, vm, tm, vm2, tm3, la2, lb3 = _problem(
         v_ptr, t_ptr, vm_ptr, tm_ptr, la_ptr, lb_ptr, vp_ptr, tp_ptr, iv0, it0,
         Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, s_vpn, s_vpd, s_tpn, s_tpd, inv_eps, inv_tau,
@@ -261,9 +264,7 @@ def _sinkhorn_bwd(
     products with the global vectors). Gradients leave through fp32 atomic adds.
     """
     pid = tl.program_id(0)
-    nbt = tl.cdiv(Nt, BT)
-    iv0 = pid // nbt
-    it0 = (pid % nbt) * BT
+    iv0, it0 = _block_ids(pid, pid, Nt, BT, False)
     s3, valid3, logk, vm, tm, vm2, tm3, la2, lb3 = _problem(
         v_ptr, t_ptr, vm_ptr, tm_ptr, la_ptr, lb_ptr, vp_ptr, tp_ptr, iv0, it0,
         Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, s_vpn, s_vpd, s_tpn, s_tpd, inv_eps, inv_tau,
