@@ -136,3 +136,18 @@ def test_weighted_mean_max_backends_agree_with_weight_gradients(direction, gen):
     out_plain.sum().backward()
     for (name, a), b in zip(fused.named_parameters(), plain.parameters()):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("fields, name", [
+    ((3, 4, 64, 8, 3), "items_visual"),
+    ((2, 6, 64, 8, 3), "items_text"),
+    ((2, 4, 8, 8, 3), "block_k"),
+    ((2, 4, 64, 6, 3), "num_warps"),
+    ((2, 4, 64, 8, 0), "num_stages"),
+])
+def test_bad_tiles_are_named(fields, name):
+    from finealign.kernels import Tiles
+
+    with pytest.raises(ConfigError, match=f"Tiles.{name} ="):
+        Tiles(*fields)
+    assert Tiles(5, 4, 64, 8, 3, packed=True).items_visual == 5  # packed tiles take any image count

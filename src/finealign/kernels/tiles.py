@@ -6,6 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
+from finealign.errors import ConfigError
+
+
+def _pow2(n) -> bool:
+    return isinstance(n, int) and n >= 1 and n & (n - 1) == 0
+
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
@@ -27,6 +33,27 @@ class Tiles:
     # instead of padding each image to a power of two (50 regions → 64). Less MMA work on padding,
     # more epilogue work (one masked reduction per image); the backward always uses padded tiles.
     packed: bool = False
+
+    def __post_init__(self) -> None:
+        # Triton block shapes are powers of two: a tile of items_visual · next_pow2(Lv) rows needs a
+        # power-of-two item count, except packed, where the columns are padded as one block.
+        checks = {
+            "items_visual": self.packed or _pow2(self.items_visual),
+            "items_text": _pow2(self.items_text),
+            "block_k": _pow2(self.block_k) and self.block_k >= 16,
+            "num_warps": _pow2(self.num_warps) and self.num_warps <= 32,
+            "num_stages": self.num_stages >= 1,
+            "group": self.group >= 1,
+        }
+        for name, ok in checks.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1 or not ok:
+                raise ConfigError(
+                    f"Tiles.{name} = {value!r} is not allowed (items_text, block_k >= 16, num_warps <= 32 and, "
+                    "unless packed, items_visual must be powers of two; num_stages and group positive ints)"
+                )
+        if not isinstance(self.packed, bool):
+            raise ConfigError(f"Tiles.packed must be a bool, got {self.packed!r}")
 
     @classmethod
     def default(cls, lv: int, lt: int, dtype: torch.dtype, rows: int = 128, cols: int = 128) -> "Tiles":
