@@ -28,3 +28,10 @@ def token_weights(mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Positive per-token weights on real tokens (0 on padding), like WTI's softmax."""
     w = torch.rand(mask.shape, generator=gen, dtype=torch.float64) * mask
     return w / w.sum(1, keepdim=True)
+
+
+def pooled(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unit-norm mean of each item's real tokens: global vectors like an encoder's (a padded token
+    would hold the inputs' large padding values and make the importance softmax needlessly peaky)."""
+    m = mask[..., None].to(x.dtype)
+    return F.normalize((x * m).sum(1) / m.sum(1).clamp_min(1.0), dim=-1)

@@ -11,7 +11,7 @@ from finealign.kernels import maxsim_scores, sinkhorn_flow_scores
 from finealign.profiling.flops import count_flops
 from finealign.registry import create_aligner
 from finealign.tokens import TokenBatch
-from tests.kernels.inputs import tokens
+from tests.kernels.inputs import pooled, tokens
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -46,7 +46,7 @@ def test_backward_and_pairs_are_counted(gen):
 @pytest.mark.parametrize("importance", [False, True])
 def test_fused_sinkhorn_counts_the_same_flops_as_the_torch_path(importance, gen):
     v, vm, t, tm = _inputs(gen)
-    marginals = dict(visual_pooled=v[:, 0].contiguous(), text_pooled=t[:, 0].contiguous()) if importance else {}
+    marginals = dict(visual_pooled=pooled(v, vm), text_pooled=pooled(t, tm)) if importance else {}
     counts = {b: count_flops(lambda: sinkhorn_flow_scores(v, vm, t, tm, iterations=3, backend=b, **marginals), ()).total
               for b in ("triton", "torch")}
     assert counts["triton"] == counts["torch"] > 0
@@ -64,11 +64,11 @@ def test_fused_sinkhorn_training_step_is_counted(gen):
     """Forward (similarities + importance logits), then backward: recompute both, plus one
     matmul each for the v and t gradients."""
     v, vm, t, tm = _inputs(gen)
-    pooled = dict(visual_pooled=v[:, 0].contiguous(), text_pooled=t[:, 0].contiguous())
+    vectors = dict(visual_pooled=pooled(v, vm), text_pooled=pooled(t, tm))
     sims, importance = 2 * 4 * 7 * 6 * 5 * 12, 2 * 4 * 6 * (7 + 5) * 12
 
     def train_step():
         a, b = v.clone().requires_grad_(), t.clone().requires_grad_()
-        sinkhorn_flow_scores(a, vm, b, tm, iterations=2, backend="triton", **pooled).sum().backward()
+        sinkhorn_flow_scores(a, vm, b, tm, iterations=2, backend="triton", **vectors).sum().backward()
 
     assert count_flops(train_step, ()).total == 2 * (sims + importance) + 2 * sims

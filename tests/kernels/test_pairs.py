@@ -9,7 +9,7 @@ import torch
 
 from finealign.errors import ConfigError, ShapeError
 from finealign.kernels import maxsim_scores, sinkhorn_flow_scores
-from tests.kernels.inputs import one_real_token, token_weights, tokens
+from tests.kernels.inputs import one_real_token, pooled, token_weights, tokens
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -101,7 +101,7 @@ def test_sinkhorn_pairs_equal_the_matrix_entries(options, backend, gen):
     t, tm = tokens(5, 7, 12, gen)
     options = dict(options, iterations=5)
     if options.pop("importance", False):
-        options.update(visual_pooled=v[:, 0].contiguous(), text_pooled=t[:, 1].contiguous())
+        options.update(visual_pooled=pooled(v, vm), text_pooled=pooled(t, tm))
     pairs = _pairs(4, 5, 6, gen)
     double = {k: (x.double() if isinstance(x, torch.Tensor) else x) for k, x in options.items() if k != "domain"}
     full = sinkhorn_flow_scores(v.double(), vm, t.double(), tm, backend="torch", **double)

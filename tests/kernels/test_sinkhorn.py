@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from finealign.kernels import sinkhorn_flow_scores
-from tests.kernels.inputs import one_real_token, token_weights, tokens
+from tests.kernels.inputs import one_real_token, pooled, token_weights, tokens
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -150,8 +150,8 @@ def _sinkhorn_grads(backend, dtype, v, vm, t, tm, upstream, options):
     leaves = {"v": v.to(dtype).clone().requires_grad_(), "t": t.to(dtype).clone().requires_grad_()}
     kw = {k: x for k, x in options.items() if k not in ("importance", "marginals")}
     if options.get("importance"):
-        leaves["vp"] = v[:, 0].to(dtype).clone().requires_grad_()
-        leaves["tp"] = t[:, -1].to(dtype).clone().requires_grad_()
+        leaves["vp"] = pooled(v.double(), vm).to(dtype).clone().requires_grad_()
+        leaves["tp"] = pooled(t.double(), tm).to(dtype).clone().requires_grad_()
         kw.update(visual_pooled=leaves["vp"], text_pooled=leaves["tp"])
     if options.get("marginals") is not None:
         la, lb = options["marginals"]

@@ -76,7 +76,7 @@ class TokenFlowConfig(KernelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_sinkhorn_kernel_options(self.kernel_domain, 10)
+        check_sinkhorn_kernel_options(self.kernel_domain)
         for key in ("epsilon", "marginal_temperature"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:

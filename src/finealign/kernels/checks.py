@@ -52,7 +52,7 @@ def check_token_weights(weights: Tensor | None, mask: Tensor, name: str, needed:
 SINKHORN_DOMAINS = ("log", "scaling")
 
 
-def check_sinkhorn_kernel_options(domain: str, absorb_every: int) -> None:
+def check_sinkhorn_kernel_options(domain: str, absorb_every: int = 10) -> None:
     if domain not in SINKHORN_DOMAINS:
         raise ConfigError(f"domain must be one of {SINKHORN_DOMAINS}, got {domain!r}")
     if isinstance(absorb_every, bool) or not isinstance(absorb_every, int) or absorb_every < 1:

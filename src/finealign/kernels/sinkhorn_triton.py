@@ -191,6 +191,16 @@ def _problem(
 
 
 @triton.jit
+def _saved_offsets(pid, iterations, LVP: tl.constexpr, BT: tl.constexpr, LTP: tl.constexpr):
+    """Where program `pid` keeps iteration 0's potentials u (LVP, BT) and w (BT, LTP) in the
+    training scratch; iteration k's are k·(LVP·BT + BT·LTP) further."""
+    base = pid.to(tl.int64) * iterations * (LVP * BT + BT * LTP)
+    u_off = base + tl.reshape(tl.arange(0, LVP)[:, None] * BT + tl.arange(0, BT)[None, :], (LVP, BT))
+    w_off = base + LVP * BT + tl.reshape(tl.arange(0, BT)[:, None] * LTP + tl.arange(0, LTP)[None, :], (BT, LTP))
+    return u_off, w_off
+
+
+@triton.jit
 def _sinkhorn_fwd(
     v_ptr, t_ptr, vm_ptr, tm_ptr, la_ptr, lb_ptr, vp_ptr, tp_ptr, out_ptr, pairs_ptr, save_ptr,
     Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, s_vpn, s_vpd, s_tpn, s_tpd,
@@ -219,10 +229,8 @@ def _sinkhorn_fwd(
             w = _update_text(logk, u, lb3, tm3)
     else:
         # SAVE (training): keep every iteration's potentials, (u_k, w_k) per program, for backward.
-        u_off = pid.to(tl.int64) * iterations * (LVP * BT + BT * LTP) + tl.reshape(
-            tl.arange(0, LVP)[:, None] * BT + tl.arange(0, BT)[None, :], (LVP, BT))
-        w_off = pid.to(tl.int64) * iterations * (LVP * BT + BT * LTP) + LVP * BT + tl.reshape(
-            tl.arange(0, BT)[:, None] * LTP + tl.arange(0, LTP)[None, :], (BT, LTP))
+        u_off, w_off = _saved_offsets(pid, iterations, LVP, BT, LTP)
+        size = LVP * BT + BT * LTP
         for k in range(iterations):
             if TEXT_FIRST:
                 w = _update_text(logk, u, lb3, tm3)
@@ -231,9 +239,8 @@ def _sinkhorn_fwd(
                 u = _update_visual(logk, w, la2, vm2)
                 w = _update_text(logk, u, lb3, tm3)
             if SAVE:
-                step = k * (LVP * BT + BT * LTP)
-                tl.store(save_ptr + u_off + step, u)
-                tl.store(save_ptr + w_off + step, w)
+                tl.store(save_ptr + u_off + k * size, u)
+                tl.store(save_ptr + w_off + k * size, w)
     flow = tl.exp2(logk + u[:, :, None] + w[None, :, :])  # 0 wherever logk is -inf
     score = tl.sum(tl.sum(tl.where(valid3, flow * s3, 0.0), axis=2), axis=0)  # (BT,)
     score = tl.where(bad, float("nan"), score)  # the host redoes these in the log domain
@@ -272,11 +279,8 @@ def _sinkhorn_bwd(
     )
     caps = it0 + tl.arange(0, BT)
     g = tl.load(g_ptr + iv0 * Nt + caps, mask=caps < Nt, other=0.0)  # (BT,)
+    u_off, w_off = _saved_offsets(pid, iterations, LVP, BT, LTP)
     size = LVP * BT + BT * LTP
-    u_off = pid.to(tl.int64) * iterations * size + tl.reshape(
-        tl.arange(0, LVP)[:, None] * BT + tl.arange(0, BT)[None, :], (LVP, BT))
-    w_off = pid.to(tl.int64) * iterations * size + LVP * BT + tl.reshape(
-        tl.arange(0, BT)[:, None] * LTP + tl.arange(0, LTP)[None, :], (BT, LTP))
     zero_u = tl.zeros((LVP, BT), dtype=tl.float32)
     zero_w = tl.zeros((BT, LTP), dtype=tl.float32)
     if ONE_SIDED:
