@@ -342,7 +342,7 @@ def _launch(kernel, v, t, vmask8, tmask8, tw, vw, extra, pooling, direction, tem
     tiles = tiles or Tiles.default(lv, lt, v.dtype)
     grid = (triton.cdiv(nv, tiles.items_visual) * triton.cdiv(nt, tiles.items_text),)
     lvp, ltp = next_pow2(lv), next_pow2(lt)
-    if tiles.packed and kernel is _maxsim_fwd and not consts.get("PAIRS"):
+    if tiles.packed:  # only the full forward gets packed tiles (backward and pair launches never do)
         kernel, extra = _maxsim_packed_fwd, extra[:1]  # no pairs pointer
         np_ = next_pow2(tiles.items_visual * lv)
         run = min(lv & -lv, np_, 8)  # the largest power of two dividing Lv (capped): G
@@ -398,18 +398,22 @@ class _MaxSim(torch.autograd.Function):
         )
 
 
+def _kernel_weights(pooling, tmask, vmask, text_weights, visual_weights) -> tuple[Tensor, Tensor]:
+    """The per-token weights the kernels pool with: mean is weighted pooling with weights 1/n (and
+    LSE ignores them), so those and any weights not given are 1/n on the real tokens."""
+    if pooling != "weighted" or text_weights is None:
+        text_weights = mean_weights(tmask)
+    if pooling != "weighted" or visual_weights is None:
+        visual_weights = mean_weights(vmask)
+    return text_weights, visual_weights
+
+
 def maxsim_triton(
     v: Tensor, vmask: Tensor, t: Tensor, tmask: Tensor, pooling: str, direction: str, temperature: float,
     text_weights: Tensor | None = None, visual_weights: Tensor | None = None, tiles: Tiles | None = None,
 ) -> Tensor:
     """(Nv, Nt) fp32 scores, differentiable in v, t and (pooling='weighted') in the weights."""
-    if pooling != "weighted":
-        # Mean is weighted pooling with weights 1/n; LSE ignores the weights.
-        text_weights, visual_weights = mean_weights(tmask), mean_weights(vmask)
-    if text_weights is None:
-        text_weights = mean_weights(tmask)
-    if visual_weights is None:
-        visual_weights = mean_weights(vmask)
+    text_weights, visual_weights = _kernel_weights(pooling, tmask, vmask, text_weights, visual_weights)
     return _MaxSim.apply(v, t, text_weights, visual_weights, vmask, tmask, pooling, direction, temperature, tiles)
 
 
@@ -419,10 +423,7 @@ def maxsim_pairs_triton(
 ) -> Tensor:
     """(P,) fp32 scores of the listed (image, caption) pairs, one pair per program (forward only:
     the re-ranking stage of two_stage). Only the listed pairs' tokens are read."""
-    if pooling != "weighted" or text_weights is None:
-        text_weights = mean_weights(tmask)
-    if pooling != "weighted" or visual_weights is None:
-        visual_weights = mean_weights(vmask)
+    text_weights, visual_weights = _kernel_weights(pooling, tmask, vmask, text_weights, visual_weights)
     return torch.ops.finealign.maxsim_forward(
         v, t, vmask.to(torch.int8).contiguous(), tmask.to(torch.int8).contiguous(),
         text_weights.float().contiguous(), visual_weights.float().contiguous(), pairs.to(torch.int32).contiguous(),
