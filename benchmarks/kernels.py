@@ -326,7 +326,7 @@ def bench_shortlist(rows, v, vm, t, tm, repeats, args, add):
     add("shortlist", "mean_max torch pairs", lambda: maxsim_scores(
         v, vm, t, tm, "mean", "text", backend="torch", pairs=pairs), ref, note)
     visual, text = TokenBatch(v, vm), TokenBatch(t, tm)
-    for local, options in (("mean_max", {}), ("tokenflow", dict(iterations=20, epsilon=0.1))):
+    for local, options in (("mean_max", {}), ("tokenflow", dict(iterations=20, tolerance=0, epsilon=0.1))):
         for backend in ("triton", "torch"):
             if local == "tokenflow" and backend == "torch" and v.shape[0] * t.shape[0] > 1e6:
                 continue  # the torch solver on 10^5 pairs takes minutes
@@ -343,7 +343,7 @@ def bench_shortlist(rows, v, vm, t, tm, repeats, args, add):
 
 def tokenflow_step(v, vm, t, tm, backend):
     """One tokenflow training step through the aligner (the torch path checkpoints each block)."""
-    aligner = create_aligner("tokenflow", iterations=20, epsilon=0.1, backend=backend).train()
+    aligner = create_aligner("tokenflow", iterations=20, tolerance=0, epsilon=0.1, backend=backend).train()
     leaves = [x.detach().requires_grad_() for x in (v, t, pooled(v, vm), pooled(t, tm))]
     aligner(TokenBatch(leaves[0], vm, leaves[2]), TokenBatch(leaves[1], tm, leaves[3])).float().sum().backward()
     return None

@@ -18,8 +18,8 @@ KERNEL_ALIGNERS = {
     "mean_max": dict(direction="both"),
     "hard": dict(direction="both", pooling="lse"),
     "weighted_mean_max": dict(dim=12),
-    "tokenflow": dict(iterations=4),
-    "tokenflow-scaling": dict(iterations=4, kernel_domain="scaling"),
+    "tokenflow": dict(iterations=4, tolerance=0),
+    "tokenflow-scaling": dict(iterations=4, tolerance=0, kernel_domain="scaling"),
 }
 
 
@@ -88,7 +88,7 @@ def test_weighted_mean_max_pairs_need_no_gradient_of_its_weights(gen, monkeypatc
 @pytest.mark.parametrize("local", ["mean_max", "tokenflow"])
 def test_two_stage_reranks_with_the_pair_kernel(local, gen):
     visual, text = random_batch(6, 5, 12, generator=gen), random_batch(9, 4, 12, generator=gen)
-    options = dict(iterations=3) if local == "tokenflow" else {}
+    options = dict(iterations=3, tolerance=0) if local == "tokenflow" else {}
     with torch.no_grad():
         scores = {
             backend: create_aligner(

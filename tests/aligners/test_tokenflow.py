@@ -52,7 +52,7 @@ def test_tokenflow_matches_pot_fp32(marginals, gen):
     # One block, blocks that divide N (5 = 5·1, 8 = 2·4) and blocks that do not.
     for chunks in [(16, 64), (1, 4), (2, 3)]:
         aligner = create_aligner(
-            "tokenflow", marginals=marginals, epsilon=0.1, iterations=30, chunk_visual=chunks[0], chunk_text=chunks[1]
+            "tokenflow", marginals=marginals, epsilon=0.1, iterations=30, tolerance=0, chunk_visual=chunks[0], chunk_text=chunks[1]
         )
         got = aligner(v, t)
         assert got.shape == (5, 8) and got.dtype == torch.float32
@@ -62,7 +62,7 @@ def test_tokenflow_matches_pot_fp32(marginals, gen):
 def test_tokenflow_without_pooled_uses_masked_mean(gen):
     v = random_batch(4, 6, 8, generator=gen, pooled=False)
     t = random_batch(5, 5, 8, generator=gen, pooled=False)
-    got = create_aligner("tokenflow", epsilon=0.1, iterations=20, marginal_temperature=0.5)(v, t)
+    got = create_aligner("tokenflow", epsilon=0.1, iterations=20, tolerance=0, marginal_temperature=0.5)(v, t)
     ref = pairwise(v, t, lambda i, j: pot_score(v, t, i, j, 0.1, 20, "importance", 0.5))
     torch.testing.assert_close(got.double(), ref, atol=2e-5, rtol=1e-5)
 
@@ -70,7 +70,7 @@ def test_tokenflow_without_pooled_uses_masked_mean(gen):
 def test_tokenflow_bf16_close_to_reference(gen):
     v = random_batch(4, 6, 16, generator=gen)
     t = random_batch(6, 5, 16, generator=gen)
-    aligner = create_aligner("tokenflow", epsilon=0.1, iterations=30, chunk_visual=3, chunk_text=4)
+    aligner = create_aligner("tokenflow", epsilon=0.1, iterations=30, tolerance=0, chunk_visual=3, chunk_text=4)
     got = aligner(v.to(torch.bfloat16), t.to(torch.bfloat16))
     ref = pairwise(v, t, lambda i, j: pot_score(v, t, i, j, 0.1, 30))
     assert got.dtype == torch.bfloat16

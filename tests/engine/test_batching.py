@@ -53,20 +53,24 @@ def test_schedule_warmup_cosine_and_step():
     assert math.isclose(LRSchedule(total_steps=10, warmup_steps=4, kind="constant")(1), 0.5)
 
 
-def test_gallery_scoring_keeps_whole_gallery_aligners_whole(gen):
-    from finealign.engine.evaluate import score_gallery, scores_by_rows
+def test_gallery_scoring_scores_gallery_dependent_aligners_per_direction(gen):
+    from finealign.engine.evaluate import gallery_dependent, score_gallery
     from finealign.registry import create_aligner
     from tests.conftest import random_batch
 
     visual, text = random_batch(13, 5, 8, generator=gen), random_batch(29, 4, 8, generator=gen)
     two_stage = create_aligner("two_stage", top_k=3)
-    assert not scores_by_rows(two_stage)  # each caption's shortlist spans all images
-    sim, _ = score_gallery(two_stage, visual, text, chunk_items=4)
-    torch.testing.assert_close(sim, two_stage(visual, text))
+    assert gallery_dependent(two_stage)  # each caption's shortlist spans all images
+    scores = score_gallery(two_stage, visual, text, chunk_items=4)
+    torch.testing.assert_close(scores.i2t, two_stage.query_scores(visual, text, "i2t"))
+    torch.testing.assert_close(scores.t2i, two_stage.query_scores(visual, text, "t2i"))
+    assert not torch.equal(scores.i2t, scores.t2i)
     for name in ("mean_max", "hard", "tokenflow"):
         aligner = create_aligner(name)
-        sim, _ = score_gallery(aligner, visual, text, chunk_items=4)
-        torch.testing.assert_close(sim, aligner(visual, text), atol=1e-5, rtol=1e-5)
+        assert not gallery_dependent(aligner)
+        scores = score_gallery(aligner, visual, text, chunk_items=4)
+        assert scores.i2t is scores.t2i
+        torch.testing.assert_close(scores.i2t, aligner(visual, text), atol=1e-5, rtol=1e-5)
 
 
 def test_optimizer_gives_backbones_their_own_lr_and_freezes_them_on_request():

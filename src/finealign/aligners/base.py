@@ -8,11 +8,20 @@ Memory: `Aligner.forward` scores blocks of `chunk_visual × chunk_text` items at
 largest temporary is (chunk_visual, chunk_text, Lv, Lt) and never (Nv, Nt, Lv, Lt).
 A new aligner subclasses `Aligner`, defines a `Config` dataclass and `score_block`, and registers
 itself with `@ALIGNERS.register("name")`.
+
+Retrieval is directional. An image query ranks captions, a caption query ranks images. For most
+aligners a pair's score is a function of that pair alone, so one matrix serves both directions.
+An aligner whose score for a pair depends on the rest of the gallery (a shortlist, an approximate
+search) declares `gallery_dependent = True` and implements `query_scores(visual, text, queries)`:
+the matrix as the queries of ONE direction see it. The engine then scores each direction (and
+each sub-gallery, such as a COCO 1K fold) separately, so no query is credited with a candidate
+that only another query's shortlist held.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +31,16 @@ from finealign.aligners.validation import check_pair
 from finealign.errors import ConfigError, ShapeError
 from finealign.kernels.checks import check_pair_indices
 from finealign.tokens import TokenBatch
+
+
+#: The two query directions of retrieval: image queries rank captions, caption queries rank images.
+QUERY_DIRECTIONS = ("i2t", "t2i")
+
+
+def check_query_direction(queries: str) -> None:
+    """Raise ConfigError unless `queries` names one query direction."""
+    if queries not in QUERY_DIRECTIONS:
+        raise ConfigError(f"queries must be one of {QUERY_DIRECTIONS}, got {queries!r}")
 
 
 @dataclass
@@ -61,6 +80,9 @@ class Aligner(nn.Module):
     Config = AlignerConfig
     #: True if the aligner needs `pooled` global vectors on both sides.
     needs_pooled: bool = False
+    #: True if a pair's score depends on the rest of the gallery (see the module docstring); the
+    #: aligner then overrides `query_scores`, and rows of its matrix cannot be scored in chunks.
+    gallery_dependent: ClassVar[bool] = False
 
     def __init__(self, config: AlignerConfig | None = None):
         super().__init__()
@@ -87,6 +109,16 @@ class Aligner(nn.Module):
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         """(nv, nt) scores for one block of already-prepared items."""
         raise NotImplementedError
+
+    def query_scores(self, visual: TokenBatch, text: TokenBatch, queries: str) -> Tensor:
+        """(Nv, Nt) scores as the queries of one direction rank them.
+
+        queries "i2t": row i holds what image query i ranks the captions by; "t2i": column j holds
+        what caption query j ranks the images by. Only those rows / columns are meaningful. A
+        gallery-independent aligner gives its one matrix for both.
+        """
+        check_query_direction(queries)
+        return self(visual, text)
 
     def fused_scores(self, visual: TokenBatch, text: TokenBatch) -> Tensor | None:
         """The whole (Nv, Nt) matrix from a fused kernel (finealign.kernels), or None to score in
@@ -130,6 +162,15 @@ class Aligner(nn.Module):
     def explain(self, visual: TokenBatch, text: TokenBatch) -> TokenAlignment:
         """Token-level alignment of one pair (visual and text of one item each)."""
         raise NotImplementedError(f"{type(self).__name__} has no token-level alignment")
+
+    def reset_diagnostics(self) -> None:
+        """Forget what `diagnostics` has recorded (the engine calls it before scoring a gallery)."""
+
+    def diagnostics(self) -> dict[str, float]:
+        """What an iterative aligner reached while scoring since the last reset, e.g. tokenflow's
+        {"marginal_error", "iterations", "converged"}; the engine stores it with the metrics
+        (prefixed `aligner_`). Empty for aligners with nothing to report."""
+        return {}
 
     # -- helpers ------------------------------------------------------------------------------
     def prepare(self, batch: TokenBatch) -> TokenBatch:

@@ -19,15 +19,57 @@ value is then discarded), which keeps the backward pass free of NaN too.
 `log_a=None` drops the row constraint (semi-relaxed / one-sided OT): the exact solution is then
 one column normalisation, P_{:,j} = b_j · softmax_i(−C_ij/ε), with no iterations at all.
 
+Convergence. After each iteration the column sums equal b exactly; the row sums approach a. The
+marginal error of a problem is Σ_i |(P 1)_i − a_i| (L1 over real rows; 0 for one-sided OT), and
+`tolerance` > 0 stops the iterations as soon as every problem of the batch is within it, so
+`iterations` becomes a cap. `sinkhorn()` returns the plan with the iterations run and the error
+reached, so a caller can record whether the plan is optimal transport or a truncated solver.
+
+Two domains give the same iterates:
+* "log": the log-sum-exps above, over every kernel entry, every iteration.
+* "scaling": the Gibbs kernel K = exp(−C/ε) is formed once; each half-iteration is a batched
+  matrix–vector product, u ← a / (K v), v ← b / (Kᵀ u) (log u, log v equal the log domain's
+  potentials). When a scaling leaves [1e-30, 1e30] the block absorbs the scalings into log
+  potentials (K ← exp(−C/ε + f ⊕ g), u = v = 1). A problem whose sums still underflow (ε small
+  against the cost spread) is flagged and solved again in the log domain, so results never
+  depend on the domain beyond rounding.
+
 The iterations are plain tensor ops, so autograd differentiates the unrolled solver.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from finealign.errors import ConfigError, ShapeError
+
+DOMAINS = ("log", "scaling")
+#: scalings outside [1/BOUND, BOUND] are absorbed into the log potentials (scaling domain)
+_ABSORB_BOUND = 1e30
+#: the scaling domain takes problems whose kernel spans at most this fraction of the dtype's
+#: exponent range (exp(−spread/ε) ≥ tiny^0.6: fp32 ε ≥ spread/52, fp64 ε ≥ spread/425)
+_SCALING_RANGE = 0.6
+
+
+@dataclass(frozen=True)
+class SinkhornResult:
+    """A batch of transport plans and how far the solver got.
+
+    plan: (B, n, m). iterations: iterations run (≤ the cap). marginal_error: the largest
+    Σ_i |(P 1)_i − a_i| of the batch (0 for one-sided OT). converged: marginal_error ≤ tolerance
+    (always True without a tolerance: nothing was asked). fallback: problems redone in the log
+    domain after the scaling domain underflowed.
+    """
+
+    plan: Tensor
+    iterations: int
+    marginal_error: float
+    converged: bool
+    fallback: int = 0
 
 
 def masked_logsumexp(x: Tensor, valid: Tensor, dim: int) -> Tensor:
@@ -65,6 +107,22 @@ def log_sinkhorn(
     epsilon: float,
     iterations: int,
 ) -> Tensor:
+    """The plan of `sinkhorn` in the log domain with exactly `iterations` iterations."""
+    return sinkhorn(cost, log_a, log_b, mask_a, mask_b, epsilon, iterations).plan
+
+
+def sinkhorn(
+    cost: Tensor,
+    log_a: Tensor | None,
+    log_b: Tensor,
+    mask_a: Tensor,
+    mask_b: Tensor,
+    epsilon: float,
+    iterations: int,
+    *,
+    tolerance: float = 0.0,
+    domain: str = "log",
+) -> SinkhornResult:
     """Entropic transport plans for a batch of problems.
 
     cost:   (B, n, m) transport cost between row token i and column token j.
@@ -72,10 +130,52 @@ def log_sinkhorn(
             to leave the rows unconstrained (one-sided OT, see the module docstring).
     log_b:  (B, m) log column marginals.
     mask_a: (B, n) bool, True on real rows;  mask_b: (B, m) bool, True on real columns.
+    iterations: the most iterations to run; tolerance > 0 stops earlier once every problem's
+            row-marginal L1 error is ≤ tolerance (0: run all of them).
+    domain: "log" or "scaling" (same iterates; see the module docstring).
     Values of log_a / log_b at padded positions are ignored.
-    Returns the plan P (B, n, m): exactly 0 on every padded row/column; after the last
-    iteration the column sums equal b exactly and the row sums approach a.
+    Returns the plan P (B, n, m) — exactly 0 on every padded row/column; the column sums equal b
+    exactly and the row sums approach a — with the iterations run and the error reached.
     """
+    _check_problem(cost, log_a, log_b, mask_a, mask_b, epsilon, iterations, tolerance, domain)
+    zero = torch.zeros((), dtype=cost.dtype, device=cost.device)
+    valid = mask_a[:, :, None] & mask_b[:, None, :]
+    # Rows are shifted for the two-sided problem (the iterates stay exactly those of the unshifted
+    # cost, only u moves by the shift), columns for the one-sided one (its closed form normalises columns).
+    cost = shift_to_zero_min(cost, valid, dim=2 if log_a is not None else 1)
+    log_kernel = (-cost / epsilon).masked_fill(~valid, float("-inf"))
+    log_b = torch.where(mask_b, log_b, zero)
+    if log_a is None:
+        # One-sided OT: a single column normalisation is already the exact optimum.
+        v = torch.where(mask_b, log_b - masked_logsumexp(log_kernel, valid, dim=1), zero)
+        return SinkhornResult(torch.exp(log_kernel + v[:, None, :]), 1, 0.0, True)
+    log_a = torch.where(mask_a, log_a, zero)
+    if domain == "log":
+        return _log_iterations(log_kernel, log_a, log_b, mask_a, mask_b, valid, iterations, tolerance)
+    # A problem whose kernel spans more than the dtype's exponent range (ε small against its cost
+    # spread) would underflow in the scaling domain: it is solved in the log domain from the start,
+    # so no inf/NaN ever enters the graph that autograd differentiates.
+    with torch.no_grad():
+        spread = cost.masked_fill(~valid, 0).amax(dim=(1, 2)) / epsilon
+        risky = spread > _SCALING_RANGE * -math.log(torch.finfo(cost.dtype).tiny)
+    if not bool(risky.any()):
+        return _scaling_iterations(log_kernel, log_a, log_b, mask_a, mask_b, valid, iterations, tolerance)
+    safe, redo = (~risky).nonzero().flatten(), risky.nonzero().flatten()
+    problems = (log_kernel, log_a, log_b, mask_a, mask_b, valid)
+    plan = log_kernel.new_zeros(log_kernel.shape)
+    parts = []
+    for rows, solve in ((safe, _scaling_iterations), (redo, _log_iterations)):
+        if len(rows):
+            parts.append(solve(*(x[rows] for x in problems), iterations, tolerance))
+            plan = plan.index_put((rows,), parts[-1].plan)
+    worst = max(p.marginal_error for p in parts)
+    return SinkhornResult(
+        plan, max(p.iterations for p in parts), worst, tolerance > 0 and worst <= tolerance,
+        sum(p.fallback for p in parts) + len(redo),
+    )
+
+
+def _check_problem(cost, log_a, log_b, mask_a, mask_b, epsilon, iterations, tolerance, domain) -> None:
     if cost.dim() != 3:
         raise ShapeError(f"cost must be (B, n, m), got shape {tuple(cost.shape)}")
     batch, n, m = cost.shape
@@ -91,24 +191,120 @@ def log_sinkhorn(
         )
     if not epsilon > 0:
         raise ConfigError(f"epsilon must be > 0, got {epsilon!r}")
-    if not isinstance(iterations, int) or iterations < 1:
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ConfigError(f"iterations must be a positive int, got {iterations!r}")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+        raise ConfigError(f"tolerance must be a number >= 0, got {tolerance!r}")
+    if domain not in DOMAINS:
+        raise ConfigError(f"domain must be one of {DOMAINS}, got {domain!r}")
 
-    zero = torch.zeros((), dtype=cost.dtype, device=cost.device)
-    valid = mask_a[:, :, None] & mask_b[:, None, :]
-    # Rows are shifted for the two-sided problem (the iterates stay exactly those of the unshifted
-    # cost, only u moves by the shift), columns for the one-sided one (its closed form normalises columns).
-    cost = shift_to_zero_min(cost, valid, dim=2 if log_a is not None else 1)
-    log_kernel = (-cost / epsilon).masked_fill(~valid, float("-inf"))
-    log_b = torch.where(mask_b, log_b, zero)
-    u = torch.zeros(batch, n, dtype=cost.dtype, device=cost.device)
-    v = torch.zeros(batch, m, dtype=cost.dtype, device=cost.device)
-    if log_a is None:
-        # One-sided OT: a single column normalisation is already the exact optimum.
-        v = torch.where(mask_b, log_b - masked_logsumexp(log_kernel, valid, dim=1), zero)
-    else:
-        log_a = torch.where(mask_a, log_a, zero)
-        for _ in range(iterations):
-            u = torch.where(mask_a, log_a - masked_logsumexp(log_kernel + v[:, None, :], valid, dim=2), zero)
-            v = torch.where(mask_b, log_b - masked_logsumexp(log_kernel + u[:, :, None], valid, dim=1), zero)
-    return torch.exp(log_kernel + u[:, :, None] + v[:, None, :])
+
+def _row_error(row_sums: Tensor, log_a: Tensor, mask_a: Tensor) -> Tensor:
+    """(B,) Σ_i |row_sum_i − a_i| over real rows."""
+    gap = (row_sums - log_a.exp()).abs()
+    return torch.where(mask_a, gap, torch.zeros((), dtype=gap.dtype, device=gap.device)).sum(1)
+
+
+def _log_iterations(log_kernel, log_a, log_b, mask_a, mask_b, valid, iterations, tolerance) -> SinkhornResult:
+    """Log-domain iterations. Each problem stops on its own once within `tolerance` (its
+    potentials freeze), so a problem's plan never depends on the others in its batch."""
+    zero = torch.zeros((), dtype=log_kernel.dtype, device=log_kernel.device)
+    batch, n, m = log_kernel.shape
+    u = torch.zeros(batch, n, dtype=log_kernel.dtype, device=log_kernel.device)
+    v = torch.zeros(batch, m, dtype=log_kernel.dtype, device=log_kernel.device)
+    active = torch.ones(batch, 1, dtype=torch.bool, device=log_kernel.device)
+    done = 0
+    error = torch.full((batch,), math.inf, dtype=log_kernel.dtype, device=log_kernel.device)
+    while True:
+        # The row log-sum-exp of the current plan: the next u-update needs it anyway, and
+        # exp(u + it) is the current plan's row sums, so checking convergence is almost free.
+        row_lse = masked_logsumexp(log_kernel + v[:, None, :], valid, dim=2)
+        if done:
+            with torch.no_grad():
+                error = _row_error((u + row_lse).exp(), log_a, mask_a)
+                active = active & (error > tolerance)[:, None]
+            if done == iterations or not bool(active.any()):
+                break
+        u = torch.where(mask_a & active, log_a - row_lse, u)
+        v_new = log_b - masked_logsumexp(log_kernel + u[:, :, None], valid, dim=1)
+        v = torch.where(mask_b & active, v_new, torch.where(mask_b, v, zero))
+        done += 1
+    plan = torch.exp(log_kernel + u[:, :, None] + v[:, None, :])
+    worst = float(error.max()) if batch else 0.0
+    return SinkhornResult(plan, done, worst, tolerance > 0 and worst <= tolerance)
+
+
+def _scaling_iterations(log_kernel, log_a, log_b, mask_a, mask_b, valid, iterations, tolerance) -> SinkhornResult:
+    """The scaling-domain iterations (module docstring).
+
+    Each problem stops on its own once within `tolerance`; the block then keeps iterating only on
+    the problems still active (the working set is re-gathered when it has halved), so the cost
+    follows each problem's own iteration count, not the slowest one's. Problems that underflow are
+    redone in the log domain.
+    """
+    batch = log_kernel.shape[0]
+    zero = torch.zeros((), dtype=log_kernel.dtype, device=log_kernel.device)
+    a_all, b_all = torch.where(mask_a, log_a.exp(), zero), torch.where(mask_b, log_b.exp(), zero)
+    # Final potentials of every problem, in log form: f + log u, g + log v.
+    f_out, g_out = torch.zeros_like(log_a), torch.zeros_like(log_b)
+    error = torch.zeros(batch, dtype=log_kernel.dtype, device=log_kernel.device)
+    bad = torch.zeros(batch, dtype=torch.bool, device=log_kernel.device)
+    work = torch.arange(batch, device=log_kernel.device)
+    tiny = torch.finfo(log_kernel.dtype).tiny
+
+    def gather(idx: Tensor, f: Tensor, g: Tensor):
+        ma, mb = mask_a[idx], mask_b[idx]
+        kernel = (log_kernel[idx] + f[:, :, None] + g[:, None, :]).exp()  # 0 on padding
+        return kernel, ma, mb, a_all[idx], b_all[idx], log_a[idx], ma.to(a_all.dtype), mb.to(b_all.dtype)
+
+    f, g = torch.zeros_like(log_a), torch.zeros_like(log_b)
+    kernel, ma, mb, a, b, la, u, v = gather(work, f, g)
+    done = 0
+    while True:
+        kv = (kernel * v[:, None, :]).sum(-1)  # (w, n): K v as a multiply-sum (3x a batched matvec on CPU)
+        if done:
+            with torch.no_grad():
+                broken = ((kv <= 0) & ma).any(1) | ~torch.isfinite(kv).all(1)
+                err = _row_error(u * kv, la, ma).masked_fill(broken, 0)
+                stop = broken | (err <= tolerance) | (done == iterations)
+            if bool(stop.any()):
+                # Retire finished problems: write their potentials (and error) out.
+                fin = stop.nonzero().flatten()
+                fin_u = torch.where(ma[fin], u[fin].clamp_min(tiny).log(), zero)
+                fin_v = torch.where(mb[fin], v[fin].clamp_min(tiny).log(), zero)
+                f_out = f_out.index_put((work[fin],), f[fin] + fin_u)
+                g_out = g_out.index_put((work[fin],), g[fin] + fin_v)
+                error[work[fin]] = err[fin].detach()
+                bad[work[fin]] = broken[fin]
+                keep = (~stop).nonzero().flatten()
+                if not len(keep):
+                    break
+                f, g, u, v, kv = f[keep], g[keep], u[keep], v[keep], kv[keep]
+                work = work[keep]
+                kernel, ma, mb, a, b, la = kernel[keep], ma[keep], mb[keep], a[keep], b[keep], la[keep]
+        # Denominators that underflowed are replaced by 1 (that problem is flagged and redone in
+        # the log domain), so no inf enters the graph.
+        u = torch.where(ma, a / torch.where(ma & (kv > 0), kv, 1.0), zero)
+        ktu = (kernel * u[:, :, None]).sum(1)  # (w, m): Kᵀ u
+        v = torch.where(mb, b / torch.where(mb & (ktu > 0), ktu, 1.0), zero)
+        done += 1
+        with torch.no_grad():
+            real = torch.cat([u[ma], v[mb]])
+            absorb = bool(((real > _ABSORB_BOUND) | (real < 1 / _ABSORB_BOUND)).any())
+        if absorb:
+            # Move the scalings into the log potentials and rebuild the kernel around them.
+            f = f + torch.where(ma, u.clamp_min(tiny).log(), zero)
+            g = g + torch.where(mb, v.clamp_min(tiny).log(), zero)
+            kernel = (log_kernel[work] + f[:, :, None] + g[:, None, :]).exp()
+            u, v = ma.to(a.dtype), mb.to(b.dtype)
+    plan = (log_kernel + f_out[:, :, None] + g_out[:, None, :]).exp()
+    fallback = int(bad.sum())
+    if fallback:
+        redo = bad.nonzero().flatten()
+        fixed = _log_iterations(
+            log_kernel[redo], log_a[redo], log_b[redo], mask_a[redo], mask_b[redo], valid[redo], iterations, tolerance
+        )
+        plan = plan.index_put((redo,), fixed.plan)
+        error[redo] = fixed.plan.new_tensor(fixed.marginal_error)
+    worst = float(error.max()) if batch else 0.0
+    return SinkhornResult(plan, done, worst, tolerance > 0 and worst <= tolerance, fallback)

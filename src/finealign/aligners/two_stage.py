@@ -1,20 +1,35 @@
 """Two-stage retrieval (TGDT inference): a global shortlist, re-ranked by a mixed global/local score.
 
-Stage 1: global cosine similarity G (pooled vectors, or the masked token mean when an encoder
-gives none) shortlists the top-K candidates of every query — per image for `i2t`, per caption
-for `t2i`, the union of both for `both`.
-Stage 2: only shortlisted pairs get the local score L from another registered aligner (`local`,
-built by name with `local_options`), scored pair by pair in chunks (`Aligner.score_pairs`); the
-full local matrix is never computed, which is the point of two stages. A shortlisted pair scores
-α·G + (1−α)·L.
+Retrieval with this aligner is directional, and each query sees only its own shortlist:
+
+* an image query (i2t) shortlists its top-`top_k_i2t` captions by global cosine similarity G
+  (pooled vectors, or the masked token mean when an encoder gives none);
+* a caption query (t2i) shortlists its top-`top_k_t2i` images.
+
+Only shortlisted pairs get the local score L from another registered aligner (`local`, built by
+name with `local_options`), scored pair by pair in chunks (`Aligner.score_pairs`); the full local
+matrix is never computed, which is the point of two stages. A shortlisted pair scores
+α·G + (1−α)·L (`mix: convex`) or G + L (`mix: sum`, TGDT's d_global + d_local).
+
+Because a pair's score depends on the gallery (did it make this query's shortlist?), the aligner
+is `gallery_dependent`: `query_scores(visual, text, "i2t")` gives the matrix as image queries
+see it, `"t2i"` as caption queries see it, and the engine evaluates each direction from its own
+matrix. There is no union of both directions' shortlists: it let an image rank a caption that
+only the caption's shortlist held, which inflated recall. `forward` scores the direction named
+by `direction` (used when the aligner is called directly, e.g. for profiling).
 
 Everything outside the shortlist must rank below every shortlisted candidate: a true match that
-the global stage missed is a miss, never a hit. Such an entry gets
+the global stage missed is a miss, never a hit (TGDT's own recall code counts it as a hit; that
+bug is not reproduced). Such an entry gets
 
     m − 1 − (G_max − G_ij),    m = the smallest mixed score of any shortlisted pair,
 
-which is finite, strictly below every shortlisted score (of any query, so the rule holds along
-rows and columns alike), and keeps the global order among non-shortlisted candidates.
+which is finite, strictly below every shortlisted score, and keeps the global order among
+non-shortlisted candidates.
+
+Training scores every pair of the batch (the shortlist is an inference procedure): the mixed
+score (`train_score: mixed`), or the local score alone (`train_score: local`), which with the
+`cmc` loss gives TGDT's training — each branch has its own hinge (cmc adds the global one).
 """
 
 from __future__ import annotations
@@ -27,27 +42,48 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from finealign.aligners.base import Aligner, AlignerConfig, TokenAlignment, global_vectors, resolve_pairs
+from finealign.aligners.base import (
+    QUERY_DIRECTIONS,
+    Aligner,
+    AlignerConfig,
+    TokenAlignment,
+    check_query_direction,
+    global_vectors,
+    resolve_pairs,
+)
 from finealign.aligners.validation import check_pair
 from finealign.errors import ConfigError
 from finealign.registry import ALIGNERS, build_config, config_class, ensure_builtins
 from finealign.tokens import TokenBatch
 
-DIRECTIONS = ("both", "i2t", "t2i")
+MIXES = ("convex", "sum")
+TRAIN_SCORES = ("mixed", "local")
+
+
+def _check_top_k(key: str, value: object, optional: bool) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key} must be a positive int{' or null' if optional else ''}, got {value!r}")
 
 
 @dataclass
 class TwoStageConfig(AlignerConfig):
     local: str = "mean_max"  # the registered aligner that re-ranks the shortlist
     local_options: dict = field(default_factory=dict)  # its options, checked by its own Config
-    top_k: int = 10  # shortlist length per query
-    alpha: float = 0.5  # weight of the global score in the mixed score
-    direction: str = "both"  # whose shortlist: "i2t" per image, "t2i" per caption, "both" = union
+    top_k: int = 10  # shortlist length per query, both directions unless overridden below
+    top_k_i2t: int | None = None  # captions shortlisted per image query (null: top_k; TGDT: 50)
+    top_k_t2i: int | None = None  # images shortlisted per caption query (null: top_k; TGDT: 100)
+    alpha: float = 0.5  # weight of the global score in the convex mix
+    mix: str = "convex"  # "convex": α·G + (1−α)·L; "sum": G + L (TGDT; α unused)
+    train_score: str = "mixed"  # training scores every batch pair by: "mixed" or "local" (TGDT)
+    direction: str = "i2t"  # whose shortlists `forward` uses; evaluation scores both directions
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
-            raise ConfigError(f"top_k must be a positive int, got {self.top_k!r}")
+        _check_top_k("top_k", self.top_k, optional=False)
+        _check_top_k("top_k_i2t", self.top_k_i2t, optional=True)
+        _check_top_k("top_k_t2i", self.top_k_t2i, optional=True)
         if (
             isinstance(self.alpha, bool)
             or not isinstance(self.alpha, (int, float))
@@ -55,8 +91,19 @@ class TwoStageConfig(AlignerConfig):
             or not 0.0 <= self.alpha <= 1.0
         ):
             raise ConfigError(f"alpha must be a number in [0, 1], got {self.alpha!r}")
-        if self.direction not in DIRECTIONS:
-            raise ConfigError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
+        if self.mix not in MIXES:
+            raise ConfigError(f"mix must be one of {MIXES}, got {self.mix!r}")
+        if self.train_score not in TRAIN_SCORES:
+            raise ConfigError(f"train_score must be one of {TRAIN_SCORES}, got {self.train_score!r}")
+        if self.direction == "both":
+            raise ConfigError(
+                "direction 'both' (the union of image- and caption-side shortlists) was removed: it let "
+                "a query rank candidates that only another query's shortlist held, which inflates recall. "
+                "Evaluation now scores each direction from its own shortlists; direction only chooses "
+                f"what forward() returns, one of {QUERY_DIRECTIONS}"
+            )
+        if self.direction not in QUERY_DIRECTIONS:
+            raise ConfigError(f"direction must be one of {QUERY_DIRECTIONS}, got {self.direction!r}")
         if not isinstance(self.local, str):
             raise ConfigError(f"local must be an aligner name (str), got {self.local!r}")
         if self.local == "two_stage":
@@ -69,12 +116,18 @@ class TwoStageConfig(AlignerConfig):
         if local_config is not None:
             build_config(local_config, self.local_options, f"two_stage local aligner {self.local!r}")
 
+    def shortlist_length(self, queries: str) -> int:
+        """How many candidates a query of this direction shortlists."""
+        override = self.top_k_i2t if queries == "i2t" else self.top_k_t2i
+        return self.top_k if override is None else override
+
 
 @ALIGNERS.register("two_stage")
 class TwoStageAligner(Aligner):
     """Global top-K shortlist, re-ranked by α·global + (1−α)·local on shortlisted pairs only (TGDT)."""
 
     Config = TwoStageConfig
+    gallery_dependent = True  # a pair's score depends on whether it made its query's shortlist
 
     def __init__(self, config: TwoStageConfig | None = None):
         super().__init__(config)
@@ -84,22 +137,39 @@ class TwoStageAligner(Aligner):
         self.local = local
 
     def forward(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
-        check_pair(visual, text)
-        glob = self.global_similarity(visual, text)
         if self.training:
             # TGDT trains the global and local branches on every pair of the batch; the shortlist
             # is an inference procedure. (Through the shortlist, a positive outside the top-K would
             # get a floor score and no useful gradient: training then stays at chance.)
-            return self.config.alpha * glob + (1 - self.config.alpha) * self.local(visual, text).to(glob.dtype)
-        pairs = self.shortlist(glob).nonzero()  # (P, 2) shortlisted (image, caption) pairs
+            check_pair(visual, text)
+            local = self.local(visual, text)
+            if self.config.train_score == "local":
+                return local
+            return self.mix(self.global_similarity(visual, text), local)
+        return self.query_scores(visual, text, self.config.direction)
+
+    def query_scores(self, visual: TokenBatch, text: TokenBatch, queries: str) -> Tensor:
+        """(Nv, Nt) two-stage scores as image queries ("i2t", per-row shortlists) or caption
+        queries ("t2i", per-column shortlists) rank them; see the module docstring."""
+        check_query_direction(queries)
+        check_pair(visual, text)
+        glob = self.global_similarity(visual, text)
+        pairs = self.shortlist(glob, queries).nonzero()  # (P, 2) shortlisted (image, caption) pairs
         local = self.local.score_pairs(visual, text, pairs)
-        mixed = self.config.alpha * glob[pairs[:, 0], pairs[:, 1]] + (1 - self.config.alpha) * local.to(glob.dtype)
+        mixed = self.mix(glob[pairs[:, 0], pairs[:, 1]], local)
         # Outside the shortlist: strictly below every shortlisted score, global order kept.
         out = mixed.min() - 1.0 - (glob.max() - glob)
         return out.index_put((pairs[:, 0], pairs[:, 1]), mixed)
 
+    def mix(self, glob: Tensor, local: Tensor) -> Tensor:
+        """The mixed score of pairs from their global and local scores (`mix` option)."""
+        local = local.to(glob.dtype)
+        if self.config.mix == "sum":
+            return glob + local
+        return self.config.alpha * glob + (1 - self.config.alpha) * local
+
     def score_pairs(self, visual: TokenBatch, text: TokenBatch, pairs: Tensor | None = None) -> Tensor:
-        """Entries of this aligner's matrix at `pairs` (see Aligner.score_pairs).
+        """Entries of this aligner's matrix (as `forward` gives it) at `pairs` (see Aligner.score_pairs).
 
         A pair's two-stage score depends on the whole candidate set (did it make the shortlist,
         and the floor m of the shortlisted scores), so this runs the two stages on all of
@@ -116,16 +186,21 @@ class TwoStageAligner(Aligner):
             v, t = F.normalize(v, dim=-1), F.normalize(t, dim=-1)
         return v @ t.T
 
-    def shortlist(self, glob: Tensor) -> Tensor:
-        """(Nv, Nt) bool: True where a pair is in some query's global top-K (per `direction`)."""
+    def shortlist(self, glob: Tensor, queries: str) -> Tensor:
+        """(Nv, Nt) bool: True where a pair is in its query's global top-K — per image row for
+        "i2t", per caption column for "t2i"."""
+        check_query_direction(queries)
         keep = torch.zeros_like(glob, dtype=torch.bool)
-        if self.config.direction in ("i2t", "both"):
-            k = min(self.config.top_k, glob.shape[1])
-            keep.scatter_(1, glob.topk(k, dim=1).indices, True)
-        if self.config.direction in ("t2i", "both"):
-            k = min(self.config.top_k, glob.shape[0])
-            keep.scatter_(0, glob.topk(k, dim=0).indices, True)
-        return keep
+        dim = 1 if queries == "i2t" else 0
+        k = min(self.config.shortlist_length(queries), glob.shape[dim])
+        return keep.scatter_(dim, glob.topk(k, dim=dim).indices, True)
+
+    def reset_diagnostics(self) -> None:
+        self.local.reset_diagnostics()
+
+    def diagnostics(self) -> dict[str, float]:
+        """The local aligner's (e.g. tokenflow's convergence on the shortlisted pairs)."""
+        return self.local.diagnostics()
 
     def explain(self, visual: TokenBatch, text: TokenBatch) -> TokenAlignment:
         """The local aligner's token alignment, with the score replaced by this aligner's mixed score."""

@@ -4,16 +4,20 @@ aligner in chunks of images, and compute the retrieval metrics."""
 from __future__ import annotations
 
 import contextlib
+import math
 import time
+import warnings
+from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from finealign.data.base import RetrievalSplit
 from finealign.engine.batching import to_device
-from finealign.engine.metrics import fold_metrics, retrieval_metrics
+from finealign.engine.metrics import fold_slices, retrieval_metrics
 from finealign.tokens import TokenBatch
 
 
@@ -81,46 +85,78 @@ class _LazyCaptions(Sequence):
         return self.split.captions[self.keep[j]]
 
 
-def scores_by_rows(aligner: Any) -> bool:
-    """True if scoring a block of images against all captions gives exactly those rows of the full
-    matrix, so the gallery can be scored in chunks of images (with a progress bar).
+def gallery_dependent(aligner: Any) -> bool:
+    """True if the aligner declares that a pair's score depends on the rest of the gallery
+    (`Aligner.gallery_dependent`): its matrix must then be scored per query direction and on each
+    sub-gallery as a whole, never in row chunks or slices of a larger gallery."""
+    return bool(getattr(aligner, "gallery_dependent", False))
 
-    An aligner says so with a class attribute `row_separable = True/False`. Without one, only the
-    base `Aligner.forward` (independent blocks) is trusted; an overridden `forward` may depend on
-    the whole candidate set (a two-stage shortlist ranks each caption among ALL images), so it is
-    called once on the whole gallery.
+
+@dataclass
+class GalleryScores:
+    """A gallery's scores as each query direction ranks them, on the CPU.
+
+    i2t: (N_img, N_cap), row i = what image query i ranks captions by;
+    t2i: (N_img, N_cap), column j = what caption query j ranks images by.
+    The same tensor for gallery-independent aligners. latency_ms: wall time of all scoring.
     """
-    from finealign.aligners.base import Aligner
 
-    flag = getattr(aligner, "row_separable", None)
-    if flag is not None:
-        return bool(flag)
-    return isinstance(aligner, Aligner) and type(aligner).forward is Aligner.forward
+    i2t: Tensor
+    t2i: Tensor
+    latency_ms: float
 
 
 @torch.no_grad()
 def score_gallery(
     aligner: Any, visual: TokenBatch, text: TokenBatch, *, chunk_items: int, progress: bool = False,
     device: torch.device | None = None,
-) -> tuple[Tensor, float]:
-    """(N_img, N_cap) similarities on the CPU, and the wall time of scoring in milliseconds.
+) -> GalleryScores:
+    """Score the whole gallery for both query directions.
 
-    Row-separable aligners (see `scores_by_rows`) are called on `chunk_items` images at a time
-    against every caption; any other aligner is called once on the whole gallery.
+    Gallery-independent aligners are called on `chunk_items` images at a time against every
+    caption (rows of one matrix serve both directions); gallery-dependent ones (two_stage) are
+    asked once per direction for the whole gallery (`query_scores`).
     """
     if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    if not scores_by_rows(aligner):
-        sim = aligner(visual, text).float().cpu()
+    if gallery_dependent(aligner):
+        i2t = aligner.query_scores(visual, text, "i2t").float().cpu()
+        t2i = aligner.query_scores(visual, text, "t2i").float().cpu()
     else:
         rows = []
         for i in tqdm(range(0, len(visual), chunk_items), desc="score", disable=not progress, leave=False):
             rows.append(aligner(visual[i : i + chunk_items], text).float().cpu())
-        sim = torch.cat(rows)
+        i2t = t2i = torch.cat(rows)
     if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)
-    return sim, 1000.0 * (time.perf_counter() - start)
+    return GalleryScores(i2t, t2i, 1000.0 * (time.perf_counter() - start))
+
+
+def gallery_metrics(scores: GalleryScores, caption_item: Tensor) -> dict[str, float]:
+    """Retrieval metrics with each direction ranked from its own matrix."""
+    return retrieval_metrics(scores.i2t, caption_item, t2i_sim=scores.t2i)
+
+
+def fold_gallery_metrics(
+    aligner: Any, scores: GalleryScores, visual: TokenBatch, text: TokenBatch, caption_item: Tensor,
+    folds: int, fold_size: int, *, chunk_items: int, device: torch.device | None = None,
+) -> dict[str, float]:
+    """Average metrics over consecutive folds of `fold_size` images (MS-COCO 1K: 5 × 1,000).
+
+    A gallery-independent aligner's fold matrix is a slice of the full one. A gallery-dependent
+    aligner is re-scored on each fold's images and captions alone: its full-gallery shortlists
+    span all 5K images, so a slice would rank a fold's queries by candidates from other folds.
+    """
+    caption_item = caption_item.long()
+    per_fold = []
+    for lo, hi, columns in fold_slices(caption_item, folds, fold_size, visual_count=len(visual)):
+        if gallery_dependent(aligner):
+            fold = score_gallery(aligner, visual[lo:hi], text[columns], chunk_items=chunk_items, device=device)
+        else:
+            fold = GalleryScores(scores.i2t[lo:hi][:, columns], scores.t2i[lo:hi][:, columns], 0.0)
+        per_fold.append(gallery_metrics(fold, caption_item[columns] - lo))
+    return {key: float(np.mean([m[key] for m in per_fold])) for key in per_fold[0]}
 
 
 @torch.no_grad()
@@ -129,14 +165,15 @@ def scoring_peak_memory_mb(
 ) -> float:
     """Peak extra memory (MiB) of scoring the gallery, above the encoded features.
 
-    Row-separable aligners hold one row chunk's working set at a time plus the growing output, so
-    we measure scoring the first few images (one aligner block) against every caption and add the full fp32
-    (N_img, N_cap) output; other aligners (two_stage) are measured on the whole gallery. Method:
+    Gallery-independent aligners hold one row chunk's working set at a time plus the growing output,
+    so we measure scoring the first few images (one aligner block) against every caption and add the
+    full fp32 (N_img, N_cap) output; gallery-dependent ones (two_stage) are measured scoring one
+    query direction on the whole gallery (the directions run one after the other). Method:
     finealign.profiling.memory (CUDA allocator peak, or torch's CPU allocation log).
     """
     from finealign.profiling.memory import peak_memory
 
-    if scores_by_rows(aligner):
+    if not gallery_dependent(aligner):
         # A short slice is enough: the aligner's working set is bounded by its own block size
         # (chunk_visual × chunk_text items), and the profiler makes each scored row slow.
         rows = min(chunk_items, getattr(getattr(aligner, "config", None), "chunk_visual", 64), len(visual))
@@ -145,8 +182,21 @@ def scoring_peak_memory_mb(
             return float("nan")
         chunk_output = rows * len(text) * 4
         return (first.peak_bytes - chunk_output + len(visual) * len(text) * 4) / 2**20
-    whole = peak_memory(lambda: aligner(visual, text), (), device)
+    whole = peak_memory(lambda: aligner.query_scores(visual, text, "i2t"), (), device)
     return whole.peak_mib
+
+
+def warn_if_unconverged(solver: dict[str, float]) -> None:
+    """Say so when an iterative aligner stopped at its iteration cap: its scores are a truncated
+    solver's, not the method's (tables name it, e.g. "tokenflow (3 it., marginal err 0.46)")."""
+    if solver.get("converged") == 0.0:
+        warnings.warn(
+            f"the aligner stopped at its iteration cap ({solver.get('iterations', math.nan):.0f} iterations) "
+            f"with marginal error {solver.get('marginal_error', math.nan):.3g} above its tolerance: these "
+            "scores come from a truncated solver (raise `iterations` or `epsilon`)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def evaluate(
@@ -163,19 +213,27 @@ def evaluate(
         visual = encode_all(model.vision, items, batch_size=batch_size, device=device, amp=amp, progress=progress, desc="images")
         text = encode_all(model.text, captions, batch_size=batch_size, device=device, amp=amp, progress=progress, desc="captions")
         with autocast_context(device, amp):
-            sim, latency_ms = score_gallery(model.aligner, visual, text, chunk_items=chunk_items, progress=progress, device=device)
+            getattr(model.aligner, "reset_diagnostics", lambda: None)()
+            scores = score_gallery(model.aligner, visual, text, chunk_items=chunk_items, progress=progress, device=device)
+            solver = getattr(model.aligner, "diagnostics", dict)()  # read before the memory pass scores again
             # A profiled extra pass: worth it for the reported test metrics, not for every validation.
             score_mem = (
                 scoring_peak_memory_mb(model.aligner, visual, text, chunk_items=chunk_items, device=device)
                 if measure_memory
                 else None
             )
+            metrics = gallery_metrics(scores, caption_item)
+            if coco_folds:
+                folds = fold_gallery_metrics(
+                    model.aligner, scores, visual, text, caption_item, coco_folds, fold_size,
+                    chunk_items=chunk_items, device=device,
+                )
+                metrics.update({f"folds_{k}": v for k, v in folds.items()})
     finally:
         model.train(was_training)
-    metrics = retrieval_metrics(sim, caption_item)
-    if coco_folds:
-        metrics.update({f"folds_{k}": v for k, v in fold_metrics(sim, caption_item, coco_folds, fold_size).items()})
-    metrics["score_latency_ms"] = latency_ms
+    metrics["score_latency_ms"] = scores.latency_ms
+    metrics.update({f"aligner_{key}": value for key, value in solver.items()})
+    warn_if_unconverged(solver)
     if score_mem is not None:
         metrics["score_peak_mem_mb"] = score_mem
     metrics["num_items"] = float(len(items))

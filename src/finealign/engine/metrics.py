@@ -8,6 +8,10 @@ correct one is ranked ahead of it. So rank = 1 + #{wrong candidates with score >
 score}; ties among an image's own captions do not matter. A degenerate scorer that gives every
 pair the same score therefore gets the worst rank, never a perfect one.
 
+Directional scores: `retrieval_metrics(sim, caption_item, t2i_sim=...)` ranks image queries by
+`sim` and caption queries by `t2i_sim` (an aligner whose scores depend on the gallery, such as a
+two-stage shortlist, gives each direction its own matrix).
+
 R@k is a percentage; RSUM is the sum of the six R@{1,5,10}; medr/meanr are the median/mean rank
 (the median of an even count may end in .5).
 """
@@ -73,23 +77,46 @@ def recall_from_ranks(ranks: Tensor, prefix: str) -> dict[str, float]:
     return out
 
 
-def retrieval_metrics(sim: Tensor, caption_item: Tensor) -> dict[str, float]:
-    """R@1/5/10 both ways, RSUM, median and mean rank for one gallery."""
+def retrieval_metrics(sim: Tensor, caption_item: Tensor, t2i_sim: Tensor | None = None) -> dict[str, float]:
+    """R@1/5/10 both ways, RSUM, median and mean rank for one gallery.
+
+    Image queries are ranked by `sim`, caption queries by `t2i_sim` (default: `sim` too)."""
     _check(sim, caption_item)
-    out = {**recall_from_ranks(i2t_ranks(sim, caption_item), "i2t"), **recall_from_ranks(t2i_ranks(sim, caption_item), "t2i")}
+    if t2i_sim is None:
+        t2i_sim = sim
+    elif t2i_sim is not sim:
+        if t2i_sim.shape != sim.shape:
+            raise ShapeError(f"t2i_sim {tuple(t2i_sim.shape)} must have the shape of sim {tuple(sim.shape)}")
+        _check(t2i_sim, caption_item)
+    out = {
+        **recall_from_ranks(i2t_ranks(sim, caption_item), "i2t"),
+        **recall_from_ranks(t2i_ranks(t2i_sim, caption_item), "t2i"),
+    }
     out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in KS)
     return out
 
 
-def fold_metrics(sim: Tensor, caption_item: Tensor, folds: int, fold_size: int) -> dict[str, float]:
-    """Average of `retrieval_metrics` over consecutive folds of `fold_size` images (MS-COCO 1K: 5
-    folds of 1,000 test images, each with its own captions)."""
-    if folds * fold_size > sim.shape[0]:
-        raise ShapeError(f"{folds} folds of {fold_size} images need {folds * fold_size} images, got {sim.shape[0]}")
-    per_fold = []
+def fold_slices(
+    caption_item: Tensor, folds: int, fold_size: int, *, visual_count: int
+) -> list[tuple[int, int, Tensor]]:
+    """(first image, end image, caption columns) of each of `folds` consecutive folds of
+    `fold_size` images (MS-COCO 1K: 5 folds of 1,000 test images, each with its own captions)."""
+    if folds * fold_size > visual_count:
+        raise ShapeError(f"{folds} folds of {fold_size} images need {folds * fold_size} images, got {visual_count}")
     caption_item = caption_item.long()
+    out = []
     for f in range(folds):
         lo, hi = f * fold_size, (f + 1) * fold_size
-        columns = ((caption_item >= lo) & (caption_item < hi)).nonzero().flatten()
-        per_fold.append(retrieval_metrics(sim[lo:hi][:, columns.to(sim.device)], caption_item[columns] - lo))
+        out.append((lo, hi, ((caption_item >= lo) & (caption_item < hi)).nonzero().flatten()))
+    return out
+
+
+def fold_metrics(sim: Tensor, caption_item: Tensor, folds: int, fold_size: int) -> dict[str, float]:
+    """Average of `retrieval_metrics` over folds sliced from one gallery-independent matrix. (A
+    gallery-dependent aligner must be scored on each fold alone: engine.evaluate does that.)"""
+    caption_item = caption_item.long()
+    per_fold = [
+        retrieval_metrics(sim[lo:hi][:, columns.to(sim.device)], caption_item[columns] - lo)
+        for lo, hi, columns in fold_slices(caption_item, folds, fold_size, visual_count=sim.shape[0])
+    ]
     return {key: float(np.mean([m[key] for m in per_fold])) for key in per_fold[0]}
