@@ -60,6 +60,7 @@ def compose(config_name: str = "config", overrides: Iterable[str] = ()) -> DictC
     from omegaconf.errors import OmegaConfBaseException
 
     overrides = list(overrides)
+    check_method_overrides(overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
@@ -68,6 +69,47 @@ def compose(config_name: str = "config", overrides: Iterable[str] = ()) -> DictC
         raise ConfigError(f"cannot compose config {config_name!r} with overrides {overrides}: {exc}") from exc
     finally:
         GlobalHydra.instance().clear()
+
+
+def method_presets() -> list[str]:
+    """Names of the method presets (configs/method/*.yaml)."""
+    return sorted(p.stem for p in (config_dir() / "method").glob("*.yaml"))
+
+
+def check_method_overrides(overrides: Iterable[str]) -> None:
+    """An unknown `method=NAME` is an UnknownNameError with close matches (before Hydra's own)."""
+    import difflib
+
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and key.lstrip("+~") == "method" and value not in ("", "null"):
+            names = method_presets()
+            if value not in names:
+                close = difflib.get_close_matches(value, names, n=3, cutoff=0.5)
+                hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+                raise UnknownNameError(f"unknown method preset {value!r}.{hint} Presets: {', '.join(names)}")
+
+
+def check_method_fixed(cfg: DictConfig) -> str | None:
+    """The preset's name, after checking that no override changed a key the preset fixes.
+
+    A preset lists under `method.fixed` the keys that make it that method (aligner, pooling form,
+    loss…); `method=chan aligner=mean_max` or `method=chan aligner.pooling=mean` contradict it.
+    """
+    method = cfg.get("method")
+    if method is None:
+        return None
+    if not isinstance(method, DictConfig) or "name" not in method:
+        raise ConfigError(f"method must be a preset (configs/method/NAME.yaml), got {method!r}")
+    name = str(method.name)
+    for key, expected in (method.get("fixed") or {}).items():
+        actual = OmegaConf.select(cfg, key, default=None)
+        if actual != expected:
+            raise ConfigError(
+                f"method={name} fixes {key}={expected!r}, but the config has {key}={actual!r}: an override "
+                f"contradicts the preset (drop the override, or drop method={name} to compose freely)"
+            )
+    return name
 
 
 # -- typed sections ---------------------------------------------------------------------------
@@ -168,6 +210,7 @@ class ExperimentSpec:
     seed: int
     device: str
     output_dir: str
+    method: str | None = None  # the method preset the config was composed from, if any
 
 
 REQUIRED_KEYS = ("encoder", "aligner", "loss", "data", "train", "seed", "output_dir", "device")
@@ -184,6 +227,7 @@ def validate(cfg: DictConfig) -> ExperimentSpec:
     missing = [k for k in REQUIRED_KEYS if k not in cfg]
     if missing:
         raise ConfigError(f"config is missing the key(s) {missing}")
+    method = check_method_fixed(cfg)
 
     def component(kind: str, key: str, node: Any, inject: dict[str, Any] | None = None) -> tuple[str, dict]:
         options = _container(node, key)
@@ -236,6 +280,7 @@ def validate(cfg: DictConfig) -> ExperimentSpec:
         seed=int(cfg.seed),
         device=str(cfg.device),
         output_dir=str(cfg.output_dir),
+        method=method,
     )
 
 

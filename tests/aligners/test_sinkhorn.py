@@ -106,3 +106,81 @@ def test_log_sinkhorn_rejects_bad_inputs(gen):
         log_sinkhorn(cost, log_a, log_b, mask_a, mask_b, 0.0, 3)
     with pytest.raises(ConfigError, match="iterations"):
         log_sinkhorn(cost, log_a, log_b, mask_a, mask_b, 0.1, 0)
+
+
+# -- tolerance and the scaling domain --------------------------------------------------------
+
+from finealign.aligners.sinkhorn import sinkhorn  # noqa: E402
+
+
+def row_l1_error(plan, log_a, mask_a) -> torch.Tensor:
+    return ((plan.sum(2) - log_a.exp()).abs() * mask_a).sum(1)
+
+
+@pytest.mark.parametrize("eps", [0.5, 0.05, 0.01])
+def test_scaling_domain_gives_the_log_domain_iterates(eps, gen):
+    cost, log_a, log_b, mask_a, mask_b = random_problems(5, 6, 7, gen)
+    for iterations in (1, 7, 60):
+        log = sinkhorn(cost, log_a, log_b, mask_a, mask_b, eps, iterations)
+        scaling = sinkhorn(cost, log_a, log_b, mask_a, mask_b, eps, iterations, domain="scaling")
+        torch.testing.assert_close(scaling.plan, log.plan, atol=1e-12, rtol=1e-9)
+        assert scaling.marginal_error == pytest.approx(log.marginal_error, rel=1e-6, abs=1e-12)
+
+
+@pytest.mark.parametrize("domain", ["log", "scaling"])
+def test_tolerance_stops_each_problem_once_its_marginal_is_met(domain, gen):
+    cost, log_a, log_b, mask_a, mask_b = random_problems(6, 6, 7, gen)
+    result = sinkhorn(cost, log_a, log_b, mask_a, mask_b, 0.05, 5000, tolerance=1e-6, domain=domain)
+    errors = row_l1_error(result.plan, log_a, mask_a)
+    assert result.converged and result.iterations < 5000
+    assert float(errors.max()) <= 1e-6
+    assert result.marginal_error == pytest.approx(float(errors.max()), rel=1e-6)
+    # Converged plans agree with POT run to convergence (its own stopping threshold).
+    for b in range(6):
+        a, bb = log_a[b][mask_a[b]].exp().numpy(), log_b[b][mask_b[b]].exp().numpy()
+        sub = cost[b][mask_a[b]][:, mask_b[b]].numpy()
+        ref = ot.sinkhorn(a, bb, sub, 0.05, method="sinkhorn_log", numItermax=100000, stopThr=1e-9)
+        torch.testing.assert_close(result.plan[b][mask_a[b]][:, mask_b[b]], torch.from_numpy(ref), atol=1e-5, rtol=0)
+    # Each problem stops on its own: solving it alone gives the same plan.
+    alone = sinkhorn(cost[2:3], log_a[2:3], log_b[2:3], mask_a[2:3], mask_b[2:3], 0.05, 5000, tolerance=1e-6, domain=domain)
+    torch.testing.assert_close(alone.plan[0], result.plan[2], atol=1e-12, rtol=0)
+
+
+def test_a_capped_run_reports_its_error_and_no_convergence(gen):
+    cost, log_a, log_b, mask_a, mask_b = random_problems(4, 6, 7, gen)
+    result = sinkhorn(cost, log_a, log_b, mask_a, mask_b, 0.01, 3, tolerance=1e-3, domain="scaling")
+    errors = row_l1_error(result.plan, log_a, mask_a)
+    assert result.iterations == 3 and not result.converged
+    assert result.marginal_error == pytest.approx(float(errors.max()), rel=1e-6) and result.marginal_error > 1e-3
+
+
+def test_scaling_domain_underflow_falls_back_to_the_log_domain_with_finite_gradients(gen):
+    cost, log_a, log_b, mask_a, mask_b = random_problems(4, 6, 7, gen, dtype=torch.float32)
+    cost.requires_grad_(True)
+    result = sinkhorn(cost, log_a, log_b, mask_a, mask_b, 0.003, 200, domain="scaling")
+    log = sinkhorn(cost, log_a, log_b, mask_a, mask_b, 0.003, 200)
+    assert result.fallback > 0  # ε far below the cost spread: exp(−C/ε) underflows fp32
+    torch.testing.assert_close(result.plan, log.plan, atol=1e-6, rtol=0)
+    result.plan.sum().backward()
+    assert bool(torch.isfinite(cost.grad).all())
+    # At a comfortable ε nothing falls back.
+    assert sinkhorn(cost.detach(), log_a, log_b, mask_a, mask_b, 0.1, 50, domain="scaling").fallback == 0
+
+
+def test_scaling_domain_gradients_match_the_log_domain(gen):
+    cost, log_a, log_b, mask_a, mask_b = random_problems(3, 5, 6, gen)
+    grads = []
+    for domain in ("log", "scaling"):
+        c = cost.clone().requires_grad_(True)
+        plan = sinkhorn(c, log_a, log_b, mask_a, mask_b, 0.1, 40, tolerance=1e-8, domain=domain).plan
+        (plan * torch.linspace(0, 1, 6, dtype=plan.dtype)).sum().backward()
+        grads.append(c.grad)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-9, rtol=1e-7)
+
+
+def test_bad_tolerance_and_domain_are_named(gen):
+    cost, log_a, log_b, mask_a, mask_b = random_problems(2, 3, 3, gen)
+    with pytest.raises(ConfigError, match="tolerance"):
+        sinkhorn(cost, log_a, log_b, mask_a, mask_b, 0.1, 3, tolerance=-1.0)
+    with pytest.raises(ConfigError, match="domain"):
+        sinkhorn(cost, log_a, log_b, mask_a, mask_b, 0.1, 3, domain="linear")

@@ -210,3 +210,41 @@ def test_tokenflow_without_pooled_ignores_poisoned_padding(gen):
     torch.testing.assert_close(poisoned, clean)
     poisoned.sum().backward()
     assert bool(torch.isfinite(pv.grad).all()) and bool((pv.grad[~v.mask] == 0).all())
+
+
+def test_tokenflow_records_whether_it_converged(gen):
+    v = random_batch(3, 6, 8, generator=gen)
+    t = random_batch(4, 5, 8, generator=gen)
+    capped = create_aligner("tokenflow", epsilon=0.02, iterations=2)
+    capped(v, t)
+    report = capped.diagnostics()
+    assert report["converged"] == 0.0 and report["iterations"] == 2.0 and report["marginal_error"] > 1e-3
+    converged = create_aligner("tokenflow", epsilon=0.1, iterations=2000)
+    converged(v, t)
+    report = converged.diagnostics()
+    assert report["converged"] == 1.0 and report["marginal_error"] <= 1e-3
+    converged.reset_diagnostics()
+    assert converged.diagnostics() == {}
+
+
+def test_tokenflow_scores_do_not_depend_on_the_other_pairs_of_a_block(gen):
+    v = random_batch(5, 6, 8, generator=gen)
+    t = random_batch(7, 5, 8, generator=gen)
+    whole = create_aligner("tokenflow", epsilon=0.05)(v, t)
+    one_by_one = create_aligner("tokenflow", epsilon=0.05, chunk_visual=1, chunk_text=1)(v, t)
+    torch.testing.assert_close(one_by_one, whole, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("domain", ["log", "scaling"])
+def test_tokenflow_solver_domains_agree(domain, gen):
+    v = random_batch(3, 6, 8, generator=gen)
+    t = random_batch(4, 5, 8, generator=gen)
+    ref = pairwise(v, t, lambda i, j: pot_score(v, t, i, j, 0.05, 40))
+    got = create_aligner("tokenflow", epsilon=0.05, iterations=40, tolerance=0, solver_domain=domain)(v, t)
+    torch.testing.assert_close(got.double(), ref, atol=2e-5, rtol=1e-5)
+
+
+def test_tokenflow_triton_backend_needs_fixed_iterations():
+    with pytest.raises(ConfigError, match="tolerance"):
+        create_aligner("tokenflow", backend="triton")
+    create_aligner("tokenflow", backend="triton", tolerance=0)

@@ -161,3 +161,16 @@ def test_retrieval_metrics_rank_each_direction_from_its_own_matrix(gen):
     }
     with pytest.raises(Exception, match="t2i_sim"):
         retrieval_metrics(sim, owner, t2i_sim=other[:, :7])
+
+
+def test_evaluation_records_and_warns_about_an_unconverged_solver(gen):
+    from finealign.engine.evaluate import warn_if_unconverged
+
+    aligner = create_aligner("two_stage", local="tokenflow", local_options={"epsilon": 0.02, "iterations": 2}, top_k=2)
+    visual, text = random_batch(4, 5, 8, generator=gen), random_batch(8, 4, 8, generator=gen)
+    aligner.reset_diagnostics()
+    score_gallery(aligner, visual, text, chunk_items=4)
+    report = aligner.diagnostics()
+    assert report["converged"] == 0.0 and report["iterations"] == 2.0
+    with pytest.warns(RuntimeWarning, match="truncated solver"):
+        warn_if_unconverged(report)

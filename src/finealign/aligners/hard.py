@@ -4,9 +4,12 @@ score(text direction) = pool over real words w of max over real regions r of s(w
 score(visual direction) = pool over real regions r of max over real words w of s(w, r)
 "both" averages the two. s is the cosine when `normalize` is on (the default).
 
-pool is `mean` or `lse`: τ · log Σ exp(x / τ) over the real entries (CHAN's LogSumExp with
-λ = 1/τ; τ = temperature, default 0.1). With mean pooling this is exactly `mean_max`; both names
-are kept because they are different framings (CHAN's hard alignment vs ColBERT's MaxSim).
+pool is `mean`, `lse`: τ · log Σ exp(x / τ) over the real entries (τ = temperature, default 0.1),
+or `lse_chan`: log Σ exp(x / β) with β = temperature — CHAN's own `LSEPooling` (lib/coding.py),
+which has no β factor, so its scores are 1/β times `lse`'s (10× at β = 0.1): same ranking, but a
+triplet margin means something else (CHAN trains with margin 0.05 on this scale). The `chan`
+method preset selects `lse_chan`. With mean pooling this is exactly `mean_max`; both names are
+kept because they are different framings (CHAN's hard alignment vs ColBERT's MaxSim).
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ from finealign.tokens import TokenBatch
 
 @dataclass
 class HardConfig(KernelConfig):
-    pooling: str = "lse"  # "mean" | "lse" over words (or regions, for the visual direction)
-    temperature: float = 0.1  # τ of the LogSumExp pooling: τ · logsumexp(x / τ)
+    pooling: str = "lse"  # "mean" | "lse" (τ·LSE(x/τ)) | "lse_chan" (CHAN's LSE(x/β), no β factor)
+    temperature: float = 0.1  # τ (β) of the LogSumExp pooling
     # "text": word → best region; "visual": region → best word; "both": the mean of the two.
     direction: str = "text"
 
@@ -52,10 +55,13 @@ class HardAligner(KernelAligner):
 
     def kernel_scores(self, visual: TokenBatch, text: TokenBatch, pairs: Tensor | None) -> Tensor:
         cfg = self.config
-        return maxsim_scores(
-            visual.tokens, visual.mask, text.tokens, text.mask, cfg.pooling, cfg.direction, cfg.temperature,
+        # The kernels pool τ·LSE; CHAN's form is that divided by τ.
+        pooling = "lse" if cfg.pooling == "lse_chan" else cfg.pooling
+        scores = maxsim_scores(
+            visual.tokens, visual.mask, text.tokens, text.mask, pooling, cfg.direction, cfg.temperature,
             backend="triton", pairs=pairs,
         )
+        return scores / cfg.temperature if cfg.pooling == "lse_chan" else scores
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         sim = masked_fill_pairs(token_similarities(visual, text), visual.mask, text.mask, float("-inf"))

@@ -1,4 +1,9 @@
-"""Token-wise interaction (ColBERT MaxSim / FILIP / DRL "TI")."""
+"""Token-wise interaction (ColBERT MaxSim / FILIP / DRL "TI"; TGDT's local similarity).
+
+score = scale · pool over real words of (max over real regions of s(word, region)), pool = mean
+(ColBERT/FILIP/DRL) or sum (TGDT: 10 · Σ_words max_regions, `word_pooling: sum`, `scale: 10`).
+direction "both" averages with the region → word direction (DRL's bidirectional TI).
+"""
 
 from __future__ import annotations
 
@@ -25,11 +30,19 @@ class MeanMaxConfig(KernelConfig):
     # "text": each word takes its best region, averaged over words (ColBERT/FILIP t2v);
     # "both": the mean of that and the region→word direction (FILIP / DRL bidirectional).
     direction: str = "text"
+    word_pooling: str = "mean"  # "mean" over real words, or "sum" (TGDT's local score; text direction)
+    scale: float = 1.0  # multiplies the score (TGDT: 10)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.direction not in ("text", "both"):
             raise ConfigError(f"direction must be 'text' or 'both', got {self.direction!r}")
+        if self.word_pooling not in ("mean", "sum"):
+            raise ConfigError(f"word_pooling must be 'mean' or 'sum', got {self.word_pooling!r}")
+        if self.word_pooling == "sum" and self.direction != "text":
+            raise ConfigError("word_pooling='sum' (TGDT's local score) is defined for direction='text' only")
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not self.scale > 0:
+            raise ConfigError(f"scale must be a positive number, got {self.scale!r}")
 
 
 @ALIGNERS.register("mean_max")
@@ -39,10 +52,14 @@ class MeanMaxAligner(KernelAligner):
     Config = MeanMaxConfig
 
     def kernel_scores(self, visual: TokenBatch, text: TokenBatch, pairs: Tensor | None) -> Tensor:
-        return maxsim_scores(
+        scores = maxsim_scores(
             visual.tokens, visual.mask, text.tokens, text.mask, "mean", self.config.direction,
             backend="triton", pairs=pairs,
         )
+        if self.config.word_pooling == "sum":  # the kernel's mean times each caption's real words
+            words = text.mask.sum(1).to(scores.dtype)
+            scores = scores * (words if pairs is None else words[pairs[:, 1]])
+        return self.config.scale * scores
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         sim = masked_fill_pairs(token_similarities(visual, text), visual.mask, text.mask, float("-inf"))
@@ -57,10 +74,12 @@ class MeanMaxAligner(KernelAligner):
         """Scores from masked similarities (..., Lv, Lt) (padding = -inf); masks broadcast to (..., L)."""
         word_best = sim.amax(dim=-2)  # (..., Lt): best region per word
         score = masked_mean(word_best, text_mask, dim=-1)
+        if self.config.word_pooling == "sum":
+            score = score * text_mask.expand_as(word_best).sum(-1).to(score.dtype)
         if self.config.direction == "both":
             region_best = sim.amax(dim=-1)  # (..., Lv): best word per region
             score = 0.5 * (score + masked_mean(region_best, visual_mask, dim=-1))
-        return score
+        return self.config.scale * score
 
     def explain(self, visual: TokenBatch, text: TokenBatch) -> TokenAlignment:
         visual, text = self.prepare_pair(visual, text)
@@ -69,6 +88,6 @@ class MeanMaxAligner(KernelAligner):
         sim = t @ v.T  # (Lt, Lv)
         best = sim.argmax(dim=1)
         weights = sim.new_zeros(sim.shape)
-        weights[range(len(best)), best] = 1.0 / len(best)
+        weights[range(len(best)), best] = 1.0 / len(best) if self.config.word_pooling == "mean" else 1.0
         score = self.score_block(visual, text)[0, 0]
         return TokenAlignment(weights=weights, word_to_region=best, score=float(score))

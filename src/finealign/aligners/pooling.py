@@ -11,7 +11,9 @@ from torch import Tensor
 
 from finealign.errors import ConfigError
 
-POOLINGS = ("mean", "lse")
+#: "lse" is SCAN's scaled form τ·log Σ exp(x/τ); "lse_chan" is CHAN's `LSEPooling`, log Σ exp(x/β)
+#: with no β factor (1/β times "lse": it changes what a triplet margin means, not the ranking).
+POOLINGS = ("mean", "lse", "lse_chan")
 
 
 def check_pooling(pooling: str, temperature: float) -> None:
@@ -40,15 +42,17 @@ def pool_masked(values: Tensor, mask: Tensor, dim: int, pooling: str, temperatur
     """Pool `values` over `dim`, counting only entries where `mask` (broadcastable) is True.
 
     mean: Σ v / n over real entries.
-    lse:  τ · log Σ exp(v / τ) over real entries (SCAN/CHAN LogSumExp with λ = 1/τ). It tends to
+    lse:  τ · log Σ exp(v / τ) over real entries (SCAN's LogSumExp with λ = 1/τ). It tends to
           the max as τ → 0; note it is not normalised by n, so it grows by τ·log n with length.
+    lse_chan: log Σ exp(v / τ) (CHAN's `LSEPooling` with β = τ, lib/coding.py): lse / τ.
     """
     values = values.to(accumulation_dtype(values.dtype))
     mask = mask.expand_as(values)
     if pooling == "mean":
         zero = torch.zeros((), dtype=values.dtype, device=values.device)
         return torch.where(mask, values, zero).sum(dim) / mask.sum(dim).clamp_min(1).to(values.dtype)
-    if pooling == "lse":
+    if pooling in ("lse", "lse_chan"):
         neg_inf = torch.tensor(float("-inf"), dtype=values.dtype, device=values.device)
-        return temperature * torch.logsumexp(torch.where(mask, values / temperature, neg_inf), dim=dim)
+        lse = torch.logsumexp(torch.where(mask, values / temperature, neg_inf), dim=dim)
+        return lse if pooling == "lse_chan" else temperature * lse
     raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")

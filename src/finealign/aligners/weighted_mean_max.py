@@ -3,8 +3,13 @@
 text → visual:  Σ_w  a_w · max_r s(w, r),   a = softmax over real words of Linear(d, 1)(word)
 visual → text:  Σ_r  b_r · max_w s(w, r),   b = softmax over real regions of Linear(d, 1)(region)
 "both" averages the two directions. The weights are computed from the prepared tokens (unit
-vectors when `normalize` is on). Both Linear layers start at zero, so an untrained aligner gives
-uniform weights, i.e. exactly `mean_max`, and learns away from it.
+vectors when `normalize` is on) by a weight head per side:
+
+* `weight_head: linear` (finealign's default): one Linear(d, 1), zero-initialised, so an untrained
+  aligner gives uniform weights, i.e. exactly `mean_max`, and learns away from it;
+* `weight_head: mlp` (DRL's `wti_arch 2`, tvr/models/modeling.py): Linear(d, d) → ReLU →
+  Linear(d, 1), weights drawn from N(0, 0.02), biases zero. DRL feeds the tokens before their
+  L2 normalisation; here the head sees the prepared tokens (identical with normalize=false).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class WeightedMeanMaxConfig(KernelConfig):
     dim: int | None = None  # token dimension d (required: it sizes the weight layers)
     # "text": weighted words → best region; "visual": weighted regions → best word; "both": mean.
     direction: str = "both"
+    weight_head: str = "linear"  # "linear" (zero-initialised) or "mlp" (DRL wti_arch 2, N(0, 0.02))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -43,6 +49,8 @@ class WeightedMeanMaxConfig(KernelConfig):
             raise ConfigError(f"dim must be a positive int, got {self.dim!r}")
         if self.direction not in DIRECTIONS:
             raise ConfigError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
+        if self.weight_head not in ("linear", "mlp"):
+            raise ConfigError(f"weight_head must be 'linear' or 'mlp', got {self.weight_head!r}")
 
 
 @ALIGNERS.register("weighted_mean_max")
@@ -55,24 +63,39 @@ class WeightedMeanMaxAligner(KernelAligner):
         super().__init__(config)
         cfg = self.config
         # Only the layers the direction uses exist, so no parameter is left without a gradient.
-        self.text_weight = self._zero_linear(cfg.dim) if cfg.direction in ("text", "both") else None
-        self.visual_weight = self._zero_linear(cfg.dim) if cfg.direction in ("visual", "both") else None
+        head = self._zero_linear if cfg.weight_head == "linear" else self._drl_mlp
+        self.text_weight = head(cfg.dim) if cfg.direction in ("text", "both") else None
+        self.visual_weight = head(cfg.dim) if cfg.direction in ("visual", "both") else None
 
     @staticmethod
-    def _zero_linear(dim: int) -> nn.Linear:
+    def _zero_linear(dim: int) -> nn.Module:
         layer = nn.Linear(dim, 1)
         nn.init.zeros_(layer.weight)
         nn.init.zeros_(layer.bias)
         return layer
 
-    def token_weights(self, batch: TokenBatch, layer: nn.Linear) -> Tensor:
+    @staticmethod
+    def _drl_mlp(dim: int) -> nn.Module:
+        mlp = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 1))
+        for layer in (mlp[0], mlp[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+            nn.init.zeros_(layer.bias)
+        return mlp
+
+    def token_weights(self, batch: TokenBatch, head: nn.Module) -> Tensor:
         """(n, L) softmax weights over each item's real tokens (0 on padding), in ≥ fp32."""
-        if batch.dim != layer.in_features:
+        layers = list(head) if isinstance(head, nn.Sequential) else [head]
+        if batch.dim != layers[0].in_features:
             raise ShapeError(
-                f"weighted_mean_max was built with dim={layer.in_features} but the tokens have d={batch.dim}"
+                f"weighted_mean_max was built with dim={layers[0].in_features} but the tokens have d={batch.dim}"
             )
-        acc = accumulation_dtype(batch.tokens.dtype)
-        logits = nn.functional.linear(batch.tokens.to(acc), layer.weight.to(acc), layer.bias.to(acc))
+        # In ≥ fp32 whatever the tokens' dtype, without converting the parameters themselves.
+        logits = batch.tokens.to(accumulation_dtype(batch.tokens.dtype))
+        for layer in layers:
+            if isinstance(layer, nn.Linear):
+                logits = nn.functional.linear(logits, layer.weight.to(logits.dtype), layer.bias.to(logits.dtype))
+            else:
+                logits = layer(logits)
         return masked_softmax(logits.squeeze(-1), batch.mask, dim=1)
 
     def kernel_scores(self, visual: TokenBatch, text: TokenBatch, pairs: Tensor | None) -> Tensor:

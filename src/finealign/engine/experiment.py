@@ -55,6 +55,7 @@ def peak_memory_mb(device: torch.device) -> float:
 def labels(spec: ExperimentSpec) -> dict[str, Any]:
     return {
         "aligner": spec.aligner[0],
+        "method": spec.method,
         "loss": spec.loss[0],
         "vision": spec.vision[0],
         "text": spec.text[0],

@@ -13,7 +13,10 @@ belongs to image u(b) (its single positive). With ĝ the L2-normalised global ve
     S_tt[b, b'] = ĝ_text[b] · ĝ_text[b']          S_ii[b, b'] = ĝ_img[u(b)] · ĝ_img[u(b')]
     C = mean over b ≠ b' of |S_tt[b, b'] − S_ii[b, b']|^p     (p = 2 for "l2", 1 for "l1")
 so two captions should be as similar as the images they describe (captions of one image: S_ii=1).
-Gradients reach both modalities' global vectors.
+`consistency: tgdt` is TGDT's own term (models/loss.py, `ContrastiveLoss.forward`):
+    C = Σ_b' [ max_b |S_tt[b, b'] − S_ii[b, b']| − consistency_margin ]₊      (margin 0.3)
+the hinge on each column's largest gap, summed over columns. Gradients reach both modalities'
+global vectors. `reduction` sums (TGDT, VSE++) or averages the hinge over positive pairs.
 """
 
 from __future__ import annotations
@@ -36,16 +39,20 @@ class CMCConfig:
     global_weight: float = 1.0
     local_weight: float = 1.0
     consistency_weight: float = 0.1
-    consistency: str = "l2"  # l2 (squared gap) | l1 (absolute gap)
+    consistency: str = "l2"  # l2 (squared gap) | l1 (absolute gap) | tgdt (hinge on each column's max gap)
+    consistency_margin: float = 0.3  # the margin of consistency="tgdt"
     hardest: bool = True  # hardest negative (VSE++) or the sum over negatives
+    reduction: str = "mean"  # mean | sum of the hinge terms over positive pairs (TGDT sums)
 
     def __post_init__(self) -> None:
-        for key in ("margin", "global_weight", "local_weight", "consistency_weight"):
+        for key in ("margin", "global_weight", "local_weight", "consistency_weight", "consistency_margin"):
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
-        if self.consistency not in ("l1", "l2"):
-            raise ConfigError(f"consistency must be 'l1' or 'l2', got {self.consistency!r}")
+        if self.consistency not in ("l1", "l2", "tgdt"):
+            raise ConfigError(f"consistency must be 'l1', 'l2' or 'tgdt', got {self.consistency!r}")
+        if self.reduction not in ("mean", "sum"):
+            raise ConfigError(f"reduction must be 'mean' or 'sum', got {self.reduction!r}")
 
 
 @LOSSES.register("cmc")
@@ -65,8 +72,12 @@ class CMCLoss(Loss):
             global_sim = F.normalize(image_global.float(), dim=-1) @ F.normalize(text_global.float(), dim=-1).T
         check_similarity(global_sim, positives, "global_sim")
         cfg = self.config
-        loss = cfg.local_weight * hinge_terms(sim.float(), positives, cfg.margin, cfg.hardest).mean()
-        loss = loss + cfg.global_weight * hinge_terms(global_sim.float(), positives, cfg.margin, cfg.hardest).mean()
+
+        def hinge(scores: Tensor) -> Tensor:
+            cost = hinge_terms(scores.float(), positives, cfg.margin, cfg.hardest)
+            return cost.sum() if cfg.reduction == "sum" else cost.mean()
+
+        loss = cfg.local_weight * hinge(sim) + cfg.global_weight * hinge(global_sim)
         if cfg.consistency_weight > 0:
             if image_global is None or text_global is None:
                 raise ShapeError("cmc's consistency term needs extras 'image_global' and 'text_global'")
@@ -88,6 +99,8 @@ class CMCLoss(Loss):
         img = F.normalize(image_global.float(), dim=-1)[owner]
         txt = F.normalize(text_global.float(), dim=-1)
         gap = txt @ txt.T - img @ img.T
+        if self.config.consistency == "tgdt":
+            return (gap.abs().amax(dim=0) - self.config.consistency_margin).clamp_min(0).sum()
         off_diagonal = ~torch.eye(n_txt, dtype=torch.bool, device=gap.device)
         if not bool(off_diagonal.any()):
             return gap.new_zeros(())

@@ -1,0 +1,275 @@
+"""Method presets against literal ports of the originals.
+
+Each preset (configs/method/NAME.yaml) is composed and validated like `finealign train method=NAME`;
+its aligner and loss are then checked against a per-pair float64 loop written from the paper and
+the original code (the file named in each preset), on random inputs with padded tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import ot
+import pytest
+import torch
+import torch.nn.functional as F
+
+from finealign.config import compose, validate
+from finealign.errors import ConfigError, UnknownNameError
+from finealign.registry import create_aligner, create_loss
+from tests.aligners.reference import real_tokens
+from tests.conftest import random_batch
+
+PRESETS = ["chan", "tgdt", "tokenflow", "drl_ti", "drl_wti", "scan", "clip_global"]
+DIM = 8
+
+
+def preset(name: str, *overrides: str):
+    """(aligner, loss, spec) of `finealign train method=NAME` with the toy data and encoders."""
+    spec = validate(compose("config", [f"method={name}", *overrides]))
+    aname, aoptions = spec.aligner
+    if aname == "weighted_mean_max":
+        aoptions = {**aoptions, "dim": DIM}
+    return create_aligner(aname, **aoptions), create_loss(spec.loss[0], **spec.loss[1]), spec
+
+
+def batches(gen, n_img=4, n_cap=5, full_visual=False):
+    v = random_batch(n_img, 6, DIM, generator=gen, dtype=torch.float64, min_len=6 if full_visual else 2)
+    t = random_batch(n_cap, 5, DIM, generator=gen, dtype=torch.float64, min_len=2)
+    return v, t
+
+
+def cos(x, y) -> float:
+    return float(x @ y) / (float(x.norm()) * float(y.norm()))
+
+
+def matrix(v, t, pair_score) -> torch.Tensor:
+    return torch.tensor([[pair_score(i, j) for j in range(len(t))] for i in range(len(v))], dtype=torch.float64)
+
+
+def vse_loss(scores: torch.Tensor, margin: float, max_violation: bool) -> float:
+    """VSE++ `ContrastiveLoss.forward` (CHAN lib/loss.py, TGDT models/loss.py, SCAN model.py),
+    literally: diagonal positives, both directions, summed over the batch."""
+    n = scores.shape[0]
+    total = 0.0
+    for i in range(n):
+        cost_s = [max(0.0, margin + float(scores[i, j]) - float(scores[i, i])) for j in range(n) if j != i]
+        cost_im = [max(0.0, margin + float(scores[j, i]) - float(scores[i, i])) for j in range(n) if j != i]
+        total += (max(cost_s) + max(cost_im)) if max_violation else (sum(cost_s) + sum(cost_im))
+    return total
+
+
+def test_every_preset_composes_and_names_itself():
+    for name in PRESETS:
+        _, _, spec = preset(name)
+        assert spec.method == name
+
+
+def test_print_config_shows_the_chan_settings(capsys):
+    from finealign.cli.main import main
+
+    assert main(["train", "--print-config", "method=chan"]) == 0
+    out = capsys.readouterr().out
+    for line in ("name: hard", "pooling: lse_chan", "temperature: 0.1", "name: triplet", "margin: 0.05", "reduction: sum"):
+        assert line in out
+
+
+def test_an_override_that_contradicts_the_preset_names_both():
+    with pytest.raises(ConfigError, match=r"method=chan fixes aligner.name='hard'.*'mean_max'"):
+        validate(compose("config", ["method=chan", "aligner=mean_max"]))
+    with pytest.raises(ConfigError, match=r"aligner.pooling='lse_chan'.*'mean'"):
+        validate(compose("config", ["method=chan", "aligner.pooling=mean"]))
+    with pytest.raises(ConfigError, match=r"loss.consistency='tgdt'"):
+        validate(compose("config", ["method=tgdt", "loss.consistency=l2"]))
+    # Tuning a number the preset does not fix is fine.
+    assert validate(compose("config", ["method=chan", "loss.margin=0.1"])).loss[1]["margin"] == 0.1
+
+
+def test_an_unknown_preset_lists_close_matches():
+    with pytest.raises(UnknownNameError, match=r"'chann'.*Did you mean 'chan'"):
+        compose("config", ["method=chann"])
+
+
+# -- CHAN ------------------------------------------------------------------------------------
+
+
+def chan_pair(v, t, i, j, beta=0.1) -> float:
+    """VHACoding (each word's max cosine over regions, padding filled with -1) + LSEPooling
+    log Σ_w exp(s_w / β), lib/coding.py."""
+    regions, words = real_tokens(v, i), real_tokens(t, j)
+    best = [max(float(w @ r) for r in regions) for w in words]
+    return math.log(sum(math.exp(s / beta) for s in best))
+
+
+def test_chan_score_and_loss_equal_the_original(gen):
+    aligner, loss, _ = preset("chan")
+    v, t = batches(gen, 5, 5)
+    got = aligner(v, t)
+    ref = matrix(v, t, lambda i, j: chan_pair(v, t, i, j))
+    torch.testing.assert_close(got, ref, atol=1e-9, rtol=1e-9)
+    positives = torch.eye(5, dtype=torch.bool)
+    for epoch, hardest in ((0, False), (1, True)):  # vse_mean_warmup_epochs = 1
+        loss.set_epoch(epoch)
+        assert float(loss(ref, positives)) == pytest.approx(vse_loss(ref, 0.05, hardest), rel=1e-6)
+
+
+# -- TGDT ------------------------------------------------------------------------------------
+
+
+def tgdt_local(v, t, i, j) -> float:
+    """AlignmentContrastiveLoss: padded pairs filled with 0, max over regions, sum over words, ×10
+    (models/loss.py; its dropping of CLS/EOS tokens is the encoder's business here)."""
+    regions, words = real_tokens(v, i), real_tokens(t, j)
+    return 10.0 * sum(max(float(w @ r) for r in regions) for w in words)
+
+
+def test_tgdt_scores_loss_and_two_stage_inference_equal_the_original(gen):
+    aligner, loss, _ = preset("tgdt", "aligner.top_k_i2t=2", "aligner.top_k_t2i=3")
+    v, t = batches(gen, 6, 6, full_visual=True)  # BUTD images: every region real
+    glob = matrix(v, t, lambda i, j: cos(v.pooled[i].double(), t.pooled[j].double()))
+    local = matrix(v, t, lambda i, j: tgdt_local(v, t, i, j))
+    aligner.train()
+    torch.testing.assert_close(aligner(v, t), local, atol=1e-9, rtol=1e-9)  # the local branch trains alone
+    aligner.eval()
+    for queries, k, dim in (("i2t", 2, 1), ("t2i", 3, 0)):
+        got = aligner.query_scores(v, t, queries)
+        for q in range(glob.shape[1 - dim]):
+            row = (lambda x: x[q]) if dim == 1 else (lambda x: x[:, q])
+            shortlist = row(glob).argsort(descending=True)[:k].tolist()
+            expected = sorted(shortlist, key=lambda c: -float(row(glob)[c] + row(local)[c]))  # d_g + d_l
+            assert row(got).argsort(descending=True)[:k].tolist() == expected
+            torch.testing.assert_close(row(got)[expected], row(glob + local)[expected])
+
+    # CMC: hinge(global) + hinge(local) (margin 0.2, max_violation, summed) + Σ_col [max_row |Stt − Sii| − 0.3]₊
+    img = F.normalize(v.pooled.double(), dim=-1)
+    txt = F.normalize(t.pooled.double(), dim=-1)
+    s_ii, s_tt = img @ img.T, txt @ txt.T
+    intra = sum(max(0.0, max(abs(float(s_tt[r, c] - s_ii[r, c])) for r in range(6)) - 0.3) for c in range(6))
+    expected = vse_loss(glob, 0.2, True) + vse_loss(local, 0.2, True) + intra
+    extras = {"image_global": v.pooled.double(), "text_global": t.pooled.double()}
+    got = loss(local, torch.eye(6, dtype=torch.bool), extras)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+    assert intra > 0, "the case must exercise the consistency hinge"
+
+
+# -- TokenFlow -------------------------------------------------------------------------------
+
+
+def tokenflow_pair(v, t, i, j, eps=0.05, tau=0.1) -> float:
+    """Σ P·S with P the converged entropic OT plan (POT, to 1e-9) between importance marginals."""
+    regions, words = real_tokens(v, i), real_tokens(t, j)
+    sim = (regions @ words.T).numpy()
+    v_glob = F.normalize(v.pooled[i].double(), dim=0)
+    t_glob = F.normalize(t.pooled[j].double(), dim=0)
+    a = torch.softmax(regions @ t_glob / tau, 0).numpy()
+    b = torch.softmax(words @ v_glob / tau, 0).numpy()
+    plan = ot.sinkhorn(a, b, 1 - sim, eps, method="sinkhorn_log", numItermax=100000, stopThr=1e-10)
+    return float((plan * sim).sum())
+
+
+def test_tokenflow_is_converged_optimal_transport(gen):
+    aligner, loss, _ = preset("tokenflow")
+    v, t = batches(gen, 3, 4)
+    got = aligner(v, t)
+    ref = matrix(v, t, lambda i, j: tokenflow_pair(v, t, i, j))
+    # Within the marginal tolerance 1e-3 (|S| ≤ 1, so the score error is at most that).
+    torch.testing.assert_close(got, ref, atol=1e-3, rtol=0)
+    report = aligner.diagnostics()
+    assert report["converged"] == 1.0 and report["marginal_error"] <= 1e-3
+
+
+# -- DRL -------------------------------------------------------------------------------------
+
+
+def drl_ti_pair(v, t, i, j) -> float:
+    regions, words = real_tokens(v, i), real_tokens(t, j)
+    t2v = sum(max(float(w @ r) for r in regions) for w in words) / len(words)
+    v2t = sum(max(float(w @ r) for w in words) for r in regions) / len(regions)
+    return 0.5 * (t2v + v2t)
+
+
+def test_drl_ti_equals_the_original(gen):
+    aligner, _, _ = preset("drl_ti")
+    v, t = batches(gen)
+    torch.testing.assert_close(aligner(v, t), matrix(v, t, lambda i, j: drl_ti_pair(v, t, i, j)), atol=1e-9, rtol=0)
+
+
+def mlp_logit(mlp, x: torch.Tensor) -> float:
+    """wti_arch 2: Linear → ReLU → Linear, evaluated by hand."""
+    w1, b1, w2, b2 = (p.detach().double() for p in (mlp[0].weight, mlp[0].bias, mlp[2].weight, mlp[2].bias))
+    hidden = torch.clamp(w1 @ x + b1, min=0)
+    return float(w2[0] @ hidden + b2[0])
+
+
+def drl_wti_pair(aligner, v, t, i, j) -> float:
+    regions, words = real_tokens(v, i), real_tokens(t, j)
+    tw = torch.softmax(torch.tensor([mlp_logit(aligner.text_weight, w) for w in words], dtype=torch.float64), 0)
+    vw = torch.softmax(torch.tensor([mlp_logit(aligner.visual_weight, r) for r in regions], dtype=torch.float64), 0)
+    t2v = sum(float(tw[k]) * max(float(w @ r) for r in regions) for k, w in enumerate(words))
+    v2t = sum(float(vw[k]) * max(float(w @ r) for w in words) for k, r in enumerate(regions))
+    return 0.5 * (t2v + v2t)
+
+
+def test_drl_wti_equals_the_original_with_its_mlp_head(gen):
+    aligner, _, _ = preset("drl_wti")
+    for mlp in (aligner.text_weight, aligner.visual_weight):
+        assert isinstance(mlp[1], torch.nn.ReLU) and mlp[0].out_features == DIM
+        assert 0.01 < float(mlp[0].weight.detach().std()) < 0.03  # N(0, 0.02)
+    v, t = batches(gen)
+    ref = matrix(v, t, lambda i, j: drl_wti_pair(aligner, v, t, i, j))
+    torch.testing.assert_close(aligner(v, t), ref, atol=1e-9, rtol=0)
+
+
+# -- SCAN ------------------------------------------------------------------------------------
+
+
+def scan_pair(v, t, i, j, lam=9.0, lam_lse=6.0) -> float:
+    """xattn_score_t2i: cosines (regions × words), leaky-ReLU 0.1, l2norm over words per region,
+    softmax over regions of λ·attn, each word's attended region vector, cos(word, attended),
+    LogSumExp pooling (1/λ_lse)·log Σ exp(λ_lse · R)."""
+    regions, words = real_tokens(v, i), real_tokens(t, j)
+    attn = [[float(r @ w) for w in words] for r in regions]
+    attn = [[x if x > 0 else 0.1 * x for x in row] for row in attn]
+    attn = [[x / (math.sqrt(sum(y * y for y in row)) + 1e-8) for x in row] for row in attn]
+    relevance = []
+    for k, w in enumerate(words):
+        logits = [lam * attn[r][k] for r in range(len(regions))]
+        top = max(logits)
+        weights = [math.exp(x - top) for x in logits]
+        weights = [x / sum(weights) for x in weights]
+        attended = sum(weights[r] * regions[r] for r in range(len(regions)))
+        relevance.append(cos(w, attended))
+    return math.log(sum(math.exp(lam_lse * x) for x in relevance)) / lam_lse
+
+
+def test_scan_equals_the_original(gen):
+    aligner, loss, _ = preset("scan")
+    v, t = batches(gen, 4, 4)
+    ref = matrix(v, t, lambda i, j: scan_pair(v, t, i, j))
+    torch.testing.assert_close(aligner(v, t), ref, atol=1e-6, rtol=0)
+    loss.set_epoch(0)  # max_violation from the first epoch
+    assert float(loss(ref, torch.eye(4, dtype=torch.bool))) == pytest.approx(vse_loss(ref, 0.2, True), rel=1e-6)
+
+
+# -- CLIP ------------------------------------------------------------------------------------
+
+
+def test_clip_global_equals_clip_loss(gen):
+    aligner, loss, _ = preset("clip_global")
+    v, t = batches(gen, 4, 4)
+    sim = aligner(v, t)
+    ref = matrix(v, t, lambda i, j: cos(v.pooled[i].double(), t.pooled[j].double()))
+    torch.testing.assert_close(sim, ref, atol=1e-9, rtol=0)
+    logits = (ref / 0.07).numpy()
+
+    def ce(rows: np.ndarray) -> float:
+        return float(np.mean([-(r[k] - np.log(np.exp(r).sum())) for k, r in enumerate(rows)]))
+
+    assert float(loss(ref, torch.eye(4, dtype=torch.bool))) == pytest.approx(0.5 * (ce(logits) + ce(logits.T)), rel=1e-5)
+
+
+def test_a_bad_option_inside_a_preset_is_a_config_error():
+    """The TGDT preset's local options are checked like any two_stage local aligner's."""
+    with pytest.raises(ConfigError):
+        validate(compose("config", ["method=tgdt", "aligner.local_options.word_pooling=max"]))
