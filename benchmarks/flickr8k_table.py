@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from finealign.engine.results import solver_label
 from finealign.sweeps.plot import plot_tradeoff
 from finealign.sweeps.results import pareto_mask
 
@@ -45,6 +46,8 @@ def main() -> None:
         frame = pd.read_csv(path)
         frame = frame[frame["state"] == "COMPLETE"].copy()
         frame["source"] = path.parent.name
+        if "aligner_converged" in frame.columns:  # a truncated solver is named as such
+            frame["aligner"] = [solver_label(str(a), row) for a, row in zip(frame["aligner"], frame.to_dict("records"))]
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)[COLUMNS]
     table["seed"] = table["seed"].astype("Int64")

@@ -174,3 +174,12 @@ def test_evaluation_records_and_warns_about_an_unconverged_solver(gen):
     assert report["converged"] == 0.0 and report["iterations"] == 2.0
     with pytest.warns(RuntimeWarning, match="truncated solver"):
         warn_if_unconverged(report)
+
+
+def test_a_truncated_solver_is_named_in_tables():
+    from finealign.engine.results import solver_label
+
+    truncated = {"aligner_converged": 0.0, "aligner_iterations": 3.0, "aligner_marginal_error": 0.4612}
+    assert solver_label("tokenflow", truncated) == "tokenflow (3 it., marginal err 0.46)"
+    assert solver_label("tokenflow", {**truncated, "aligner_converged": 1.0}) == "tokenflow"
+    assert solver_label("global", {}) == "global"

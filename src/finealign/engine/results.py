@@ -20,6 +20,17 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def solver_label(name: str, metrics: Mapping[str, Any]) -> str:
+    """The aligner's name for tables: a run whose iterative solver stopped at its cap carries its
+    iterations and error, e.g. "tokenflow (3 it., marginal err 0.46)" — a truncated solver is
+    not the method."""
+    converged = metrics.get("aligner_converged")
+    if converged is None or (isinstance(converged, float) and math.isnan(converged)) or converged:
+        return name
+    its, err = metrics.get("aligner_iterations"), metrics.get("aligner_marginal_error")
+    return f"{name} ({its:.0f} it., marginal err {err:.2g})"
+
+
 def save_results(
     output_dir: str | Path, metrics: Mapping[str, Any], *, labels: Mapping[str, Any], config: Mapping[str, Any],
     extra: Mapping[str, Any] | None = None, stem: str = "results",

@@ -13,6 +13,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from finealign.engine.results import solver_label
 from finealign.sweeps.runner import ERROR_ATTR, METRICS_ATTR
 from finealign.sweeps.study import stored_spec
 
@@ -83,6 +84,9 @@ def summary_frame(frame: pd.DataFrame, study: optuna.Study) -> pd.DataFrame:
     keep += [c for c in (spec.get("plot_x"), spec.get("plot_y")) if c and c not in keep]
     keep += ["pareto", ERROR_ATTR]
     out = frame[[c for c in keep if c in frame.columns]].copy()
+    if "aligner" in out.columns and "aligner_converged" in frame.columns:
+        # A truncated solver is named as such (engine.results.solver_label).
+        out["aligner"] = [solver_label(str(name), row) for name, row in zip(out["aligner"], frame.to_dict("records"))]
     out["pareto"] = out["pareto"].map({True: "*", False: ""})
     out[ERROR_ATTR] = out[ERROR_ATTR].astype(str).str.slice(0, 60)
     return out
