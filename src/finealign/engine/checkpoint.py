@@ -3,6 +3,7 @@ grad scaler, epoch, step, best validation state, RNG states) and to evaluate it 
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,10 @@ from finealign.errors import DataError
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # numpy's state as plain ints, so the checkpoint loads with weights_only=True (no pickled arrays).
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -22,7 +26,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -43,7 +48,13 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     if not path.is_file():
         raise DataError(f"checkpoint not found: {path}")
     try:
-        # Checkpoints hold RNG states and plain config dicts besides tensors.
-        return torch.load(path, map_location=map_location, weights_only=False)
+        # weights_only: tensors, plain containers and numbers only. A pickle that would construct
+        # any other object (a payload that runs code) is refused before anything runs.
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DataError(
+            f"refusing to load {path}: it holds objects other than tensors, numbers and plain containers "
+            f"(a finealign checkpoint never does; loading it could run code). {str(exc).splitlines()[0]}"
+        ) from exc
     except Exception as exc:  # torch raises many types for a corrupt file
         raise DataError(f"cannot read checkpoint {path}: {exc}") from exc
