@@ -100,11 +100,17 @@ class Aligner(nn.Module):
         if fused is not None:
             return fused
         cv, ct = self.config.chunk_visual, self.config.chunk_text
+        # Captions are scored in blocks of similar length, each block cut to the token positions
+        # any of its items uses: the padding that would be multiplied shrinks (padding is exact,
+        # so no score changes; columns are put back in their order at the end).
+        order = text.mask.sum(1).argsort(stable=True)
+        text = text[order]
+        text_blocks = [without_padding(text[j : j + ct]) for j in range(0, len(text), ct)]
         rows = []
         for i in range(0, len(visual), cv):
-            vb = visual[i : i + cv]
-            rows.append(torch.cat([self.score_block(vb, text[j : j + ct]) for j in range(0, len(text), ct)], 1))
-        return torch.cat(rows, 0)
+            vb = without_padding(visual[i : i + cv])
+            rows.append(torch.cat([self.score_block(vb, tb) for tb in text_blocks], 1))
+        return torch.cat(rows, 0)[:, order.argsort()]
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         """(nv, nt) scores for one block of already-prepared items."""
@@ -193,6 +199,14 @@ class Aligner(nn.Module):
                 f"explain() takes one visual and one text item, got {len(visual)} and {len(text)}"
             )
         return self.prepare(visual), self.prepare(text)
+
+
+def without_padding(batch: TokenBatch) -> TokenBatch:
+    """The batch cut to the token positions that at least one of its items uses."""
+    used = batch.mask.any(0)
+    if bool(used.all()):
+        return batch
+    return TokenBatch(batch.tokens[:, used], batch.mask[:, used], batch.pooled)
 
 
 def resolve_pairs(visual: TokenBatch, text: TokenBatch, pairs: Tensor | None) -> Tensor:
