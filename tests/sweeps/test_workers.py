@@ -96,3 +96,29 @@ def test_two_workers_share_a_postgres_study_without_duplicated_or_lost_trials(tm
     assert len(trials) == 12 and len(done) == 12 and len(keys) == 12, keys
     per_worker = [int(out.split(" complete,")[0].rsplit(" ", 1)[-1]) for out, _ in outputs]
     assert sum(per_worker) == 12 and min(per_worker) >= 1, per_worker  # both did real work
+
+
+def test_workers_opening_a_new_sqlite_storage_together_all_succeed(tmp_path):
+    """Creating the schema races; the loser retries and opens the winner's tables."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from finealign.sweeps.storage import open_storage; "
+        "open_storage(sys.argv[1], 60); print('ok')"
+    )
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
+        procs = [subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(4)]
+        results = [p.communicate(timeout=120) for p in procs]
+        for p, (out, err) in zip(procs, results):
+            assert p.returncode == 0 and out.strip() == "ok", err
+
+
+def test_only_schema_creation_races_are_retried():
+    from finealign.sweeps.storage import _is_schema_race
+
+    assert _is_schema_race(Exception("(sqlite3.IntegrityError) UNIQUE constraint failed: alembic_version.version_num"))
+    assert _is_schema_race(Exception('duplicate key value violates unique constraint "pg_type_typname_nsp_index"'))
+    assert not _is_schema_race(Exception("could not connect to server: Connection refused"))

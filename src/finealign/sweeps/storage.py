@@ -8,7 +8,9 @@ once (with the same seed) and not lost.
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -51,21 +53,39 @@ def open_storage(url: str, heartbeat_s: int) -> RDBStorage:
     if url.startswith("sqlite"):
         # Several local workers on one file wait for the write lock instead of failing at once.
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    try:
-        return RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_s,
-            grace_period=2 * heartbeat_s,
-            heartbeat_stale_trial_callback=requeue_stale_trial,
-        )
-    except ImportError as exc:  # e.g. postgresql:// without a driver
-        cause = exc.__cause__ or exc.__context__ or exc
-        raise ConfigError(
-            f"storage {url!r} needs a database driver ({cause}); for PostgreSQL: pip install psycopg2-binary"
-        ) from exc
-    except Exception as exc:  # sqlalchemy's errors name the host/file that failed
-        raise ConfigError(f"cannot open sweep storage {url!r}: {exc}") from exc
+    for attempt in range(_CREATE_ATTEMPTS):
+        try:
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_s,
+                grace_period=2 * heartbeat_s,
+                heartbeat_stale_trial_callback=requeue_stale_trial,
+            )
+        except ImportError as exc:  # e.g. postgresql:// without a driver
+            cause = exc.__cause__ or exc.__context__ or exc
+            raise ConfigError(
+                f"storage {url!r} needs a database driver ({cause}); for PostgreSQL: pip install psycopg2-binary"
+            ) from exc
+        except Exception as exc:  # sqlalchemy's errors name the host/file that failed
+            # Workers started together on a new database race to create its schema; the loser sees
+            # a unique-constraint error (SQLite: alembic_version; PostgreSQL: pg_type). The winner's
+            # schema is then there: wait a moment and open it.
+            if attempt + 1 < _CREATE_ATTEMPTS and _is_schema_race(exc):
+                time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
+                continue
+            raise ConfigError(f"cannot open sweep storage {url!r}: {exc}") from exc
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+_CREATE_ATTEMPTS = 8
+_RACE_MESSAGES = ("unique constraint", "duplicate key", "already exists")
+
+
+def _is_schema_race(exc: BaseException) -> bool:
+    """True for the errors of two workers creating the same tables at once."""
+    text = str(exc).lower()
+    return any(message in text for message in _RACE_MESSAGES)
 
 
 def with_available_driver(url: str) -> str:
