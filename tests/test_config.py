@@ -64,7 +64,7 @@ def test_required_group_files_exist():
     [
         (["aligner.name=mean_maxx"], r"aligner\.name: unknown aligner 'mean_maxx'.*mean_max"),
         (["loss.name=nce"], r"loss\.name: unknown loss\w* 'nce'.*infonce"),
-        (["train.lr=-0.001"], r"train\.lr must be a positive number, got -0\.001"),
+        (["train.lr=-0.001"], r"train\.lr must be a positive finite number, got -0\.001"),
         (["train.batch_size=0"], r"train\.batch_size"),
         (["train.amp=fp8"], r"train\.amp"),
         (["loss.temperature=-0.07"], r"loss: .*temperature must be > 0"),
@@ -98,3 +98,19 @@ def test_run_experiment_rejects_bad_config_before_reading_data(tmp_path):
     with pytest.raises(ConfigError, match="train.lr"):  # not a DataError about the missing cache
         run_experiment(cfg)
     assert not any(tmp_path.iterdir())
+
+
+def test_string_booleans_and_infinite_lr_are_refused():
+    import pytest
+
+    from finealign.config import compose, validate
+    from finealign.errors import ConfigError
+    from finealign.registry import create_aligner
+
+    for value in ("no", "false", 0):
+        with pytest.raises(ConfigError, match="normalize must be true or false"):
+            create_aligner("mean_max", normalize=value)
+    with pytest.raises(ConfigError, match="normalize"):
+        validate(compose("config", ["aligner.normalize='no'"]))
+    with pytest.raises(ConfigError, match="lr must be a positive finite number"):
+        validate(compose("config", ["train.lr=inf"]))

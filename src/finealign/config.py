@@ -10,6 +10,7 @@ with a ConfigError naming the key before any data is read or any step is trained
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,7 +152,7 @@ class TrainConfig:
             _require(isinstance(getattr(self, key), int) and getattr(self, key) >= 1, key, "a positive int", self)
         for key in ("warmup_steps", "num_workers", "eval_every", "val_max_items", "max_steps"):
             _require(isinstance(getattr(self, key), int) and getattr(self, key) >= 0, key, "an int >= 0", self)
-        _require(_number(self.lr) and self.lr > 0, "lr", "a positive number", self)
+        _require(_number(self.lr) and math.isfinite(self.lr) and self.lr > 0, "lr", "a positive finite number", self)
         _require(_number(self.backbone_lr) and self.backbone_lr >= 0, "backbone_lr", "a number >= 0", self)
         _require(_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0", self)
         _require(_number(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a number >= 0", self)

@@ -53,6 +53,9 @@ class AlignerConfig:
     chunk_pairs: int = 32  # pairs per block in `score_pairs` (the generic path costs chunk² pairs)
 
     def __post_init__(self) -> None:
+        # A string such as "no" or "false" is truthy: accepting it would silently normalise.
+        if not isinstance(self.normalize, bool):
+            raise ConfigError(f"normalize must be true or false, got {self.normalize!r}")
         for key in ("chunk_visual", "chunk_text", "chunk_pairs"):
             value = getattr(self, key)
             if not isinstance(value, int) or value < 1:
