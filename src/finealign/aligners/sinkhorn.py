@@ -237,10 +237,9 @@ def _log_iterations(log_kernel, log_a, log_b, mask_a, mask_b, valid, iterations,
 def _scaling_iterations(log_kernel, log_a, log_b, mask_a, mask_b, valid, iterations, tolerance) -> SinkhornResult:
     """The scaling-domain iterations (module docstring).
 
-    Each problem stops on its own once within `tolerance`; the block then keeps iterating only on
-    the problems still active (the working set is re-gathered when it has halved), so the cost
-    follows each problem's own iteration count, not the slowest one's. Problems that underflow are
-    redone in the log domain.
+    Each problem stops on its own once within `tolerance`; finished problems leave the working set
+    at once (the remaining ones are re-gathered), so the cost follows each problem's own iteration
+    count, not the slowest one's. Problems that underflow are redone in the log domain.
     """
     batch = log_kernel.shape[0]
     zero = torch.zeros((), dtype=log_kernel.dtype, device=log_kernel.device)
@@ -252,13 +251,17 @@ def _scaling_iterations(log_kernel, log_a, log_b, mask_a, mask_b, valid, iterati
     work = torch.arange(batch, device=log_kernel.device)
     tiny = torch.finfo(log_kernel.dtype).tiny
 
-    def gather(idx: Tensor, f: Tensor, g: Tensor):
-        ma, mb = mask_a[idx], mask_b[idx]
-        kernel = (log_kernel[idx] + f[:, :, None] + g[:, None, :]).exp()  # 0 on padding
-        return kernel, ma, mb, a_all[idx], b_all[idx], log_a[idx], ma.to(a_all.dtype), mb.to(b_all.dtype)
+    def log_scaling(x: Tensor, mask: Tensor) -> Tensor:
+        """log of a scaling on real entries, 0 on padding (where the scaling is 0)."""
+        return torch.where(mask, x.clamp_min(tiny).log(), zero)
+
+    def kernel_around(f: Tensor, g: Tensor) -> Tensor:
+        """The working set's Gibbs kernel with log potentials f, g absorbed (0 on padding)."""
+        return (log_kernel[work] + f[:, :, None] + g[:, None, :]).exp()
 
     f, g = torch.zeros_like(log_a), torch.zeros_like(log_b)
-    kernel, ma, mb, a, b, la, u, v = gather(work, f, g)
+    kernel, ma, mb, a, b, la = kernel_around(f, g), mask_a, mask_b, a_all, b_all, log_a
+    u, v = ma.to(a.dtype), mb.to(b.dtype)
     done = 0
     while True:
         kv = (kernel * v[:, None, :]).sum(-1)  # (w, n): K v as a multiply-sum (3x a batched matvec on CPU)
@@ -270,10 +273,8 @@ def _scaling_iterations(log_kernel, log_a, log_b, mask_a, mask_b, valid, iterati
             if bool(stop.any()):
                 # Retire finished problems: write their potentials (and error) out.
                 fin = stop.nonzero().flatten()
-                fin_u = torch.where(ma[fin], u[fin].clamp_min(tiny).log(), zero)
-                fin_v = torch.where(mb[fin], v[fin].clamp_min(tiny).log(), zero)
-                f_out = f_out.index_put((work[fin],), f[fin] + fin_u)
-                g_out = g_out.index_put((work[fin],), g[fin] + fin_v)
+                f_out = f_out.index_put((work[fin],), f[fin] + log_scaling(u[fin], ma[fin]))
+                g_out = g_out.index_put((work[fin],), g[fin] + log_scaling(v[fin], mb[fin]))
                 error[work[fin]] = err[fin].detach()
                 bad[work[fin]] = broken[fin]
                 keep = (~stop).nonzero().flatten()
@@ -293,9 +294,8 @@ def _scaling_iterations(log_kernel, log_a, log_b, mask_a, mask_b, valid, iterati
             absorb = bool(((real > _ABSORB_BOUND) | (real < 1 / _ABSORB_BOUND)).any())
         if absorb:
             # Move the scalings into the log potentials and rebuild the kernel around them.
-            f = f + torch.where(ma, u.clamp_min(tiny).log(), zero)
-            g = g + torch.where(mb, v.clamp_min(tiny).log(), zero)
-            kernel = (log_kernel[work] + f[:, :, None] + g[:, None, :]).exp()
+            f, g = f + log_scaling(u, ma), g + log_scaling(v, mb)
+            kernel = kernel_around(f, g)
             u, v = ma.to(a.dtype), mb.to(b.dtype)
     plan = (log_kernel + f_out[:, :, None] + g_out[:, None, :]).exp()
     fallback = int(bad.sum())

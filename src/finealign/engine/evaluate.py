@@ -10,14 +10,13 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from finealign.data.base import RetrievalSplit
 from finealign.engine.batching import to_device
-from finealign.engine.metrics import fold_slices, retrieval_metrics
+from finealign.engine.metrics import fold_slices, mean_metrics, retrieval_metrics
 from finealign.tokens import TokenBatch
 
 
@@ -156,7 +155,7 @@ def fold_gallery_metrics(
         else:
             fold = GalleryScores(scores.i2t[lo:hi][:, columns], scores.t2i[lo:hi][:, columns], 0.0)
         per_fold.append(gallery_metrics(fold, caption_item[columns] - lo))
-    return {key: float(np.mean([m[key] for m in per_fold])) for key in per_fold[0]}
+    return mean_metrics(per_fold)
 
 
 @torch.no_grad()

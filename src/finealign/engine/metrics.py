@@ -115,8 +115,12 @@ def fold_metrics(sim: Tensor, caption_item: Tensor, folds: int, fold_size: int) 
     """Average of `retrieval_metrics` over folds sliced from one gallery-independent matrix. (A
     gallery-dependent aligner must be scored on each fold alone: engine.evaluate does that.)"""
     caption_item = caption_item.long()
-    per_fold = [
+    return mean_metrics([
         retrieval_metrics(sim[lo:hi][:, columns.to(sim.device)], caption_item[columns] - lo)
         for lo, hi, columns in fold_slices(caption_item, folds, fold_size, visual_count=sim.shape[0])
-    ]
+    ])
+
+
+def mean_metrics(per_fold: list[dict[str, float]]) -> dict[str, float]:
+    """Key-wise mean of several folds' metric dicts."""
     return {key: float(np.mean([m[key] for m in per_fold])) for key in per_fold[0]}
