@@ -176,12 +176,21 @@ class EvalConfig:
     fold_size: int = 1000
     max_items: int = 0  # evaluate on the first N items only (0: all)
     progress: bool = True
+    # Scoring cost with spread (profiling.scoring_cost): 0 = off, else >= 5 interleaved repeats of
+    # scoring `cost_rows` image queries against the whole caption gallery, beside two references.
+    cost_repeats: int = 0
+    cost_rows: int = 16
+    threads: int = 0  # torch intra-op threads while evaluating (0: leave torch's setting)
+    save_ranks: bool = True  # write ranks.npz (every query's rank) beside results.json: paired bootstraps
 
     def __post_init__(self) -> None:
-        for key in ("batch_size", "chunk_items", "fold_size"):
+        for key in ("batch_size", "chunk_items", "fold_size", "cost_rows"):
             _require(isinstance(getattr(self, key), int) and getattr(self, key) >= 1, key, "a positive int", self)
-        for key in ("coco_folds", "max_items"):
+        for key in ("coco_folds", "max_items", "threads"):
             _require(isinstance(getattr(self, key), int) and getattr(self, key) >= 0, key, "an int >= 0", self)
+        _require(isinstance(self.cost_repeats, int) and (self.cost_repeats == 0 or self.cost_repeats >= 5),
+                 "cost_repeats", "0 (off) or an int >= 5 (a median and an IQR need them)", self)
+        _require(isinstance(self.save_ranks, bool), "save_ranks", "true or false", self)
 
 
 def _number(value: Any) -> bool:

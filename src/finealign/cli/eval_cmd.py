@@ -17,7 +17,8 @@ HEADLINE = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="ckpt=PATH (required), then overrides applied to the checkpoint's config")
-    parser.add_argument("--output-dir", default=None, help="where results go (default: <run output_dir>/eval)")
+    parser.add_argument("--output-dir", default=None,
+                        help="where results go (default: a new <run dir>/eval/<timestamp>; never over earlier results)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
@@ -33,4 +34,5 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(metrics, indent=2))
     else:
         print("  ".join(f"{k}={metrics[k]:.1f}" for k in HEADLINE))
+        print(f"results: {metrics['output_dir']}/results.json")
     return 0

@@ -32,10 +32,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from finealign.engine.experiment import run_experiment
 
-    result = run_experiment(cfg)
+    result = run_experiment(cfg, overrides=args.overrides)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print("  ".join(f"{k}={result[k]:.1f}" for k in HEADLINE))
-        print(f"results: {cfg.output_dir}/results.json")
+        print(f"results: {cfg.output_dir}/results.json")  # the directory run_experiment claimed
     return 0

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from finealign.data.base import RetrievalSplit
 from finealign.engine.batching import to_device
-from finealign.engine.metrics import fold_slices, mean_metrics, retrieval_metrics
+from finealign.engine.metrics import fold_slices, mean_metrics, query_ranks, retrieval_metrics
 from finealign.tokens import TokenBatch
 
 
@@ -201,10 +201,31 @@ def warn_if_unconverged(solver: dict[str, float]) -> None:
 def evaluate(
     model: Any, split: RetrievalSplit, *, device: torch.device, batch_size: int = 256, chunk_items: int = 256,
     max_items: int = 0, coco_folds: int = 0, fold_size: int = 1000, amp: str = "none", progress: bool = False,
-    measure_memory: bool = True,
+    measure_memory: bool = True, cost_repeats: int = 0, cost_rows: int = 16, threads: int = 0,
+    ranks: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Metrics of `model` on `split` (+ score_latency_ms, score_peak_mem_mb unless `measure_memory`
-    is off, and `folds_*` averages when coco_folds>0)."""
+    is off, and `folds_*` averages when coco_folds>0).
+
+    cost_repeats >= 5 adds the per-query scoring cost with its spread and its ratios to reference
+    operations timed alongside (profiling.scoring_cost); threads > 0 pins torch's thread count for
+    the whole evaluation. A dict passed as `ranks` receives every query's rank ("i2t", "t2i") and
+    "caption_item" (for paired bootstraps over queries)."""
+    from finealign.profiling.device import pinned_threads
+
+    with pinned_threads(threads or None):
+        return _evaluate(
+            model, split, device=device, batch_size=batch_size, chunk_items=chunk_items, max_items=max_items,
+            coco_folds=coco_folds, fold_size=fold_size, amp=amp, progress=progress, measure_memory=measure_memory,
+            cost_repeats=cost_repeats, cost_rows=cost_rows, ranks=ranks,
+        )  # fmt: skip
+
+
+def _evaluate(
+    model: Any, split: RetrievalSplit, *, device: torch.device, batch_size: int, chunk_items: int, max_items: int,
+    coco_folds: int, fold_size: int, amp: str, progress: bool, measure_memory: bool, cost_repeats: int,
+    cost_rows: int, ranks: dict[str, Any] | None,
+) -> dict[str, float]:
     was_training = model.training
     model.eval()
     try:
@@ -222,6 +243,13 @@ def evaluate(
                 else None
             )
             metrics = gallery_metrics(scores, caption_item)
+            if ranks is not None:
+                ranks.update(query_ranks(scores.i2t, caption_item, scores.t2i), caption_item=caption_item.clone())
+            cost = {}
+            if cost_repeats:
+                from finealign.profiling.scoring_cost import scoring_cost
+
+                cost = scoring_cost(model.aligner, visual, text, rows=cost_rows, repeats=cost_repeats, device=device)
             if coco_folds:
                 folds = fold_gallery_metrics(
                     model.aligner, scores, visual, text, caption_item, coco_folds, fold_size,
@@ -231,6 +259,7 @@ def evaluate(
     finally:
         model.train(was_training)
     metrics["score_latency_ms"] = scores.latency_ms
+    metrics.update(cost)
     metrics.update({f"aligner_{key}": value for key, value in solver.items()})
     warn_if_unconverged(solver)
     if score_mem is not None:

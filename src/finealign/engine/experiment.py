@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import resource
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from finealign.config import ExperimentSpec, config_dir, validate
 from finealign.engine.checkpoint import load_checkpoint, save_checkpoint
 from finealign.engine.evaluate import evaluate
+from finealign.engine.provenance import provenance
 from finealign.engine.model import RetrievalModel, build_loss, build_model, fit_to_training_data
 from finealign.engine.results import save_results
 from finealign.engine.trainer import Trainer
@@ -43,13 +45,33 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: peak allocated tensor memory since the run started. CPU: the process's peak resident
-    set size (it cannot be reset, so it also covers whatever the process did before the run)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+def memory_metrics(device: torch.device) -> dict[str, float]:
+    """train_peak_mem_mb: the CUDA allocator's peak since the run started (NaN on the CPU, where
+    no allocator peak of a whole run exists: scoring memory is `score_peak_mem_mb`, measured from
+    torch's allocation log). process_peak_rss_mb: the process's peak resident set size, labelled as
+    such — it only ever rises and covers whatever the process did before, so it is no cost metric."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "train_peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan"),
+        "process_peak_rss_mb": rss / 2**20 if sys.platform == "darwin" else rss / 1024,  # bytes on macOS, KiB on Linux
+    }
+
+
+def claim_output_dir(cfg: DictConfig) -> Path:
+    """Fix the run's directory once (a `${now:...}` in it resolves at this moment) and never reuse
+    one that already holds results: such a run moves to `<dir>-1`, `<dir>-2`, ... and says so.
+    A run that resumes (train.resume set) keeps its directory."""
+    target = Path(str(cfg.output_dir))
+    resuming = OmegaConf.select(cfg, "train.resume") is not None
+    if not resuming and (target / "results.json").exists():
+        n = 1
+        while target.with_name(f"{target.name}-{n}").exists():
+            n += 1
+        moved = target.with_name(f"{target.name}-{n}")
+        warnings.warn(f"{target} already holds results; this run writes to {moved}", UserWarning, stacklevel=3)
+        target = moved
+    cfg.output_dir = str(target)
+    return target
 
 
 def labels(spec: ExperimentSpec) -> dict[str, Any]:
@@ -65,23 +87,46 @@ def labels(spec: ExperimentSpec) -> dict[str, Any]:
     }
 
 
-def _test_metrics(model: RetrievalModel, spec: ExperimentSpec, split: Any, device: torch.device) -> dict[str, float]:
+def _test_metrics(
+    model: RetrievalModel, spec: ExperimentSpec, split: Any, device: torch.device, output_dir: Path
+) -> dict[str, float]:
     e = spec.eval
-    return evaluate(
+    ranks: dict[str, Any] = {}
+    metrics = evaluate(
         model, split, device=device, batch_size=e.batch_size, chunk_items=e.chunk_items, max_items=e.max_items,
         coco_folds=e.coco_folds, fold_size=e.fold_size, amp=spec.train.amp, progress=e.progress,
-    )
+        cost_repeats=e.cost_repeats, cost_rows=e.cost_rows, threads=e.threads, ranks=ranks,
+    )  # fmt: skip
+    if e.save_ranks:
+        save_ranks(output_dir / "ranks.npz", ranks, split=e.split)
+    return metrics
 
 
-def run_experiment(cfg: DictConfig, *, report: Callable[[int, dict], None] | None = None) -> dict:
+def save_ranks(path: Path, ranks: dict[str, Any], *, split: str) -> None:
+    """Every test query's rank: what `finealign.protocol.stats` resamples for paired bootstraps."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        path, i2t=ranks["i2t"].numpy().astype(np.int64), t2i=ranks["t2i"].numpy().astype(np.int64),
+        caption_item=ranks["caption_item"].numpy().astype(np.int64), split=np.array(split),
+    )  # fmt: skip
+
+
+def run_experiment(
+    cfg: DictConfig, *, report: Callable[[int, dict], None] | None = None, overrides: Iterable[str] | None = None
+) -> dict:
     """Train and evaluate the experiment `cfg` (as composed by finealign.config.compose).
 
     report(epoch, val_metrics) is called after each validation (sweeps prune by raising from it).
     Returns the test-split metrics (i2t/t2i R@1/5/10, rsum, medr, meanr, score_latency_ms) plus
-    peak_mem_mb, train_time_s, final_loss, epochs, steps and best_val_rsum, and writes
-    results.json / results.csv (and model.pt, when train.save_model) into cfg.output_dir.
+    train_peak_mem_mb, process_peak_rss_mb, train_time_s, final_loss, epochs, steps and
+    best_val_rsum, and writes results.json / results.csv / ranks.npz (and model.pt, when
+    train.save_model) into the run's directory: cfg.output_dir, or a fresh sibling of it when that
+    already holds results (`claim_output_dir`). results.json carries the provenance block
+    (`engine.provenance`); `overrides` are the command-line overrides it records.
     """
     spec = validate(cfg)  # every ConfigError before any data is read
+    out_dir = claim_output_dir(cfg)
+    spec = validate(cfg)
     device = resolve_device(spec.device)
     seed_everything(spec.seed)
     dname, doptions = spec.data
@@ -103,10 +148,10 @@ def run_experiment(cfg: DictConfig, *, report: Callable[[int, dict], None] | Non
         config_snapshot=snapshot, progress=spec.train.progress,
     )
     result = trainer.fit(train_split, val_split, report=report)
-    metrics = _test_metrics(model, spec, test_split, device)
+    metrics = _test_metrics(model, spec, test_split, device, out_dir)
     out = {
         **metrics,
-        "peak_mem_mb": peak_memory_mb(device),
+        **memory_metrics(device),
         "train_time_s": result.train_time_s,
         "final_loss": result.final_loss,
         "epochs": result.epochs_run,
@@ -118,8 +163,11 @@ def run_experiment(cfg: DictConfig, *, report: Callable[[int, dict], None] | Non
         save_checkpoint(Path(spec.output_dir) / "model.pt", {"model": model.state_dict(), **snapshot})
     save_results(
         spec.output_dir, out, labels=labels(spec), config=snapshot["config"],
-        extra={"history": result.history, "epoch_losses": result.epoch_losses, "device": str(device)},
-    )
+        extra={
+            "history": result.history, "epoch_losses": result.epoch_losses, "device": str(device),
+            "output_dir": str(out_dir), "provenance": provenance(device, overrides),
+        },
+    )  # fmt: skip
     return out
 
 
@@ -159,8 +207,10 @@ def evaluate_checkpoint(ckpt: str | Path, overrides: Iterable[str] = (), *, outp
 
     The checkpoint's own config is used, with `overrides` applied on top (e.g. eval.split=val,
     data.root=/other/cache, or aligner=hard to score the same features with another aligner).
-    Results go to <output_dir or the config's output_dir>/eval/results.{json,csv}.
+    Results go to a new directory, <output_dir> or else <checkpoint's folder>/eval/<timestamp>
+    (never over an earlier evaluation's results); its path is returned as metrics["output_dir"].
     """
+    overrides = list(overrides)
     state = load_checkpoint(ckpt)
     if "config" not in state or "model" not in state:
         raise ConfigError(f"{ckpt} is not a finealign checkpoint (no config/model inside)")
@@ -178,9 +228,20 @@ def evaluate_checkpoint(ckpt: str | Path, overrides: Iterable[str] = (), *, outp
         )
     dname, doptions = spec.data
     split = create_dataset(dname, **doptions).split(spec.eval.split)
-    metrics = _test_metrics(model, spec, split, device)
-    metrics["peak_mem_mb"] = peak_memory_mb(device)
-    target = Path(output_dir) if output_dir is not None else Path(spec.output_dir) / "eval"
+    run_dir = Path(ckpt).resolve().parent
+    run_dir = run_dir.parent if run_dir.name == "checkpoints" else run_dir
+    target = Path(output_dir) if output_dir is not None else run_dir / "eval" / _timestamp()
+    target = claim_output_dir(OmegaConf.create({"output_dir": str(target)}))
+    metrics = _test_metrics(model, spec, split, device, target)
+    metrics.update(memory_metrics(device))
     save_results(target, metrics, labels=labels(spec), config=OmegaConf.to_container(cfg, resolve=True),
-                 extra={"checkpoint": str(ckpt), "new_aligner_params": missing})
+                 extra={"checkpoint": str(ckpt), "new_aligner_params": missing, "output_dir": str(target),
+                        "provenance": provenance(device, overrides)})
+    metrics["output_dir"] = str(target)  # type: ignore[assignment]
     return metrics
+
+
+def _timestamp() -> str:
+    import datetime as _dt
+
+    return _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")

@@ -96,6 +96,12 @@ def retrieval_metrics(sim: Tensor, caption_item: Tensor, t2i_sim: Tensor | None 
     return out
 
 
+def query_ranks(sim: Tensor, caption_item: Tensor, t2i_sim: Tensor | None = None) -> dict[str, Tensor]:
+    """Every query's rank: {"i2t": (N_img,), "t2i": (N_cap,)} (what paired bootstraps resample)."""
+    _check(sim, caption_item)
+    return {"i2t": i2t_ranks(sim, caption_item), "t2i": t2i_ranks(sim if t2i_sim is None else t2i_sim, caption_item)}
+
+
 def fold_slices(
     caption_item: Tensor, folds: int, fold_size: int, *, visual_count: int
 ) -> list[tuple[int, int, Tensor]]:

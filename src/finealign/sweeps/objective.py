@@ -17,7 +17,7 @@ def run_composed(overrides: list[str], report: ReportFn, *, experiment: str = "c
     from finealign.config import compose
     from finealign.engine.experiment import run_experiment
 
-    return run_experiment(compose(experiment, overrides), report=report)
+    return run_experiment(compose(experiment, overrides), report=report, overrides=overrides)
 
 
 def load_objective(ref: str | None, experiment: str = "config") -> Objective:

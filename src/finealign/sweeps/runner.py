@@ -21,6 +21,7 @@ import optuna
 from optuna.storages import RDBStorage, fail_stale_trials
 from optuna.trial import TrialState
 
+from finealign.engine.provenance import provenance
 from finealign.sweeps.space import suggest, to_overrides
 from finealign.sweeps.spec import SweepSpec
 from finealign.sweeps.storage import Heartbeat, requeue_stale_trial
@@ -31,12 +32,17 @@ ReportFn = Callable[[int, Mapping[str, Any]], None]
 Objective = Callable[[list[str], ReportFn], Mapping[str, Any]]
 
 ERROR_ATTR = "error"
+PROVENANCE_ATTR = "provenance"
 METRICS_ATTR = "metrics"
 
 
-def trial_seed(study_seed: int, trial_number: int) -> int:
-    """The seed a trial trains with: fixed by the study seed and the trial's number (a re-run of a
-    point left by a dead worker keeps the number of the first attempt, so it reproduces it)."""
+def trial_seed(study_seed: int, trial_number: int, paired: bool = True) -> int:
+    """The seed a trial trains with. Paired (the default): the study seed for every trial, so all
+    trials share initialisation (where shapes allow) and batch order. Per trial: fixed by the study
+    seed and the trial's number (a re-run of a point left by a dead worker keeps the number of the
+    first attempt, so it reproduces it)."""
+    if paired:
+        return study_seed
     return (study_seed * 1_000_003 + trial_number) % (2**31)
 
 
@@ -127,7 +133,8 @@ class SweepWorker:
         with Heartbeat(self.storage, trial_id, self.spec.heartbeat_s):
             try:
                 point = suggest(trial, self.spec)
-                seed = trial_seed(self.spec.seed, int(trial.user_attrs.get("retry_of", trial.number)))
+                number = int(trial.user_attrs.get("retry_of", trial.number))
+                seed = trial_seed(self.spec.seed, number, paired=self.spec.seeds == "paired")
                 overrides = [*self.trial_overrides, *to_overrides(point), f"seed={seed}"]
                 if self.output_root and not any(o.startswith("output_dir=") for o in overrides):
                     overrides.append(f"output_dir={self.output_root}/trial_{trial.number:04d}")
@@ -136,6 +143,9 @@ class SweepWorker:
                 metrics = dict(self.objective(overrides, self._reporter(trial)))
                 values = objective_values(self.spec, metrics)
                 trial.set_user_attr(METRICS_ATTR, _jsonable(metrics))
+                for o in self.spec.objectives:  # one attr per objective: optuna-dashboard shows them by name
+                    trial.set_user_attr(o.metric, float(metrics[o.metric]))
+                trial.set_user_attr(PROVENANCE_ATTR, provenance(overrides=overrides))
                 self.study.tell(trial, values)
                 self.stats.complete += 1
                 return TrialState.COMPLETE

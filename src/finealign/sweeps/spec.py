@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from finealign.errors import ConfigError
 
 SAMPLERS = ("grid", "tpe", "nsga2", "random")
+SEED_MODES = ("paired", "per_trial")
 DIRECTIONS = ("maximize", "minimize")
 PRUNERS = ("none", "median", "percentile", "hyperband")
 
@@ -179,6 +180,9 @@ class SweepSpec:
     objective: str | None = None  # "module:function" replacing compose + run_experiment
     n_trials: int | None = None  # study-wide total; grid: all points by default
     seed: int = 0
+    # paired: every trial trains with `seed` (same initialisation where shapes allow, same batch
+    # order), so two trials differ only in what the sweep varies; per_trial: a seed per trial number
+    seeds: str = "paired"
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
     heartbeat_s: int = 10  # RUNNING trials silent for 2x this long are failed and retried
     plot_x: str = "score_latency_ms"
@@ -186,7 +190,7 @@ class SweepSpec:
 
     TOP_KEYS = (
         "study", "sampler", "objectives", "choose", "params", "overrides", "experiment", "objective",
-        "n_trials", "seed", "pruner", "heartbeat_s", "plot",
+        "n_trials", "seed", "seeds", "pruner", "heartbeat_s", "plot",
     )  # fmt: skip
 
     @classmethod
@@ -226,6 +230,9 @@ class SweepSpec:
         seed = raw.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ConfigError(f"seed must be an int >= 0, got {seed!r}")
+        seeds = raw.get("seeds", "paired")
+        if seeds not in SEED_MODES:
+            raise ConfigError(f"seeds must be one of {', '.join(SEED_MODES)}, got {seeds!r}")
         heartbeat_s = raw.get("heartbeat_s", 10)
         if not isinstance(heartbeat_s, int) or isinstance(heartbeat_s, bool) or heartbeat_s < 1:
             raise ConfigError(f"heartbeat_s must be a positive int (seconds), got {heartbeat_s!r}")
@@ -245,6 +252,7 @@ class SweepSpec:
             objective=objective,
             n_trials=n_trials,
             seed=seed,
+            seeds=seeds,
             pruner=pruner,
             heartbeat_s=heartbeat_s,
             plot_x=str(plot.get("x", "score_latency_ms")),

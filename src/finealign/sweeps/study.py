@@ -61,6 +61,7 @@ def fingerprint(spec: SweepSpec, trial_overrides: tuple[str, ...]) -> str:
         "experiment": spec.experiment,
         "overrides": list(trial_overrides),
         "seed": spec.seed,
+        "seeds": spec.seeds,
     }
     return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -96,6 +97,7 @@ def open_study(
         sampler = SAMPLERS[spec.sampler](spec, sampler_seed(spec, existing, worker_id))
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     if created:
+        study.set_metric_names([o.metric for o in spec.objectives])  # optuna-dashboard shows "rsum"
         study.set_user_attr(SPEC_ATTR, json.loads(json.dumps(spec.to_dict(), default=str)))
         study.set_user_attr(FINGERPRINT_ATTR, fp)
         if spec.sampler == "grid":

@@ -1,0 +1,44 @@
+"""`finealign bench [protocol=NAME] [protocol.KEY=VALUE ...] [overrides...]`: the citable comparison.
+
+Tunes every method of the protocol on validation with an equal budget, retrains each best config
+with the shared seeds, tests once, and writes the report (see docs/protocol.md). Resumable: run
+the same command again after a stop.
+
+    finealign bench                                   # configs/protocol/flickr8k.yaml
+    finealign bench protocol=toy                      # seconds, on synthetic data
+    finealign bench --methods global,hard             # a subset now, the rest later
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "overrides", nargs="*",
+        help="protocol=NAME picks configs/protocol/NAME.yaml (default: flickr8k); protocol.KEY=VALUE edits it "
+        "(e.g. protocol.tune.n_trials=8); any other KEY=VALUE is added to every run",
+    )  # fmt: skip
+    parser.add_argument("--storage", default=None, help="Optuna RDB URL (default: sqlite:///runs/bench/STUDY.db)")
+    parser.add_argument("--out", type=Path, default=None, help="protocol folder (default: runs/bench/STUDY)")
+    parser.add_argument("--methods", default=None, help="comma-separated subset of the protocol's methods to run now")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from finealign.protocol.loader import load_protocol
+    from finealign.protocol.run import DEFAULT_ROOT, default_storage, run_protocol
+
+    spec, extra = load_protocol(args.overrides)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    out = args.out or DEFAULT_ROOT / spec.study
+    storage = args.storage or default_storage(spec.study, out.parent)
+    run_protocol(spec, extra, storage=storage, out_dir=out, methods=methods, progress=not args.no_progress)
+    from finealign.protocol.report import write_protocol_report  # noqa: PLC0415  (after the long part)
+
+    report = write_protocol_report(out, storage)
+    print(report.markdown)
+    print(f"\ntables: {report.csv}  {report.md}  {report.tex}\nplot: {report.plot or '(no plot yet)'}")
+    return 0

@@ -1,0 +1,54 @@
+"""Load `configs/protocol/NAME.yaml` through Hydra and split command-line overrides.
+
+`finealign bench protocol=toy protocol.tune.n_trials=2 data.num_train=64`:
+  - `protocol=NAME` picks the file (default: `flickr8k`),
+  - `protocol.KEY=VALUE` changes the protocol itself,
+  - everything else is added to every run of every method (tuning and final).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from omegaconf import OmegaConf
+
+from finealign.errors import ConfigError
+from finealign.protocol.spec import ProtocolSpec
+from finealign.sweeps.spec import override_key
+
+DEFAULT = "flickr8k"
+
+
+def available_protocols() -> list[str]:
+    from finealign.config import config_dir
+
+    return sorted(p.stem for p in (config_dir() / "protocol").glob("*.yaml"))
+
+
+def load_protocol(args: Iterable[str] = ()) -> tuple[ProtocolSpec, tuple[str, ...]]:
+    """(validated spec, overrides for every run)."""
+    from finealign.config import compose, config_dir
+
+    name, own, extra = DEFAULT, [], []
+    for arg in args:
+        if "=" not in arg:
+            raise ConfigError(f"override {arg!r} is not KEY=VALUE")
+        key = override_key(arg)
+        if key == "protocol":
+            name = arg.split("=", 1)[1]
+        elif key.startswith("protocol."):
+            own.append(arg)
+        else:
+            extra.append(arg)
+    if not (config_dir() / "protocol" / f"{name}.yaml").is_file():
+        raise ConfigError(
+            f"no protocol config {name!r} in {config_dir() / 'protocol'} (available: {', '.join(available_protocols())})"
+        )
+    cfg = compose(f"protocol/{name}", own)
+    raw = OmegaConf.to_container(cfg, resolve=True).get("protocol", {})
+    spec = ProtocolSpec.from_dict(raw)
+    varied = {p.name for p in spec.shared} | {p.name for m in spec.methods for p in m.params}
+    for o in extra:
+        if override_key(o) in varied:
+            raise ConfigError(f"override {o!r} sets {override_key(o)!r}, which the protocol tunes; drop it or edit the file")
+    return spec, tuple(extra)

@@ -1,0 +1,187 @@
+"""The protocol specification: what a `configs/protocol/*.yaml` file may say, validated up front.
+
+A protocol compares methods on equal terms: every method is tuned on the validation split with the
+same sampler, the same number of trials and the same shared search space (plus its own
+parameters), then its best configuration is retrained with the same seeds as every other method and
+tested once. `ProtocolSpec.from_dict` raises ConfigError naming the first bad key before anything
+runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+from finealign.errors import ConfigError
+from finealign.sweeps.spec import ParamSpec, _unknown_keys, override_key
+
+TUNE_SAMPLERS = ("tpe", "random")
+# what a protocol fixes itself; a method or the file setting them would break the protocol
+RESERVED_KEYS = ("seed", "output_dir", "eval.split")
+
+
+def _int(value: Any, where: str, low: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{where} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def _overrides(raw: Any, where: str) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, (list, tuple)):
+        raise ConfigError(f"{where} must be a list of KEY=VALUE strings, got {raw!r}")
+    for o in raw:
+        if not isinstance(o, str) or "=" not in o:
+            raise ConfigError(f"{where} must hold strings like 'aligner=hard', got {o!r}")
+        if override_key(o) in RESERVED_KEYS:
+            raise ConfigError(f"{where} sets {override_key(o)!r}, which the protocol sets itself (tune: val, final: test)")
+    return tuple(raw)
+
+
+def _params(raw: Any, where: str) -> tuple[ParamSpec, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where} must map override keys to search ranges, got {raw!r}")
+    params = tuple(ParamSpec.from_raw(str(k), v) for k, v in raw.items())
+    for p in params:
+        if p.name in RESERVED_KEYS:
+            raise ConfigError(f"{where}: {p.name!r} cannot be tuned (the protocol sets it)")
+    return params
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    overrides: tuple[str, ...]  # e.g. aligner=hard, or method=chan
+    params: tuple[ParamSpec, ...]  # its own search space, beside the shared one
+
+    @classmethod
+    def from_raw(cls, name: str, raw: Any) -> MethodSpec:
+        where = f"methods.{name}"
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where} must be a mapping with overrides and params, got {raw!r}")
+        _unknown_keys(raw, ("overrides", "params"), where)
+        overrides = _overrides(raw.get("overrides"), f"{where}.overrides")
+        if not overrides:
+            raise ConfigError(f"{where}.overrides is empty: say what the method is (e.g. [aligner={name}])")
+        return cls(name=name, overrides=overrides, params=_params(raw.get("params"), f"{where}.params"))
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    sampler: str = "tpe"
+    n_trials: int = 8  # per method: the equal budget
+    seed: int = 0  # every tuning trial of every method trains with this seed (paired)
+    metric: str = "rsum"  # maximised on the validation split
+    overrides: tuple[str, ...] = ()  # tuning only (e.g. a smaller validation gallery)
+
+
+@dataclass(frozen=True)
+class BootstrapSpec:
+    resamples: int = 9999
+    confidence: float = 0.95
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """A whole validated protocol (see configs/protocol/toy.yaml for a commented example)."""
+
+    study: str
+    methods: tuple[MethodSpec, ...]
+    shared: tuple[ParamSpec, ...]
+    tune: TuneSpec
+    seeds: tuple[int, ...]
+    reference: str
+    overrides: tuple[str, ...] = ()  # every run, tuning and final
+    test_overrides: tuple[str, ...] = ()  # final runs only
+    cost_overrides: tuple[str, ...] = ()  # the first seed's final run only (timing is costly)
+    experiment: str = "config"
+    objective: str | None = None  # "module:function" replacing compose + run_experiment (tests)
+    bootstrap: BootstrapSpec = BootstrapSpec()
+    heartbeat_s: int = 30
+
+    TOP_KEYS = (
+        "study", "methods", "shared", "tune", "seeds", "reference", "overrides", "test", "costs", "experiment",
+        "objective", "bootstrap", "heartbeat_s",
+    )  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> ProtocolSpec:
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"a protocol config must be a mapping, got {type(raw).__name__}")
+        _unknown_keys(raw, cls.TOP_KEYS, "the protocol config")
+        study = raw.get("study")
+        if not isinstance(study, str) or not study or any(c in study for c in "/\\ ."):
+            raise ConfigError(f"study must be a name without slashes, dots or spaces, got {study!r}")
+        methods_raw = raw.get("methods") or {}
+        if not isinstance(methods_raw, Mapping) or not methods_raw:
+            raise ConfigError("methods is empty: list the methods to compare (name: {overrides: [aligner=...]})")
+        methods = tuple(MethodSpec.from_raw(str(k), v) for k, v in methods_raw.items())
+        shared = _params(raw.get("shared"), "shared")
+        shared_names = {p.name for p in shared}
+        for m in methods:
+            clash = shared_names & {p.name for p in m.params}
+            if clash:
+                raise ConfigError(f"methods.{m.name}.params {sorted(clash)} are shared params: tune them once, in shared")
+        tune_raw = dict(raw.get("tune") or {})
+        _unknown_keys(tune_raw, ("sampler", "n_trials", "seed", "metric", "overrides"), "tune")
+        tune = TuneSpec(
+            sampler=tune_raw.get("sampler", "tpe"),
+            n_trials=_int(tune_raw.get("n_trials", 8), "tune.n_trials", 1),
+            seed=_int(tune_raw.get("seed", 0), "tune.seed", 0),
+            metric=str(tune_raw.get("metric", "rsum")),
+            overrides=_overrides(tune_raw.get("overrides"), "tune.overrides"),
+        )
+        if tune.sampler not in TUNE_SAMPLERS:
+            raise ConfigError(f"tune.sampler must be one of {', '.join(TUNE_SAMPLERS)}, got {tune.sampler!r}")
+        seeds_raw = raw.get("seeds", [0, 1, 2])
+        if isinstance(seeds_raw, int) and not isinstance(seeds_raw, bool):
+            seeds_raw = list(range(_int(seeds_raw, "seeds", 1)))  # shorthand: seeds: 3 → [0, 1, 2]
+        if not isinstance(seeds_raw, (list, tuple)) or not seeds_raw:
+            raise ConfigError(f"seeds must be a count or a non-empty list of ints, got {seeds_raw!r}")
+        seeds = tuple(_int(s, "seeds[]", 0) for s in seeds_raw)
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"seeds {list(seeds)} hold duplicates")
+        names = [m.name for m in methods]
+        reference = raw.get("reference", names[0])
+        if reference not in names:
+            raise ConfigError(f"reference {reference!r} is not one of the methods ({', '.join(names)})")
+        test_raw = dict(raw.get("test") or {})
+        _unknown_keys(test_raw, ("overrides",), "test")
+        costs_raw = dict(raw.get("costs") or {})
+        _unknown_keys(costs_raw, ("overrides",), "costs")
+        boot_raw = dict(raw.get("bootstrap") or {})
+        _unknown_keys(boot_raw, ("resamples", "confidence", "seed"), "bootstrap")
+        boot = BootstrapSpec(
+            resamples=_int(boot_raw.get("resamples", 9999), "bootstrap.resamples", 100),
+            confidence=boot_raw.get("confidence", 0.95),
+            seed=_int(boot_raw.get("seed", 0), "bootstrap.seed", 0),
+        )
+        if not isinstance(boot.confidence, float) or not math.isfinite(boot.confidence) or not 0 < boot.confidence < 1:
+            raise ConfigError(f"bootstrap.confidence must be a float in (0, 1), got {boot.confidence!r}")
+        objective = raw.get("objective")
+        if objective is not None and (not isinstance(objective, str) or ":" not in objective):
+            raise ConfigError(f"objective must be 'module:function' or null, got {objective!r}")
+        return cls(
+            study=study, methods=methods, shared=shared, tune=tune, seeds=seeds, reference=reference,
+            overrides=_overrides(raw.get("overrides"), "overrides"),
+            test_overrides=_overrides(test_raw.get("overrides"), "test.overrides"),
+            cost_overrides=_overrides(costs_raw.get("overrides"), "costs.overrides"),
+            experiment=str(raw.get("experiment", "config")), objective=objective, bootstrap=boot,
+            heartbeat_s=_int(raw.get("heartbeat_s", 30), "heartbeat_s", 1),
+        )  # fmt: skip
+
+    def method(self, name: str) -> MethodSpec:
+        for m in self.methods:
+            if m.name == name:
+                return m
+        raise ConfigError(f"no method {name!r} in protocol {self.study!r} ({', '.join(m.name for m in self.methods)})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
