@@ -1,6 +1,9 @@
 """End to end on the toy data: train a few epochs, evaluate, save, resume, re-evaluate."""
 
 import json
+import re
+
+import numpy as np
 
 import pandas as pd
 import pytest
@@ -12,7 +15,7 @@ from finealign.engine.checkpoint import load_checkpoint
 from finealign.engine.experiment import evaluate_checkpoint, run_experiment
 
 RESULT_KEYS = {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "i2t_medr", "t2i_medr",
-               "i2t_meanr", "t2i_meanr", "score_latency_ms", "peak_mem_mb", "train_time_s", "final_loss"}
+               "i2t_meanr", "t2i_meanr", "score_latency_ms", "train_peak_mem_mb", "process_peak_rss_mb", "train_time_s", "final_loss"}
 
 
 def toy_overrides(out, *extra):
@@ -81,7 +84,11 @@ def test_eval_command_reproduces_test_metrics(tmp_path, capsys):
     again = evaluate_checkpoint(tmp_path / "model.pt")
     for key in ("i2t_r1", "t2i_r5", "rsum", "i2t_meanr"):
         assert again[key] == result[key]
-    assert (tmp_path / "eval" / "results.json").is_file()
+    first_eval = tmp_path / "eval"
+    assert again["output_dir"].startswith(str(first_eval)) and (first_eval / again["output_dir"][len(str(first_eval)) + 1 :] / "results.json").is_file()
+    # a second evaluation lands in a new directory and leaves the first one alone
+    second = evaluate_checkpoint(tmp_path / "model.pt", output_dir=again["output_dir"])
+    assert second["output_dir"] != again["output_dir"] and (tmp_path / "eval").is_dir()
     # Score the same trained features with another (parameter-free) aligner, through the CLI.
     code = cli_main(["eval", f"ckpt={tmp_path / 'model.pt'}", "aligner=global", "--json",
                      f"--output-dir={tmp_path / 'eval_global'}"])
@@ -107,3 +114,31 @@ def test_gradient_accumulation_and_bf16_autocast_train(tmp_path):
     result = run_experiment(cfg)
     assert result["steps"] == 2 * (384 // 32) // 2
     assert result["i2t_r5"] > 10  # chance: ~2.6 %
+
+
+def test_results_carry_provenance_and_two_identical_runs_land_in_two_directories(tmp_path):
+    import subprocess
+
+    first = compose(overrides=toy_overrides(tmp_path / "run", "train.epochs=1"))
+    second = compose(overrides=toy_overrides(tmp_path / "run", "train.epochs=1"))
+    with pytest.warns(UserWarning, match="already holds results"):
+        run_experiment(first, overrides=["train.epochs=1"])
+        run_experiment(second)
+    dirs = sorted(p.parent.name for p in tmp_path.glob("*/results.json"))
+    assert dirs == ["run", "run-1"]
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    prov = saved["provenance"]
+    for key in ("finealign_version", "python", "torch", "numpy", "optuna", "device", "threads", "argv"):
+        assert prov[key] not in (None, ""), key
+    assert prov["overrides"] == ["train.epochs=1"] and saved["config"]["eval"]["split"] == "test"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if head:  # run from a checkout: the commit and the dirty flag are recorded
+        assert prov["git_commit"] == head and isinstance(prov["git_dirty"], bool)
+    ranks = np.load(tmp_path / "run" / "ranks.npz")
+    assert len(ranks["i2t"]) == 48 and len(ranks["t2i"]) == len(ranks["caption_item"]) == 48 * 2
+
+
+def test_default_output_dirs_are_timestamped(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = compose(overrides=["data=toy"])
+    assert re.search(r"runs/toy/toy/mean_max-infonce/\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}$", str(cfg.output_dir))

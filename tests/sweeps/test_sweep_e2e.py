@@ -12,7 +12,7 @@ from finealign.sweeps.space import grid_points, point_key
 
 from tests.sweeps.conftest import FAKE, from_raw, toy, toy_raw
 
-ENGINE_METRICS = {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "score_latency_ms", "peak_mem_mb"}
+ENGINE_METRICS = {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "score_latency_ms", "process_peak_rss_mb"}
 
 
 def test_grid_sweep_with_the_engine_then_report_reads_back_the_same_table(where, capsys):
@@ -22,9 +22,13 @@ def test_grid_sweep_with_the_engine_then_report_reads_back_the_same_table(where,
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
     # every grid point ran exactly once, with the seed derived from the study seed and its number
     assert sorted(t.user_attrs["grid_key"] for t in trials) == sorted(map(point_key, grid_points(loaded.spec)))
+    # paired seeds: every trial trains with the study seed; metric names and provenance recorded
+    assert result.study.metric_names == ["rsum", "score_latency_ms"]
+    assert {t.user_attrs["seed"] for t in trials} == {loaded.spec.seed}
     for t in trials:
         assert ENGINE_METRICS <= set(t.user_attrs["metrics"])
         assert t.user_attrs["seed"] == trial_seed(0, t.number)
+        assert t.user_attrs["rsum"] == t.values[0] and t.user_attrs["provenance"]["torch"]
         assert f"seed={t.user_attrs['seed']}" in t.user_attrs["overrides"]
         assert t.values == [t.user_attrs["metrics"]["rsum"], t.user_attrs["metrics"]["score_latency_ms"]]
     report = result.report

@@ -1,4 +1,9 @@
-"""`finealign report STUDY [--storage URL]`: rebuild a sweep's table, CSV and plot from storage."""
+"""`finealign report NAME [--storage URL] [--out DIR]`: rebuild tables and plot from storage.
+
+NAME is a protocol (`finealign bench`: runs/bench/NAME/ holds protocol.json) or a sweep study
+(`finealign sweep`: runs/sweeps/NAME.db). A protocol's table comes as Markdown, CSV and LaTeX
+(booktabs), with the accuracy–cost plot (seed error bars, latency IQR, Pareto front).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,32 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("study", help="study name")
-    parser.add_argument("--storage", default=None, help="Optuna RDB URL (default: sqlite:///runs/sweeps/STUDY.db)")
-    parser.add_argument("--out", type=Path, default=None, help="report folder (default: runs/sweeps/STUDY)")
+    parser.add_argument("study", help="protocol or sweep study name")
+    parser.add_argument("--storage", default=None,
+                        help="Optuna RDB URL (default: sqlite:///runs/bench/NAME.db or runs/sweeps/NAME.db)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report folder (default: runs/bench/NAME or runs/sweeps/NAME)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from finealign.protocol.run import DEFAULT_ROOT, SPEC_FILE, default_storage
+
+    protocol_dir = args.out or DEFAULT_ROOT / args.study
+    if (protocol_dir / SPEC_FILE).is_file():
+        from finealign.protocol.report import write_protocol_report
+
+        report = write_protocol_report(protocol_dir, args.storage or default_storage(args.study, protocol_dir.parent))
+        print(report.markdown)
+        print(f"\ntables: {report.csv}  {report.md}  {report.tex}\nplot: {report.plot or '(no plot yet)'}")
+        return 0
+    from finealign.errors import ConfigError
     from finealign.sweeps import load_report
 
-    report = load_report(args.study, storage=args.storage, out_dir=args.out)
-    print(report.markdown)
-    print(f"\ntable: {report.csv}  plot: {report.plot or '(no plot: trials lack the plot metrics)'}")
+    try:
+        sweep = load_report(args.study, storage=args.storage, out_dir=args.out)
+    except ConfigError as exc:
+        missing = protocol_dir / SPEC_FILE
+        raise ConfigError(f"{args.study!r} is no protocol ({missing} is missing) and no sweep: {exc}") from exc
+    print(sweep.markdown)
+    print(f"\ntable: {sweep.csv}  plot: {sweep.plot or '(no plot: trials lack the plot metrics)'}")
     return 0

@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from finealign.config import ExperimentSpec, config_dir, validate
 from finealign.engine.checkpoint import load_checkpoint, save_checkpoint
 from finealign.engine.evaluate import evaluate
-from finealign.engine.provenance import provenance
 from finealign.engine.model import RetrievalModel, build_loss, build_model, fit_to_training_data
+from finealign.engine.provenance import provenance
 from finealign.engine.results import save_results
 from finealign.engine.trainer import Trainer
 from finealign.errors import ConfigError
@@ -202,7 +202,9 @@ def _yaml_value(text: str) -> Any:
         return text
 
 
-def evaluate_checkpoint(ckpt: str | Path, overrides: Iterable[str] = (), *, output_dir: str | Path | None = None) -> dict:
+def evaluate_checkpoint(
+    ckpt: str | Path, overrides: Iterable[str] = (), *, output_dir: str | Path | None = None
+) -> dict:
     """Evaluate a saved model (model.pt or checkpoints/last.pt) on its config's eval split.
 
     The checkpoint's own config is used, with `overrides` applied on top (e.g. eval.split=val,

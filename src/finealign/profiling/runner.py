@@ -191,7 +191,9 @@ def profile_aligners(
 
 def _peak_or_none(device: torch.device, dtype: torch.dtype) -> float | None:
     try:
-        return matmul_throughput(device, dtype)
+        # Measured now, under this run's load and thread count: a peak cached from another run (or
+        # another machine state) once gave "110 % of matmul peak".
+        return matmul_throughput(device, dtype, use_cache=False)
     except Exception:  # e.g. a dtype without a matmul kernel here; efficiency is then left blank
         return None
 

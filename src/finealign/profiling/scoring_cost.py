@@ -99,7 +99,7 @@ def scoring_cost(
         "cost_threads": float(used),
     }  # fmt: skip
     for name in refs:
-        ratios = [m / max(r, 1e-9) for m, r in zip(times["method"], times[name])]
+        ratios = [m / max(r, 1e-9) for m, r in zip(times["method"], times[name], strict=True)]
         r25, rmed, r75 = _quartiles(ratios)
         out[f"cost_vs_{name}"], out[f"cost_vs_{name}_q25"], out[f"cost_vs_{name}_q75"] = rmed, r25, r75
         out[f"cost_ref_{name}_ms"] = statistics.median(times[name])

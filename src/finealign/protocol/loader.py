@@ -41,14 +41,15 @@ def load_protocol(args: Iterable[str] = ()) -> tuple[ProtocolSpec, tuple[str, ..
         else:
             extra.append(arg)
     if not (config_dir() / "protocol" / f"{name}.yaml").is_file():
-        raise ConfigError(
-            f"no protocol config {name!r} in {config_dir() / 'protocol'} (available: {', '.join(available_protocols())})"
-        )
+        known = ", ".join(available_protocols())
+        raise ConfigError(f"no protocol config {name!r} in {config_dir() / 'protocol'} (available: {known})")
     cfg = compose(f"protocol/{name}", own)
     raw = OmegaConf.to_container(cfg, resolve=True).get("protocol", {})
     spec = ProtocolSpec.from_dict(raw)
     varied = {p.name for p in spec.shared} | {p.name for m in spec.methods for p in m.params}
     for o in extra:
         if override_key(o) in varied:
-            raise ConfigError(f"override {o!r} sets {override_key(o)!r}, which the protocol tunes; drop it or edit the file")
+            raise ConfigError(
+                f"override {o!r} sets {override_key(o)!r}, which the protocol tunes; drop it or edit the file"
+            )
     return spec, tuple(extra)

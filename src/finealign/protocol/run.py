@@ -187,13 +187,18 @@ def stored_outcomes(spec: ProtocolSpec, storage_url: str, out: Path) -> list[Met
     names = {s.study_name for s in optuna.get_all_study_summaries(storage_url)} if _exists(storage_url) else set()
     for method in spec.methods:
         study_name = f"{spec.study}-{method.name}"
-        tune = tune_outcome(optuna.load_study(study_name=study_name, storage=storage_url)) if study_name in names else TuneOutcome(errors=["not tuned yet"])
+        if study_name in names:
+            tune = tune_outcome(optuna.load_study(study_name=study_name, storage=storage_url))
+        else:
+            tune = TuneOutcome(errors=["not tuned yet"])
         finals = []
         for seed in spec.seeds:
             directory = out / "final" / method.name / f"seed_{seed}"
             error_file = directory / "error.txt"
             metrics = read_final(directory)
-            error = error_file.read_text().strip().splitlines()[-1] if metrics is None and error_file.is_file() else None
+            error = None
+            if metrics is None and error_file.is_file():
+                error = error_file.read_text().strip().splitlines()[-1]
             finals.append(FinalRun(seed=seed, directory=directory, metrics=metrics, error=error))
         outcomes.append(MethodOutcome(name=method.name, tune=tune, finals=finals))
     return outcomes

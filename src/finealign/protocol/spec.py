@@ -36,7 +36,9 @@ def _overrides(raw: Any, where: str) -> tuple[str, ...]:
         if not isinstance(o, str) or "=" not in o:
             raise ConfigError(f"{where} must hold strings like 'aligner=hard', got {o!r}")
         if override_key(o) in RESERVED_KEYS:
-            raise ConfigError(f"{where} sets {override_key(o)!r}, which the protocol sets itself (tune: val, final: test)")
+            raise ConfigError(
+                f"{where} sets {override_key(o)!r}, which the protocol sets itself (tune: val, final: test)"
+            )
     return tuple(raw)
 
 
@@ -128,7 +130,9 @@ class ProtocolSpec:
         for m in methods:
             clash = shared_names & {p.name for p in m.params}
             if clash:
-                raise ConfigError(f"methods.{m.name}.params {sorted(clash)} are shared params: tune them once, in shared")
+                raise ConfigError(
+                    f"methods.{m.name}.params {sorted(clash)} are shared params: tune them once, in shared"
+                )
         tune_raw = dict(raw.get("tune") or {})
         _unknown_keys(tune_raw, ("sampler", "n_trials", "seed", "metric", "overrides"), "tune")
         tune = TuneSpec(

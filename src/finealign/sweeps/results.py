@@ -87,6 +87,12 @@ def summary_frame(frame: pd.DataFrame, study: optuna.Study) -> pd.DataFrame:
     if "aligner" in out.columns and "aligner_converged" in frame.columns:
         # A truncated solver is named as such (engine.results.solver_label).
         out["aligner"] = [solver_label(str(name), row) for name, row in zip(out["aligner"], frame.to_dict("records"))]
+    for key in ("cost_ms_per_query", "cost_vs_global"):
+        if {key, f"{key}_q25", f"{key}_q75"} <= set(frame.columns):  # every cost with its spread
+            out[f"{key} [IQR]"] = [
+                f"{m:.3g} [{lo:.3g}–{hi:.3g}]" if isinstance(m, float) and math.isfinite(m) else ""
+                for m, lo, hi in zip(frame[key], frame[f"{key}_q25"], frame[f"{key}_q75"])
+            ]
     out["pareto"] = out["pareto"].map({True: "*", False: ""})
     out[ERROR_ATTR] = out[ERROR_ATTR].astype(str).str.slice(0, 60)
     return out

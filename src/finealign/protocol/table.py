@@ -1,0 +1,177 @@
+"""A protocol as one tidy table: one row per method — status, tuning, test metrics over seeds,
+paired bootstrap intervals against the reference, costs with their spread.
+
+Built only from what storage and the run directories hold, so `finealign bench` and a later
+`finealign report` give the same table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from finealign.engine.results import solver_label
+from finealign.protocol.run import MethodOutcome
+from finealign.protocol.spec import ProtocolSpec
+from finealign.protocol.stats import COMPARED, QueryRanks, mean_std, paired_bootstrap
+
+MEAN_METRICS = ("rsum", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "train_time_s")
+COST_KEYS = (
+    "cost_ms_per_query", "cost_ms_per_query_q25", "cost_ms_per_query_q75", "cost_vs_global", "cost_vs_global_q25",
+    "cost_vs_global_q75", "cost_vs_floor", "cost_vs_floor_q25", "cost_vs_floor_q75", "cost_repeats",
+    "cost_threads", "score_peak_mem_mb",
+)  # fmt: skip
+
+
+def _ranks(outcome: MethodOutcome) -> dict[int, QueryRanks]:
+    return {
+        f.seed: QueryRanks.load(f.directory / "ranks.npz")
+        for f in outcome.finals
+        if f.metrics is not None and (f.directory / "ranks.npz").is_file()
+    }
+
+
+def protocol_frame(spec: ProtocolSpec, outcomes: list[MethodOutcome]) -> pd.DataFrame:
+    by_name = {o.name: o for o in outcomes}
+    ref_ranks = _ranks(by_name[spec.reference]) if spec.reference in by_name else {}
+    rows = []
+    for o in outcomes:
+        done = [f.metrics for f in o.finals if f.metrics is not None]
+        row: dict[str, Any] = {
+            "method": o.name,
+            "label": solver_label(o.name, done[0]) if done else o.name,
+            "status": "ok" if o.failure is None else o.failure[:200],
+            "trials": o.tune.complete,
+            "trials_failed": o.tune.failed,
+            "budget": spec.tune.n_trials,
+            "best_val": o.tune.best_value,
+            "best_params": json.dumps(o.tune.best_params, sort_keys=True) if o.tune.best_params else "",
+            "seeds_done": len(done),
+            "seeds": len(spec.seeds),
+        }
+        for metric in MEAN_METRICS:
+            row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std([m.get(metric) for m in done])
+        first = next((f.metrics for f in o.finals[:1] if f.metrics is not None), None) or {}
+        row.update({key: first.get(key, math.nan) for key in COST_KEYS})
+        ranks = _ranks(o)
+        for metric in COMPARED:
+            if o.name == spec.reference or not ranks or not ref_ranks:
+                interval = None
+            else:
+                b = spec.bootstrap
+                interval = paired_bootstrap(ranks, ref_ranks, metric, resamples=b.resamples,
+                                            confidence=b.confidence, seed=b.seed)  # fmt: skip
+            row[f"d_{metric}"] = interval.estimate if interval else math.nan
+            row[f"d_{metric}_low"] = interval.low if interval and interval.available else math.nan
+            row[f"d_{metric}_high"] = interval.high if interval and interval.available else math.nan
+            row[f"d_{metric}_significant"] = bool(interval and interval.significant)
+            row[f"d_{metric}_note"] = (
+                "reference" if o.name == spec.reference else (interval.reason if interval else "no ranks")
+            )
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame["pareto"] = _pareto(frame)
+    return frame
+
+
+def _pareto(frame: pd.DataFrame) -> list[bool]:
+    from finealign.sweeps.results import pareto_mask
+
+    values = frame[["rsum_mean", "cost_ms_per_query"]].to_numpy(float)
+    ok = np.isfinite(values).all(1)
+    mask = np.zeros(len(frame), dtype=bool)
+    if ok.any():
+        mask[ok] = pareto_mask(values[ok], ["maximize", "minimize"])  # medians of cost, means of RSUM
+    return mask.tolist()
+
+
+# -- display ----------------------------------------------------------------------------------
+def _num(value: float, digits: int = 1) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _pm(mean: float, std: float, pm: str) -> str:
+    if not math.isfinite(mean):
+        return "–"
+    return f"{mean:.1f}{pm}{_num(std)}" if math.isfinite(std) else f"{mean:.1f}{pm}n/a"
+
+
+def _diff(row: pd.Series, metric: str, dash: str, star: str) -> str:
+    if row[f"d_{metric}_note"] == "reference":
+        return "(reference)"
+    est = row[f"d_{metric}"]
+    if not math.isfinite(est):
+        return "–"
+    if not math.isfinite(row[f"d_{metric}_low"]):
+        return f"{est:+.1f} (CI n/a)"
+    mark = star if row[f"d_{metric}_significant"] else ""
+    return f"{est:+.1f} [{row[f'd_{metric}_low']:+.1f}, {row[f'd_{metric}_high']:+.1f}]{mark}"
+
+
+def _spread(row: pd.Series, key: str, digits: int, dash: str) -> str:
+    med, lo, hi = row[key], row[f"{key}_q25"], row[f"{key}_q75"]
+    if not math.isfinite(med):
+        return "–"
+    return f"{med:.{digits}g} [{lo:.{digits}g}{dash}{hi:.{digits}g}]"
+
+
+def display_frame(frame: pd.DataFrame, reference: str, *, latex: bool = False) -> pd.DataFrame:
+    """The printed table: strings with mean ± std, intervals with a significance mark, medians
+    with their IQR."""
+    pm, dash, star = (r" $\pm$ ", "--", r"$^{*}$") if latex else (" ± ", "–", " *")
+    out = pd.DataFrame({
+        "method": frame["label"],
+        "trials": [f"{t}/{b}" for t, b in zip(frame["trials"], frame["budget"], strict=True)],
+        "seeds": [f"{d}/{s}" for d, s in zip(frame["seeds_done"], frame["seeds"], strict=True)],
+        "RSUM": [_pm(m, s, pm) for m, s in zip(frame["rsum_mean"], frame["rsum_std"], strict=True)],
+        "i2t R@1": [_pm(m, s, pm) for m, s in zip(frame["i2t_r1_mean"], frame["i2t_r1_std"], strict=True)],
+        "t2i R@1": [_pm(m, s, pm) for m, s in zip(frame["t2i_r1_mean"], frame["t2i_r1_std"], strict=True)],
+        f"ΔRSUM vs {reference}" if not latex else f"$\\Delta$RSUM vs {reference}": [
+            _diff(r, "rsum", dash, star) for _, r in frame.iterrows()],
+        "Δi2t R@1" if not latex else r"$\Delta$i2t R@1": [_diff(r, "i2t_r1", dash, star) for _, r in frame.iterrows()],
+        "Δt2i R@1" if not latex else r"$\Delta$t2i R@1": [_diff(r, "t2i_r1", dash, star) for _, r in frame.iterrows()],
+        "ms/query [IQR]": [_spread(r, "cost_ms_per_query", 3, dash) for _, r in frame.iterrows()],
+        "× global": [_spread(r, "cost_vs_global", 3, dash) for _, r in frame.iterrows()],
+        "× floor": [_spread(r, "cost_vs_floor", 3, dash) for _, r in frame.iterrows()],
+        "peak MiB": [_num(v) for v in frame["score_peak_mem_mb"]],
+        "status": frame["status"],
+    })  # fmt: skip
+    if latex:
+        out = out.rename(columns={"× global": r"$\times$ global", "× floor": r"$\times$ floor"})
+    return out
+
+
+def to_markdown(frame: pd.DataFrame, reference: str) -> str:
+    return display_frame(frame, reference).to_markdown(index=False) if len(frame) else "(no methods)"
+
+
+def _latex_escape(text: str) -> str:
+    """Escape LaTeX's specials outside $...$ segments (the math we wrote ourselves stays as is)."""
+    parts = text.split("$")
+    for i in range(0, len(parts), 2):  # even parts are text, odd ones math
+        t = parts[i]
+        for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("_", r"\_"),
+                           ("{", r"\{"), ("}", r"\}"), ("–", "--"), ("±", r"$\pm$"), ("×", r"$\times$"),
+                           ("Δ", r"$\Delta$")):
+            t = t.replace(char, repl)
+        parts[i] = t
+    return "$".join(parts)
+
+
+def to_latex(frame: pd.DataFrame, reference: str, caption: str = "") -> str:
+    """A booktabs table (\\toprule/\\midrule/\\bottomrule; needs \\usepackage{booktabs})."""
+    shown = display_frame(frame, reference, latex=True).drop(columns=["status"])
+    cols = list(shown.columns)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "r" * (len(cols) - 1) + "}",
+             r"\toprule", " & ".join(_latex_escape(c) for c in cols) + r" \\", r"\midrule"]  # fmt: skip
+    for _, row in shown.iterrows():
+        lines.append(" & ".join(_latex_escape(str(v)) for v in row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if caption:
+        lines.append(r"\caption{" + _latex_escape(caption) + "}")
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
