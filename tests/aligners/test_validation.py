@@ -144,9 +144,9 @@ BAD_CONFIGS = [
     ("weighted_mean_max", {"dim": 8, "direction": "image"}, "direction must be one of"),
     ("weighted_mean_max", {"dim": -1}, "dim must be a positive int"),
     ("cross_attention", {"lambda_softmax": -9.0}, "lambda_softmax must be a positive number"),
-    ("cross_attention", {"scan_norm": "yes"}, "scan_norm must be True or False"),
+    ("cross_attention", {"scan_norm": "yes"}, "scan_norm must be true or false"),
     ("cross_attention", {"pooling": "sum"}, "pooling must be one of"),
-    ("cross_attention", {"temperature": float("nan")}, "temperature must be a positive number"),
+    ("cross_attention", {"temperature": float("nan")}, "temperature must be a finite number"),
 ]
 
 

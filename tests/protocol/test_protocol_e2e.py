@@ -130,3 +130,14 @@ def test_bad_protocol_files_are_named(raw, match):
 def test_seed_count_shorthand():
     spec = ProtocolSpec.from_dict({"study": "p", "methods": {"g": {"overrides": ["aligner=global"]}}, "seeds": 3})
     assert spec.seeds == (0, 1, 2) and spec.reference == "g"
+
+
+def test_a_parameter_the_config_lacks_is_refused_before_any_trial(tmp_path, monkeypatch):
+    from finealign.protocol.loader import check_methods_compose
+    from finealign.sweeps.spec import ParamSpec
+
+    monkeypatch.chdir(tmp_path)
+    spec, extra = load_protocol(["protocol=toy"])
+    typo = MethodSpec("typo", ("aligner=mean_max",), (ParamSpec("aligner.wieght_head", "categorical", values=("mlp",)),))
+    with pytest.raises(ConfigError, match="method 'typo'"):
+        check_methods_compose(dataclasses.replace(spec, methods=(typo,)), extra)

@@ -24,14 +24,13 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from finealign.aligners.validation import check_pair
 from finealign.errors import ConfigError, ShapeError
 from finealign.kernels.checks import check_pair_indices
+from finealign.kernels.normalize import l2_normalize
 from finealign.tokens import TokenBatch
-
 
 #: The two query directions of retrieval: image queries rank captions, caption queries rank images.
 QUERY_DIRECTIONS = ("i2t", "t2i")
@@ -190,8 +189,8 @@ class Aligner(nn.Module):
         tokens = batch.tokens.masked_fill(~batch.mask.unsqueeze(-1), 0.0)
         pooled = batch.pooled
         if self.config.normalize:
-            tokens = F.normalize(tokens, dim=-1)
-            pooled = None if pooled is None else F.normalize(pooled, dim=-1)
+            tokens = l2_normalize(tokens)  # scale- and fp16-safe (kernels/normalize.py)
+            pooled = None if pooled is None else l2_normalize(pooled)
         return TokenBatch(tokens, batch.mask, pooled)
 
     def prepare_pair(self, visual: TokenBatch, text: TokenBatch) -> tuple[TokenBatch, TokenBatch]:

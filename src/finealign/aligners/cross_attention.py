@@ -38,6 +38,9 @@ class CrossAttentionConfig(AlignerConfig):
     scan_norm: bool = True  # leaky-relu + l2-normalise similarities over words before the softmax
     pooling: str = "mean"  # "mean" | "lse" over words
     temperature: float = 0.1  # τ of the LogSumExp pooling: τ · logsumexp(R / τ)
+    # smaller blocks than the token-wise aligners: a block holds (nv, nt, Lv, Lt) attention tensors
+    chunk_visual: int = 16
+    chunk_text: int = 128
 
     def __post_init__(self) -> None:
         super().__post_init__()

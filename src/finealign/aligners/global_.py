@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from finealign.aligners.base import Aligner, AlignerConfig
 from finealign.aligners.pooling import accumulation_dtype
 from finealign.aligners.validation import check_pair
 from finealign.errors import ConfigError
+from finealign.kernels.normalize import l2_normalize
 from finealign.registry import ALIGNERS
 from finealign.tokens import TokenBatch
 
@@ -59,7 +59,7 @@ class GlobalAligner(Aligner):
         if self.config.source == "mean" or batch.pooled is None:
             # mean_pooled selects real tokens with where(), so NaN in padding cannot leak in.
             batch = TokenBatch(batch.tokens, batch.mask, batch.mean_pooled())
-        pooled = F.normalize(batch.pooled, dim=-1) if self.config.normalize else batch.pooled
+        pooled = l2_normalize(batch.pooled) if self.config.normalize else batch.pooled
         return TokenBatch(batch.tokens, batch.mask, pooled)
 
     def explain(self, visual: TokenBatch, text: TokenBatch):

@@ -39,7 +39,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from finealign.aligners.base import (
@@ -53,6 +52,7 @@ from finealign.aligners.base import (
 )
 from finealign.aligners.validation import check_pair
 from finealign.errors import ConfigError
+from finealign.kernels.normalize import l2_normalize
 from finealign.registry import ALIGNERS, build_config, config_class, ensure_builtins
 from finealign.tokens import TokenBatch
 
@@ -183,7 +183,7 @@ class TwoStageAligner(Aligner):
         """(Nv, Nt) global similarity: cosine of the pooled (or masked-mean) vectors when `normalize`."""
         v, t = global_vectors(visual), global_vectors(text)
         if self.config.normalize:
-            v, t = F.normalize(v, dim=-1), F.normalize(t, dim=-1)
+            v, t = l2_normalize(v), l2_normalize(t)
         return v @ t.T
 
     def shortlist(self, glob: Tensor, queries: str) -> Tensor:

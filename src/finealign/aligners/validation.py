@@ -18,6 +18,12 @@ def check_batch(batch: TokenBatch, name: str, *, need_pooled: bool = False) -> N
     if not isinstance(batch, TokenBatch):
         raise ShapeError(f"{name}: expected a TokenBatch, got {type(batch).__name__}")
     t, m = batch.tokens, batch.mask
+    for field, value in (("tokens", t), ("mask", m), ("pooled", batch.pooled)):
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise ShapeError(
+                f"{name}.{field} must be a torch.Tensor, got {type(value).__module__}.{type(value).__name__} "
+                "(convert with torch.from_numpy / torch.as_tensor)"
+            )
     if t.dim() != 3:
         raise ShapeError(f"{name}.tokens must be (N, L, d), got shape {tuple(t.shape)}")
     if not t.is_floating_point():
@@ -71,3 +77,8 @@ def check_pair(visual: TokenBatch, text: TokenBatch, *, need_pooled: bool = Fals
         )
     if visual.tokens.device != text.tokens.device:
         raise ShapeError(f"visual is on {visual.tokens.device} but text is on {text.tokens.device}")
+    if visual.tokens.dtype != text.tokens.dtype:
+        raise ShapeError(
+            f"visual tokens are {visual.tokens.dtype} but text tokens are {text.tokens.dtype}; cast both to one "
+            "dtype (or run under torch.autocast)"
+        )

@@ -166,6 +166,8 @@ def _extract(archive: Path, remote: RemoteFile, root: Path) -> list[Path]:
                     continue
                 # Keep the archive's folders only when extracting everything (COCO's train2014/...).
                 dest = target / (info.filename if not remote.members else base)
+                if not dest.resolve().is_relative_to(target.resolve()):  # zip-slip: ../ or absolute members
+                    raise DataError(f"{archive} holds member {info.filename!r}, which points outside {target}; refused")
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(dest, "wb") as out:
                     shutil.copyfileobj(src, out)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import torch
@@ -21,6 +21,35 @@ from finealign.errors import ConfigError, DataError
 from finealign.registry import DATASETS
 
 SPLITS = ("train", "val", "test", "restval")
+
+
+def _unsafe_relative(path: Any) -> bool:
+    """True unless `path` is a relative path that stays inside its folder (no '..', not absolute)."""
+    if not isinstance(path, str) or not path:
+        return True
+    pure = PurePosixPath(path.replace("\\", "/"))
+    return pure.is_absolute() or ".." in pure.parts or bool(PureWindowsPath(path).drive)
+
+
+def annotation_problem(image: Any) -> str:
+    """What is wrong with one Karpathy image entry ('' when nothing): a dataset is checked whole
+    before training, so a bad entry cannot end a run after hours of training."""
+    if not isinstance(image, dict):
+        return f"is not an object: {image!r:.80}"
+    split = image.get("split")
+    if split not in SPLITS:
+        return f"has split {split!r} (needs one of {', '.join(SPLITS)}); it would be silently dropped"
+    if _unsafe_relative(image.get("filename")):
+        return f"has filename {image.get('filename')!r}: it must be a relative path inside the image folder"
+    if image.get("filepath") and _unsafe_relative(image["filepath"]):
+        return f"has filepath {image['filepath']!r}: it must be a relative path inside the image folder"
+    sentences = image.get("sentences")
+    if not isinstance(sentences, list) or not sentences:
+        return "has no sentences (every image needs at least one caption)"
+    for s in sentences:
+        if not isinstance(s, dict) or not isinstance(s.get("raw"), str) or not s["raw"].strip():
+            return f"has an empty or malformed caption {s!r:.80} (each needs a non-empty 'raw' string)"
+    return ""
 
 
 @dataclass
@@ -84,6 +113,10 @@ class KarpathyDataset:
         images = data.get("images") if isinstance(data, dict) else None
         if not isinstance(images, list):
             raise DataError(f"{self.json_path} has no 'images' list (is it a Karpathy dataset_*.json?)")
+        for index, image in enumerate(images):
+            problem = annotation_problem(image)
+            if problem:  # found before any training starts, never after it (a trained run must not be lost)
+                raise DataError(f"{self.json_path}: image entry {index} {problem}")
         return images
 
     def split_names(self) -> list[str]:
@@ -99,7 +132,7 @@ class KarpathyDataset:
 
     def image_path(self, image: dict[str, Any]) -> Path:
         folder = self.image_root / image["filepath"] if image.get("filepath") else self.image_root
-        return folder / image["filename"]
+        return folder / image["filename"]  # confined to image_root: annotation_problem refuses ../ and /abs
 
     def split(self, name: str) -> RetrievalSplit:
         if name not in SPLITS:

@@ -126,6 +126,7 @@ def run_experiment(
     """
     spec = validate(cfg)  # every ConfigError before any data is read
     out_dir = claim_output_dir(cfg)
+    check_writable(out_dir)  # before training: a run must not be lost to a late write error
     spec = validate(cfg)
     device = resolve_device(spec.device)
     seed_everything(spec.seed)
@@ -148,10 +149,7 @@ def run_experiment(
         config_snapshot=snapshot, progress=spec.train.progress,
     )
     result = trainer.fit(train_split, val_split, report=report)
-    metrics = _test_metrics(model, spec, test_split, device, out_dir)
-    out = {
-        **metrics,
-        **memory_metrics(device),
+    trained = {
         "train_time_s": result.train_time_s,
         "final_loss": result.final_loss,
         "epochs": result.epochs_run,
@@ -159,16 +157,37 @@ def run_experiment(
         "best_val_rsum": result.best["rsum"] if result.best else float("nan"),
         "params_trainable": sum(p.numel() for p in [*model.parameters(), *loss.parameters()] if p.requires_grad),
     }
+    extra = {
+        "history": result.history, "epoch_losses": result.epoch_losses, "device": str(device),
+        "output_dir": str(out_dir), "provenance": provenance(device, overrides),
+    }  # fmt: skip
+    # The trained model and what training measured are kept before the test evaluation runs, so a
+    # failing evaluation costs the evaluation, never the training.
     if spec.train.save_model:
-        save_checkpoint(Path(spec.output_dir) / "model.pt", {"model": model.state_dict(), **snapshot})
-    save_results(
-        spec.output_dir, out, labels=labels(spec), config=snapshot["config"],
-        extra={
-            "history": result.history, "epoch_losses": result.epoch_losses, "device": str(device),
-            "output_dir": str(out_dir), "provenance": provenance(device, overrides),
-        },
-    )  # fmt: skip
+        save_checkpoint(out_dir / "model.pt", {"model": model.state_dict(), **snapshot})
+    save_results(out_dir, trained, labels=labels(spec), config=snapshot["config"], extra=extra, stem="train")
+    try:
+        metrics = _test_metrics(model, spec, test_split, device, out_dir)
+    except Exception as exc:
+        kept = "model.pt and train.json" if spec.train.save_model else "train.json (train.save_model=false: no weights)"
+        raise RuntimeError(
+            f"training finished and {kept} are saved in {out_dir}, but the test evaluation failed: "
+            f"{type(exc).__name__}: {exc}" + ("; re-run it with `finealign eval ckpt=...`" if spec.train.save_model else "")
+        ) from exc
+    out = {**metrics, **memory_metrics(device), **trained}
+    save_results(out_dir, out, labels=labels(spec), config=snapshot["config"], extra=extra)
     return out
+
+
+def check_writable(directory: Path) -> None:
+    """Create the run directory and prove it takes a file, or raise ConfigError naming it."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output_dir {directory} is not writable ({exc.strerror or exc}); set output_dir=...") from exc
 
 
 def _plain(meta: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,39 @@ from finealign.engine.schedule import LRSchedule
 from finealign.errors import ConfigError
 
 
+# Settings a resumed run may change: they do not alter what is trained or how (where results go,
+# what is printed, how the test split is scored afterwards).
+RESUME_FREE = ("train.resume", "train.progress", "train.log_every", "train.num_workers", "train.checkpoint",
+               "train.save_model", "eval", "output_dir", "device", "ckpt")  # fmt: skip
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def check_same_run(saved: dict | None, current: dict | None, path: Path) -> None:
+    """A resumed run must be the run that wrote the checkpoint: a changed schedule, model, loss,
+    data or seed would silently continue the old one (the saved LR schedule is restored) while
+    results.json records the new settings. Refuse, listing every difference."""
+    if not saved or not current:
+        return  # a checkpoint from outside the engine: nothing to compare
+    old, new = _flat(saved), _flat(current)
+    free = lambda key: any(key == f or key.startswith(f + ".") for f in RESUME_FREE)  # noqa: E731
+    changed = sorted(k for k in set(old) | set(new) if not free(k) and old.get(k, "<unset>") != new.get(k, "<unset>"))
+    if changed:
+        lines = "; ".join(f"{k}: {old.get(k, '<unset>')!r} → {new.get(k, '<unset>')!r}" for k in changed[:12])
+        more = f" (+{len(changed) - 12} more)" if len(changed) > 12 else ""
+        raise ConfigError(
+            f"cannot resume from {path}: the settings differ from the run that wrote it — {lines}{more}. "
+            "Resume with the same settings, or start a new run (train.resume=null, a new output_dir)"
+        )
+
+
 @dataclass
 class TrainResult:
     epochs_run: int = 0  # epochs completed (including any before a resume)
@@ -94,6 +127,7 @@ class Trainer:
 
     def _restore(self, path: Path) -> tuple[int, TrainResult]:
         state = load_checkpoint(path)
+        check_same_run(state.get("config", {}).get("config"), self.config_snapshot.get("config"), path)
         self.model.load_state_dict(state["model"])
         self.loss.load_state_dict(state["loss"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -173,10 +207,16 @@ class Trainer:
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False)
         for i, batch in enumerate(bar):
             with autocast_context(self.device, cfg.amp):
-                sim, visual, text = self.model(to_device(batch.images, self.device), to_device(batch.texts, self.device))
+                visual = self.model.encode_images(to_device(batch.images, self.device))
+                text = self.model.encode_texts(to_device(batch.texts, self.device))
+                self._check_embeddings(visual, text, epoch, i, result.steps)
+                sim = self.model.aligner(visual, text)
                 loss = self.loss(sim, batch.positives.to(self.device), loss_extras(visual, text))
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch}, batch {i}; lower train.lr?")
+                raise FloatingPointError(
+                    f"loss became {float(loss)} at epoch {epoch}, batch {i} (after {result.steps} optimiser steps, "
+                    f"lr {self._lr():.3g}): training diverged; lower train.lr"
+                )
             self.scaler.scale(loss / cfg.accumulate).backward()
             total, count = total + float(loss.detach()), count + 1
             if (i + 1) % cfg.accumulate == 0 or i + 1 == len(loader):
@@ -187,6 +227,25 @@ class Trainer:
             if (i + 1) % cfg.log_every == 0:
                 bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
         return total / max(count, 1)
+
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _check_embeddings(self, visual: Any, text: Any, epoch: int, batch: int, steps: int) -> None:
+        """Stop at the step where training breaks, naming the cause: non-finite embeddings (the
+        weights diverged), or every item of the batch mapped to one point (collapse)."""
+        where = f"at epoch {epoch}, batch {batch} (after {steps} optimiser steps, lr {self._lr():.3g})"
+        for name, tokens in (("image", visual), ("caption", text)):
+            real = tokens.tokens[tokens.mask]
+            if not bool(torch.isfinite(real).all()):
+                raise FloatingPointError(f"{name} embeddings became NaN/inf {where}: training diverged; lower train.lr")
+            pooled = loss_extras(visual, text)["image_global" if name == "image" else "text_global"].float()
+            if len(pooled) > 1 and steps > 0:
+                spread = (pooled - pooled.mean(0)).abs().max()
+                if float(spread) <= 1e-6 * float(pooled.abs().max()) + 1e-30:
+                    raise FloatingPointError(
+                        f"{name} embeddings collapsed to one point {where}: every item looks the same; lower train.lr"
+                    )
 
     def _step(self) -> None:
         if self.cfg.grad_clip > 0:

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from finealign.errors import ConfigError, ShapeError
+from finealign.kernels.normalize import l2_normalize
 from finealign.losses.base import Loss, check_similarity, hinge_terms
 from finealign.registry import LOSSES
 
@@ -69,7 +69,7 @@ class CMCLoss(Loss):
         if global_sim is None:
             if image_global is None or text_global is None:
                 raise ShapeError("cmc needs extras 'global_sim' or both 'image_global' and 'text_global'")
-            global_sim = F.normalize(image_global.float(), dim=-1) @ F.normalize(text_global.float(), dim=-1).T
+            global_sim = l2_normalize(image_global.float()) @ l2_normalize(text_global.float()).T
         check_similarity(global_sim, positives, "global_sim")
         cfg = self.config
 
@@ -96,8 +96,8 @@ class CMCLoss(Loss):
         if not bool((per_caption == 1).all()):
             raise ShapeError("cmc consistency needs exactly one positive image per caption (column)")
         owner = positives.float().argmax(dim=0)  # u(b)
-        img = F.normalize(image_global.float(), dim=-1)[owner]
-        txt = F.normalize(text_global.float(), dim=-1)
+        img = l2_normalize(image_global.float())[owner]
+        txt = l2_normalize(text_global.float())
         gap = txt @ txt.T - img @ img.T
         if self.config.consistency == "tgdt":
             return (gap.abs().amax(dim=0) - self.config.consistency_margin).clamp_min(0).sum()

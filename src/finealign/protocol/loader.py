@@ -8,13 +8,13 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 from omegaconf import OmegaConf
 
 from finealign.errors import ConfigError
 from finealign.protocol.spec import ProtocolSpec
-from finealign.sweeps.spec import override_key
+from finealign.sweeps.spec import ParamSpec, override_key
 
 DEFAULT = "flickr8k"
 
@@ -23,6 +23,26 @@ def available_protocols() -> list[str]:
     from finealign.config import config_dir
 
     return sorted(p.stem for p in (config_dir() / "protocol").glob("*.yaml"))
+
+
+def _sample(p: ParamSpec) -> Any:
+    return p.values[0] if p.kind == "categorical" else p.low
+
+
+def check_methods_compose(spec: ProtocolSpec, extra: Iterable[str] = ()) -> None:
+    """Compose and validate every method once, with one value of each of its parameters, before
+    anything runs: a key that does not exist (or a bad value) is one ConfigError naming the
+    method, not a whole tuning budget of failed trials."""
+    from finealign.config import compose, validate
+    from finealign.protocol.run import tune_overrides
+    from finealign.sweeps.space import to_overrides
+
+    for method in spec.methods:
+        params = {p.name: _sample(p) for p in (*spec.shared, *method.params)}
+        try:
+            validate(compose(spec.experiment, [*tune_overrides(spec, method, extra), *to_overrides(params)]))
+        except ConfigError as exc:
+            raise ConfigError(f"protocol {spec.study!r}, method {method.name!r}: {exc}") from exc
 
 
 def load_protocol(args: Iterable[str] = ()) -> tuple[ProtocolSpec, tuple[str, ...]]:
@@ -47,6 +67,7 @@ def load_protocol(args: Iterable[str] = ()) -> tuple[ProtocolSpec, tuple[str, ..
     raw = OmegaConf.to_container(cfg, resolve=True).get("protocol", {})
     spec = ProtocolSpec.from_dict(raw)
     varied = {p.name for p in spec.shared} | {p.name for m in spec.methods for p in m.params}
+    check_methods_compose(spec, extra)
     for o in extra:
         if override_key(o) in varied:
             raise ConfigError(

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import fnmatch
 import importlib
+import math
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable
@@ -53,6 +54,16 @@ def build_config(cfg_cls: type, kwargs: dict[str, Any], what: str) -> Any:
             close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise ConfigError(f"{what} has no option {key!r}{hint} (options: {', '.join(names)})")
+    fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
+    for key, value in kwargs.items():
+        declared = str(fields[key].type)
+        if declared == "bool" and not isinstance(value, bool):
+            # "no"/"false" are truthy strings: accepting them would silently mean True
+            raise ConfigError(f"{what}: {key} must be true or false, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            default = fields[key].default
+            if not (isinstance(default, float) and math.isinf(default)):
+                raise ConfigError(f"{what}: {key} must be a finite number, got {value!r}")
     try:
         return cfg_cls(**kwargs)
     except ConfigError:
@@ -181,6 +192,11 @@ class Registry:
         return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
     def entry(self, name: str) -> Entry:
+        if not isinstance(name, str) or not name:
+            raise UnknownNameError(
+                f"{self.singular} name must be a non-empty string, got {name!r}. "
+                f"Registered: {', '.join(sorted(self._entries)) or '(none)'}"
+            )
         self.scan_plugins()
         if name not in self._entries:
             close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)

@@ -13,7 +13,13 @@ from finealign.sweeps.loader import LoadedSweep, load_sweep
 from finealign.sweeps.objective import load_objective
 from finealign.sweeps.report import SweepReport, write_report
 from finealign.sweeps.runner import Objective, SweepWorker, WorkerStats
-from finealign.sweeps.storage import DEFAULT_ROOT, default_storage_url, open_storage, with_available_driver
+from finealign.sweeps.storage import (
+    DEFAULT_ROOT,
+    check_study_name,
+    default_storage_url,
+    open_storage,
+    with_available_driver,
+)
 from finealign.sweeps.study import open_study
 
 
@@ -48,7 +54,7 @@ def run_sweep(
         if n_trials < 1:
             raise ConfigError(f"--n-trials must be >= 1, got {n_trials}")
         spec = dataclasses.replace(spec, n_trials=n_trials)
-    name = study_name or spec.study
+    name = check_study_name(study_name or spec.study)
     out = Path(out_dir) if out_dir is not None else DEFAULT_ROOT / name
     url = storage or default_storage_url(name)
     rdb = open_storage(url, spec.heartbeat_s)
@@ -64,11 +70,16 @@ def run_sweep(
 
 def load_report(study_name: str, storage: str | None = None, out_dir: Path | None = None) -> SweepReport:
     """Rebuild a study's table, CSV and plot from its storage."""
+    check_study_name(study_name)
     url = with_available_driver(storage or f"sqlite:///{(DEFAULT_ROOT / f'{study_name}.db').resolve()}")
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
         raise ConfigError(f"no sweep database at {url[len('sqlite:///'):]}; pass --storage URL")
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         study = optuna.load_study(study_name=study_name, storage=url)
+    except SQLAlchemyError as exc:
+        raise ConfigError(f"{url} is not a readable Optuna database: {str(exc).splitlines()[0][:200]}") from exc
     except KeyError as exc:
         names = [s.study_name for s in optuna.get_all_study_summaries(url)]
         raise ConfigError(f"no study {study_name!r} in {url} (studies: {', '.join(names) or 'none'})") from exc

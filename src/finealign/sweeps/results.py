@@ -15,6 +15,7 @@ import pandas as pd
 
 from finealign.engine.results import solver_label
 from finealign.sweeps.runner import ERROR_ATTR, METRICS_ATTR
+from finealign.sweeps.storage import failure_attr
 from finealign.sweeps.study import stored_spec
 
 
@@ -46,7 +47,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     params = param_columns(spec)
     rows = []
     for t in study.get_trials(deepcopy=False):
-        if t.state == optuna.trial.TrialState.FAIL and ERROR_ATTR not in t.user_attrs:
+        dead = study.user_attrs.get(failure_attr(t.number), {}) if t.state == optuna.trial.TrialState.FAIL else {}
+        if t.state == optuna.trial.TrialState.FAIL and ERROR_ATTR not in t.user_attrs and dead.get("retried", True):
             continue  # left by a killed worker and re-queued: its retry is the row that counts
         metrics = t.user_attrs.get(METRICS_ATTR, {})
         row: dict[str, Any] = {"trial": t.number, "state": t.state.name}
@@ -55,7 +57,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row.update({k: v for k, v in sorted(metrics.items()) if k not in row})
         duration = t.duration.total_seconds() if t.duration is not None else math.nan
         row.update({"seed": t.user_attrs.get("seed"), "duration_s": round(duration, 3)})
-        row[ERROR_ATTR] = t.user_attrs.get(ERROR_ATTR) or t.user_attrs.get("pruned") or ""
+        row[ERROR_ATTR] = t.user_attrs.get(ERROR_ATTR) or t.user_attrs.get("pruned") or dead.get("reason", "")
         rows.append(row)
     frame = pd.DataFrame(rows, columns=_ordered_columns(rows, params, objectives))
     frame["pareto"] = False

@@ -9,6 +9,7 @@ once (with the same seed) and not lost.
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 import warnings
@@ -25,7 +26,28 @@ DEFAULT_ROOT = Path("runs") / "sweeps"
 MAX_ATTEMPTS = 3
 
 
+_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_study_name(study: str) -> str:
+    """A study name becomes a file name under the sweep root: letters, digits, `_ . -` only, so a
+    name like `../../x` cannot put a database (or a report folder) outside it."""
+    if not isinstance(study, str) or not _STUDY_NAME.fullmatch(study) or ".." in study:
+        raise ConfigError(
+            f"study name {study!r} must be letters, digits, '_', '.', '-' (no slashes, no '..'); "
+            "it names files under runs/sweeps/"
+        )
+    return study
+
+
+def failure_attr(trial_number: int) -> str:
+    """Study user attribute that records why a trial left by a dead worker failed (a finished
+    trial's own attributes can no longer be written)."""
+    return f"failure_of_trial_{trial_number}"
+
+
 def default_storage_url(study: str, root: Path = DEFAULT_ROOT) -> str:
+    check_study_name(study)
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(root / f'{study}.db').resolve()}"
 
@@ -33,7 +55,11 @@ def default_storage_url(study: str, root: Path = DEFAULT_ROOT) -> str:
 def requeue_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     """Called once per trial a dead worker left RUNNING: queue the same point again."""
     attempt = int(trial.user_attrs.get("attempt", 1))
-    if attempt >= MAX_ATTEMPTS:
+    retried = attempt < MAX_ATTEMPTS
+    reason = "its worker stopped sending heartbeats (killed, crashed or out of memory)"
+    reason += f"; re-queued as attempt {attempt + 1}" if retried else f"; not retried after {attempt} attempts"
+    study.set_user_attr(failure_attr(trial.number), {"reason": reason, "retried": retried})
+    if not retried:
         return
     params = trial.system_attrs.get("fixed_params", trial.params)
     attrs = {
