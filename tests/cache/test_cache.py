@@ -159,3 +159,45 @@ def test_real_flickr8k_slice_with_offline_encoders(tmp_path):
     assert arrays["text_tokens"].shape[0] == 40 and arrays["text_tokens"].shape[2] == 384
     assert arrays["caption_item"].tolist() == [i for i in range(8) for _ in range(5)]
     assert np.isfinite(arrays["visual_tokens"]).all()
+
+
+def test_entries_record_checksums_and_damage_is_found(setup, tmp_path, capsys):
+    from finealign.cache.format import verify_entry
+    from finealign.cli.main import main as cli_main
+    from finealign.data.features import load_feature_cache
+    from finealign.errors import DataError
+
+    entry = build(setup, tmp_path)
+    meta = read_meta(entry)
+    assert set(meta["arrays"]) == set(ARRAY_FILES) and all(len(r["sha256"]) == 64 for r in meta["arrays"].values())
+    assert verify_entry(entry) == ("ok", [])
+    assert cli_main(["cache", "--verify", f"cache_dir={tmp_path}"]) == 0
+    # finite garbage of the same size: only the checksum sees it
+    pooled = entry / "text_pooled.npy"
+    raw = bytearray(pooled.read_bytes())
+    raw[-4:] = b"\x00\x7c\x00\x7c"  # two fp16 infinities
+    pooled.write_bytes(bytes(raw))
+    status, problems = verify_entry(entry)
+    assert status == "damaged" and "SHA-256" in problems[0]
+    assert cli_main(["cache", "--verify", f"cache_dir={tmp_path}"]) == 1
+    assert "damaged" in capsys.readouterr().out
+    # a truncated file is caught on every load, naming the path
+    tokens = entry / "visual_tokens.npy"
+    tokens.write_bytes(tokens.read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"visual_tokens.npy has \d+ bytes.*truncated"):
+        load_feature_cache(entry)
+    # ... and building again replaces the damaged entry instead of reusing it
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        again = build(setup, tmp_path)
+    assert again == entry and verify_entry(entry)[0] == "ok"
+
+
+def test_entries_without_checksums_verify_as_unverifiable_not_fine(setup, tmp_path):
+    from finealign.cache.format import verify_entry
+
+    entry = build(setup, tmp_path)
+    meta = read_meta(entry)
+    del meta["arrays"]
+    (entry / "meta.json").write_text(json.dumps(meta))
+    status, problems = verify_entry(entry)
+    assert status == "unverifiable" and "rebuild" in problems[0]

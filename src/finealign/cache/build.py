@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,15 @@ import numpy as np
 import torch
 
 from finealign.cache.encode import encode_items, pad_stack
-from finealign.cache.format import FORMAT_VERSION, META_FILE, is_complete
+from finealign.cache.format import (
+    ARRAY_FILES,
+    FORMAT_VERSION,
+    META_FILE,
+    array_record,
+    is_complete,
+    quick_problems,
+    read_meta,
+)
 from finealign.cache.keys import cache_key, default_cache_dir
 from finealign.errors import ConfigError
 from finealign.registry import create_dataset, create_encoder
@@ -116,7 +125,11 @@ def build_feature_cache(
     key = cache_key(identity)
     entry = cache_dir / key
     if is_complete(entry):
-        return entry
+        damaged = quick_problems(entry, read_meta(entry) or {})
+        if not damaged:
+            return entry
+        warnings.warn(f"feature cache {entry} is damaged ({damaged[0]}); rebuilding it", RuntimeWarning, stacklevel=2)
+        shutil.rmtree(entry)
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(cache_dir, key)
@@ -138,6 +151,7 @@ def build_feature_cache(
         seconds["text"] = time.perf_counter() - start
         np.save(tmp / "caption_item.npy", data.caption_item.numpy().astype(np.int64))
         meta = {
+            "arrays": {name: array_record(tmp / name) for name in ARRAY_FILES},  # verify_entry checks these
             "format": FORMAT_VERSION,
             "key": key,
             "vision": {**identity["vision"], **visual_info},

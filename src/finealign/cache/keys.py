@@ -14,9 +14,11 @@ _REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def default_cache_dir() -> Path:
-    """$FINEALIGN_CACHE, else `<repo>/.cache/finealign/features` in a checkout, else ~/.cache/..."""
+    """`$FINEALIGN_CACHE/features`, else `<repo>/.cache/finealign/features` in a checkout (the
+    editable install's own folder, whatever the working directory), else ~/.cache/finealign/features.
+    FINEALIGN_CACHE is finealign's cache *root* everywhere (profiling keeps its files there too)."""
     if os.environ.get(ENV_CACHE):
-        return Path(os.environ[ENV_CACHE]).expanduser()
+        return Path(os.environ[ENV_CACHE]).expanduser() / "features"
     if (_REPO_ROOT / "pyproject.toml").is_file():
         return _REPO_ROOT / ".cache" / "finealign" / "features"
     return Path.home() / ".cache" / "finealign" / "features"

@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help=f"settings ({', '.join(_DEFAULTS)}) and component options (data.max_items=8, vision.image_size=224)",
     )
+    parser.add_argument("--verify", action="store_true",
+                        help="check every entry in the cache folder (sizes, shapes, dtypes, SHA-256, finite "
+                             "tokens) instead of building; exit 1 if one is damaged")
 
 
 def _value(text: str) -> Any:
@@ -63,10 +66,31 @@ def parse_overrides(pairs: list[str]) -> tuple[dict[str, Any], dict[str, dict[st
     return settings, options
 
 
+def verify(cache_dir: Any) -> int:
+    from pathlib import Path
+
+    from finealign.cache import default_cache_dir
+    from finealign.cache.format import verify_entry
+
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    entries = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+    if not entries:
+        print(f"no cache entries in {root}")
+        return 0
+    damaged = 0
+    for entry in entries:
+        status, problems = verify_entry(entry)
+        damaged += status == "damaged"
+        print(f"{status:12s} {entry}" + "".join(f"\n             {p}" for p in problems))
+    return 1 if damaged else 0
+
+
 def run(args: argparse.Namespace) -> int:
     from finealign.cache import build_feature_cache, read_meta
 
     settings, options = parse_overrides(args.overrides)
+    if args.verify:
+        return verify(settings["cache_dir"])
     entries = {}
     for split in [s.strip() for s in str(settings["split"]).split(",") if s.strip()]:
         entry = build_feature_cache(

@@ -28,7 +28,7 @@ class CachedConfig:
     vision_options: dict[str, Any] = field(default_factory=dict)
     text: str = "minilm"
     text_options: dict[str, Any] = field(default_factory=dict)
-    cache_dir: str | None = None  # default: $FINEALIGN_CACHE or <repo>/.cache/finealign/features
+    cache_dir: str | None = None  # default: $FINEALIGN_CACHE/features or <repo>/.cache/finealign/features
     batch_size: int = 64
     device: str = "cpu"
     splits: list[str] = field(default_factory=lambda: ["train", "val", "test"])

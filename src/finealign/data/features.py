@@ -93,6 +93,11 @@ def load_feature_cache(directory: str | Path, name: str | None = None) -> Retrie
         raise DataError(f"corrupt feature cache meta file {meta_path}: {exc}") from exc
     if meta.get("complete") is not True:
         raise DataError(f"feature cache {directory} is incomplete (meta.json complete != true); rebuild it")
+    from finealign.cache.format import quick_problems  # the one definition of the entry format
+
+    damaged = quick_problems(directory, meta)
+    if damaged:
+        raise DataError(f"feature cache {directory} is damaged: {'; '.join(damaged)} — delete it and rebuild")
     arrays = {f[:-4]: _load_array(directory / f) for f in CACHE_FILES}
     n, m = meta.get("num_items"), meta.get("num_captions")
     checks = {
