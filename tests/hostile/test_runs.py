@@ -139,3 +139,30 @@ def test_numpy_tokens_mixed_dtypes_and_missing_names_are_named():
 def test_strings_and_non_finite_values_for_options_are_refused(options, match):
     with pytest.raises(ConfigError, match=match):
         create_aligner("hard", **options)
+
+
+def test_evaluating_a_checkpoint_with_another_architecture_names_the_tensor(tmp_path):
+    from finealign.engine.experiment import evaluate_checkpoint
+
+    run_experiment(toy(tmp_path, "train.epochs=1"))
+    with pytest.raises(ConfigError, match=r"does not fit this model: .* is \(\d+, \d+\) in the checkpoint"):
+        evaluate_checkpoint(tmp_path / "model.pt", ["encoder.embed_dim=8"])
+
+
+def test_a_trial_left_by_a_dead_worker_says_why(tmp_path):
+    import optuna
+
+    from finealign.sweeps.results import trials_frame
+    from finealign.sweeps.storage import MAX_ATTEMPTS, requeue_stale_trial
+    from finealign.sweeps.study import SPEC_ATTR
+    from tests.sweeps.conftest import toy
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", directions=["maximize", "minimize"])
+    study.set_user_attr(SPEC_ATTR, toy().spec.to_dict())
+    trial = study.ask()
+    trial.set_user_attr("attempt", MAX_ATTEMPTS)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)  # what fail_stale_trials leaves
+    requeue_stale_trial(study, study.trials[0])
+    frame = trials_frame(study)
+    assert len(frame) == 1 and "stopped sending heartbeats" in frame.loc[0, "error"]
+    assert f"not retried after {MAX_ATTEMPTS} attempts" in frame.loc[0, "error"]

@@ -241,6 +241,13 @@ def evaluate_checkpoint(
     device = resolve_device(spec.device)
     seed_everything(spec.seed)
     model = build_model(spec, snapshot.get("data_meta", {})).to(device)
+    own = model.state_dict()
+    for key, tensor in state["model"].items():
+        if key in own and own[key].shape != tensor.shape:
+            raise ConfigError(
+                f"{ckpt} does not fit this model: {key} is {tuple(tensor.shape)} in the checkpoint but "
+                f"{tuple(own[key].shape)} here (an override such as encoder.embed_dim changed the architecture)"
+            )
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if unexpected or [k for k in missing if not k.startswith("aligner.")]:
         raise ConfigError(
