@@ -235,17 +235,23 @@ class Trainer:
         """Stop at the step where training breaks, naming the cause: non-finite embeddings (the
         weights diverged), or every item of the batch mapped to one point (collapse)."""
         where = f"at epoch {epoch}, batch {batch} (after {steps} optimiser steps, lr {self._lr():.3g})"
-        for name, tokens in (("image", visual), ("caption", text)):
-            real = tokens.tokens[tokens.mask]
-            if not bool(torch.isfinite(real).all()):
-                raise FloatingPointError(f"{name} embeddings became NaN/inf {where}: training diverged; lower train.lr")
-            pooled = loss_extras(visual, text)["image_global" if name == "image" else "text_global"].float()
-            if len(pooled) > 1 and steps > 0:
-                spread = (pooled - pooled.mean(0)).abs().max()
-                if float(spread) <= 1e-6 * float(pooled.abs().max()) + 1e-30:
+        with torch.no_grad():
+            extras = loss_extras(visual, text)
+            for name, tokens, key in (("image", visual, "image_global"), ("caption", text, "text_global")):
+                # a NaN/inf anywhere in a token makes its fp32 sum non-finite: (N, L) work, not (N, L, d)
+                real_sums = tokens.tokens.sum(-1, dtype=torch.float32)[tokens.mask]
+                if not bool(torch.isfinite(real_sums).all()):
                     raise FloatingPointError(
-                        f"{name} embeddings collapsed to one point {where}: every item looks the same; lower train.lr"
+                        f"{name} embeddings became NaN/inf {where}: training diverged; lower train.lr"
                     )
+                pooled = extras[key].float()
+                if len(pooled) > 1 and steps > 0:
+                    spread = float((pooled - pooled.mean(0)).abs().max())
+                    if spread <= 1e-6 * float(pooled.abs().max()) + 1e-30:
+                        raise FloatingPointError(
+                            f"{name} embeddings collapsed to one point {where}: every item looks the same; "
+                            "lower train.lr"
+                        )
 
     def _step(self) -> None:
         if self.cfg.grad_clip > 0:
