@@ -7,7 +7,8 @@ spread over roughly [-0.3, 0.75]), 49 regions × 32 words (63 % of word position
 importance marginals (τ = 0.1). Prints, for one block of pairs: scoring time of the full tokenflow
 aligner to a marginal tolerance of 1e-3 with each solver domain, the iterations and error reached,
 the same with 3 fixed iterations (the old main-job setting) and its error, and the forward+backward
-time of a training step — each as a ratio to mean_max on the same inputs, measured in this run.
+time of a training step (TokenFlow's default implicit gradient, and the unrolled one) — each as a
+ratio to mean_max on the same inputs, measured in this run.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def main() -> None:
         "mean_max": ("mean_max", {}),
         "tokenflow log, to 1e-3": ("tokenflow", dict(solver_domain="log", epsilon=args.epsilon, chunk_visual=n, chunk_text=n)),
         "tokenflow scaling, to 1e-3": ("tokenflow", dict(epsilon=args.epsilon, chunk_visual=n, chunk_text=n)),
+        "tokenflow scaling, to 1e-3, unrolled gradient": (
+            "tokenflow", dict(epsilon=args.epsilon, chunk_visual=n, chunk_text=n, gradient="unrolled")),
         "tokenflow scaling, 3 it. (old main job)": (
             "tokenflow", dict(epsilon=args.epsilon, iterations=3, tolerance=0, chunk_visual=n, chunk_text=n)),
     }

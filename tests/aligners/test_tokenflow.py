@@ -165,7 +165,8 @@ def test_tokenflow_checkpointing_keeps_scores_and_gradients(gen, monkeypatch):
     visual, text = random_batch(5, 4, 6, generator=gen), random_batch(7, 3, 6, generator=gen)
     results, calls = {}, []
     for ckpt in (False, True):
-        aligner = create_aligner("tokenflow", iterations=6, chunk_visual=2, chunk_text=4, checkpoint=ckpt).train()
+        aligner = create_aligner("tokenflow", iterations=6, chunk_visual=2, chunk_text=4, checkpoint=ckpt,
+                                 gradient="unrolled").train()
         original = aligner._block_scores
         monkeypatch.setattr(aligner, "_block_scores", lambda v, t, f=original: calls.append(ckpt) or f(v, t))
         leaves = [x.clone().requires_grad_() for x in (visual.tokens, visual.pooled, text.tokens, text.pooled)]

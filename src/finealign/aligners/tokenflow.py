@@ -49,6 +49,7 @@ from finealign.aligners.base import (
 )
 from finealign.aligners.kernel_backed import KernelAligner, KernelConfig
 from finealign.aligners.sinkhorn import DOMAINS, SinkhornResult, sinkhorn
+from finealign.aligners.sinkhorn_implicit import implicit_sinkhorn
 from finealign.errors import ConfigError
 from finealign.kernels import sinkhorn_flow_scores
 from finealign.kernels.checks import check_sinkhorn_kernel_options
@@ -56,6 +57,7 @@ from finealign.registry import ALIGNERS
 from finealign.tokens import TokenBatch
 
 MARGINALS = ("importance", "uniform")
+GRADIENTS = ("auto", "implicit", "unrolled")
 
 
 @dataclass
@@ -81,7 +83,14 @@ class TokenFlowConfig(KernelConfig):
     kernel_domain: str = "log"
     # Torch solver in training: recompute each block's Sinkhorn in the backward pass instead of
     # keeping all its iterates (memory O(block), not O(batch pairs × iterations); one more forward).
+    # Only the unrolled gradient keeps iterates; the implicit one needs no checkpointing.
     checkpoint: bool = True
+    # How the plan is differentiated (torch solver): "implicit" solves the optimality conditions
+    # once per pair (sinkhorn_implicit.py: no iterates kept, backward ≈ one small solve), "unrolled"
+    # backpropagates through every iteration; "auto" = implicit for a converged two-sided plan
+    # (tolerance > 0), unrolled for fixed iterations (a truncated plan is no optimum to differentiate)
+    # and for one-sided OT (a closed form).
+    gradient: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -104,6 +113,13 @@ class TokenFlowConfig(KernelConfig):
             raise ConfigError(f"solver_domain must be one of {DOMAINS}, got {self.solver_domain!r}")
         if self.marginals not in MARGINALS:
             raise ConfigError(f"marginals must be one of {MARGINALS}, got {self.marginals!r}")
+        if self.gradient not in GRADIENTS:
+            raise ConfigError(f"gradient must be one of {GRADIENTS}, got {self.gradient!r}")
+        if self.gradient == "implicit" and (self.tolerance == 0 or self.relax_visual):
+            raise ConfigError(
+                "gradient='implicit' differentiates a converged two-sided plan: it needs tolerance > 0 and "
+                "relax_visual=false (use 'auto' or 'unrolled')"
+            )
         for key in ("relax_visual", "checkpoint"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key} must be a bool, got {getattr(self, key)!r}")
@@ -173,9 +189,17 @@ class TokenFlowAligner(KernelAligner):
             one_sided=cfg.relax_visual, backend="triton", pairs=pairs, domain=cfg.kernel_domain, **importance,
         )
 
+    @property
+    def implicit_gradient(self) -> bool:
+        cfg = self.config
+        if cfg.gradient == "auto":
+            return cfg.tolerance > 0 and not cfg.relax_visual
+        return cfg.gradient == "implicit"
+
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         tensors = (visual.tokens, visual.pooled, text.tokens, text.pooled)
-        if self.config.checkpoint and torch.is_grad_enabled() and any(x.requires_grad for x in tensors):
+        needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in tensors)
+        if self.config.checkpoint and needs_grad and not self.implicit_gradient:
             return checkpoint(self._checkpointed_block, *tensors, visual.mask, text.mask, use_reentrant=False)
         return self._block_scores(visual, text)
 
@@ -220,7 +244,8 @@ class TokenFlowAligner(KernelAligner):
         cfg = self.config
         log_b = self._log_marginal(word_imp.to(dtype), tmask)
         log_a = None if cfg.relax_visual else self._log_marginal(region_imp.to(dtype), vmask)
-        result = sinkhorn(
+        solve = implicit_sinkhorn if self.implicit_gradient else sinkhorn
+        result = solve(
             1.0 - sim.to(dtype), log_a, log_b, vmask, tmask, cfg.epsilon, cfg.iterations,
             tolerance=cfg.tolerance, domain=cfg.solver_domain,
         )
