@@ -33,6 +33,9 @@ from torch import Tensor
 from finealign.aligners.sinkhorn import SinkhornResult, sinkhorn
 
 
+_RIDGE = 1e-12
+
+
 class _ImplicitPlan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cost, log_a, log_b, plan, mask_a, mask_b, epsilon):  # type: ignore[override]
@@ -55,6 +58,10 @@ class _ImplicitPlan(torch.autograd.Function):
         schur = torch.diag_embed(a) - pb @ p.transpose(1, 2)
         ones = mask_a.double()
         schur = schur + ones[:, :, None] * ones[:, None, :] / ones.sum(1, keepdim=True)[:, :, None]
+        # At tiny ε the plan's support can split into blocks (entries underflow to 0): each block
+        # adds a null direction, also orthogonal to the right-hand side. A ridge far below every
+        # real entry keeps the solve defined and picks the minimum-norm solution there.
+        schur = schur + _RIDGE * a.amax(1)[:, None, None] * torch.eye(a.shape[1], dtype=a.dtype, device=a.device)
         x = torch.linalg.solve(schur, (r1 - (pb * r2[:, None, :]).sum(2)).masked_fill(~mask_a, 0.0))
         y = ((r2 - (p * x[:, :, None]).sum(1)) / b).masked_fill(~mask_b, 0.0)
         grad_cost = (p * (x[:, :, None] + y[:, None, :]) - w).to(grad_plan.dtype)
