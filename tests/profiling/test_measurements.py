@@ -149,3 +149,12 @@ def test_matmul_throughput_is_measured_once_and_cached(monkeypatch):
 
     monkeypatch.setattr(flops, "_measure_matmul", no_measuring)
     assert flops.matmul_throughput(CPU, torch.float32) == first
+
+
+def test_cpu_memory_profiling_leaves_no_native_log_lines(capfd):
+    from finealign.profiling.memory import peak_memory
+
+    result = peak_memory(lambda: torch.randn(64, 64) @ torch.randn(64, 64), (), CPU)
+    assert result.peak_bytes and result.peak_bytes >= 64 * 64 * 4
+    err = capfd.readouterr().err
+    assert "USDT" not in err and "gpuGetDeviceCount" not in err

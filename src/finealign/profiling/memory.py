@@ -12,8 +12,10 @@ outside torch tensors (e.g. oneDNN/BLAS scratch buffers or Python objects).
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -48,10 +50,29 @@ def _cuda_peak(fn, args, device) -> MemoryResult:
     return MemoryResult(int(peak), "cuda_max_memory_allocated")
 
 
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Silence what native code writes to file descriptor 2 for the block: Kineto prints "USDT …
+    profiler_start/stop" and "ERROR … gpuGetDeviceCount failed" on every CPU profile, which would
+    fill every evaluation's log. Python-level errors still raise normally."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real fd 2 (some embedded interpreters): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _cpu_peak(fn, args) -> MemoryResult:
     from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn(*args)
         del out  # the output's free is logged too; the peak already counted it
     try:
