@@ -141,3 +141,19 @@ def test_a_parameter_the_config_lacks_is_refused_before_any_trial(tmp_path, monk
     typo = MethodSpec("typo", ("aligner=mean_max",), (ParamSpec("aligner.wieght_head", "categorical", values=("mlp",)),))
     with pytest.raises(ConfigError, match="method 'typo'"):
         check_methods_compose(dataclasses.replace(spec, methods=(typo,)), extra)
+
+
+def test_bench_and_report_commands_with_one_seed_say_ci_na(tmp_path, monkeypatch, capsys):
+    from finealign.cli.main import main as cli_main
+
+    monkeypatch.chdir(tmp_path)
+    out, storage = tmp_path / "p", f"sqlite:///{tmp_path / 'p.db'}"
+    args = ["--out", str(out), "--storage", storage]
+    code = cli_main(["bench", "protocol=toy", "protocol.tune.n_trials=1", "protocol.seeds=1", "device=cpu",
+                     "--methods", "global,mean_max", "--no-progress", *args])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "(CI n/a)" in printed and "(reference)" in printed and "not tuned yet" in printed  # hard: not run
+    assert cli_main(["report", "toy_protocol", *args]) == 0
+    again = capsys.readouterr().out
+    assert again.split("\n\n")[0] == printed.split("\n\n")[0]  # the same table, rebuilt from storage
