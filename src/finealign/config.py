@@ -143,7 +143,8 @@ class TrainConfig:
     resume: Any = None  # null | "auto" (output_dir/checkpoints/last.pt if present) | a path
     max_steps: int = 0  # stop after this many optimiser steps (0: no limit); for smoke tests
     log_every: int = 50
-    progress: bool = True  # tqdm bars
+    progress: bool = True  # tqdm bars (shown only on a TTY; FINEALIGN_PROGRESS=0/1 overrides everywhere)
+    tensorboard: bool = True  # per-epoch scalars in <output_dir>/tb when the tensorboard package is installed
     save_model: bool = True  # write output_dir/model.pt (weights + config) for `finealign eval`
 
     def __post_init__(self) -> None:
@@ -163,6 +164,7 @@ class TrainConfig:
         _require(self.pairs in ("captions", "images"), "pairs", "captions or images", self)
         _require(self.select in ("best", "last"), "select", "best or last", self)
         _require(self.resume is None or isinstance(self.resume, str), "resume", "null, 'auto' or a path", self)
+        _require(isinstance(self.tensorboard, bool), "tensorboard", "true or false", self)
 
 
 @dataclass

@@ -142,3 +142,39 @@ def test_default_output_dirs_are_timestamped(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = compose(overrides=["data=toy"])
     assert re.search(r"runs/toy/toy/mean_max-infonce/\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}$", str(cfg.output_dir))
+
+
+def test_training_logs_each_epoch_and_writes_tensorboard_scalars(tmp_path, caplog):
+    import logging
+
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with caplog.at_level(logging.INFO, logger="finealign.engine.trainer"):
+        run_experiment(compose(overrides=toy_overrides(tmp_path, "train.epochs=2", "train.eval_every=1")))
+    lines = [r.getMessage() for r in caplog.records if r.name == "finealign.engine.trainer"]
+    assert len(lines) == 2 and lines[1].startswith("epoch 2/2: loss ") and "temperature" in lines[1] and "val rsum" in lines[1]
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert {"train/loss", "train/lr", "train/temperature", "val/rsum"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+
+
+def test_progress_bars_only_on_a_tty_with_one_switch(monkeypatch):
+    from finealign.progress import show_progress
+
+    monkeypatch.delenv("FINEALIGN_PROGRESS", raising=False)
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False)
+    assert not show_progress(True)
+    monkeypatch.setenv("FINEALIGN_PROGRESS", "1")
+    assert show_progress(True) and not show_progress(False)
+    monkeypatch.setenv("FINEALIGN_PROGRESS", "0")
+    assert not show_progress(True)
+
+
+def test_version_flag(capsys):
+    from finealign import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith(f"finealign {__version__}")

@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from finealign.progress import bar as progress_bar
 
 from finealign.encoders.base import Encoder
 from finealign.errors import ShapeError
@@ -64,7 +64,7 @@ def encode_items(
     )
     encoder.eval().to(device)
     tokens, masks, pooled = [], [], []
-    with torch.inference_mode(), tqdm(total=count, desc=desc, unit="item") as bar:
+    with torch.inference_mode(), progress_bar(total=count, desc=desc, unit="item") as bar:
         for batch in loader:
             out = encoder(to_device(batch, device)).with_pooled()
             if out.tokens.ndim != 3 or out.mask.shape != out.tokens.shape[:2]:

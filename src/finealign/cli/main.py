@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 
 from finealign.errors import FinealignError
@@ -23,11 +25,32 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def version_line() -> str:
+    """`finealign 0.1.0 (git 1a2b3c4d, dirty)` — the commit only when run from a checkout."""
+    from finealign import __version__
+    from finealign.engine.provenance import git_state
+
+    git = git_state()
+    where = f" (git {git['git_commit'][:12]}{', dirty' if git['git_dirty'] else ''})" if git else ""
+    return f"finealign {__version__}{where}"
+
+
+def setup_logging() -> None:
+    """Library code logs through `logging`; the command line shows INFO and above on stderr
+    (FINEALIGN_LOG_LEVEL=DEBUG|INFO|WARNING changes it). A host app's own config is left alone."""
+    root = logging.getLogger()
+    if not root.handlers:
+        level = os.environ.get("FINEALIGN_LOG_LEVEL", "INFO").upper()
+        logging.basicConfig(level=level if isinstance(logging.getLevelName(level), int) else "INFO",
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="finealign",
         description="Benchmark and ablate fine-grained cross-modal alignment for retrieval.",
     )
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -39,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    setup_logging()
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

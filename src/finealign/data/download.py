@@ -144,11 +144,11 @@ def download_plan(dataset: str, root: str | Path) -> DownloadPlan:
 
 
 def _fetch(url: str, dest: Path) -> None:
-    from tqdm.auto import tqdm
+    from finealign.progress import bar as progress_bar
 
     with urllib.request.urlopen(url) as response, open(dest, "wb") as out:  # noqa: S310 (fixed https/http URLs)
         total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1]) as bar:
+        with progress_bar(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1]) as bar:
             while chunk := response.read(1 << 20):
                 out.write(chunk)
                 bar.update(len(chunk))

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from finealign.progress import bar as progress_bar
 
 from finealign.data.base import RetrievalSplit
 from finealign.engine.batching import to_device
@@ -45,7 +45,7 @@ def encode_all(
 ) -> TokenBatch:
     """Encode every raw item with `encoder` (load → collate → forward) into one TokenBatch (fp32)."""
     out = []
-    for start in tqdm(range(0, len(raw_items), batch_size), desc=desc, disable=not progress, leave=False):
+    for start in progress_bar(range(0, len(raw_items), batch_size), progress=progress, desc=desc, leave=False):
         inputs = encoder.collate([encoder.load(raw_items[i]) for i in range(start, min(start + batch_size, len(raw_items)))])
         with autocast_context(device, amp):
             batch = encoder(to_device(inputs, device))
@@ -124,7 +124,7 @@ def score_gallery(
         t2i = aligner.query_scores(visual, text, "t2i").float().cpu()
     else:
         rows = []
-        for i in tqdm(range(0, len(visual), chunk_items), desc="score", disable=not progress, leave=False):
+        for i in progress_bar(range(0, len(visual), chunk_items), progress=progress, desc="score", leave=False):
             rows.append(aligner(visual[i : i + chunk_items], text).float().cpu())
         i2t = t2i = torch.cat(rows)
     if device is not None and device.type == "cuda":

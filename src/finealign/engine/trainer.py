@@ -4,6 +4,7 @@ validation with a report hook, and checkpoint/resume that continues a run exactl
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from finealign.progress import bar as progress_bar
 
 from finealign.config import EvalConfig, TrainConfig
 from finealign.data.base import RetrievalSplit
@@ -28,7 +29,9 @@ from finealign.errors import ConfigError
 # Settings a resumed run may change: they do not alter what is trained or how (where results go,
 # what is printed, how the test split is scored afterwards).
 RESUME_FREE = ("train.resume", "train.progress", "train.log_every", "train.num_workers", "train.checkpoint",
-               "train.save_model", "eval", "output_dir", "device", "ckpt")  # fmt: skip
+               "train.save_model", "train.tensorboard", "eval", "output_dir", "device", "ckpt")  # fmt: skip
+log = logging.getLogger(__name__)
+VAL_SCALARS = ("rsum", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -164,6 +167,7 @@ class Trainer:
         if resume is not None:
             start_epoch, result = self._restore(resume)
         started = time.perf_counter()
+        writer = self._tensorboard()
         for epoch in range(start_epoch, cfg.epochs):
             if cfg.max_steps and result.steps >= cfg.max_steps:
                 break
@@ -185,8 +189,11 @@ class Trainer:
             started = time.perf_counter()
             if cfg.checkpoint and self.checkpoint_path is not None:
                 save_checkpoint(self.checkpoint_path, self._state(epoch, result))
+            self._log_epoch(epoch, epoch_loss, metrics, writer)
             if metrics is not None and report is not None:
                 report(epoch, metrics)
+        if writer is not None:
+            writer.close()
         result.train_time_s += time.perf_counter() - started
         if cfg.select == "best" and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
@@ -204,7 +211,7 @@ class Trainer:
         )
         total, count = 0.0, 0
         self.optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress, leave=False)
+        bar = progress_bar(loader, progress=self.progress, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
         for i, batch in enumerate(bar):
             with autocast_context(self.device, cfg.amp):
                 visual = self.model.encode_images(to_device(batch.images, self.device))
@@ -227,6 +234,37 @@ class Trainer:
             if (i + 1) % cfg.log_every == 0:
                 bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
         return total / max(count, 1)
+
+    # -- logs ---------------------------------------------------------------------------------
+    def _tensorboard(self) -> Any:
+        """A SummaryWriter into <output_dir>/tb, or None (switched off, no output dir, or the
+        tensorboard package is not installed: `pip install finealign[tensorboard]`)."""
+        if not self.cfg.tensorboard or self.output_dir is None:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.info("tensorboard is not installed: no TensorBoard scalars (pip install tensorboard)")
+            return None
+        return SummaryWriter(log_dir=str(self.output_dir / "tb"))
+
+    def _log_epoch(self, epoch: int, loss: float, val: dict[str, float] | None, writer: Any) -> None:
+        """One console line per epoch (loss, lr, temperature, validation recall) and the same as scalars."""
+        scalars = {"train/loss": loss, "train/lr": self._lr()}
+        temperature = getattr(self.loss, "temperature", None)
+        if isinstance(temperature, (int, float)):
+            scalars["train/temperature"] = float(temperature)
+        line = f"epoch {epoch + 1}/{self.cfg.epochs}: loss {loss:.4f}, lr {self._lr():.3g}"
+        if "train/temperature" in scalars:
+            line += f", temperature {scalars['train/temperature']:.4g}"
+        if val is not None:
+            scalars.update({f"val/{k}": float(v) for k, v in val.items() if k in VAL_SCALARS})
+            line += f"; val rsum {val['rsum']:.1f} (i2t R@1 {val['i2t_r1']:.1f}, t2i R@1 {val['t2i_r1']:.1f})"
+        log.info(line)
+        if writer is not None:
+            for key, value in scalars.items():
+                writer.add_scalar(key, value, epoch + 1)
+            writer.flush()
 
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])

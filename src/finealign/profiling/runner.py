@@ -205,10 +205,6 @@ def _release(device: torch.device) -> None:
 
 
 def _progress(items, enabled: bool, desc: str):
-    if not enabled:
-        return items
-    try:
-        from tqdm.auto import tqdm  # noqa: PLC0415
-    except ImportError:
-        return items
-    return tqdm(items, desc=desc, leave=False)
+    from finealign.progress import bar as progress_bar  # noqa: PLC0415
+
+    return progress_bar(items, progress=enabled, desc=desc, leave=False)

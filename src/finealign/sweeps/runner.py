@@ -184,9 +184,9 @@ class SweepWorker:
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> WorkerStats:
-        from tqdm.auto import tqdm
+        from finealign.progress import bar as progress_bar
 
-        bar = tqdm(total=self.target(), desc=f"sweep {self.study.study_name}", unit="trial", disable=not self.progress)
+        bar = progress_bar(total=self.target(), progress=self.progress, desc=f"sweep {self.study.study_name}", unit="trial")
         try:
             bar.update(self._counts()["done"])
             while (trial := self.next_trial()) is not None:
