@@ -47,7 +47,9 @@ class _ImplicitPlan(torch.autograd.Function):
     def backward(ctx, grad_plan):  # type: ignore[override]
         plan, log_a, log_b, mask_a, mask_b = ctx.saved_tensors
         eps = ctx.epsilon
-        p, grad = plan.double(), grad_plan.double()
+        # Elementwise work in the plan's dtype (≥ fp32); the Schur system is formed and solved in fp64.
+        p = plan if plan.dtype != torch.float16 and plan.dtype != torch.bfloat16 else plan.float()
+        grad = grad_plan.to(p.dtype)
         w = grad * p / eps
         r1, r2 = w.sum(2), w.sum(1)  # (B, n), (B, m)
         a = torch.where(mask_a, p.sum(2), torch.ones_like(r1))  # padded tokens: decoupled unit rows
@@ -55,18 +57,20 @@ class _ImplicitPlan(torch.autograd.Function):
         # Eliminate y (y = (r2 − Pᵀx) / b): the n×n Schur complement A = diag(a) − P diag(1/b) Pᵀ,
         # singular along x = 1 on real rows; + 1 1ᵀ/n_real removes that direction (r ⟂ it).
         pb = p / b[:, None, :]
-        schur = torch.diag_embed(a) - pb @ p.transpose(1, 2)
-        ones = mask_a.double()
-        schur = schur + ones[:, :, None] * ones[:, None, :] / ones.sum(1, keepdim=True)[:, :, None]
+        schur = -(pb @ p.transpose(1, 2)).double()
+        a64 = a.double()
+        ones = mask_a.to(schur.dtype)
+        schur += ones[:, :, None] * ones[:, None, :] / ones.sum(1, keepdim=True)[:, :, None]
         # At tiny ε the plan's support can split into blocks (entries underflow to 0): each block
         # adds a null direction, also orthogonal to the right-hand side. A ridge far below every
         # real entry keeps the solve defined and picks the minimum-norm solution there.
-        schur = schur + _RIDGE * a.amax(1)[:, None, None] * torch.eye(a.shape[1], dtype=a.dtype, device=a.device)
-        x = torch.linalg.solve(schur, (r1 - (pb * r2[:, None, :]).sum(2)).masked_fill(~mask_a, 0.0))
+        schur.diagonal(dim1=1, dim2=2).add_(a64 + _RIDGE * a64.amax(1, keepdim=True))
+        rhs = (r1 - (pb * r2[:, None, :]).sum(2)).masked_fill(~mask_a, 0.0).double()
+        x = torch.linalg.solve(schur, rhs).to(p.dtype)
         y = ((r2 - (p * x[:, :, None]).sum(1)) / b).masked_fill(~mask_b, 0.0)
         grad_cost = (p * (x[:, :, None] + y[:, None, :]) - w).to(grad_plan.dtype)
-        grad_log_a = (eps * x * torch.exp(log_a.double()).masked_fill(~mask_a, 0)).to(log_a.dtype)
-        grad_log_b = (eps * y * torch.exp(log_b.double()).masked_fill(~mask_b, 0)).to(log_b.dtype)
+        grad_log_a = (eps * x * torch.exp(log_a.to(p.dtype)).masked_fill(~mask_a, 0)).to(log_a.dtype)
+        grad_log_b = (eps * y * torch.exp(log_b.to(p.dtype)).masked_fill(~mask_b, 0)).to(log_b.dtype)
         return grad_cost, grad_log_a, grad_log_b, None, None, None, None
 
 
