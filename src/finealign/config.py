@@ -48,6 +48,37 @@ def config_dir() -> Path:
     )
 
 
+#: entry-point group through which a plugin package adds config files (aligner/NAME.yaml, sweep/...)
+CONFIG_ENTRY_POINTS = "finealign.configs"
+
+
+def plugin_config_packages() -> list[str]:
+    """Importable packages that plugins declare as config folders (entry point group
+    `finealign.configs`, value = a package path such as `finealign_maxmax.configs`). Read from the
+    distribution metadata: nothing is imported."""
+    import importlib.metadata
+
+    return sorted({ep.value for ep in importlib.metadata.entry_points(group=CONFIG_ENTRY_POINTS)})
+
+
+def config_roots() -> list[Path]:
+    """finealign's config tree first, then every plugin's config folder (for listing options)."""
+    import importlib.util
+
+    roots = [config_dir()]
+    for package in plugin_config_packages():
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(
+                f"plugin config package {package!r} (entry point group {CONFIG_ENTRY_POINTS}) is not importable"
+            )
+        roots.extend(Path(p) for p in spec.submodule_search_locations)
+    return roots
+
+
 def compose(config_name: str = "config", overrides: Iterable[str] = ()) -> DictConfig:
     """Compose the config like `finealign train key=value ...` would, via Hydra's compose API.
 
@@ -62,6 +93,10 @@ def compose(config_name: str = "config", overrides: Iterable[str] = ()) -> DictC
 
     overrides = list(overrides)
     check_method_overrides(overrides)
+    packages = plugin_config_packages()
+    if packages and not any(o.startswith("hydra.searchpath") for o in overrides):
+        # Plugins' config groups join finealign's: `aligner=<plugin>` needs no copy of this tree.
+        overrides = [f"hydra.searchpath=[{','.join(f'pkg://{p}' for p in packages)}]", *overrides]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):

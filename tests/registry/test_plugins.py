@@ -89,3 +89,31 @@ def test_pip_installed_plugin_aligner_is_listed_and_scores(tmp_path):
         for j in range(2):
             best = max(float(vn[i, a] @ tn[j, b]) for a in range(4) for b in range(3) if v.mask[i, a] and t.mask[j, b])
             assert abs(float(got[i, j]) - best) < 1e-5
+
+
+@pytest.mark.slow
+def test_installed_plugin_brings_its_configs_train_sweep_profile_and_contract(tmp_path):
+    """The example plugin, pip-installed into a scratch folder: `train aligner=max_max`, a 2-trial
+    sweep file it ships, `profile`, and its own contract test — with no copy of finealign's configs."""
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                    str(target), str(PLUGIN_SRC)], check=True, capture_output=True)  # fmt: skip
+    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "FINEALIGN_PROGRESS": "0", "HOME": str(tmp_path)}
+
+    def finealign(*args):
+        done = subprocess.run([sys.executable, "-m", "finealign.cli.main", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    trained = finealign("train", "aligner=max_max", "train=quick", "train.epochs=1", "data.num_train=32",
+                        "data.num_val=16", "data.num_test=16", "output_dir=run", "--json")  # fmt: skip
+    assert "rsum" in trained and (tmp_path / "run" / "results.json").is_file()
+    swept = finealign("sweep", "sweep=max_max_toy", "--no-progress")
+    assert "max_max" in swept and "global" in swept and "this worker: 2 complete" in swept
+    profiled = finealign("profile", "aligner=max_max", "nv=4", "nt=6", "repeats=2", "warmup=0", "scaling=none",
+                         "trace=false", "flops=false", "out=prof")  # fmt: skip
+    assert "max_max" in profiled
+    own = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(PLUGIN_SRC / "tests")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
+    assert own.returncode == 0 and "1 passed" in own.stdout, own.stdout[-2000:]

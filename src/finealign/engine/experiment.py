@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from finealign.config import ExperimentSpec, config_dir, validate
+from finealign.config import ExperimentSpec, config_dir, config_roots, validate
 from finealign.engine.checkpoint import load_checkpoint, save_checkpoint
 from finealign.engine.evaluate import evaluate
 from finealign.engine.model import RetrievalModel, build_loss, build_model, fit_to_training_data
@@ -170,9 +170,10 @@ def run_experiment(
         metrics = _test_metrics(model, spec, test_split, device, out_dir)
     except Exception as exc:
         kept = "model.pt and train.json" if spec.train.save_model else "train.json (train.save_model=false: no weights)"
+        hint = "; re-run it with `finealign eval ckpt=...`" if spec.train.save_model else ""
         raise RuntimeError(
             f"training finished and {kept} are saved in {out_dir}, but the test evaluation failed: "
-            f"{type(exc).__name__}: {exc}" + ("; re-run it with `finealign eval ckpt=...`" if spec.train.save_model else "")
+            f"{type(exc).__name__}: {exc}{hint}"
         ) from exc
     out = {**metrics, **memory_metrics(device), **trained}
     save_results(out_dir, out, labels=labels(spec), config=snapshot["config"], extra=extra)
@@ -187,7 +188,8 @@ def check_writable(directory: Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise ConfigError(f"output_dir {directory} is not writable ({exc.strerror or exc}); set output_dir=...") from exc
+        reason = exc.strerror or exc
+        raise ConfigError(f"output_dir {directory} is not writable ({reason}); set output_dir=...") from exc
 
 
 def _plain(meta: dict[str, Any]) -> dict[str, Any]:
@@ -202,7 +204,8 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
         key, sep, value = override.partition("=")
         if not sep:
             raise ConfigError(f"override {override!r} is not key=value")
-        group_file = config_dir() / key / f"{value}.yaml"
+        group_file = next((r / key / f"{value}.yaml" for r in config_roots() if (r / key / f"{value}.yaml").is_file()),
+                          config_dir() / key / f"{value}.yaml")  # fmt: skip
         if key in GROUPS and group_file.is_file():
             node = OmegaConf.load(group_file)
             node.pop("defaults", None)

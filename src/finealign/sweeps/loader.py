@@ -50,24 +50,31 @@ def merge_overrides(base: Iterable[str], extra: Iterable[str]) -> tuple[str, ...
 
 
 def available_sweeps() -> list[str]:
-    from finealign.config import config_dir
+    from finealign.config import config_roots
 
-    return sorted(p.stem for p in (config_dir() / "sweep").glob("*.yaml"))
+    return sorted({p.stem for root in config_roots() for p in (root / "sweep").glob("*.yaml")})
 
 
 def load_sweep(args: Iterable[str] = ()) -> LoadedSweep:
     """Compose a sweep file with its overrides, validate it, and check that every option exists."""
-    from finealign.config import compose, config_dir
+    from finealign.config import compose, config_dir, config_roots
 
     name, sweep_overrides, extra = split_overrides(args)
-    if not (config_dir() / "sweep" / f"{name}.yaml").is_file():
+    if name not in available_sweeps():
         raise ConfigError(
-            f"no sweep config {name!r} in {config_dir() / 'sweep'} (available: {', '.join(available_sweeps())})"
+            f"no sweep config {name!r} in {config_dir() / 'sweep'} or plugin configs "
+            f"(available: {', '.join(available_sweeps())})"
         )
-    cfg = compose(f"sweep/{name}", sweep_overrides)
-    raw = OmegaConf.to_container(cfg, resolve=True).get("sweep", {})
+    own = config_dir() / "sweep" / f"{name}.yaml"
+    if own.is_file():
+        cfg = compose(f"sweep/{name}", sweep_overrides)
+        raw = OmegaConf.to_container(cfg, resolve=True).get("sweep", {})
+    else:  # a plugin's sweep file: Hydra finds primary configs in the main tree only
+        path = next(r / "sweep" / f"{name}.yaml" for r in config_roots() if (r / "sweep" / f"{name}.yaml").is_file())
+        node = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist([o[len("sweep."):] for o in sweep_overrides]))
+        raw = OmegaConf.to_container(node, resolve=True)
     spec = SweepSpec.from_dict(raw)
-    check_options_exist(spec, config_dir())
+    check_options_exist(spec, config_roots())
     trial_overrides = merge_overrides(spec.overrides, extra)
     for o in extra:
         key = override_key(o)
@@ -76,13 +83,16 @@ def load_sweep(args: Iterable[str] = ()) -> LoadedSweep:
     return LoadedSweep(spec=spec, trial_overrides=trial_overrides)
 
 
-def check_options_exist(spec: SweepSpec, root: Path) -> None:
-    """Every `choose` option must be a config file of its group (`aligner=hard` → aligner/hard.yaml)."""
+def check_options_exist(spec: SweepSpec, roots: Path | list[Path]) -> None:
+    """Every `choose` option must be a config file of its group (`aligner=hard` → aligner/hard.yaml)
+    in finealign's tree or a plugin's config folder."""
+    roots = [roots] if isinstance(roots, Path) else list(roots)
     for group, options in spec.choices.items():
-        folder = root / group.replace(".", "/")
-        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        folders = [root / group.replace(".", "/") for root in roots]
+        known = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
         if not known:
-            raise ConfigError(f"choose.{group}: {folder} is not a config group (no *.yaml files)")
+            raise ConfigError(f"choose.{group}: {folders[0]} is not a config group (no *.yaml files)")
         for option in options:
             if option not in known:
-                raise ConfigError(f"choose.{group}: no option {option!r} in {folder} (options: {', '.join(known)})")
+                raise ConfigError(f"choose.{group}: no option {option!r} in {folders[0]} or plugin configs "
+                                  f"(options: {', '.join(known)})")  # fmt: skip

@@ -1,0 +1,113 @@
+"""The aligner contract as one call, for plugin authors' own tests (and finealign's):
+
+    from finealign.testing import check_aligner
+    def test_my_aligner_keeps_the_contract():
+        check_aligner("my_aligner")                     # a registered name (plugins included)
+        check_aligner(lambda **kw: MyAligner(MyConfig(**kw)))   # or any factory taking options
+
+Each check raises AssertionError naming the broken clause: output shape and dtype; padding
+exactness (what padded tokens hold changes nothing); order of tokens (padding moved elsewhere
+changes nothing); chunk invariance (block sizes change nothing); low precision (bf16 stays
+finite); gradients (float64 gradcheck on a tiny problem, when the aligner is differentiable);
+`score_pairs` equal to the diagonal of the matrix; `explain` (when implemented) returning one
+weight row per real word over the real regions. `gallery_dependent` aligners skip the checks
+that assume a pair's score ignores the rest of the gallery.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from finealign.tokens import TokenBatch
+
+Factory = Callable[..., torch.nn.Module]
+
+
+def _factory(aligner: str | Factory, dim: int) -> Factory:
+    if not isinstance(aligner, str):
+        return aligner
+    import dataclasses
+
+    from finealign.registry import ALIGNERS, config_class, create_aligner, ensure_builtins
+
+    ensure_builtins("aligners")
+    cfg = config_class(ALIGNERS.get(aligner))
+    needs_dim = cfg is not None and "dim" in {f.name for f in dataclasses.fields(cfg)}
+    return lambda **kw: create_aligner(aligner, **({"dim": dim} if needs_dim else {}), **kw)
+
+
+def _batch(n: int, length: int, dim: int, g: torch.Generator, dtype=torch.float32) -> TokenBatch:
+    mask = torch.rand(n, length, generator=g) < 0.7
+    mask[torch.arange(n), torch.randint(0, length, (n,), generator=g)] = True
+    tokens = torch.randn(n, length, dim, generator=g)
+    return TokenBatch(tokens.to(dtype), mask, tokens.mean(1).to(dtype))
+
+
+def _score(aligner: torch.nn.Module, visual: TokenBatch, text: TokenBatch) -> torch.Tensor:
+    with torch.no_grad():
+        return aligner(visual, text)
+
+
+def check_aligner(aligner: str | Factory, *, dim: int = 8, seed: int = 0, options: dict[str, Any] | None = None) -> None:
+    """Run every contract check on `aligner` (a registered name or a factory of options)."""
+    make = _factory(aligner, dim)
+    options = dict(options or {})
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = make(**options).eval()
+    name = getattr(aligner, "__name__", aligner) if not isinstance(aligner, str) else aligner
+    visual, text = _batch(5, 6, dim, g), _batch(7, 4, dim, g)
+
+    scores = _score(model, visual, text)
+    assert scores.shape == (5, 7), f"{name}: scores must be (Nv, Nt) = (5, 7), got {tuple(scores.shape)}"
+    assert scores.dtype == torch.float32, f"{name}: fp32 tokens must give fp32 scores, got {scores.dtype}"
+    assert bool(torch.isfinite(scores).all()), f"{name}: non-finite scores on ordinary inputs"
+
+    noisy = [TokenBatch(torch.where(b.mask[..., None], b.tokens, 1e4 * torch.randn(b.tokens.shape, generator=g)),
+                        b.mask, b.pooled) for b in (visual, text)]  # fmt: skip
+    torch.testing.assert_close(_score(model, *noisy), scores, msg=f"{name}: padded token values changed scores")
+
+    order_v, order_t = torch.randperm(6, generator=g), torch.randperm(4, generator=g)
+    moved = (TokenBatch(visual.tokens[:, order_v], visual.mask[:, order_v], visual.pooled),
+             TokenBatch(text.tokens[:, order_t], text.mask[:, order_t], text.pooled))  # fmt: skip
+    torch.testing.assert_close(_score(model, *moved), scores, atol=1e-5, rtol=1e-5,
+                               msg=f"{name}: moving padding to other positions changed scores")  # fmt: skip
+
+    if not getattr(model, "gallery_dependent", False):
+        if hasattr(model.config, "chunk_visual"):
+            torch.manual_seed(seed)
+            small = make(**{**options, "chunk_visual": 2, "chunk_text": 3}).eval()
+            small.load_state_dict(model.state_dict())
+            torch.testing.assert_close(_score(small, visual, text), scores, atol=1e-5, rtol=1e-5,
+                                       msg=f"{name}: chunk sizes changed scores")  # fmt: skip
+        pairs = torch.tensor([[0, 0], [1, 3], [4, 6]])
+        with torch.no_grad():
+            paired = model.score_pairs(visual, text, pairs)
+        torch.testing.assert_close(paired, scores[pairs[:, 0], pairs[:, 1]], atol=1e-5, rtol=1e-5,
+                                   msg=f"{name}: score_pairs differs from the matrix")  # fmt: skip
+
+    half = [TokenBatch(b.tokens.bfloat16(), b.mask, b.pooled.bfloat16()) for b in (visual, text)]
+    low = _score(model.to(torch.bfloat16), *half)
+    model.float()
+    assert bool(torch.isfinite(low).all()), f"{name}: bf16 scores are not finite"
+
+    tiny_v, tiny_t = _batch(2, 3, dim, g, torch.float64), _batch(2, 2, dim, g, torch.float64)
+    model64 = model.double().train()
+    leaf = tiny_v.tokens.clone().requires_grad_(True)
+    probe = model64(TokenBatch(leaf, tiny_v.mask, tiny_v.pooled), tiny_t)
+    if probe.requires_grad:
+        fn = lambda t: model64(TokenBatch(t, tiny_v.mask, tiny_v.pooled), tiny_t)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (leaf,), atol=1e-5), f"{name}: gradients disagree with finite differences"
+    model.float().eval()
+
+    try:
+        alignment = model.explain(visual[:1], text[:1])
+    except NotImplementedError:
+        return
+    words, regions = int(text.mask[0].sum()), int(visual.mask[0].sum())
+    assert tuple(alignment.weights.shape) == (words, regions), (
+        f"{name}: explain weights must be (real words, real regions) = {(words, regions)}, "
+        f"got {tuple(alignment.weights.shape)}"
+    )
