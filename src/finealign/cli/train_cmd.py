@@ -1,7 +1,9 @@
 """`finealign train [key=value ...]`: compose the Hydra config, train, evaluate, save results.
 
     finealign train aligner=hard loss=triplet data=flickr30k encoder=vit_b16_bert train.epochs=20
-    finealign train --print-config data=toy     # show the composed config and stop
+    finealign train --cfg job data=toy               # print the composed config and stop
+    finealign train -m aligner=global,mean_max seed=0,1    # 4 jobs in multirun/<date>/<time>/0..3
+    finealign train hydra.run.dir=runs/mine          # where this run writes
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 
 from omegaconf import OmegaConf
 
+from finealign.cli.hydra_flags import add_hydra_flags, jobs, print_info, run_dirs
 from finealign.config import compose, validate
 
 HEADLINE = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
@@ -20,22 +23,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="Hydra overrides: group choices (aligner=hard) or values (train.lr=1e-4)")
     parser.add_argument("--config-name", default="config", help="top-level config file (default: config)")
-    parser.add_argument("--print-config", action="store_true", help="print the composed config, validate it, and exit")
+    parser.add_argument("--print-config", action="store_true", help="same as --cfg job --resolve")
     parser.add_argument("--json", action="store_true", help="print the result dict as JSON")
+    add_hydra_flags(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = compose(args.config_name, args.overrides)
-    if args.print_config:
-        print(OmegaConf.to_yaml(cfg, resolve=True), end="")
-        validate(cfg)
+    if args.info:
+        print_info(args.config_name)
         return 0
-    from finealign.engine.experiment import run_experiment
+    overrides, run_dir, sweep_dir = run_dirs(list(args.overrides))
+    planned = jobs(overrides, args.multirun, sweep_dir)
+    if run_dir and not args.multirun:
+        planned = [(overrides, run_dir)]
+    show = "job" if args.print_config else args.cfg
+    for job_overrides, out in planned:
+        cfg = compose(args.config_name, [*job_overrides, *([f"output_dir={out}"] if out else [])])
+        if show:
+            if show in ("job", "all"):
+                print(OmegaConf.to_yaml(cfg, resolve=args.resolve or args.print_config), end="")
+            if show in ("hydra", "all"):
+                sweep = sweep_dir or "multirun/<date>/<time>"
+                print(f"hydra:\n  run:\n    dir: {cfg.output_dir}\n  sweep:\n    dir: {sweep}")
+            validate(cfg)
+            continue
+        from finealign.engine.experiment import run_experiment
 
-    result = run_experiment(cfg, overrides=args.overrides)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print("  ".join(f"{k}={result[k]:.1f}" for k in HEADLINE))
-        print(f"results: {cfg.output_dir}/results.json")  # the directory run_experiment claimed
+        if len(planned) > 1:
+            print(f"[job] {' '.join(job_overrides)}")
+        result = run_experiment(cfg, overrides=job_overrides)
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print("  ".join(f"{k}={result[k]:.1f}" for k in HEADLINE))
+            print(f"results: {cfg.output_dir}/results.json")  # the directory run_experiment claimed
     return 0

@@ -165,6 +165,7 @@ def run_experiment(
     # failing evaluation costs the evaluation, never the training.
     if spec.train.save_model:
         save_checkpoint(out_dir / "model.pt", {"model": model.state_dict(), **snapshot})
+    write_hydra_record(out_dir, cfg, overrides)
     save_results(out_dir, trained, labels=labels(spec), config=snapshot["config"], extra=extra, stem="train")
     try:
         metrics = _test_metrics(model, spec, test_split, device, out_dir)
@@ -178,6 +179,14 @@ def run_experiment(
     out = {**metrics, **memory_metrics(device), **trained}
     save_results(out_dir, out, labels=labels(spec), config=snapshot["config"], extra=extra)
     return out
+
+
+def write_hydra_record(directory: Path, cfg: DictConfig, overrides: Iterable[str] | None) -> None:
+    """`.hydra/config.yaml` (the composed config) and `.hydra/overrides.yaml`, as a Hydra run leaves them."""
+    hydra_dir = directory / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    (hydra_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (hydra_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides or []))))
 
 
 def check_writable(directory: Path) -> None:

@@ -1,0 +1,93 @@
+"""Hydra's command-line habits for finealign's commands: `--cfg job|hydra|all`, `--info`,
+`-m/--multirun` with comma lists (Hydra's basic sweeper: the cartesian product, one job per
+combination, each in its own numbered directory), `hydra.run.dir=...` / `hydra.sweep.dir=...`.
+
+finealign composes configs with Hydra's compose API (so sweeps and tests can compose many configs
+in one process); this module reproduces the flags a Hydra user types on top of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import itertools
+from pathlib import Path
+
+from finealign.errors import ConfigError
+
+
+def add_hydra_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cfg", "-c", choices=("job", "hydra", "all"), default=None,
+                        help="print the composed config (job; hydra: the run/sweep directories; all: both) and exit")
+    parser.add_argument("--resolve", action="store_true", help="with --cfg: resolve interpolations")
+    parser.add_argument("--info", action="store_true", help="print config search path, groups and their options")
+    parser.add_argument("--multirun", "-m", action="store_true",
+                        help="run every combination of comma-separated values (aligner=global,hard seed=0,1)")
+
+
+def split_choices(override: str) -> list[str]:
+    """`key=a,b` → [`key=a`, `key=b`]; commas inside [...] / {...} / quotes belong to one value."""
+    key, sep, value = override.partition("=")
+    if not sep:
+        return [override]
+    parts, depth, quote, current = [], 0, "", ""
+    for ch in value:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+            continue
+        current += ch
+    parts.append(current)
+    return [f"{key}={p}" for p in parts]
+
+
+def run_dirs(overrides: list[str]) -> tuple[list[str], str | None, str | None]:
+    """(overrides without hydra.run.dir / hydra.sweep.dir, run dir, sweep dir)."""
+    rest, run_dir, sweep_dir = [], None, None
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key == "hydra.run.dir":
+            run_dir = value
+        elif key == "hydra.sweep.dir":
+            sweep_dir = value
+        elif key.startswith("hydra."):
+            raise ConfigError(
+                f"{key!r}: finealign honours hydra.run.dir and hydra.sweep.dir; other hydra.* keys do nothing"
+            )
+        else:
+            rest.append(o)
+    return rest, run_dir, sweep_dir
+
+
+def jobs(overrides: list[str], multirun: bool, sweep_dir: str | None) -> list[tuple[list[str], str | None]]:
+    """(overrides, output dir or None) per job: one job, or the cartesian product of comma lists."""
+    if not multirun:
+        return [(overrides, None)]
+    combos = list(itertools.product(*(split_choices(o) for o in overrides)))
+    root = Path(sweep_dir or Path("multirun") / _dt.datetime.now().strftime("%Y-%m-%d/%H-%M-%S"))
+    return [(list(combo), str(root / str(i))) for i, combo in enumerate(combos)]
+
+
+def print_info(config_name: str) -> None:
+    from finealign.config import config_roots, plugin_config_packages
+
+    roots = config_roots()
+    print(f"Config search path (primary config {config_name!r}):")
+    for r in roots:
+        print(f"  {r}")
+    print("Config groups (group: options):")
+    groups: dict[str, set[str]] = {}
+    for r in roots:
+        for folder in sorted(p for p in r.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
+            groups.setdefault(folder.name, set()).update(p.stem for p in folder.glob("*.yaml"))
+    for name, options in sorted(groups.items()):
+        print(f"  {name}: {', '.join(sorted(options))}")
+    print(f"Plugin config packages: {', '.join(plugin_config_packages()) or '(none)'}")
