@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("finealign.cli.eval_cmd", "evaluate a saved model: finealign eval ckpt=PATH [overrides]"),
     "sweep": ("finealign.cli.sweep_cmd", "run or join an Optuna sweep over aligners, losses, encoders"),
     "bench": ("finealign.cli.bench_cmd", "the citable protocol: equal tuning budget, paired seeds, bootstrap CIs"),
+    "explain": ("finealign.cli.explain_cmd", "picture which word goes to which region, per aligner, for a test pair"),
     "report": ("finealign.cli.report_cmd", "rebuild a sweep's or a protocol's tables and plot from storage"),
     "download": ("finealign.cli.download_cmd", "download a dataset's public files; say where the rest goes"),
     "cache": ("finealign.cli.cache_cmd", "encode a dataset split once with frozen encoders into a feature cache"),

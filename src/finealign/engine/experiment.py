@@ -233,6 +233,22 @@ def _yaml_value(text: str) -> Any:
         return text
 
 
+def load_trained_model(ckpt: str | Path, overrides: Iterable[str] = ()) -> tuple[RetrievalModel, ExperimentSpec]:
+    """The model a checkpoint holds, built from its own config (with `overrides` applied)."""
+    state = load_checkpoint(ckpt)
+    if "config" not in state or "model" not in state:
+        raise ConfigError(f"{ckpt} is not a finealign checkpoint (no config/model inside)")
+    snapshot = state["config"] if "data_meta" not in state else state
+    spec = validate(apply_overrides(OmegaConf.create(snapshot["config"]), list(overrides)))
+    model = build_model(spec, snapshot.get("data_meta", {})).to(resolve_device(spec.device))
+    own = model.state_dict()
+    for key, tensor in state["model"].items():
+        if key in own and own[key].shape != tensor.shape:
+            raise ConfigError(f"{ckpt} does not fit this model: {key} is {tuple(tensor.shape)} in the checkpoint")
+    model.load_state_dict(state["model"], strict=False)
+    return model, spec
+
+
 def evaluate_checkpoint(
     ckpt: str | Path, overrides: Iterable[str] = (), *, output_dir: str | Path | None = None
 ) -> dict:
