@@ -110,3 +110,16 @@ def test_a_changed_sweep_cannot_join_an_existing_study(where):
     raw["overrides"] = [*raw["overrides"], "train.lr=0.5"]
     with pytest.raises(ConfigError, match="created by a different sweep"):
         run_sweep(from_raw(raw), **where)
+
+
+def test_report_prints_latex_booktabs(where, capsys):
+    from finealign.cli.main import main as cli_main
+
+    run_sweep(toy(), **where)
+    capsys.readouterr()
+    assert cli_main(["report", "toy", "--storage", where["storage"], "--out", str(where["out_dir"]), "--format", "latex"]) == 0
+    tex = capsys.readouterr().out
+    assert tex.count("\\toprule") == 1 and "\\midrule" in tex and "\\bottomrule" in tex and "mean\\_max" in tex
+    body = tex.split("\\midrule")[1].split("\\bottomrule")[0].strip().splitlines()
+    header_cols = tex.split("\\toprule")[1].split("\\midrule")[0].count("&")
+    assert len(body) == 3 and all(line.count("&") == header_cols and line.endswith("\\\\") for line in body)

@@ -15,6 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("study", help="protocol or sweep study name")
     parser.add_argument("--storage", default=None,
                         help="Optuna RDB URL (default: sqlite:///runs/bench/NAME.db or runs/sweeps/NAME.db)")
+    parser.add_argument("--format", choices=("md", "csv", "latex"), default="md",
+                        help="what to print (every format is written to the report folder either way)")
     parser.add_argument("--out", type=Path, default=None,
                         help="report folder (default: runs/bench/NAME or runs/sweeps/NAME)")
 
@@ -27,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         from finealign.protocol.report import write_protocol_report
 
         report = write_protocol_report(protocol_dir, args.storage or default_storage(args.study, protocol_dir.parent))
-        print(report.markdown)
+        print({"md": report.markdown, "csv": report.csv.read_text(), "latex": report.tex.read_text()}[args.format])
         print(f"\ntables: {report.csv}  {report.md}  {report.tex}\nplot: {report.plot or '(no plot yet)'}")
         return 0
     from finealign.errors import ConfigError
@@ -38,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         missing = protocol_dir / SPEC_FILE
         raise ConfigError(f"{args.study!r} is no protocol ({missing} is missing) and no sweep: {exc}") from exc
-    print(sweep.markdown)
-    print(f"\ntable: {sweep.csv}  plot: {sweep.plot or '(no plot: trials lack the plot metrics)'}")
+    latex = sweep.tex.read_text() if sweep.tex else ""
+    print({"md": sweep.markdown, "csv": sweep.csv.read_text(), "latex": latex}[args.format])
+    plot = sweep.plot or "(no plot: trials lack the plot metrics)"
+    print(f"\ntables: {sweep.csv}  {sweep.md}  {sweep.tex}  plot: {plot}")
     return 0

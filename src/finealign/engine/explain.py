@@ -54,8 +54,8 @@ def word_labels(model: Any, data_options: dict[str, Any], caption: str | None, c
 
 
 def explain_pair(
-    ckpt: str | Path, image: int, caption: int | None = None, aligners: Sequence[str] = ("mean_max", "hard", "tokenflow"),
-    overrides: Iterable[str] = (),
+    ckpt: str | Path, image: int, caption: int | None = None,
+    aligners: Sequence[str] = ("mean_max", "hard", "tokenflow"), overrides: Iterable[str] = (),
 ) -> PairExplanation:
     """Alignments of test image `image` with caption `caption` (default: its first) under each aligner.
     The checkpoint's own aligner keeps its trained parameters; other aligners use their defaults on
@@ -92,7 +92,9 @@ def explain_pair(
     return out
 
 
-def _raw_texts(split: Any, dname: str, doptions: dict[str, Any], image: int, caption: int) -> tuple[str | None, str | None]:
+def _raw_texts(
+    split: Any, dname: str, doptions: dict[str, Any], image: int, caption: int
+) -> tuple[str | None, str | None]:
     """(caption text, image file) where the data has them: raw splits directly, cached features
     through the cache's item list and the underlying dataset's captions."""
     caption_text = split.captions[caption] if isinstance(split.captions[caption], str) else None

@@ -18,6 +18,7 @@ from finealign.engine.results import solver_label
 from finealign.protocol.run import MethodOutcome
 from finealign.protocol.spec import ProtocolSpec
 from finealign.protocol.stats import COMPARED, QueryRanks, mean_std, paired_bootstrap
+from finealign.tables import to_booktabs
 
 MEAN_METRICS = ("rsum", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "train_time_s")
 COST_KEYS = (
@@ -149,29 +150,6 @@ def to_markdown(frame: pd.DataFrame, reference: str) -> str:
     return display_frame(frame, reference).to_markdown(index=False) if len(frame) else "(no methods)"
 
 
-def _latex_escape(text: str) -> str:
-    """Escape LaTeX's specials outside $...$ segments (the math we wrote ourselves stays as is)."""
-    parts = text.split("$")
-    for i in range(0, len(parts), 2):  # even parts are text, odd ones math
-        t = parts[i]
-        for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("_", r"\_"),
-                           ("{", r"\{"), ("}", r"\}"), ("–", "--"), ("±", r"$\pm$"), ("×", r"$\times$"),
-                           ("Δ", r"$\Delta$")):
-            t = t.replace(char, repl)
-        parts[i] = t
-    return "$".join(parts)
-
-
 def to_latex(frame: pd.DataFrame, reference: str, caption: str = "") -> str:
     """A booktabs table (\\toprule/\\midrule/\\bottomrule; needs \\usepackage{booktabs})."""
-    shown = display_frame(frame, reference, latex=True).drop(columns=["status"])
-    cols = list(shown.columns)
-    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "r" * (len(cols) - 1) + "}",
-             r"\toprule", " & ".join(_latex_escape(c) for c in cols) + r" \\", r"\midrule"]  # fmt: skip
-    for _, row in shown.iterrows():
-        lines.append(" & ".join(_latex_escape(str(v)) for v in row) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    if caption:
-        lines.append(r"\caption{" + _latex_escape(caption) + "}")
-    lines.append(r"\end{table}")
-    return "\n".join(lines) + "\n"
+    return to_booktabs(display_frame(frame, reference, latex=True).drop(columns=["status"]), caption=caption)

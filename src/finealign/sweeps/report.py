@@ -16,6 +16,7 @@ import pandas as pd
 from finealign.sweeps.plot import plot_tradeoff
 from finealign.sweeps.results import summary_frame, to_markdown, trials_frame
 from finealign.sweeps.study import stored_spec
+from finealign.tables import to_booktabs
 
 
 @dataclass
@@ -25,6 +26,7 @@ class SweepReport:
     csv: Path
     md: Path
     plot: Path | None
+    tex: Path | None = None  # the summary as a booktabs table
 
 
 def _temp(path: Path) -> Path:
@@ -41,10 +43,13 @@ def write_report(study: optuna.Study, out_dir: Path) -> SweepReport:
     os.replace(_temp(csv), csv)
     _temp(md).write_text(f"# Sweep {study.study_name}\n\n{markdown}\n")
     os.replace(_temp(md), md)
+    tex = out_dir / "trials.tex"
+    _temp(tex).write_text(to_booktabs(summary_frame(frame, study), caption=f"Sweep {study.study_name}"))
+    os.replace(_temp(tex), tex)
     choices = list(spec["choices"])
     label = "aligner" if "aligner" in choices else (choices[0] if choices else None)
     plot = plot_tradeoff(frame, spec["plot_x"], spec["plot_y"], label, _temp(png), title=f"sweep {study.study_name}")
     if plot is not None:
         os.replace(plot, png)
         plot = png
-    return SweepReport(frame=frame, markdown=markdown, csv=csv, md=md, plot=plot)
+    return SweepReport(frame=frame, markdown=markdown, csv=csv, md=md, plot=plot, tex=tex)
