@@ -1,5 +1,5 @@
 """The fused Sinkhorn kernel (Triton; CPU interpreter here) equals the torch solver
-(finealign.aligners.sinkhorn) iteration for iteration, and POT's converged plan."""
+(finealign.kernels.sinkhorn) iteration for iteration, and POT's converged plan."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ For one (image, caption) pair with token similarities S (Lv × Lt, cosines when 
   Padded tokens get exactly zero mass.
 * Cost C = 1 − S. (−S gives the same plan: adding a constant to the cost only rescales the Gibbs
   kernel, which the Sinkhorn scalings absorb, because both marginals sum to 1.)
-* Flow P = the entropic OT plan (Sinkhorn, `epsilon`; see sinkhorn.py), and the pair's score is
+* Flow P = the entropic OT plan (Sinkhorn, `epsilon`; see kernels/sinkhorn.py), and the pair's score is
   Σ P ⊙ S. Iterations stop when every pair's region marginal is within `tolerance` (L1), with
   `iterations` as the cap. A plan stopped by the cap is not optimal transport: the aligner
   records the largest marginal error it reached (`diagnostics()`), the engine stores it with
@@ -48,8 +48,8 @@ from finealign.aligners.base import (
     token_similarities,
 )
 from finealign.aligners.kernel_backed import KernelAligner, KernelConfig
-from finealign.aligners.sinkhorn import DOMAINS, SinkhornResult, sinkhorn
-from finealign.aligners.sinkhorn_implicit import implicit_sinkhorn
+from finealign.kernels.sinkhorn import DOMAINS, SinkhornResult, sinkhorn
+from finealign.kernels.sinkhorn_implicit import implicit_sinkhorn
 from finealign.errors import ConfigError
 from finealign.kernels import sinkhorn_flow_scores
 from finealign.kernels.checks import check_sinkhorn_kernel_options

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from finealign.kernels.sinkhorn import log_sinkhorn
+
 
 def _importance(vi: Tensor, ti: Tensor, vm: Tensor, tm: Tensor, vp: Tensor, tp: Tensor, tau: float, paired: bool):
     """Per-pair log importance masses: region·(caption global)/τ and word·(image global)/τ,
@@ -23,9 +25,6 @@ def _importance(vi: Tensor, ti: Tensor, vm: Tensor, tm: Tensor, vp: Tensor, tp: 
 
 def _flow(sim: Tensor, mv: Tensor, mt: Tensor, la: Tensor, lb: Tensor, epsilon, iterations, rows, one_sided):
     """(B,) Σ plan·sim for B problems: sim (B, Lv, Lt) with 0 on padding, masks and log masses (B, L)."""
-    # Imported here: finealign.aligners imports this package (for its backends) on import.
-    from finealign.aligners.sinkhorn import log_sinkhorn
-
     if rows == "visual":
         plan = log_sinkhorn(1.0 - sim, None if one_sided else la, lb, mv, mt, epsilon, iterations)
     else:

@@ -4,7 +4,7 @@ all iterations, and writes Σ flow·sim per pair. For training, the forward also
 iteration's potentials and a backward kernel runs reverse mode through the unrolled iterations
 (_sinkhorn_bwd), matching the torch solver's autograd gradients.
 
-Semantics follow finealign.aligners.sinkhorn.log_sinkhorn with cost = 1 − sim and ε: scaled
+Semantics follow finealign.kernels.sinkhorn.log_sinkhorn with cost = 1 − sim and ε: scaled
 potentials start at 0; each iteration updates the row side then the column side; padded tokens
 have potential 0 and plan 0; a one-sided problem is one column normalisation.
 """

@@ -5,8 +5,8 @@ and TokenFlow trained with it gets the unrolled gradients."""
 import pytest
 import torch
 
-from finealign.aligners.sinkhorn import sinkhorn
-from finealign.aligners.sinkhorn_implicit import implicit_sinkhorn
+from finealign.kernels.sinkhorn import sinkhorn
+from finealign.kernels.sinkhorn_implicit import implicit_sinkhorn
 from finealign.errors import ConfigError
 from finealign.registry import create_aligner
 from finealign.tokens import TokenBatch

@@ -3,7 +3,7 @@ import ot
 import pytest
 import torch
 
-from finealign.aligners.sinkhorn import log_sinkhorn
+from finealign.kernels.sinkhorn import log_sinkhorn
 from finealign.errors import ConfigError, ShapeError
 
 
@@ -110,7 +110,7 @@ def test_log_sinkhorn_rejects_bad_inputs(gen):
 
 # -- tolerance and the scaling domain --------------------------------------------------------
 
-from finealign.aligners.sinkhorn import sinkhorn  # noqa: E402
+from finealign.kernels.sinkhorn import sinkhorn  # noqa: E402
 
 
 def row_l1_error(plan, log_a, mask_a) -> torch.Tensor:

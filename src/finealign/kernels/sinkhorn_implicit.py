@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from finealign.aligners.sinkhorn import SinkhornResult, sinkhorn
+from finealign.kernels.sinkhorn import SinkhornResult, sinkhorn
 
 
 _RIDGE = 1e-12
