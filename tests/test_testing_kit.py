@@ -8,7 +8,6 @@ from finealign.aligners.base import Aligner, AlignerConfig, masked_fill_pairs, t
 from finealign.registry import list_aligners
 from finealign.testing import check_aligner
 
-
 OPTIONS = {
     "two_stage": {"top_k": 3},
     # finite differences need a solver that is smooth in its inputs: converge far past the default

@@ -16,7 +16,8 @@ that assume a pair's score ignores the rest of the gallery.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

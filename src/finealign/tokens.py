@@ -25,7 +25,7 @@ class TokenBatch:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
-    def __getitem__(self, index) -> "TokenBatch":
+    def __getitem__(self, index) -> TokenBatch:
         """Select items (slice, index tensor or int) along the batch dimension."""
         if isinstance(index, int):
             index = slice(index, index + 1)
@@ -35,7 +35,7 @@ class TokenBatch:
             None if self.pooled is None else self.pooled[index],
         )
 
-    def to(self, *args, **kwargs) -> "TokenBatch":
+    def to(self, *args, **kwargs) -> TokenBatch:
         """Move/cast like Tensor.to; the mask keeps its bool dtype."""
         mask_args = [a for a in args if not isinstance(a, torch.dtype)]
         mask_kwargs = {k: v for k, v in kwargs.items() if k != "dtype"}
@@ -56,7 +56,7 @@ class TokenBatch:
         total = torch.where(real, self.tokens, torch.zeros((), dtype=self.tokens.dtype, device=self.tokens.device)).sum(1)
         return total / real.sum(1).clamp_min(1).to(self.tokens.dtype)
 
-    def with_pooled(self) -> "TokenBatch":
+    def with_pooled(self) -> TokenBatch:
         """This batch, with `pooled` filled by the masked mean when it is missing."""
         if self.pooled is not None:
             return self

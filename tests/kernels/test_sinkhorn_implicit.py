@@ -5,9 +5,9 @@ and TokenFlow trained with it gets the unrolled gradients."""
 import pytest
 import torch
 
+from finealign.errors import ConfigError
 from finealign.kernels.sinkhorn import sinkhorn
 from finealign.kernels.sinkhorn_implicit import implicit_sinkhorn
-from finealign.errors import ConfigError
 from finealign.registry import create_aligner
 from finealign.tokens import TokenBatch
 from tests.conftest import random_batch

@@ -3,8 +3,8 @@ import ot
 import pytest
 import torch
 
-from finealign.kernels.sinkhorn import log_sinkhorn
 from finealign.errors import ConfigError, ShapeError
+from finealign.kernels.sinkhorn import log_sinkhorn
 
 
 def random_problems(batch, n, m, generator, dtype=torch.float64):

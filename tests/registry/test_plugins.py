@@ -70,14 +70,14 @@ def test_pip_installed_plugin_aligner_is_listed_and_scores(tmp_path):
     code = textwrap.dedent(
         """
         import torch, sys
-        sys.path.insert(0, %r)
+        sys.path.insert(0, {!r})
         from tests.conftest import random_batch
         from finealign.registry import create_aligner
         g = torch.Generator().manual_seed(0)
         v, t = random_batch(3, 4, 5, generator=g), random_batch(2, 3, 5, generator=g)
         s = create_aligner("max_max", chunk_visual=2)(v, t)
-        torch.save(s, %r)
-        """ % (str(REPO), str(tmp_path / "s.pt"))
+        torch.save(s, {!r})
+        """.format(str(REPO), str(tmp_path / "s.pt"))
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"})
     got = torch.load(tmp_path / "s.pt")

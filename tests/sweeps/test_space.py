@@ -46,7 +46,7 @@ def test_grid_points_multiply_conditional_params_only_within_their_option():
         *({"aligner": "two_stage", "aligner.top_k": k} for k in [5, 10]),
     ]
     expected_loss = [{"loss": "infonce"}, {"loss": "triplet", "loss.margin": 0.1}, {"loss": "triplet", "loss.margin": 0.2}]
-    expected = [{**a, **l, "train.lr": 0.001} for a, l in itertools.product(expected_aligner, expected_loss)]
+    expected = [{**a, **loss, "train.lr": 0.001} for a, loss in itertools.product(expected_aligner, expected_loss)]
     assert sorted(map(point_key, points)) == sorted(map(point_key, expected))
     for p in points:  # a param appears only with the option that owns it
         assert ("aligner.epsilon" in p) == (p["aligner"] == "tokenflow")
@@ -83,7 +83,7 @@ def brute_force_front(values, directions):
     sign = np.array([1 if d == "minimize" else -1 for d in directions])
     costs = np.asarray(values) * sign
     front = []
-    for i, a in enumerate(costs):
+    for _i, a in enumerate(costs):
         dominated = any(all(b[k] <= a[k] for k in range(len(a))) and any(b[k] < a[k] for k in range(len(a))) for b in costs)
         front.append(not dominated)
     return np.array(front)
@@ -91,7 +91,7 @@ def brute_force_front(values, directions):
 
 def test_pareto_mask_matches_brute_force_including_ties():
     rng = np.random.default_rng(0)
-    for trial in range(30):
+    for _trial in range(30):
         n, k = rng.integers(1, 25), rng.integers(1, 4)
         values = rng.integers(0, 5, size=(n, k)).astype(float)  # small ints: many ties/duplicates
         directions = list(rng.choice(["maximize", "minimize"], size=k))

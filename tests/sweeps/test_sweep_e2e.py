@@ -9,7 +9,6 @@ import pytest
 from finealign.sweeps import load_report, run_sweep
 from finealign.sweeps.runner import trial_seed
 from finealign.sweeps.space import grid_points, point_key
-
 from tests.sweeps.conftest import FAKE, from_raw, toy, toy_raw
 
 ENGINE_METRICS = {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "score_latency_ms", "process_peak_rss_mb"}

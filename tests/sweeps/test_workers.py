@@ -15,7 +15,6 @@ import pytest
 
 from finealign.sweeps.runner import trial_seed
 from finealign.sweeps.storage import with_available_driver
-
 from tests.sweeps.conftest import FAKE, cli
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
@@ -87,7 +86,7 @@ def test_two_workers_share_a_postgres_study_without_duplicated_or_lost_trials(tm
     env = {"FINEALIGN_TEST_SLEEP": "0.5"}
     workers = [cli([*args, "--worker-id", str(i)], env) for i in range(2)]
     outputs = [w.communicate(timeout=120) for w in workers]
-    for w, (out, err) in zip(workers, outputs):
+    for w, (_out, err) in zip(workers, outputs):
         assert w.returncode == 0, err
 
     trials = optuna.load_study(study_name=study, storage=with_available_driver(url)).trials

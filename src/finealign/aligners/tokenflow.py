@@ -48,11 +48,11 @@ from finealign.aligners.base import (
     token_similarities,
 )
 from finealign.aligners.kernel_backed import KernelAligner, KernelConfig
-from finealign.kernels.sinkhorn import DOMAINS, SinkhornResult, sinkhorn
-from finealign.kernels.sinkhorn_implicit import implicit_sinkhorn
 from finealign.errors import ConfigError
 from finealign.kernels import sinkhorn_flow_scores
 from finealign.kernels.checks import check_sinkhorn_kernel_options
+from finealign.kernels.sinkhorn import DOMAINS, SinkhornResult, sinkhorn
+from finealign.kernels.sinkhorn_implicit import implicit_sinkhorn
 from finealign.registry import ALIGNERS
 from finealign.tokens import TokenBatch
 

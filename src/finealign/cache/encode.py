@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from finealign.progress import bar as progress_bar
 
 from finealign.encoders.base import Encoder
 from finealign.errors import ShapeError
+from finealign.progress import bar as progress_bar
 
 
 class _LoadedItems(Dataset):

@@ -3,11 +3,13 @@
 Each dataset is one module plus `@DATASETS.register(...)`; add the module's import below.
 """
 
+from finealign.data import (
+    cached,  # noqa: F401  (registers "cached")
+    features,  # noqa: F401  (registers "features")
+    karpathy,  # noqa: F401  (registers "karpathy", "flickr8k", "flickr30k", "coco")
+    msrvtt,  # noqa: F401  (registers "msrvtt")
+    toy,  # noqa: F401  (registers "toy")
+)
 from finealign.data.base import RetrievalSplit
-from finealign.data import karpathy  # noqa: F401  (registers "karpathy", "flickr8k", "flickr30k", "coco")
-from finealign.data import msrvtt  # noqa: F401  (registers "msrvtt")
-from finealign.data import features  # noqa: F401  (registers "features")
-from finealign.data import toy  # noqa: F401  (registers "toy")
-from finealign.data import cached  # noqa: F401  (registers "cached")
 
 __all__ = ["RetrievalSplit"]

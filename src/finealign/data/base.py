@@ -7,8 +7,9 @@ captions and image→text counts a hit when any of them is retrieved.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

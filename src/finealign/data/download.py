@@ -10,9 +10,9 @@ from __future__ import annotations
 import shutil
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from finealign.errors import ConfigError, DataError
 

@@ -11,7 +11,8 @@ stacks; `forward` runs the backbone and the projection to `embed_dim`.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 

@@ -63,7 +63,7 @@ class BackboneEncoder(Encoder):
         if self.frozen:
             freeze(self.backbone)
 
-    def train(self, mode: bool = True) -> "BackboneEncoder":
+    def train(self, mode: bool = True) -> BackboneEncoder:
         super().train(mode)
         if self.frozen:
             self.backbone.eval()

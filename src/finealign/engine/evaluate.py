@@ -7,16 +7,17 @@ import contextlib
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
-from finealign.progress import bar as progress_bar
 
 from finealign.data.base import RetrievalSplit
 from finealign.engine.batching import to_device
 from finealign.engine.metrics import fold_slices, mean_metrics, query_ranks, retrieval_metrics
+from finealign.progress import bar as progress_bar
 from finealign.tokens import TokenBatch
 
 

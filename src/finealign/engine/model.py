@@ -4,7 +4,8 @@ name through the registry and held side by side (never fused), plus the loss."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor, nn
 

@@ -3,7 +3,7 @@ from scratch (heads, aligner, loss temperature), and no weight decay on biases, 
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn

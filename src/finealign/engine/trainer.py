@@ -7,13 +7,13 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
-from finealign.progress import bar as progress_bar
 
 from finealign.config import EvalConfig, TrainConfig
 from finealign.data.base import RetrievalSplit
@@ -24,7 +24,7 @@ from finealign.engine.model import RetrievalModel, loss_extras
 from finealign.engine.optim import build_optimizer
 from finealign.engine.schedule import LRSchedule
 from finealign.errors import ConfigError
-
+from finealign.progress import bar as progress_bar
 
 # Settings a resumed run may change: they do not alter what is trained or how (where results go,
 # what is printed, how the test split is scored afterwards).

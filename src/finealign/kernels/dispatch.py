@@ -24,7 +24,7 @@ def check_backend(backend: str) -> None:
         raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_importable() -> bool:
     try:
         import triton  # noqa: F401

@@ -17,8 +17,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from finealign.kernels.pooling_weights import mean_weights
 from finealign.kernels.ops import tile_list
+from finealign.kernels.pooling_weights import mean_weights
 from finealign.kernels.tiles import Tiles, next_pow2
 
 

@@ -12,8 +12,6 @@ a counter copies the registry when it is created.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
@@ -46,7 +44,7 @@ def token_pair_flops(v_shape, t_shape, pairs_shape=None) -> int:
 # -- MaxSim ---------------------------------------------------------------------------------------
 @torch.library.custom_op("finealign::maxsim_forward", mutates_args=())
 def maxsim_forward(
-    v: Tensor, t: Tensor, vmask8: Tensor, tmask8: Tensor, tw: Tensor, vw: Tensor, pairs: Optional[Tensor],
+    v: Tensor, t: Tensor, vmask8: Tensor, tmask8: Tensor, tw: Tensor, vw: Tensor, pairs: Tensor | None,
     pooling: str, direction: str, temperature: float, tiles: list[int],
 ) -> Tensor:
     """(Nv, Nt) fp32 MaxSim scores, or (P,) for int32 `pairs`."""
@@ -95,7 +93,7 @@ def _(v, t, vmask8, tmask8, tw, vw, grad, pooling, direction, temperature, tiles
 @torch.library.custom_op("finealign::sinkhorn_forward", mutates_args=())
 def sinkhorn_forward(
     v: Tensor, t: Tensor, vmask8: Tensor, tmask8: Tensor, la: Tensor, lb: Tensor, vp: Tensor, tp: Tensor,
-    pairs: Optional[Tensor], epsilon: float, marginal_temperature: float, iterations: int, text_first: bool,
+    pairs: Tensor | None, epsilon: float, marginal_temperature: float, iterations: int, text_first: bool,
     one_sided: bool, importance: bool, scaling: bool, absorb_every: int, captions_per_program: int,
     num_warps: int,
 ) -> Tensor:

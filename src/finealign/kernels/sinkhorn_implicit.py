@@ -32,7 +32,6 @@ from torch import Tensor
 
 from finealign.kernels.sinkhorn import SinkhornResult, sinkhorn
 
-
 _RIDGE = 1e-12
 
 

@@ -56,7 +56,7 @@ class Tiles:
             raise ConfigError(f"Tiles.packed must be a bool, got {self.packed!r}")
 
     @classmethod
-    def default(cls, lv: int, lt: int, dtype: torch.dtype, rows: int = 128, cols: int = 128) -> "Tiles":
+    def default(cls, lv: int, lt: int, dtype: torch.dtype, rows: int = 128, cols: int = 128) -> Tiles:
         lvp, ltp = next_pow2(lv), next_pow2(lt)
         bv, bt = max(1, rows // lvp), max(1, cols // ltp)
         block_k = 32 if dtype == torch.float32 else 64

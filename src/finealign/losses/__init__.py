@@ -4,9 +4,11 @@ Every loss is called as `loss(sim, positives, extras)` on the (B_img, B_txt) sim
 any aligner; see losses/base.py.
 """
 
+from finealign.losses import (
+    cmc,  # noqa: F401  (registers "cmc")
+    infonce,  # noqa: F401  (registers "infonce")
+    triplet,  # noqa: F401  (registers "triplet")
+)
 from finealign.losses.base import Loss, check_similarity, hinge_terms
-from finealign.losses import infonce  # noqa: F401  (registers "infonce")
-from finealign.losses import triplet  # noqa: F401  (registers "triplet")
-from finealign.losses import cmc  # noqa: F401  (registers "cmc")
 
 __all__ = ["Loss", "check_similarity", "hinge_terms"]

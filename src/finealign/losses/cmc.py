@@ -21,8 +21,8 @@ global vectors. `reduction` sums (TGDT, VSE++) or averages the hinge over positi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 from torch import Tensor

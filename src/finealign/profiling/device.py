@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import platform
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

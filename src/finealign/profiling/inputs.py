@@ -26,7 +26,7 @@ class ProblemShape:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"problem size {key} must be a positive int, got {value!r}")
 
-    def scaled(self, axis: str, value: int) -> "ProblemShape":
+    def scaled(self, axis: str, value: int) -> ProblemShape:
         """This shape with one axis set to `value`, keeping the other ratios:
         `n` sets nv=value and nt=value·(nt/nv) (a gallery of N images × 5N captions stays 1:5);
         `tokens` sets lv=value and lt=value·(lt/lv); `dim` sets the embedding dim."""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from finealign.profiling.device import environment, parse_dtype, pinned_threads, resolve_device
 from finealign.profiling.inputs import ProblemShape, random_input_sets

@@ -7,8 +7,9 @@ light for scripts that only time things.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from finealign.errors import ConfigError, DataError
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 import dataclasses
 import gc
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 from finealign.errors import ConfigError
-from finealign.profiling.device import dtype_name, parse_dtype, pinned_threads, resolve_device
 from finealign.profiling.device import device_name as _device_name
+from finealign.profiling.device import dtype_name, parse_dtype, pinned_threads, resolve_device
 from finealign.profiling.flops import count_flops, matmul_throughput
 from finealign.profiling.inputs import ProblemShape, random_input_sets
 from finealign.profiling.memory import peak_memory

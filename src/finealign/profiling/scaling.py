@@ -4,8 +4,9 @@ fitted by least squares on log-log axes (cost ≈ c · x^k)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from finealign.errors import ConfigError
 from finealign.profiling.inputs import ProblemShape

@@ -10,8 +10,9 @@ runs.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from finealign.errors import ConfigError
 from finealign.sweeps.spec import ParamSpec, _unknown_keys, override_key

@@ -14,9 +14,9 @@ than two shared seeds an interval is reported as unavailable, never as a zero-wi
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import stats as sps

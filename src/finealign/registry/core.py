@@ -12,9 +12,10 @@ import difflib
 import fnmatch
 import importlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
 from finealign.errors import ConfigError, PluginError, UnknownNameError
 

@@ -6,8 +6,9 @@ API's `objective=`) replaces it with any callable `(overrides, report) -> metric
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from functools import partial
-from typing import Any, Mapping
+from typing import Any
 
 from finealign.errors import ConfigError
 from finealign.sweeps.runner import Objective, ReportFn

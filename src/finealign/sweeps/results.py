@@ -7,7 +7,8 @@ Built only from what the storage holds (plus the sweep spec saved on the study),
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import optuna

@@ -14,8 +14,9 @@ import math
 import time
 import traceback
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage, fail_stale_trials

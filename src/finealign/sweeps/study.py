@@ -13,7 +13,8 @@ import hashlib
 import json
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 
