@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from finealign.errors import ConfigError
 from finealign.protocol.spec import ProtocolSpec
+from finealign.sweeps.loader import split_group_overrides
 from finealign.sweeps.spec import ParamSpec, override_key
 
 DEFAULT = "flickr8k"
@@ -50,17 +51,7 @@ def load_protocol(args: Iterable[str] = ()) -> tuple[ProtocolSpec, tuple[str, ..
     """(validated spec, overrides for every run)."""
     from finealign.config import compose, config_dir
 
-    name, own, extra = DEFAULT, [], []
-    for arg in args:
-        if "=" not in arg:
-            raise ConfigError(f"override {arg!r} is not KEY=VALUE")
-        key = override_key(arg)
-        if key == "protocol":
-            name = arg.split("=", 1)[1]
-        elif key.startswith("protocol."):
-            own.append(arg)
-        else:
-            extra.append(arg)
+    name, own, extra = split_group_overrides(args, "protocol", DEFAULT)
     if not (config_dir() / "protocol" / f"{name}.yaml").is_file():
         known = ", ".join(available_protocols())
         raise ConfigError(f"no protocol config {name!r} in {config_dir() / 'protocol'} (available: {known})")

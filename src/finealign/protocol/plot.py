@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from finealign.sweeps.plot import finish_figure
+
 
 def plot_protocol(frame: pd.DataFrame, path: Path, title: str = "") -> Path | None:
     """Write the PNG and return its path; None when no method has both numbers yet."""
@@ -33,13 +35,5 @@ def plot_protocol(frame: pd.DataFrame, path: Path, title: str = "") -> Path | No
                     xytext=(4, 4), fontsize=7)  # fmt: skip
     if (x > 0).all() and x.max() / x.min() > 30:
         ax.set_xscale("log")
-    ax.set_xlabel("scoring latency per image query, ms (median, IQR)")
-    ax.set_ylabel("test RSUM (mean ± std over seeds)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return finish_figure(fig, ax, "scoring latency per image query, ms (median, IQR)",
+                         "test RSUM (mean ± std over seeds)", title, path)  # fmt: skip

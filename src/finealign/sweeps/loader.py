@@ -24,20 +24,26 @@ class LoadedSweep:
     trial_overrides: tuple[str, ...]  # the file's fixed overrides, then the command line's
 
 
-def split_overrides(args: Iterable[str]) -> tuple[str, list[str], list[str]]:
-    """(sweep name, overrides of the sweep file, fixed overrides of every trial)."""
-    name, sweep_overrides, trial_overrides = "default", [], []
+def split_group_overrides(args: Iterable[str], group: str, default: str) -> tuple[str, list[str], list[str]]:
+    """For a file-driven command (`sweep`, `protocol`): (file name from `GROUP=NAME`, the file's own
+    `GROUP.KEY=VALUE` edits, every other override)."""
+    name, own, rest = default, [], []
     for arg in args:
         if "=" not in arg and not arg.startswith("~"):
             raise ConfigError(f"override {arg!r} is not KEY=VALUE")
         key = override_key(arg)
-        if key == "sweep":
+        if key == group:
             name = arg.split("=", 1)[1]
-        elif key.startswith("sweep."):
-            sweep_overrides.append(arg)
+        elif key.startswith(f"{group}."):
+            own.append(arg)
         else:
-            trial_overrides.append(arg)
-    return name, sweep_overrides, trial_overrides
+            rest.append(arg)
+    return name, own, rest
+
+
+def split_overrides(args: Iterable[str]) -> tuple[str, list[str], list[str]]:
+    """(sweep name, overrides of the sweep file, fixed overrides of every trial)."""
+    return split_group_overrides(args, "sweep", "default")
 
 
 def merge_overrides(base: Iterable[str], extra: Iterable[str]) -> tuple[str, ...]:

@@ -29,8 +29,15 @@ def plot_tradeoff(frame: pd.DataFrame, x: str, y: str, label: str | None, path: 
     xs = done[x].dropna()
     if len(xs) and (xs > 0).all() and xs.max() / xs.min() > 100:
         ax.set_xscale("log")  # latencies of a global dot product and of OT differ by orders of magnitude
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
+    return finish_figure(fig, ax, x, y, title, path)
+
+
+def finish_figure(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    """Labels, grid, legend; save the PNG and close the figure (shared by the sweep and protocol plots)."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
