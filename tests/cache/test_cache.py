@@ -104,6 +104,11 @@ def test_key_changes_with_options_checkpoint_data_split_and_slice(setup, tmp_pat
     assert build(setup, tmp_path).name != base
 
     json_path = setup["root"] / "dataset_flickr8k.json"
+    torch.save(torch.load(setup["weights"]), setup["weights"])  # back to one set of weights for the rest
+    os.utime(setup["weights"], ns=(1, 1))
+    again = build(setup, tmp_path).name
+    os.utime(json_path, ns=(2, 2))  # a fresh copy of the same annotation file (new mtime): same cache
+    assert build(setup, tmp_path).name == again
     data = json.loads(json_path.read_text())
     data["images"][4]["sentences"][0]["raw"] = "an edited caption"
     json_path.write_text(json.dumps(data))

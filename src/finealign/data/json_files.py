@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -21,6 +22,10 @@ def read_json(path: Path, what: str) -> Any:
 
 
 def file_fingerprint(path: Path) -> dict[str, Any]:
-    """Path, size and mtime: a changed annotation file gives a different feature cache."""
-    stat = os.stat(path)
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    """Name, size and SHA-256 of the content: a changed annotation file gives a different feature
+    cache, while a fresh copy of the same file (new mtime, e.g. data re-synced) reuses it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return {"name": Path(path).name, "size": os.stat(path).st_size, "sha256": digest.hexdigest()}
