@@ -8,6 +8,7 @@ from finealign.encoders import (
     hf_text,  # noqa: F401  (registers "hf_text")
     minilm,  # noqa: F401  (registers "minilm")
     mobilenet,  # noqa: F401  (registers "mobilenet_v2")
+    openclip,  # noqa: F401  (registers "openclip_vision", "openclip_text")
     precomputed,  # noqa: F401  (registers "precomputed")
     timm_vision,  # noqa: F401  (registers "timm")
     video,  # noqa: F401  (registers "video")
