@@ -103,8 +103,18 @@ def test_cli_train_runs_and_reports_config_errors(tmp_path, capsys):
     assert "rsum" in json.loads(capsys.readouterr().out)
     assert cli_main(["train", "train.lr=-1"]) == 2
     assert "train.lr" in capsys.readouterr().err
-    assert cli_main(["eval", "aligner=hard"]) == 2
-    assert "ckpt" in capsys.readouterr().err
+    assert cli_main(["eval", "ckpt=a.pt", "ckpt=b.pt"]) == 2
+    assert "one ckpt" in capsys.readouterr().err
+
+
+def test_eval_without_a_checkpoint_is_zero_shot_and_says_so(tmp_path, capsys):
+    code = cli_main(["eval", "data=toy", "encoder=toy", "aligner=mean_max", "data.num_test=16", "device=cpu",
+                     "eval.progress=false", "--json", f"--output-dir={tmp_path / 'zs'}"])  # fmt: skip
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((tmp_path / "zs" / "results.json").read_text())
+    assert saved["trained"] is False and saved["labels"]["trained"] is False
+    assert saved["metrics"]["rsum"] == printed["rsum"] and (tmp_path / "zs" / "ranks.npz").is_file()
 
 
 def test_gradient_accumulation_and_bf16_autocast_train(tmp_path):

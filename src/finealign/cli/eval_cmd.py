@@ -1,7 +1,9 @@
-"""`finealign eval ckpt=PATH [key=value ...]`: evaluate a saved model on its config's eval split.
+"""`finealign eval ckpt=PATH [key=value ...]`: evaluate a saved model on its config's eval split;
+without ckpt, evaluate the composed model untrained (zero-shot: pretrained towers, any aligner).
 
     finealign eval ckpt=runs/toy/toy/mean_max-infonce/model.pt
     finealign eval ckpt=.../model.pt eval.split=val eval.coco_folds=5 aligner=hard
+    finealign eval encoder=openclip_vit_b32 aligner=tokenflow data=flickr30k     # zero-shot, trained: false
 """
 
 from __future__ import annotations
@@ -24,12 +26,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     ckpts = [o.partition("=")[2] for o in args.overrides if o.startswith("ckpt=")]
-    if len(ckpts) != 1 or not ckpts[0]:
-        raise ConfigError("finealign eval needs exactly one ckpt=PATH (a model.pt or checkpoints/last.pt)")
+    if len(ckpts) > 1 or (ckpts and not ckpts[0]):
+        raise ConfigError("finealign eval takes one ckpt=PATH (a model.pt or checkpoints/last.pt), or none for zero-shot")
     overrides = [o for o in args.overrides if not o.startswith("ckpt=")]
-    from finealign.engine.experiment import evaluate_checkpoint
+    from finealign.engine.experiment import evaluate_checkpoint, evaluate_untrained
 
-    metrics = evaluate_checkpoint(ckpts[0], overrides, output_dir=args.output_dir)
+    if ckpts:
+        metrics = evaluate_checkpoint(ckpts[0], overrides, output_dir=args.output_dir)
+    else:
+        from finealign.config import compose
+
+        extra = [f"output_dir={args.output_dir}"] if args.output_dir else []
+        metrics = evaluate_untrained(compose("config", [*overrides, *extra]), overrides=overrides)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:

@@ -250,6 +250,31 @@ def load_trained_model(ckpt: str | Path, overrides: Iterable[str] = ()) -> tuple
     return model, spec
 
 
+def evaluate_untrained(cfg: DictConfig, *, overrides: Iterable[str] | None = None) -> dict:
+    """Zero-shot: evaluate the composed model as built — pretrained towers, any aligner, no training
+    (e.g. `finealign eval encoder=openclip_vit_b32 aligner=tokenflow data=flickr30k`). Results go
+    to a fresh run directory like a training run's and carry `trained: false`."""
+    spec = validate(cfg)
+    out_dir = claim_output_dir(cfg)
+    check_writable(out_dir)
+    spec = validate(cfg)
+    device = resolve_device(spec.device)
+    seed_everything(spec.seed)
+    dname, doptions = spec.data
+    dataset = create_dataset(dname, **doptions)
+    split = dataset.split(spec.eval.split)
+    meta = dataset.split("train").meta if getattr(dataset, "has_split", lambda n: True)("train") else split.meta
+    model = build_model(spec, meta).to(device)
+    metrics = _test_metrics(model, spec, split, device, out_dir)
+    metrics.update(memory_metrics(device))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    write_hydra_record(out_dir, cfg, overrides)
+    save_results(out_dir, metrics, labels={**labels(spec), "trained": False}, config=config,
+                 extra={"trained": False, "output_dir": str(out_dir), "provenance": provenance(device, overrides)})
+    metrics["output_dir"] = str(out_dir)  # type: ignore[assignment]
+    return metrics
+
+
 def evaluate_checkpoint(
     ckpt: str | Path, overrides: Iterable[str] = (), *, output_dir: str | Path | None = None
 ) -> dict:
