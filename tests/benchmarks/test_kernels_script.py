@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import REPO
 
 
+@pytest.mark.slow  # ~2 min of the Triton interpreter on 2 cores
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_kernel_benchmark_cpu_smoke(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=f"{REPO / 'src'}{os.pathsep}{REPO}")
