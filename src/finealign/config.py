@@ -161,6 +161,13 @@ class TrainConfig:
     lr: float = 2e-4  # heads, aligner and loss parameters (e.g. a learnable temperature)
     backbone_lr: float = 1e-5  # encoder backbones (ignored when frozen)
     freeze_backbone: bool = False
+    # Fine-tuning controls (parameter groups: backbone, heads, aligner, temperature = the loss's own)
+    aligner_lr: Any = None  # null: lr
+    temperature_lr: Any = None  # null: lr (e.g. InfoNCE's learnable logit scale)
+    backbone_weight_decay: Any = None  # null: weight_decay
+    unfreeze_backbone_epoch: int = 0  # >0: backbones frozen for this many epochs, then trained at backbone_lr
+    layer_decay: float = 1.0  # <1: layer-wise lr decay, lr × decay^(depth from the top) per backbone block
+    grad_checkpointing: bool = False  # recompute backbone activations in backward (timm, transformers, open_clip)
     weight_decay: float = 1e-4
     warmup_steps: int = 0  # linear warm-up, in optimiser steps
     schedule: str = "cosine"  # cosine | step | constant (after warm-up)
@@ -191,6 +198,16 @@ class TrainConfig:
             _require(isinstance(getattr(self, key), int) and getattr(self, key) >= 0, key, "an int >= 0", self)
         _require(_number(self.lr) and math.isfinite(self.lr) and self.lr > 0, "lr", "a positive finite number", self)
         _require(_number(self.backbone_lr) and self.backbone_lr >= 0, "backbone_lr", "a number >= 0", self)
+        for key in ("aligner_lr", "temperature_lr", "backbone_weight_decay"):
+            value = getattr(self, key)
+            _require(value is None or (_number(value) and math.isfinite(value) and value >= 0), key,
+                     "null or a finite number >= 0", self)  # fmt: skip
+        _require(isinstance(self.unfreeze_backbone_epoch, int) and not isinstance(self.unfreeze_backbone_epoch, bool)
+                 and self.unfreeze_backbone_epoch >= 0, "unfreeze_backbone_epoch", "an int >= 0", self)  # fmt: skip
+        _require(_number(self.layer_decay) and 0 < self.layer_decay <= 1, "layer_decay", "in (0, 1]", self)
+        _require(isinstance(self.grad_checkpointing, bool), "grad_checkpointing", "true or false", self)
+        _require(not (self.freeze_backbone and self.unfreeze_backbone_epoch), "unfreeze_backbone_epoch",
+                 "0 when freeze_backbone is true (a frozen backbone is never unfrozen)", self)  # fmt: skip
         _require(_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0", self)
         _require(_number(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a number >= 0", self)
         _require(_number(self.step_gamma) and 0 < self.step_gamma <= 1, "step_gamma", "in (0, 1]", self)

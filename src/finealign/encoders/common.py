@@ -59,9 +59,33 @@ class BackboneEncoder(Encoder):
     frozen: bool = False
 
     def set_frozen(self, frozen: bool) -> None:
+        """Freeze the backbone (no gradients, eval mode), or let it train again."""
         self.frozen = bool(frozen)
         if self.frozen:
             freeze(self.backbone)
+            for p in self.backbone_parameters():
+                p.requires_grad_(False)
+        else:
+            for p in self.backbone_parameters():
+                p.requires_grad_(True)
+            self.backbone.train(self.training)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> bool:
+        """Turn activation recomputation on in the backbone; False when it has no such switch."""
+        backbone = self.backbone
+        for module in (backbone, getattr(backbone, "transformer", None)):
+            if module is None:
+                continue
+            if hasattr(module, "set_grad_checkpointing"):  # timm, open_clip
+                module.set_grad_checkpointing(enable)
+                return True
+            if hasattr(module, "gradient_checkpointing_enable"):  # transformers
+                module.gradient_checkpointing_enable() if enable else module.gradient_checkpointing_disable()
+                return True
+            if hasattr(module, "grad_checkpointing"):  # open_clip's text transformer
+                module.grad_checkpointing = enable
+                return True
+        return False
 
     def train(self, mode: bool = True) -> BackboneEncoder:
         super().train(mode)

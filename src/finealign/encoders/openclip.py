@@ -173,11 +173,9 @@ class OpenClipTextEncoder(_OpenClipTower):
             [self.text_projection] if isinstance(self.text_projection, nn.Parameter) else [])
         return [*self.backbone.parameters(), *extra, *proj]
 
-    def set_frozen(self, frozen: bool) -> None:
-        super().set_frozen(frozen)
-        if frozen:
-            for p in self.backbone_parameters():
-                p.requires_grad_(False)
+    def set_grad_checkpointing(self, enable: bool = True) -> bool:
+        self.backbone["transformer"].grad_checkpointing = enable
+        return True
 
     def load(self, raw: Any) -> str:
         if not isinstance(raw, str) or not raw.strip():

@@ -21,7 +21,7 @@ from finealign.engine.batching import epoch_loader, epoch_pairs, to_device
 from finealign.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from finealign.engine.evaluate import autocast_context, evaluate
 from finealign.engine.model import RetrievalModel, loss_extras
-from finealign.engine.optim import build_optimizer
+from finealign.engine.optim import apply_backbone_schedule, build_optimizer, enable_grad_checkpointing
 from finealign.engine.schedule import LRSchedule
 from finealign.errors import ConfigError
 from finealign.progress import bar as progress_bar
@@ -96,6 +96,8 @@ class Trainer:
         self.config_snapshot = config_snapshot or {}
         self.progress = progress
         self.optimizer = build_optimizer(model, loss, cfg)
+        if cfg.grad_checkpointing:
+            enable_grad_checkpointing(model)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self.best_state: dict[str, Any] | None = None
@@ -202,6 +204,8 @@ class Trainer:
     def _train_epoch(self, split: RetrievalSplit, epoch: int, result: TrainResult) -> float:
         cfg = self.cfg
         self.model.train()
+        if apply_backbone_schedule(self.model, cfg, epoch) and epoch == cfg.unfreeze_backbone_epoch:
+            log.info("epoch %d: backbones unfrozen (train.unfreeze_backbone_epoch), lr %.3g", epoch + 1, cfg.backbone_lr)
         self.loss.train()
         if hasattr(self.loss, "set_epoch"):
             self.loss.set_epoch(epoch)

@@ -1,0 +1,84 @@
+"""Fine-tuning controls: parameter groups with their own lr and weight decay (backbone, heads,
+aligner, temperature), layer-wise lr decay, a backbone frozen for N epochs then trained, gradient
+checkpointing switches."""
+
+import pytest
+import torch
+from torch import nn
+
+from finealign.config import TrainConfig
+from finealign.encoders.common import BackboneEncoder
+from finealign.engine.model import RetrievalModel
+from finealign.engine.optim import apply_backbone_schedule, build_optimizer, enable_grad_checkpointing, layer_scales
+from finealign.errors import ConfigError
+from finealign.registry import create_aligner, create_loss
+
+
+class Tower(BackboneEncoder):
+    def __init__(self, frozen=False):
+        super().__init__()
+        self.backbone = nn.Sequential()
+        self.backbone.embed = nn.Linear(4, 4)
+        self.backbone.blocks = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+        self.head = nn.Linear(4, 2)
+        self.set_frozen(frozen)
+
+
+def model_and_loss():
+    torch.manual_seed(0)
+    return RetrievalModel(Tower(), Tower(), create_aligner("weighted_mean_max", dim=4)), create_loss("infonce")
+
+
+def test_each_group_gets_its_lr_and_one_adam_step_moves_it_by_that_lr():
+    model, loss = model_and_loss()
+    cfg = TrainConfig(lr=1e-2, backbone_lr=1e-4, aligner_lr=1e-3, temperature_lr=5e-3, weight_decay=0.0)
+    opt = build_optimizer(model, loss, cfg)
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs["heads"] == 1e-2 and lrs["backbone"] == 1e-4 and lrs["aligner_no_decay"] == 1e-3
+    assert lrs["temperature_no_decay"] == 5e-3
+    before = {name: p.detach().clone() for name, p in [*model.named_parameters(), *loss.named_parameters()]}
+    for p in [*model.parameters(), *loss.parameters()]:
+        p.grad = torch.randn_like(p)
+    opt.step()  # Adam's first step moves every coordinate by ≈ its group's lr
+    moved = {name: float((p.detach() - before[name]).abs().max()) for name, p in [*model.named_parameters(), *loss.named_parameters()]}
+    assert moved["vision.backbone.blocks.0.weight"] == pytest.approx(1e-4, rel=1e-3)
+    assert moved["vision.head.weight"] == pytest.approx(1e-2, rel=1e-3)
+    assert moved["log_scale"] == pytest.approx(5e-3, rel=1e-3)
+
+
+def test_layer_decay_scales_blocks_by_depth_and_embeddings_most():
+    model, _ = model_and_loss()
+    named = [(n, p) for n, p in model.vision.named_parameters() if n.startswith("backbone")]
+    scales = dict(zip([n for n, _ in named], layer_scales(named, 0.5), strict=True))
+    assert scales["backbone.blocks.1.weight"] == 1.0 and scales["backbone.blocks.0.weight"] == 0.5
+    assert scales["backbone.embed.weight"] == 0.25
+    opt = build_optimizer(model, create_loss("infonce"), TrainConfig(backbone_lr=1e-4, layer_decay=0.5))
+    assert {g["name"] for g in opt.param_groups} >= {"backbone", "backbone_x0.5", "backbone_x0.25"}
+
+
+def test_backbone_frozen_for_the_first_epochs_then_trained():
+    model, loss = model_and_loss()
+    cfg = TrainConfig(backbone_lr=1e-4, unfreeze_backbone_epoch=2)
+    opt = build_optimizer(model, loss, cfg)
+    backbone = {id(p) for p in model.backbone_parameters()}
+    assert backbone <= {id(p) for g in opt.param_groups for p in g["params"]}  # in the optimiser from the start
+    assert apply_backbone_schedule(model, cfg, 0) is False
+    assert not any(p.requires_grad for p in model.backbone_parameters()) and model.vision.frozen
+    assert apply_backbone_schedule(model, cfg, 2) is True
+    assert all(p.requires_grad for p in model.backbone_parameters()) and not model.vision.frozen
+    assert apply_backbone_schedule(model, TrainConfig(), 0) is None
+
+
+def test_bad_fine_tuning_values_are_named():
+    with pytest.raises(ConfigError, match="layer_decay"):
+        TrainConfig(layer_decay=0.0)
+    with pytest.raises(ConfigError, match="unfreeze_backbone_epoch"):
+        TrainConfig(freeze_backbone=True, unfreeze_backbone_epoch=2)
+    with pytest.raises(ConfigError, match="aligner_lr"):
+        TrainConfig(aligner_lr=float("inf"))
+
+
+def test_grad_checkpointing_needs_a_switch():
+    model, _ = model_and_loss()
+    with pytest.raises(ConfigError, match="no switch"):
+        enable_grad_checkpointing(model)
