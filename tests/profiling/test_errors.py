@@ -13,7 +13,7 @@ from finealign.profiling.timing import choose_timer
 
 
 def test_unknown_device_is_a_clear_error():
-    with pytest.raises(ConfigError, match="unknown profiling device 'tpu'.*cpu, cuda"):
+    with pytest.raises(ConfigError, match="unknown device 'tpu'.*cpu, cuda"):
         resolve_device("tpu")
 
 

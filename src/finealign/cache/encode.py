@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from finealign.devices import to_device
 from finealign.encoders.base import Encoder
 from finealign.errors import ShapeError
 from finealign.progress import bar as progress_bar
@@ -25,16 +26,6 @@ class _LoadedItems(Dataset):
 
     def __getitem__(self, i: int) -> Any:
         return self.encoder.load(self.read(i))
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
 
 
 def pad_stack(chunks: Sequence[np.ndarray], length: int, out: np.ndarray) -> None:

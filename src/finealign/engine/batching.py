@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from finealign.data.base import RetrievalSplit
+from finealign.devices import to_device  # noqa: F401  (one home: finealign.devices; the engine imports it from here)
 
 
 def epoch_pairs(split: RetrievalSplit, mode: str, seed: int, epoch: int) -> Tensor:
@@ -91,16 +92,3 @@ def epoch_loader(
         num_workers=num_workers,
         collate_fn=PairCollator(model.vision, model.text),
     )
-
-
-def to_device(obj: Any, device: torch.device | str) -> Any:
-    """Move tensors inside dicts/lists/tuples/TokenBatches to `device`."""
-    if isinstance(obj, Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_device(v, device) for v in obj)
-    if hasattr(obj, "to") and callable(obj.to):
-        return obj.to(device)
-    return obj

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from finealign.config import ExperimentSpec, config_dir, config_roots, validate
+from finealign.devices import resolve_device
 from finealign.engine.checkpoint import load_checkpoint, save_checkpoint
 from finealign.engine.evaluate import evaluate
 from finealign.engine.model import RetrievalModel, build_loss, build_model, fit_to_training_data
@@ -32,18 +33,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"device: {exc}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but CUDA is not available; use device=cpu or device=auto")
-    return device
 
 
 def memory_metrics(device: torch.device) -> dict[str, float]:

@@ -9,9 +9,8 @@ from collections.abc import Iterator
 
 import torch
 
+from finealign.devices import SUPPORTED_DEVICES, resolve_device  # noqa: F401  (one home: finealign.devices)
 from finealign.errors import ConfigError
-
-SUPPORTED_DEVICES = ("cpu", "cuda")
 
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -24,34 +23,6 @@ DTYPES: dict[str, torch.dtype] = {
     "fp64": torch.float64,
     "float64": torch.float64,
 }
-
-
-def resolve_device(spec: str | torch.device) -> torch.device:
-    """`"cpu"`, `"cuda"` or `"cuda:1"` → torch.device; anything else, or CUDA without a GPU, is a
-    ConfigError that says what is available."""
-    text = str(spec).strip().lower()
-    kind, _, index = text.partition(":")
-    if kind not in SUPPORTED_DEVICES:
-        raise ConfigError(
-            f"unknown profiling device {str(spec)!r}; supported: {', '.join(SUPPORTED_DEVICES)} "
-            "(optionally with an index, e.g. 'cuda:0')"
-        )
-    if index and not index.isdigit():
-        raise ConfigError(f"device index must be a non-negative int, got {str(spec)!r}")
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"device {str(spec)!r} was requested but CUDA is not available on this machine "
-                f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); use device=cpu"
-            )
-        if index and int(index) >= torch.cuda.device_count():
-            raise ConfigError(
-                f"device {str(spec)!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)"
-            )
-        return torch.device("cuda", int(index) if index else torch.cuda.current_device())
-    if index and index != "0":
-        raise ConfigError(f"the CPU has no index {index}; use device=cpu")
-    return torch.device("cpu")
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
