@@ -41,3 +41,13 @@ def test_comma_lists_keep_brackets_and_quotes_whole():
     assert split_choices("seed=0,1,2") == ["seed=0", "seed=1", "seed=2"]
     assert split_choices("x=[1,2],[3]") == ["x=[1,2]", "x=[3]"]
     assert split_choices("t='a,b'") == ["t='a,b'"]
+
+
+def test_cfg_job_on_eval_and_sweep(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["eval", "--cfg", "job", "aligner=hard", "data=toy"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["aligner"]["name"] == "hard"
+    assert cli_main(["sweep", "--cfg", "job", "sweep=toy", "train.lr=0.01"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["sweep"]["study"] == "toy" and "train.lr=0.01" in printed["trial_overrides"]
+    assert not (tmp_path / "runs").exists()

@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default=None,
                         help="where results go (default: a new <run dir>/eval/<timestamp>; never over earlier results)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    parser.add_argument("--cfg", "-c", choices=("job",), default=None,
+                        help="print the config that would be evaluated (a checkpoint's own, with your overrides) and exit")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,6 +33,22 @@ def run(args: argparse.Namespace) -> int:
     overrides = [o for o in args.overrides if not o.startswith("ckpt=")]
     from finealign.engine.experiment import evaluate_checkpoint, evaluate_untrained
 
+    if args.cfg:
+        from omegaconf import OmegaConf
+
+        if ckpts:
+            from finealign.engine.checkpoint import load_checkpoint
+            from finealign.engine.experiment import apply_overrides
+
+            state = load_checkpoint(ckpts[0])
+            snapshot = state["config"] if "data_meta" not in state else state
+            cfg = apply_overrides(OmegaConf.create(snapshot["config"]), overrides)
+        else:
+            from finealign.config import compose
+
+            cfg = compose("config", overrides)
+        print(OmegaConf.to_yaml(cfg), end="")
+        return 0
     if ckpts:
         metrics = evaluate_checkpoint(ckpts[0], overrides, output_dir=args.output_dir)
     else:

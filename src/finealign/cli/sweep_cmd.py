@@ -18,10 +18,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: runs/sweeps/STUDY)")
     parser.add_argument("--worker-id", type=int, default=0, help="give parallel workers distinct ids (sampler seeds)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--cfg", "-c", choices=("job",), default=None,
+                        help="print the validated sweep (search space, objectives, fixed overrides) and exit")
 
 
 def run(args: argparse.Namespace) -> int:
-    from finealign.sweeps import run_sweep
+    from finealign.sweeps import load_sweep, run_sweep
+
+    if args.cfg:
+        import yaml
+
+        loaded = load_sweep(list(args.overrides))
+        print(yaml.safe_dump({"sweep": loaded.spec.to_dict(), "trial_overrides": list(loaded.trial_overrides)},
+                             sort_keys=False), end="")  # fmt: skip
+        return 0
 
     result = run_sweep(
         list(args.overrides), storage=args.storage, study_name=args.study, n_trials=args.n_trials,
