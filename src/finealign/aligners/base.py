@@ -21,7 +21,7 @@ that only another query's shortlist held.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -201,6 +201,20 @@ class Aligner(nn.Module):
                 f"explain() takes one visual and one text item, got {len(visual)} and {len(text)}"
             )
         return self.prepare(visual), self.prepare(text)
+
+
+def best_region_alignment(aligner: Any, visual: TokenBatch, text: TokenBatch, word_weight: Tensor | float) -> TokenAlignment:
+    """The alignment of token-wise max aligners (mean-max, hard, weighted mean-max): each real word
+    keeps its most similar real region, with weight `word_weight` (a scalar, or one per real word);
+    `visual`/`text` are one prepared item each. The score is the aligner's own for the pair."""
+    v = visual.tokens[0][visual.mask[0]]
+    t = text.tokens[0][text.mask[0]]
+    best = (t @ v.T).argmax(dim=1)  # (real words,)
+    weights = v.new_zeros(len(t), len(v))
+    weight = word_weight.to(weights.dtype).detach() if isinstance(word_weight, Tensor) else word_weight
+    weights[range(len(best)), best] = weight
+    score = aligner.score_block(visual, text)[0, 0]
+    return TokenAlignment(weights=weights, word_to_region=best, score=float(score.detach()))
 
 
 def without_padding(batch: TokenBatch) -> TokenBatch:

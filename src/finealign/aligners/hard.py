@@ -20,6 +20,7 @@ from torch import Tensor
 
 from finealign.aligners.base import (
     TokenAlignment,
+    best_region_alignment,
     masked_fill_pairs,
     paired_token_similarities,
     token_similarities,
@@ -87,10 +88,4 @@ class HardAligner(KernelAligner):
     def explain(self, visual: TokenBatch, text: TokenBatch) -> TokenAlignment:
         """One-hot word → region weights (each word's kept region), whatever the direction."""
         visual, text = self.prepare_pair(visual, text)
-        v = visual.tokens[0][visual.mask[0]]
-        t = text.tokens[0][text.mask[0]]
-        best = (t @ v.T).argmax(dim=1)  # (Lt,)
-        weights = v.new_zeros(len(t), len(v))
-        weights[range(len(best)), best] = 1.0
-        score = self.score_block(visual, text)[0, 0]
-        return TokenAlignment(weights=weights, word_to_region=best, score=float(score.detach()))
+        return best_region_alignment(self, visual, text, 1.0)

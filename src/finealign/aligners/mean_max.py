@@ -13,6 +13,7 @@ from torch import Tensor
 
 from finealign.aligners.base import (
     TokenAlignment,
+    best_region_alignment,
     masked_fill_pairs,
     masked_mean,
     paired_token_similarities,
@@ -83,11 +84,5 @@ class MeanMaxAligner(KernelAligner):
 
     def explain(self, visual: TokenBatch, text: TokenBatch) -> TokenAlignment:
         visual, text = self.prepare_pair(visual, text)
-        v = visual.tokens[0][visual.mask[0]]
-        t = text.tokens[0][text.mask[0]]
-        sim = t @ v.T  # (Lt, Lv)
-        best = sim.argmax(dim=1)
-        weights = sim.new_zeros(sim.shape)
-        weights[range(len(best)), best] = 1.0 / len(best) if self.config.word_pooling == "mean" else 1.0
-        score = self.score_block(visual, text)[0, 0]
-        return TokenAlignment(weights=weights, word_to_region=best, score=float(score))
+        words = int(text.mask[0].sum())
+        return best_region_alignment(self, visual, text, 1.0 / words if self.config.word_pooling == "mean" else 1.0)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from finealign.aligners.base import (
     TokenAlignment,
+    best_region_alignment,
     masked_fill_pairs,
     paired_token_similarities,
     token_similarities,
@@ -134,17 +135,11 @@ class WeightedMeanMaxAligner(KernelAligner):
     def explain(self, visual: TokenBatch, text: TokenBatch) -> TokenAlignment:
         """Each word's best region, weighted by the word's learned weight (uniform for 'visual')."""
         visual, text = self.prepare_pair(visual, text)
-        v = visual.tokens[0][visual.mask[0]]
-        t = text.tokens[0][text.mask[0]]
-        best = (t @ v.T).argmax(dim=1)
         if self.text_weight is not None:
             word_weight = self.token_weights(text, self.text_weight)[0][text.mask[0]]
         else:
-            word_weight = torch.full((len(t),), 1.0 / len(t), device=t.device)
-        weights = v.new_zeros(len(t), len(v))
-        weights[range(len(best)), best] = word_weight.to(weights.dtype).detach()
-        score = self.score_block(visual, text)[0, 0]
-        return TokenAlignment(weights=weights, word_to_region=best, score=float(score.detach()))
+            word_weight = 1.0 / int(text.mask[0].sum())
+        return best_region_alignment(self, visual, text, word_weight)
 
 
 def _weighted_sum(values: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
