@@ -203,6 +203,20 @@ class Aligner(nn.Module):
         return self.prepare(visual), self.prepare(text)
 
 
+def packed_word_best(visual: TokenBatch, text: TokenBatch) -> tuple[Tensor, Tensor]:
+    """(best (Nv, R), owner (R,)): every real word of `text` packed caption after caption (R real
+    words, owner[r] = its caption) with its best similarity over each image's real regions. One
+    product of every region with every *real* word: no padded word position is multiplied."""
+    real = text.mask
+    words = text.tokens[real]
+    owner = real.nonzero()[:, 0]
+    nv, lv, dim = visual.tokens.shape
+    sim = (visual.tokens.reshape(nv * lv, dim) @ words.T).reshape(nv, lv, -1)
+    if not bool(visual.mask.all()):  # grid tokens are all real: skip a full pass over sim
+        sim = sim.masked_fill(~visual.mask[:, :, None], float("-inf"))
+    return sim.amax(dim=1), owner
+
+
 def best_region_alignment(aligner: Any, visual: TokenBatch, text: TokenBatch, word_weight: Tensor | float) -> TokenAlignment:
     """The alignment of token-wise max aligners (mean-max, hard, weighted mean-max): each real word
     keeps its most similar real region, with weight `word_weight` (a scalar, or one per real word);

@@ -22,11 +22,12 @@ from finealign.aligners.base import (
     TokenAlignment,
     best_region_alignment,
     masked_fill_pairs,
+    packed_word_best,
     paired_token_similarities,
     token_similarities,
 )
 from finealign.aligners.kernel_backed import KernelAligner, KernelConfig
-from finealign.aligners.pooling import check_pooling, pool_masked
+from finealign.aligners.pooling import check_pooling, pool_masked, segment_pool
 from finealign.errors import ConfigError
 from finealign.kernels import maxsim_scores
 from finealign.kernels.checks import DIRECTIONS  # "text", "visual", "both": the kernels' directions
@@ -65,6 +66,10 @@ class HardAligner(KernelAligner):
         return scores / cfg.temperature if cfg.pooling == "lse_chan" else scores
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        if self.config.direction == "text":  # CHAN's direction: pack the real words (no padded products)
+            best, owner = packed_word_best(visual, text)
+            scores = segment_pool(best, owner, len(text), self.config.pooling, self.config.temperature)
+            return scores.to(best.dtype)
         sim = masked_fill_pairs(token_similarities(visual, text), visual.mask, text.mask, float("-inf"))
         return self._reduce(sim, visual.mask[:, None, :], text.mask[None, :, :])
 

@@ -16,10 +16,12 @@ from finealign.aligners.base import (
     best_region_alignment,
     masked_fill_pairs,
     masked_mean,
+    packed_word_best,
     paired_token_similarities,
     token_similarities,
 )
 from finealign.aligners.kernel_backed import KernelAligner, KernelConfig
+from finealign.aligners.pooling import segment_pool
 from finealign.errors import ConfigError
 from finealign.kernels import maxsim_scores
 from finealign.registry import ALIGNERS
@@ -63,8 +65,18 @@ class MeanMaxAligner(KernelAligner):
         return self.config.scale * scores
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        if self.config.direction == "text":
+            return self._packed_text_scores(visual, text)
         sim = masked_fill_pairs(token_similarities(visual, text), visual.mask, text.mask, float("-inf"))
         return self._reduce(sim, visual.mask[:, None, :], text.mask[None, :, :])
+
+    def _packed_text_scores(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        """Word → best region with the captions' real words packed into one matrix: one product of
+        every region with every *real* word (no padded word positions multiplied), the max over
+        regions, then each caption's words summed back by index. Same scores as the padded path."""
+        best, owner = packed_word_best(visual, text)
+        scores = segment_pool(best, owner, len(text), self.config.word_pooling, 1.0)
+        return (self.config.scale * scores).to(best.dtype)
 
     def score_pair_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         # Paired form: item p with item p only, (c, Lv, Lt) instead of the c × c block.

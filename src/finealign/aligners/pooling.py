@@ -56,3 +56,25 @@ def pool_masked(values: Tensor, mask: Tensor, dim: int, pooling: str, temperatur
         lse = torch.logsumexp(torch.where(mask, values / temperature, neg_inf), dim=dim)
         return lse if pooling == "lse_chan" else temperature * lse
     raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+
+
+def segment_pool(values: Tensor, owner: Tensor, segments: int, pooling: str, temperature: float) -> Tensor:
+    """`pool_masked` over packed segments: values (N, R) whose column r belongs to segment owner[r]
+    (e.g. the real words of several captions, caption after caption) → (N, segments). "sum" is also
+    accepted (TGDT's Σ over words). LogSumExp subtracts each segment's own max, so a segment far
+    below the others never underflows."""
+    values = values.to(accumulation_dtype(values.dtype))
+    n = values.shape[0]
+    counts = torch.bincount(owner, minlength=segments).to(values.dtype)
+    if pooling in ("mean", "sum"):
+        sums = values.new_zeros(n, segments).index_add(1, owner, values)
+        return sums / counts.clamp_min(1) if pooling == "mean" else sums
+    if pooling in ("lse", "lse_chan"):
+        scaled = values / temperature
+        index = owner.expand(n, -1)
+        top = scaled.new_full((n, segments), float("-inf")).scatter_reduce(1, index, scaled, "amax")
+        top = top.detach()  # a shift of the exponent: the value does not depend on it
+        sums = scaled.new_zeros(n, segments).index_add(1, owner, torch.exp(scaled - top[:, owner]))
+        lse = torch.log(sums) + top
+        return lse if pooling == "lse_chan" else temperature * lse
+    raise ConfigError(f"pooling must be one of {POOLINGS} or sum, got {pooling!r}")
