@@ -52,10 +52,10 @@ def test_flops_of_mean_max_match_the_einsum_hand_count():
     nv, nt, lv, lt, d = 3, 4, 5, 6, 8
     aligner = build_aligner("mean_max", d, {"normalize": False})
     (v, t), = random_input_sets(ProblemShape(nv, nt, lv, lt, d), 1, CPU, torch.float32)
-    # One block: the einsum covers the token positions some item of each side uses (the aligner
-    # cuts positions that are padding in every item of a block).
-    used_v, used_t = int(v.mask.any(0).sum()), int(t.mask.any(0).sum())
-    assert count_flops(aligner, (v, t)).total == 2 * nv * nt * used_v * used_t * d
+    # One block: every region position some image uses (the aligner cuts positions that are padding
+    # in every item) times every *real* word, packed caption after caption (word → region direction).
+    used_v, real_words = int(v.mask.any(0).sum()), int(t.mask.sum())
+    assert count_flops(aligner, (v, t)).total == 2 * nv * used_v * real_words * d
     full = (v.__class__(v.tokens, torch.ones_like(v.mask)), t.__class__(t.tokens, torch.ones_like(t.mask)))
     assert count_flops(aligner, full).total == 2 * nv * nt * lv * lt * d
 
