@@ -101,6 +101,20 @@ def save_ranks(path: Path, ranks: dict[str, Any], *, split: str) -> None:
     )  # fmt: skip
 
 
+def _begin_run(cfg: DictConfig) -> tuple[ExperimentSpec, Path, torch.device, Any]:
+    """What every run does first: validate (every ConfigError before any data is read), claim a
+    fresh writable run directory (before training: a run must not be lost to a late write error),
+    pick the device, seed, and open the dataset."""
+    validate(cfg)
+    out_dir = claim_output_dir(cfg)
+    check_writable(out_dir)
+    spec = validate(cfg)  # again: output_dir is now fixed
+    device = resolve_device(spec.device)
+    seed_everything(spec.seed)
+    dname, doptions = spec.data
+    return spec, out_dir, device, create_dataset(dname, **doptions)
+
+
 def run_experiment(
     cfg: DictConfig, *, report: Callable[[int, dict], None] | None = None, overrides: Iterable[str] | None = None
 ) -> dict:
@@ -114,14 +128,7 @@ def run_experiment(
     already holds results (`claim_output_dir`). results.json carries the provenance block
     (`engine.provenance`); `overrides` are the command-line overrides it records.
     """
-    spec = validate(cfg)  # every ConfigError before any data is read
-    out_dir = claim_output_dir(cfg)
-    check_writable(out_dir)  # before training: a run must not be lost to a late write error
-    spec = validate(cfg)
-    device = resolve_device(spec.device)
-    seed_everything(spec.seed)
-    dname, doptions = spec.data
-    dataset = create_dataset(dname, **doptions)
+    spec, out_dir, device, dataset = _begin_run(cfg)
     train_split = dataset.split("train")
     has_val = getattr(dataset, "has_split", lambda name: True)("val")
     val_split = dataset.split("val") if has_val and spec.train.eval_every else None
@@ -223,19 +230,36 @@ def _yaml_value(text: str) -> Any:
         return text
 
 
-def load_trained_model(ckpt: str | Path, overrides: Iterable[str] = ()) -> tuple[RetrievalModel, ExperimentSpec]:
-    """The model a checkpoint holds, built from its own config (with `overrides` applied)."""
+def _restore_model(ckpt: str | Path, overrides: list[str]) -> tuple[RetrievalModel, ExperimentSpec, DictConfig, list[str]]:
+    """(model, spec, config, aligner parameters the checkpoint lacks) of a saved model, built from
+    its own config with `overrides` applied; a checkpoint that does not fit is a ConfigError."""
     state = load_checkpoint(ckpt)
     if "config" not in state or "model" not in state:
         raise ConfigError(f"{ckpt} is not a finealign checkpoint (no config/model inside)")
     snapshot = state["config"] if "data_meta" not in state else state
-    spec = validate(apply_overrides(OmegaConf.create(snapshot["config"]), list(overrides)))
+    cfg = apply_overrides(OmegaConf.create(snapshot["config"]), overrides)
+    spec = validate(cfg)
+    seed_everything(spec.seed)
     model = build_model(spec, snapshot.get("data_meta", {})).to(resolve_device(spec.device))
     own = model.state_dict()
     for key, tensor in state["model"].items():
         if key in own and own[key].shape != tensor.shape:
-            raise ConfigError(f"{ckpt} does not fit this model: {key} is {tuple(tensor.shape)} in the checkpoint")
-    model.load_state_dict(state["model"], strict=False)
+            raise ConfigError(
+                f"{ckpt} does not fit this model: {key} is {tuple(tensor.shape)} in the checkpoint but "
+                f"{tuple(own[key].shape)} here (an override such as encoder.embed_dim changed the architecture)"
+            )
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if unexpected or [k for k in missing if not k.startswith("aligner.")]:
+        raise ConfigError(
+            f"{ckpt} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]} "
+            "(changed the encoder or embed_dim?)"
+        )
+    return model, spec, cfg, list(missing)
+
+
+def load_trained_model(ckpt: str | Path, overrides: Iterable[str] = ()) -> tuple[RetrievalModel, ExperimentSpec]:
+    """The model a checkpoint holds, built from its own config (with `overrides` applied)."""
+    model, spec, _, _ = _restore_model(ckpt, list(overrides))
     return model, spec
 
 
@@ -243,14 +267,7 @@ def evaluate_untrained(cfg: DictConfig, *, overrides: Iterable[str] | None = Non
     """Zero-shot: evaluate the composed model as built — pretrained towers, any aligner, no training
     (e.g. `finealign eval encoder=openclip_vit_b32 aligner=tokenflow data=flickr30k`). Results go
     to a fresh run directory like a training run's and carry `trained: false`."""
-    spec = validate(cfg)
-    out_dir = claim_output_dir(cfg)
-    check_writable(out_dir)
-    spec = validate(cfg)
-    device = resolve_device(spec.device)
-    seed_everything(spec.seed)
-    dname, doptions = spec.data
-    dataset = create_dataset(dname, **doptions)
+    spec, out_dir, device, dataset = _begin_run(cfg)
     split = dataset.split(spec.eval.split)
     meta = dataset.split("train").meta if getattr(dataset, "has_split", lambda n: True)("train") else split.meta
     model = build_model(spec, meta).to(device)
@@ -275,28 +292,8 @@ def evaluate_checkpoint(
     (never over an earlier evaluation's results); its path is returned as metrics["output_dir"].
     """
     overrides = list(overrides)
-    state = load_checkpoint(ckpt)
-    if "config" not in state or "model" not in state:
-        raise ConfigError(f"{ckpt} is not a finealign checkpoint (no config/model inside)")
-    snapshot = state["config"] if "data_meta" not in state else state
-    cfg = apply_overrides(OmegaConf.create(snapshot["config"]), overrides)
-    spec = validate(cfg)
+    model, spec, cfg, missing = _restore_model(ckpt, overrides)
     device = resolve_device(spec.device)
-    seed_everything(spec.seed)
-    model = build_model(spec, snapshot.get("data_meta", {})).to(device)
-    own = model.state_dict()
-    for key, tensor in state["model"].items():
-        if key in own and own[key].shape != tensor.shape:
-            raise ConfigError(
-                f"{ckpt} does not fit this model: {key} is {tuple(tensor.shape)} in the checkpoint but "
-                f"{tuple(own[key].shape)} here (an override such as encoder.embed_dim changed the architecture)"
-            )
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    if unexpected or [k for k in missing if not k.startswith("aligner.")]:
-        raise ConfigError(
-            f"{ckpt} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]} "
-            "(changed the encoder or embed_dim?)"
-        )
     dname, doptions = spec.data
     split = create_dataset(dname, **doptions).split(spec.eval.split)
     run_dir = Path(ckpt).resolve().parent

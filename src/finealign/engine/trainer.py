@@ -220,9 +220,10 @@ class Trainer:
             with autocast_context(self.device, cfg.amp):
                 visual = self.model.encode_images(to_device(batch.images, self.device))
                 text = self.model.encode_texts(to_device(batch.texts, self.device))
-                self._check_embeddings(visual, text, epoch, i, result.steps)
+                extras = loss_extras(visual, text)  # once: the divergence check and the loss read it
+                self._check_embeddings(visual, text, extras, epoch, i, result.steps)
                 sim = self.model.aligner(visual, text)
-                loss = self.loss(sim, batch.positives.to(self.device), loss_extras(visual, text))
+                loss = self.loss(sim, batch.positives.to(self.device), extras)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"loss became {float(loss)} at epoch {epoch}, batch {i} (after {result.steps} optimiser steps, "
@@ -273,12 +274,13 @@ class Trainer:
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def _check_embeddings(self, visual: Any, text: Any, epoch: int, batch: int, steps: int) -> None:
+    def _check_embeddings(
+        self, visual: Any, text: Any, extras: dict[str, Any], epoch: int, batch: int, steps: int
+    ) -> None:
         """Stop at the step where training breaks, naming the cause: non-finite embeddings (the
         weights diverged), or every item of the batch mapped to one point (collapse)."""
         where = f"at epoch {epoch}, batch {batch} (after {steps} optimiser steps, lr {self._lr():.3g})"
         with torch.no_grad():
-            extras = loss_extras(visual, text)
             for name, tokens, key in (("image", visual, "image_global"), ("caption", text, "text_global")):
                 # a NaN/inf anywhere in a token makes its fp32 sum non-finite: (N, L) work, not (N, L, d)
                 real_sums = tokens.tokens.sum(-1, dtype=torch.float32)[tokens.mask]
