@@ -24,17 +24,16 @@ import torch
 
 from finealign.errors import ConfigError
 from finealign.profiling.device import pinned_threads, synchronize
+from finealign.profiling.timing import summarize
 from finealign.tokens import TokenBatch
 
 FLOOR_CHUNK = 16_384  # caption tokens per floor matmul block (bounds its output to ~64 MB at rows·49)
 
 
 def _quartiles(values: list[float]) -> tuple[float, float, float]:
-    ordered = sorted(values)
-    if len(ordered) < 2:
-        return ordered[0], ordered[0], ordered[0]
-    q25, q50, q75 = statistics.quantiles(ordered, n=4, method="inclusive")
-    return q25, q50, q75
+    """(q25, median, q75) by the same rule as every other latency in finealign (timing.summarize)."""
+    stats = summarize(values, "perf_counter")
+    return stats.q25_ms, stats.median_ms, stats.q75_ms
 
 
 def _timed(fn: Callable[[], Any], device: torch.device) -> float:
