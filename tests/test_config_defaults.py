@@ -29,3 +29,25 @@ def test_yaml_lists_every_option_with_the_dataclass_default(kind, path):
         if isinstance(value, str) and value.startswith("${"):
             continue  # filled from elsewhere in the config (e.g. dim: ${encoder.embed_dim})
         assert value == fields[key], f"{path.name}: {key} is {value!r} in YAML but {fields[key]!r} in {cls.__name__}"
+
+
+def _defaults(cls) -> dict:
+    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            for f in dataclasses.fields(cls)}  # fmt: skip
+
+
+def test_profile_yaml_is_its_dataclasses_defaults():
+    from finealign.profiling.inputs import ProblemShape
+    from finealign.profiling.run_config import ProfileRunOptions
+    from finealign.profiling.runner import ProfileSettings
+
+    raw = yaml.safe_load((config_dir() / "profile.yaml").read_text())
+    expected = {**_defaults(ProfileSettings), **_defaults(ProblemShape), **_defaults(ProfileRunOptions)}
+    expected.pop("aligner_options")  # composed in from configs/aligner/*.yaml
+    assert raw == expected
+
+
+def test_cache_yaml_is_its_dataclass_defaults():
+    from finealign.cache.settings import CacheBuildSettings
+
+    assert yaml.safe_load((config_dir() / "cache.yaml").read_text()) == _defaults(CacheBuildSettings)

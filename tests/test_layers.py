@@ -14,7 +14,7 @@ LAYERS = [
     {"kernels"},
     {"aligners", "losses"},
     {"data", "encoders", "cache", "profiling"},
-    {"config"},
+    {"config", "overrides"},
     {"engine"},
     {"sweeps", "testing"},
     {"protocol"},

@@ -98,14 +98,63 @@ def compose(config_name: str = "config", overrides: Iterable[str] = ()) -> DictC
     if packages and not any(o.startswith("hydra.searchpath") for o in overrides):
         # Plugins' config groups join finealign's: `aligner=<plugin>` needs no copy of this tree.
         overrides = [f"hydra.searchpath=[{','.join(f'pkg://{p}' for p in packages)}]", *overrides]
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-            return hydra_compose(config_name=config_name, overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(f"cannot compose config {config_name!r} with overrides {overrides}: {exc}") from exc
-    finally:
+    for _ in range(len(overrides) + 1):
         GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+                return hydra_compose(config_name=config_name, overrides=overrides)
+        except (HydraException, OmegaConfBaseException) as exc:
+            missing = _not_overridable(exc)
+            adjusted = _into_free_form(overrides, missing)
+            if adjusted is None:
+                hint = _close_keys_hint(config_name, overrides, missing)
+                raise ConfigError(f"cannot compose config {config_name!r} with overrides {overrides}: {exc}{hint}") from exc
+            overrides = adjusted
+        finally:
+            GlobalHydra.instance().clear()
+    raise AssertionError("unreachable: every retry moves one override into a free-form dict")
+
+
+def _not_overridable(exc: Exception) -> str | None:
+    """The key in Hydra's "Could not override 'KEY'" (a key the config does not have)."""
+    import re
+
+    match = re.search(r"Could not override '([^']+)'", str(exc))
+    return match.group(1) if match else None
+
+
+def _into_free_form(overrides: list[str], key: str | None) -> list[str] | None:
+    """Options dicts (`local_options`, `vision_options`, ...) are free-form: their keys are checked
+    later by the named component's own dataclass, so `aligner.local_options.direction=both` may add
+    a key there without Hydra's `+` (it becomes `++`). None when `key` is not inside one."""
+    if key is None or not any(part.endswith("_options") for part in key.split(".")[:-1]):
+        return None
+    adjusted = [f"++{o}" if o.partition("=")[0] == key else o for o in overrides]
+    return adjusted if adjusted != overrides else None
+
+
+def _close_keys_hint(config_name: str, overrides: list[str], key: str | None) -> str:
+    """" Did you mean ...?" for an override of a key the config lacks, from the keys it has."""
+    import difflib
+
+    if key is None:
+        return ""
+    try:
+        base = compose(config_name, [o for o in overrides if o.partition("=")[0] != key])
+    except ConfigError:
+        return ""
+    keys = list(_dotted_keys(OmegaConf.to_container(base, resolve=False)))
+    if key in keys:
+        return ""  # the key exists: Hydra's own message says what is wrong with the override
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+    return f"\nDid you mean {', '.join(map(repr, close))}?" if close else ""
+
+
+def _dotted_keys(node: Any, prefix: str = "") -> Iterable[str]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield f"{prefix}{k}"
+            yield from _dotted_keys(v, f"{prefix}{k}.")
 
 
 def method_presets() -> list[str]:
@@ -188,6 +237,9 @@ class TrainConfig:
     log_every: int = 50
     progress: bool = True  # tqdm bars (shown only on a TTY; FINEALIGN_PROGRESS=0/1 overrides everywhere)
     tensorboard: bool = True  # per-epoch scalars in <output_dir>/tb when the tensorboard package is installed
+    mlflow: bool = False  # also log params (the resolved config), per-epoch scalars and test metrics to MLflow
+    mlflow_tracking_uri: Any = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db
+    mlflow_experiment: str = "finealign"
     save_model: bool = True  # write output_dir/model.pt (weights + config) for `finealign eval`
 
     def __post_init__(self) -> None:
@@ -218,6 +270,11 @@ class TrainConfig:
         _require(self.select in ("best", "last"), "select", "best or last", self)
         _require(self.resume is None or isinstance(self.resume, str), "resume", "null, 'auto' or a path", self)
         _require(isinstance(self.tensorboard, bool), "tensorboard", "true or false", self)
+        _require(isinstance(self.mlflow, bool), "mlflow", "true or false", self)
+        _require(self.mlflow_tracking_uri is None or (isinstance(self.mlflow_tracking_uri, str) and self.mlflow_tracking_uri),
+                 "mlflow_tracking_uri", "null or a tracking URI (http://..., sqlite:///..., databricks)", self)  # fmt: skip
+        _require(isinstance(self.mlflow_experiment, str) and bool(self.mlflow_experiment), "mlflow_experiment",
+                 "a non-empty experiment name", self)  # fmt: skip
 
 
 @dataclass

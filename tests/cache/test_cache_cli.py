@@ -1,31 +1,31 @@
 import pytest
 
 from finealign.cache import is_complete
-from finealign.cli.cache_cmd import parse_overrides
+from finealign.cli.cache_cmd import read_settings
 from finealign.cli.main import main
 from finealign.errors import ConfigError
 from tests.data.fake_karpathy import make_fake_karpathy
 
 
-def test_parse_overrides():
-    settings, options = parse_overrides(
-        ["data=coco", "split=test,val", "batch_size=8", "data.max_items=4", "vision.freeze=true", "text.pooling=cls"]
-    )
-    assert settings["data"] == "coco" and settings["split"] == "test,val" and settings["batch_size"] == 8
-    assert options == {"data": {"max_items": 4}, "vision": {"freeze": True}, "text": {"pooling": "cls"}}
-    with pytest.raises(ConfigError, match="unknown setting 'batchsize'"):
-        parse_overrides(["batchsize=8"])
-    with pytest.raises(ConfigError, match="KEY=VALUE"):
-        parse_overrides(["data"])
-    with pytest.raises(ConfigError, match="unknown option group 'model'"):
-        parse_overrides(["model.depth=3"])
+def test_settings_compose_by_hydras_grammar():
+    _, settings = read_settings(["dataset=coco", "splits=[test,val]", "batch_size=8", "dataset_options.max_items=4",
+                                 "vision_options.freeze=true", "text_options.pooling=cls"])  # fmt: skip
+    assert settings.dataset == "coco" and settings.splits == ["test", "val"] and settings.batch_size == 8
+    assert settings.dataset_options == {"max_items": 4} and settings.vision_options == {"freeze": True}
+    assert settings.text_options == {"pooling": "cls"}
+    with pytest.raises(ConfigError, match="Did you mean 'batch_size'"):
+        read_settings(["batchsize=8"])
+    with pytest.raises(ConfigError, match="batch_size must be an int >= 1"):
+        read_settings(["batch_size=0"])
+    with pytest.raises(ConfigError, match="splits must be a non-empty list"):
+        read_settings(["splits=[]"])
 
 
 def test_cache_command_builds_every_split(tmp_path, tiny_bert_dir, capsys):
     root = make_fake_karpathy(tmp_path / "flickr8k")
     code = main([
-        "cache", f"data.root={root}", "split=test,val", "vision=timm", "vision.model_name=test_resnet",
-        "vision.pretrained=false", "text=hf_text", f"text.model_name_or_path={tiny_bert_dir}",
+        "cache", f"dataset_options.root={root}", "splits=[test,val]", "vision=timm", "vision_options.model_name=test_resnet",
+        "vision_options.pretrained=false", "text=hf_text", f"text_options.model_name_or_path={tiny_bert_dir}",
         f"cache_dir={tmp_path / 'cache'}", "batch_size=4",
     ])
     assert code == 0
@@ -36,15 +36,15 @@ def test_cache_command_builds_every_split(tmp_path, tiny_bert_dir, capsys):
 
 
 def test_cache_command_reports_data_errors(tmp_path, capsys):
-    assert main(["cache", f"data.root={tmp_path / 'none'}", f"cache_dir={tmp_path}"]) == 2
+    assert main(["cache", f"dataset_options.root={tmp_path / 'none'}", f"cache_dir={tmp_path}"]) == 2
     assert str(tmp_path / "none") in capsys.readouterr().err
 
 
 def test_cache_command_prints_features_dataset_overrides(tmp_path, tiny_bert_dir, capsys):
     root = make_fake_karpathy(tmp_path / "flickr8k")
     main([
-        "cache", f"data.root={root}", "split=val", "vision=timm", "vision.model_name=test_resnet",
-        "vision.pretrained=false", "text=hf_text", f"text.model_name_or_path={tiny_bert_dir}",
+        "cache", f"dataset_options.root={root}", "splits=val", "vision=timm", "vision_options.model_name=test_resnet",
+        "vision_options.pretrained=false", "text=hf_text", f"text_options.model_name_or_path={tiny_bert_dir}",
         f"cache_dir={tmp_path / 'cache'}",
     ])
     line = capsys.readouterr().out.strip().splitlines()[-1]

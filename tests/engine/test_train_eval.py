@@ -12,6 +12,7 @@ from finealign.cli.main import main as cli_main
 from finealign.config import compose
 from finealign.engine.checkpoint import load_checkpoint
 from finealign.engine.experiment import evaluate_checkpoint, run_experiment
+from finealign.errors import ConfigError
 
 RESULT_KEYS = {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "i2t_medr", "t2i_medr",
                "i2t_meanr", "t2i_meanr", "score_latency_ms", "train_peak_mem_mb", "process_peak_rss_mb", "train_time_s", "final_loss"}
@@ -167,6 +168,29 @@ def test_training_logs_each_epoch_and_writes_tensorboard_scalars(tmp_path, caplo
     events.Reload()
     assert {"train/loss", "train/lr", "train/temperature", "val/rsum"} <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+
+
+def test_mlflow_run_holds_config_epochs_and_test_metrics(tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = run_experiment(compose(overrides=toy_overrides(
+        tmp_path / "run", "train.epochs=2", "train.eval_every=1", "train.mlflow=true", f"train.mlflow_tracking_uri={uri}",
+        "train.mlflow_experiment=toy")))  # fmt: skip
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("toy").experiment_id])
+    assert run.data.params["aligner.name"] == "mean_max" and run.data.params["train.epochs"] == "2"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
+    assert run.data.metrics["test_rsum"] == pytest.approx(out["rsum"])
+    with pytest.raises(ConfigError, match="mlflow_experiment"):
+        compose_and_validate(["train.mlflow_experiment=''"])
+
+
+def compose_and_validate(overrides):
+    from finealign.config import validate
+
+    return validate(compose(overrides=["data=toy", *overrides]))
 
 
 def test_progress_bars_only_on_a_tty_with_one_switch(monkeypatch):

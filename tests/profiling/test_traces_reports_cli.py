@@ -76,8 +76,8 @@ def _cli(argv):
 
 def test_cli_profiles_and_writes_reports(tmp_path, capsys):
     out = tmp_path / "runs"
-    code = _cli(["aligner=global,mean_max", "nv=4", "nt=20", "lv=4", "lt=3", "dim=8", "repeats=2",
-                 "warmup=0", "threads=1", "scaling=n", "n_values=2,4", "progress=false",
+    code = _cli(["aligners=[global,mean_max]", "nv=4", "nt=20", "lv=4", "lt=3", "dim=8", "repeats=2",
+                 "warmup=0", "threads=1", "scaling=n", "n_values=[2,4]", "progress=false",
                  f"out={out}", "mean_max.direction=both"])
     assert code == 0
     text = capsys.readouterr().out
@@ -91,7 +91,13 @@ def test_cli_profiles_and_writes_reports(tmp_path, capsys):
 
 
 def test_cli_rejects_unknown_keys_with_a_hint():
-    with pytest.raises(ConfigError, match="did you mean 'repeats'"):
+    with pytest.raises(ConfigError, match="Did you mean 'repeats'"):
         _cli(["repeat=3"])
+    with pytest.raises(ConfigError, match="aligners=NAME"):
+        _cli(["aligner=hard"])
+    with pytest.raises(ConfigError, match="n_values must be null or a list of positive ints"):
+        _cli(["n_values=[0,4]", "trace=false"])
+    with pytest.raises(ConfigError, match="unknown scaling axis 'size'"):
+        _cli(["scaling=[n,size]", "trace=false"])
     with pytest.raises(ConfigError, match="tpu"):
-        _cli(["aligner=global", "device=tpu", "trace=false"])
+        _cli(["aligners=global", "device=tpu", "trace=false"])

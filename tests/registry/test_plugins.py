@@ -111,8 +111,8 @@ def test_installed_plugin_brings_its_configs_train_sweep_profile_and_contract(tm
     assert "rsum" in trained and (tmp_path / "run" / "results.json").is_file()
     swept = finealign("sweep", "sweep=max_max_toy", "--no-progress")
     assert "max_max" in swept and "global" in swept and "this worker: 2 complete" in swept
-    profiled = finealign("profile", "aligner=max_max", "nv=4", "nt=6", "repeats=2", "warmup=0", "scaling=none",
-                         "trace=false", "flops=false", "out=prof")  # fmt: skip
+    profiled = finealign("profile", "aligners=max_max", "max_max.chunk_text=128", "nv=4", "nt=6", "repeats=2",
+                         "warmup=0", "scaling=none", "trace=false", "flops=false", "out=prof")  # fmt: skip
     assert "max_max" in profiled
     own = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(PLUGIN_SRC / "tests")],
                          cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip

@@ -1,8 +1,11 @@
-"""`finealign cache data=flickr8k split=test,train vision=mobilenet_v2 text=minilm [key=value ...]`.
+"""`finealign cache [key=value ...]`: encode dataset splits once with frozen encoders.
 
-Keys: data, split (comma list), vision, text, cache_dir, batch_size, device, num_workers, and
-dotted options for each component: `data.max_items=8`, `vision.image_size=224`, `text.max_length=32`.
-Values are parsed as YAML scalars (8 → int, true → bool, null → None).
+The settings are the Hydra config configs/cache.yaml (the `cached` dataset's keys):
+
+    finealign cache dataset=flickr8k splits=[test,train] vision=mobilenet_v2 text=minilm
+    finealign cache dataset=coco dataset_options.root=/data/coco vision=timm vision_options.model_name=vit_base_patch16_224
+    finealign cache -m dataset=flickr8k,flickr30k                 # one build per dataset
+    finealign cache --verify [cache_dir=DIR]                      # check every entry
 """
 
 from __future__ import annotations
@@ -10,60 +13,32 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from finealign.cli.hydra_flags import add_hydra_flags, jobs, print_info, run_dirs
 from finealign.errors import ConfigError
 
-_DEFAULTS: dict[str, Any] = {
-    "data": "flickr8k",
-    "split": "test",
-    "vision": "mobilenet_v2",
-    "text": "minilm",
-    "cache_dir": None,
-    "batch_size": 64,
-    "device": "cpu",
-    "num_workers": 0,
-}
-_GROUPS = ("data", "vision", "text")
+CONFIG_NAME = "cache"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help=f"settings ({', '.join(_DEFAULTS)}) and component options (data.max_items=8, vision.image_size=224)",
-    )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="Hydra overrides of configs/cache.yaml (see --cfg job), e.g. splits=[test,val] "
+                             "dataset_options.root=/data/flickr8k")  # fmt: skip
     parser.add_argument("--verify", action="store_true",
                         help="check every entry in the cache folder (sizes, shapes, dtypes, SHA-256, finite "
                              "tokens) instead of building; exit 1 if one is damaged")
+    add_hydra_flags(parser)
 
 
-def _value(text: str) -> Any:
-    import yaml
+def read_settings(overrides: list[str]):
+    """The composed cache config as CacheBuildSettings (ConfigError on a bad key or value)."""
+    from omegaconf import OmegaConf
 
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+    from finealign.cache.settings import CacheBuildSettings
+    from finealign.config import compose
+    from finealign.registry import build_config
 
-
-def parse_overrides(pairs: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """KEY=VALUE pairs → (settings, options per component group)."""
-    settings = dict(_DEFAULTS)
-    options: dict[str, dict[str, Any]] = {g: {} for g in _GROUPS}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"expected KEY=VALUE, got {pair!r}")
-        group, dot, option = key.partition(".")
-        if dot:
-            if group not in options:
-                raise ConfigError(f"unknown option group {group!r} in {pair!r}; use {', '.join(_GROUPS)}")
-            options[group][option] = _value(raw)
-        elif key in settings:
-            settings[key] = raw if key in _GROUPS or key == "split" else _value(raw)
-        else:
-            raise ConfigError(f"unknown setting {key!r}; known: {', '.join(settings)} (or group.option=value)")
-    return settings, options
+    cfg = compose(CONFIG_NAME, overrides)
+    return cfg, build_config(CacheBuildSettings, OmegaConf.to_container(cfg, resolve=True), "cache config")
 
 
 def verify(cache_dir: Any) -> int:
@@ -85,33 +60,43 @@ def verify(cache_dir: Any) -> int:
     return 1 if damaged else 0
 
 
-def run(args: argparse.Namespace) -> int:
+def build(settings) -> dict[str, str]:
     from finealign.cache import build_feature_cache, read_meta
 
-    settings, options = parse_overrides(args.overrides)
-    if args.verify:
-        return verify(settings["cache_dir"])
     entries = {}
-    for split in [s.strip() for s in str(settings["split"]).split(",") if s.strip()]:
+    for split in settings.splits:
         entry = build_feature_cache(
-            settings["data"],
-            options["data"],
-            split,
-            settings["vision"],
-            options["vision"],
-            settings["text"],
-            options["text"],
-            cache_dir=settings["cache_dir"],
-            batch_size=settings["batch_size"],
-            device=settings["device"],
-            num_workers=settings["num_workers"],
-        )
+            settings.dataset, dict(settings.dataset_options), split,
+            settings.vision, dict(settings.vision_options), settings.text, dict(settings.text_options),
+            cache_dir=settings.cache_dir, batch_size=settings.batch_size, device=settings.device,
+            num_workers=settings.num_workers,
+        )  # fmt: skip
         meta = read_meta(entry) or {}
-        print(
-            f"{settings['data']}/{split}: {meta.get('num_items')} items, {meta.get('num_captions')} captions "
-            f"-> {entry}"
-        )
+        print(f"{settings.dataset}/{split}: {meta.get('num_items')} items, {meta.get('num_captions')} captions -> {entry}")
         entries[split] = str(entry)
-    # The `features` dataset reads these entries: one absolute directory per split.
-    print("use with: data=features " + " ".join(f"data.splits.{k}={v}" for k, v in entries.items()))
+    return entries
+
+
+def run(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    if args.info:
+        print_info(CONFIG_NAME)
+        return 0
+    overrides, run_dir, sweep_dir = run_dirs(list(args.overrides))
+    if run_dir:
+        raise ConfigError("finealign cache writes entries to cache_dir (content-addressed), not to hydra.run.dir")
+    planned = jobs(overrides, args.multirun, sweep_dir)
+    for job_overrides, _ in planned:
+        cfg, settings = read_settings(job_overrides)
+        if args.cfg:
+            print(OmegaConf.to_yaml(cfg, resolve=args.resolve), end="")
+            continue
+        if args.verify:
+            return verify(settings.cache_dir)
+        if len(planned) > 1:
+            print(f"[job] {' '.join(job_overrides)}")
+        entries = build(settings)
+        # The `features` dataset reads these entries: one absolute directory per split.
+        print("use with: data=features " + " ".join(f"data.splits.{k}={v}" for k, v in entries.items()))
     return 0

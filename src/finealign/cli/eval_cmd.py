@@ -4,6 +4,8 @@ without ckpt, evaluate the composed model untrained (zero-shot: pretrained tower
     finealign eval ckpt=runs/toy/toy/mean_max-infonce/model.pt
     finealign eval ckpt=.../model.pt eval.split=val eval.coco_folds=5 aligner=hard
     finealign eval encoder=openclip_vit_b32 aligner=tokenflow data=flickr30k     # zero-shot, trained: false
+    finealign eval -m ckpt=a/model.pt,b/model.pt aligner=hard,mean_max          # 4 evaluations, numbered dirs
+    finealign eval ckpt=.../model.pt hydra.run.dir=runs/mine                    # same as --output-dir
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from finealign.cli.hydra_flags import add_hydra_flags, jobs, print_info, run_dirs
 from finealign.errors import ConfigError
 
 HEADLINE = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
@@ -18,47 +21,66 @@ HEADLINE = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="ckpt=PATH (required), then overrides applied to the checkpoint's config")
+                        help="ckpt=PATH (none: zero-shot), then overrides applied to the checkpoint's config")
     parser.add_argument("--output-dir", default=None,
                         help="where results go (default: a new <run dir>/eval/<timestamp>; never over earlier results)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    parser.add_argument("--cfg", "-c", choices=("job",), default=None,
-                        help="print the config that would be evaluated (a checkpoint's own, with your overrides) and exit")
+    add_hydra_flags(parser)
 
 
-def run(args: argparse.Namespace) -> int:
-    ckpts = [o.partition("=")[2] for o in args.overrides if o.startswith("ckpt=")]
+def _config(ckpt: str | None, overrides: list[str]):
+    """The config that would be evaluated: a checkpoint's own with `overrides`, or a composed one."""
+    from omegaconf import OmegaConf
+
+    if ckpt:
+        from finealign.engine.checkpoint import load_checkpoint
+        from finealign.engine.experiment import apply_overrides
+
+        state = load_checkpoint(ckpt)
+        snapshot = state["config"] if "data_meta" not in state else state
+        return apply_overrides(OmegaConf.create(snapshot["config"]), overrides)
+    from finealign.config import compose
+
+    return compose("config", overrides)
+
+
+def _evaluate_one(job_overrides: list[str], output_dir: str | None, args: argparse.Namespace) -> dict:
+    ckpts = [o.partition("=")[2] for o in job_overrides if o.startswith("ckpt=")]
     if len(ckpts) > 1 or (ckpts and not ckpts[0]):
         raise ConfigError("finealign eval takes one ckpt=PATH (a model.pt or checkpoints/last.pt), or none for zero-shot")
-    overrides = [o for o in args.overrides if not o.startswith("ckpt=")]
-    from finealign.engine.experiment import evaluate_checkpoint, evaluate_untrained
-
+    overrides = [o for o in job_overrides if not o.startswith("ckpt=")]
+    ckpt = ckpts[0] if ckpts else None
     if args.cfg:
         from omegaconf import OmegaConf
 
-        if ckpts:
-            from finealign.engine.checkpoint import load_checkpoint
-            from finealign.engine.experiment import apply_overrides
+        print(OmegaConf.to_yaml(_config(ckpt, overrides), resolve=args.resolve), end="")
+        return {}
+    from finealign.engine.experiment import evaluate_checkpoint, evaluate_untrained
 
-            state = load_checkpoint(ckpts[0])
-            snapshot = state["config"] if "data_meta" not in state else state
-            cfg = apply_overrides(OmegaConf.create(snapshot["config"]), overrides)
-        else:
-            from finealign.config import compose
+    if ckpt:
+        return evaluate_checkpoint(ckpt, overrides, output_dir=output_dir)
+    from finealign.config import compose
 
-            cfg = compose("config", overrides)
-        print(OmegaConf.to_yaml(cfg), end="")
+    extra = [f"output_dir={output_dir}"] if output_dir else []
+    return evaluate_untrained(compose("config", [*overrides, *extra]), overrides=overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.info:
+        print_info("config")
         return 0
-    if ckpts:
-        metrics = evaluate_checkpoint(ckpts[0], overrides, output_dir=args.output_dir)
-    else:
-        from finealign.config import compose
-
-        extra = [f"output_dir={args.output_dir}"] if args.output_dir else []
-        metrics = evaluate_untrained(compose("config", [*overrides, *extra]), overrides=overrides)
-    if args.json:
-        print(json.dumps(metrics, indent=2))
-    else:
-        print("  ".join(f"{k}={metrics[k]:.1f}" for k in HEADLINE))
-        print(f"results: {metrics['output_dir']}/results.json")
+    overrides, run_dir, sweep_dir = run_dirs(list(args.overrides))
+    run_dir = run_dir or args.output_dir
+    planned = [(overrides, run_dir)] if not args.multirun else jobs(overrides, True, sweep_dir)
+    for job_overrides, out in planned:
+        if len(planned) > 1 and not args.cfg:
+            print(f"[job] {' '.join(job_overrides)}")
+        metrics = _evaluate_one(job_overrides, out, args)
+        if args.cfg:
+            continue
+        if args.json:
+            print(json.dumps(metrics, indent=2))
+        else:
+            print("  ".join(f"{k}={metrics[k]:.1f}" for k in HEADLINE))
+            print(f"results: {metrics['output_dir']}/results.json")
     return 0

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import itertools
 from pathlib import Path
 
 from finealign.errors import ConfigError
+from finealign.overrides import expand_sweeps
 
 
 def add_hydra_flags(parser: argparse.ArgumentParser) -> None:
@@ -23,30 +23,6 @@ def add_hydra_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--info", action="store_true", help="print config search path, groups and their options")
     parser.add_argument("--multirun", "-m", action="store_true",
                         help="run every combination of comma-separated values (aligner=global,hard seed=0,1)")
-
-
-def split_choices(override: str) -> list[str]:
-    """`key=a,b` → [`key=a`, `key=b`]; commas inside [...] / {...} / quotes belong to one value."""
-    key, sep, value = override.partition("=")
-    if not sep:
-        return [override]
-    parts, depth, quote, current = [], 0, "", ""
-    for ch in value:
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "[{(":
-            depth += 1
-        elif ch in "]})":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(current)
-            current = ""
-            continue
-        current += ch
-    parts.append(current)
-    return [f"{key}={p}" for p in parts]
 
 
 def run_dirs(overrides: list[str]) -> tuple[list[str], str | None, str | None]:
@@ -71,7 +47,7 @@ def jobs(overrides: list[str], multirun: bool, sweep_dir: str | None) -> list[tu
     """(overrides, output dir or None) per job: one job, or the cartesian product of comma lists."""
     if not multirun:
         return [(overrides, None)]
-    combos = list(itertools.product(*(split_choices(o) for o in overrides)))
+    combos = expand_sweeps(overrides)
     root = Path(sweep_dir or Path("multirun") / _dt.datetime.now().strftime("%Y-%m-%d/%H-%M-%S"))
     return [(list(combo), str(root / str(i))) for i, combo in enumerate(combos)]
 

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark and ablate fine-grained cross-modal alignment for retrieval.",
     )
     parser.add_argument("--version", action="version", version=version_line())
+    parser.add_argument("--shell-completion", "-sc", metavar="install=bash",
+                        help='print the completion script: eval "$(finealign -sc install=bash)"')
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -62,6 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["__complete"]:  # called by the shell completion script
+        from finealign.cli.completion import candidates
+
+        print("\n".join(candidates(argv[1:], parser)))
+        return 0
+    if argv[:1] in (["--shell-completion"], ["-sc"]):
+        from finealign.cli.completion import install_script
+
+        shell = argv[1].removeprefix("install=") if len(argv) > 1 else "bash"
+        try:
+            print(install_script(shell), end="")
+        except FinealignError as exc:
+            print(f"finealign: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     args = parser.parse_args(argv)
     setup_logging()
     if not getattr(args, "command", None):

@@ -1,146 +1,82 @@
-"""`finealign profile key=value ...`: latency, memory, FLOPs, traces and scaling of aligners.
+"""`finealign profile [key=value ...]`: latency, memory, FLOPs, traces and scaling of aligners.
 
-    finealign profile aligner=all device=cpu nv=16 nt=80 lv=50 lt=32 dim=256 repeats=10
-    finealign profile aligner=hard,mean_max device=cuda dtype=bf16 scaling=n,tokens
-    finealign profile aligner=mean_max mean_max.direction=both eval_results=runs/eval/results.csv
+The settings are the Hydra config configs/profile.yaml (flat keys, each checked by its dataclass);
+every aligner's own options are composed in under its name, so overrides read as everywhere else:
+
+    finealign profile aligners=all device=cpu nv=16 nt=80 lv=50 lt=32 dim=256 repeats=10
+    finealign profile aligners=[hard,mean_max] device=cuda dtype=bf16 scaling=[n,tokens]
+    finealign profile aligners=mean_max mean_max.direction=both eval_results=runs/eval/results.csv
+    finealign profile -m dtype=fp32,bf16 aligner=mean_max        # one run per dtype
+    finealign profile --cfg job nv=100                           # print the composed config
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import difflib
-from typing import Any
 
+from finealign.cli.hydra_flags import add_hydra_flags, jobs, print_info, run_dirs
 from finealign.errors import ConfigError
 
-SETTING_KEYS = {
-    "device": str, "dtype": str, "repeats": int, "warmup": int, "input_sets": int, "threads": int,
-    "timer": str, "memory": bool, "flops": bool, "backward": bool, "seed": int,
-    "time_budget_s": float,
-}
-SHAPE_KEYS = {"nv": int, "nt": int, "lv": int, "lt": int, "dim": int}
-RUN_KEYS = {
-    "aligner": str, "scaling": str, "n_values": list, "tokens_values": list, "dim_values": list,
-    "trace": bool, "out": str, "eval_results": str, "progress": bool,
-}
-ALL_KEYS = {**SETTING_KEYS, **SHAPE_KEYS, **RUN_KEYS}
-CLI_DEFAULTS = {"nv": 16, "nt": 80, "repeats": 10, "scaling": "n"}  # small enough for a CPU run of every aligner; scaling=none skips the curves
+CONFIG_NAME = "profile"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = (
-        "keys: " + ", ".join(ALL_KEYS) + "\n"
-        "aligner options: ALIGNER.OPTION=VALUE (e.g. mean_max.direction=both)\n"
-        "scaling: none | n | tokens | dim | all, or a comma list (values: n_values=8,16,32 ...)"
-    )
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings, Hydra style")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="Hydra overrides of configs/profile.yaml (see --cfg job), e.g. nv=100 "
+                             "aligners=[hard,mean_max] mean_max.direction=both")  # fmt: skip
+    add_hydra_flags(parser)
 
 
-def parse_overrides(items: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Split KEY=VALUE items into typed settings and per-aligner options; ConfigError on a bad
-    item or an unknown key (with close matches)."""
-    values: dict[str, Any] = dict(CLI_DEFAULTS)
-    options: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip().lstrip("+")
-        if not sep or not key:
-            raise ConfigError(f"expected KEY=VALUE, got {item!r}")
-        if "." in key:
-            aligner, _, option = key.partition(".")
-            options.setdefault(aligner, {})[option] = _literal(raw)
-            continue
-        if key not in ALL_KEYS:
-            close = difflib.get_close_matches(key, list(ALL_KEYS), n=3)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ConfigError(f"unknown profile setting {key!r}{hint} (settings: {', '.join(ALL_KEYS)})")
-        values[key] = _convert(key, raw, ALL_KEYS[key])
-    return values, options
+def aligner_node_overrides() -> tuple[list[str], set[str]]:
+    """Hydra overrides that compose every aligner config file (finealign's and plugins') into the
+    profile config under its own name, and those names."""
+    from finealign.config import config_roots
+
+    names = sorted({p.stem for root in config_roots() for p in (root / "aligner").glob("*.yaml")})
+    return [f"+aligner@{name}={name}" for name in names], set(names)
 
 
-def _convert(key: str, raw: str, kind: type) -> Any:
-    raw = raw.strip()
-    if kind is bool:
-        if raw.lower() in ("true", "1", "yes", "on"):
-            return True
-        if raw.lower() in ("false", "0", "no", "off"):
-            return False
-        raise ConfigError(f"{key} must be true or false, got {raw!r}")
-    if kind is int:
-        if key == "threads" and raw.lower() in ("none", "null", ""):
-            return None
-        try:
-            return int(raw)
-        except ValueError:
-            raise ConfigError(f"{key} must be an int, got {raw!r}") from None
-    if kind is float:
-        if raw.lower() in ("none", "null", ""):
-            return None
-        try:
-            return float(raw)
-        except ValueError:
-            raise ConfigError(f"{key} must be a number, got {raw!r}") from None
-    if kind is list:
-        try:
-            return [int(v) for v in raw.split(",") if v.strip()]
-        except ValueError:
-            raise ConfigError(f"{key} must be a comma list of ints, got {raw!r}") from None
-    return raw
+def compose_profile(overrides: list[str]):
+    from finealign.config import compose
 
-
-def _literal(raw: str) -> Any:
-    """An aligner option value: bool, int, float, null, else the string."""
-    low = raw.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(raw)
-        except ValueError:
-            pass
-    return raw
-
-
-def scaling_axes(spec: str | None) -> list[str]:
-    from finealign.profiling.scaling import AXES, check_axis  # noqa: PLC0415
-
-    if not spec or spec == "none":
-        return []
-    if spec == "all":
-        return list(AXES)
-    return [check_axis(a.strip()) for a in spec.split(",") if a.strip()]
+    nodes, _ = aligner_node_overrides()
+    return compose(CONFIG_NAME, [*nodes, *overrides])
 
 
 def run(args: argparse.Namespace) -> int:
-    from finealign.profiling.inputs import ProblemShape  # noqa: PLC0415
-    from finealign.profiling.pipeline import render, run_profile  # noqa: PLC0415
-    from finealign.profiling.runner import ProfileSettings, resolve_aligners  # noqa: PLC0415
+    from omegaconf import OmegaConf
 
-    values, options = parse_overrides(args.overrides)
-    names = resolve_aligners(values.get("aligner", "all"))
-    unknown = sorted(set(options) - set(names))
-    if unknown:
-        raise ConfigError(f"options given for aligner(s) {unknown} that are not being profiled ({names})")
-    settings = ProfileSettings(
-        **{k: values[k] for k in SETTING_KEYS if k in values}, aligner_options=options
-    )
-    shape_defaults = {f.name: f.default for f in dataclasses.fields(ProblemShape)}
-    shape = ProblemShape(**{k: values.get(k, shape_defaults[k]) for k in SHAPE_KEYS})
-    axes = scaling_axes(values.get("scaling"))
-    result = run_profile(
-        names,
-        shape,
-        settings,
-        out_root=values.get("out", "runs/profile"),
-        scaling_axes=axes,
-        scaling_values={a: values[f"{a}_values"] for a in axes if f"{a}_values" in values},
-        trace=values.get("trace", True),
-        eval_results=values.get("eval_results"),
-        progress=values.get("progress", True),
-    )
-    print(render(result))
-    return 0 if all(not r.get("error") for r in result.rows) else 1
+    from finealign.profiling.pipeline import render, run_profile
+    from finealign.profiling.run_config import read_profile_config
+
+    if args.info:
+        print_info(CONFIG_NAME)
+        return 0
+    overrides, run_dir, sweep_dir = run_dirs(list(args.overrides))
+    if any(o.partition("=")[0].lstrip("+~") == "aligner" for o in overrides):
+        raise ConfigError("profile picks aligners with aligners=NAME or aligners=[A,B] (plural: `aligner` is "
+                          "the group of aligner configs, composed in under each name)")  # fmt: skip
+    planned = [(overrides, run_dir)] if run_dir and not args.multirun else jobs(overrides, args.multirun, sweep_dir)
+    _, node_names = aligner_node_overrides()
+    failed = False
+    for job_overrides, out_dir in planned:
+        cfg = compose_profile(job_overrides)
+        container = OmegaConf.to_container(cfg, resolve=False)
+        for name in node_names & set(container):
+            # `dim: ${encoder.embed_dim}` refers to the training config; the profile's `dim` applies
+            container[name] = {k: v for k, v in container[name].items() if not OmegaConf.is_interpolation(cfg[name], k)}
+        profile = read_profile_config(container, node_names)
+        if args.cfg:
+            print(OmegaConf.to_yaml(cfg, resolve=args.resolve), end="")
+            continue
+        if len(planned) > 1:
+            print(f"[job] {' '.join(job_overrides)}")
+        result = run_profile(
+            profile.names, profile.shape, profile.settings,
+            out_root=profile.run.out, out_dir=out_dir,
+            scaling_axes=profile.run.axes(), scaling_values=profile.run.values(),
+            trace=profile.run.trace, eval_results=profile.run.eval_results, progress=profile.run.progress,
+        )  # fmt: skip
+        print(render(result))
+        failed |= any(r.get("error") for r in result.rows)
+    return 1 if failed else 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from finealign.errors import ConfigError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -20,11 +22,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--cfg", "-c", choices=("job",), default=None,
                         help="print the validated sweep (search space, objectives, fixed overrides) and exit")
+    parser.add_argument("--info", action="store_true", help="print config search path, groups and their options")
+    parser.add_argument("--multirun", "-m", action="store_true", help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
     from finealign.sweeps import load_sweep, run_sweep
 
+    if args.info:
+        from finealign.cli.hydra_flags import print_info
+
+        print_info("config")
+        return 0
+    if args.multirun:
+        raise ConfigError("a sweep is already many runs (Optuna trials): drop -m; list choices in the sweep's "
+                          "search space, or use finealign train -m for a plain grid")  # fmt: skip
     if args.cfg:
         import yaml
 

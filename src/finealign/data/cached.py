@@ -10,10 +10,10 @@ captions), e.g. the 3,000-image training budget of the Flickr8k baseline.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
+from finealign.cache.settings import FeatureSource
 from finealign.data.base import ConfiguredSplits, RetrievalSplit
 from finealign.data.features import FeatureRows, load_feature_cache
 from finealign.errors import ConfigError
@@ -21,22 +21,14 @@ from finealign.registry import DATASETS
 
 
 @dataclass
-class CachedConfig:
-    dataset: str = "flickr8k"
-    dataset_options: dict[str, Any] = field(default_factory=dict)
-    vision: str = "mobilenet_v2"
-    vision_options: dict[str, Any] = field(default_factory=dict)
-    text: str = "minilm"
-    text_options: dict[str, Any] = field(default_factory=dict)
-    cache_dir: str | None = None  # default: $FINEALIGN_CACHE/features or <repo>/.cache/finealign/features
-    batch_size: int = 64
-    device: str = "cpu"
+class CachedConfig(FeatureSource):
+    """The features to read (FeatureSource, shared with `finealign cache`) and which splits."""
+
     splits: list[str] = field(default_factory=lambda: ["train", "val", "test"])
     max_items: dict[str, int] = field(default_factory=dict)  # split → first N images (0/absent: all)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        super().__post_init__()
         for split, n in dict(self.max_items).items():
             if not isinstance(n, int) or n < 0:
                 raise ConfigError(f"max_items.{split} must be a non-negative int, got {n!r}")

@@ -15,15 +15,17 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from finealign.config import ExperimentSpec, config_dir, config_roots, validate
+from finealign.config import ExperimentSpec, config_roots, validate
 from finealign.devices import resolve_device
 from finealign.engine.checkpoint import load_checkpoint, save_checkpoint
 from finealign.engine.evaluate import evaluate
 from finealign.engine.model import RetrievalModel, build_loss, build_model, fit_to_training_data
 from finealign.engine.provenance import provenance
 from finealign.engine.results import save_results
+from finealign.engine.tracking import log_final_metrics
 from finealign.engine.trainer import Trainer
 from finealign.errors import ConfigError
+from finealign.overrides import apply as apply_config_overrides
 from finealign.registry import create_dataset
 
 GROUPS = ("encoder", "aligner", "loss", "data", "train")
@@ -175,6 +177,7 @@ def run_experiment(
         ) from exc
     out = {**metrics, **memory_metrics(device), **trained}
     save_results(out_dir, out, labels=labels(spec), config=snapshot["config"], extra=extra)
+    log_final_metrics(trainer.mlflow_run, out)
     return out
 
 
@@ -203,31 +206,21 @@ def _plain(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
-    """Apply `key=value` overrides to a saved config: `group=option` (e.g. aligner=hard,
-    data=features) swaps in that group file; any other `a.b=value` sets one value."""
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        if not sep:
-            raise ConfigError(f"override {override!r} is not key=value")
-        group_file = next((r / key / f"{value}.yaml" for r in config_roots() if (r / key / f"{value}.yaml").is_file()),
-                          config_dir() / key / f"{value}.yaml")  # fmt: skip
-        if key in GROUPS and group_file.is_file():
-            node = OmegaConf.load(group_file)
-            node.pop("defaults", None)
-            cfg[key] = node
-        else:
-            OmegaConf.update(cfg, key, OmegaConf.create({"v": _yaml_value(value)}).v, force_add=True)
-    return cfg
+    """Apply overrides to a saved config by Hydra's grammar (`finealign.overrides.apply`):
+    `group=option` (e.g. aligner=hard, data=features) swaps in that group file; any other
+    `a.b=value` sets one value (a saved config may predate a key, so a plain override may add it)."""
 
+    def group_node(key: str, value: str) -> DictConfig | None:
+        if key not in GROUPS:
+            return None
+        found = [r / key / f"{value}.yaml" for r in config_roots() if (r / key / f"{value}.yaml").is_file()]
+        if not found:
+            return None
+        node = OmegaConf.load(found[0])
+        node.pop("defaults", None)
+        return node
 
-def _yaml_value(text: str) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+    return apply_config_overrides(cfg, overrides, group_node)
 
 
 def _restore_model(ckpt: str | Path, overrides: list[str]) -> tuple[RetrievalModel, ExperimentSpec, DictConfig, list[str]]:
@@ -300,6 +293,7 @@ def evaluate_checkpoint(
     run_dir = run_dir.parent if run_dir.name == "checkpoints" else run_dir
     target = Path(output_dir) if output_dir is not None else run_dir / "eval" / _timestamp()
     target = claim_output_dir(OmegaConf.create({"output_dir": str(target)}))
+    write_hydra_record(target, cfg, [f"ckpt={ckpt}", *overrides])
     metrics = _test_metrics(model, spec, split, device, target)
     metrics.update(memory_metrics(device))
     save_results(target, metrics, labels=labels(spec), config=OmegaConf.to_container(cfg, resolve=True),

@@ -23,13 +23,15 @@ from finealign.engine.evaluate import autocast_context, evaluate
 from finealign.engine.model import RetrievalModel, loss_extras
 from finealign.engine.optim import apply_backbone_schedule, build_optimizer, enable_grad_checkpointing
 from finealign.engine.schedule import LRSchedule
+from finealign.engine.tracking import ScalarSinks, open_sinks
 from finealign.errors import ConfigError
 from finealign.progress import bar as progress_bar
 
 # Settings a resumed run may change: they do not alter what is trained or how (where results go,
 # what is printed, how the test split is scored afterwards).
 RESUME_FREE = ("train.resume", "train.progress", "train.log_every", "train.num_workers", "train.checkpoint",
-               "train.save_model", "train.tensorboard", "eval", "output_dir", "device", "ckpt")  # fmt: skip
+               "train.save_model", "train.tensorboard", "train.mlflow", "train.mlflow_tracking_uri",
+               "train.mlflow_experiment", "eval", "output_dir", "device", "ckpt")  # fmt: skip
 log = logging.getLogger(__name__)
 VAL_SCALARS = ("rsum", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
 
@@ -101,6 +103,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self.best_state: dict[str, Any] | None = None
+        self.mlflow_run: tuple[str, str] | None = None  # (tracking URI, run id) once fit opened one
 
     # -- checkpoints --------------------------------------------------------------------------
     @property
@@ -169,7 +172,8 @@ class Trainer:
         if resume is not None:
             start_epoch, result = self._restore(resume)
         started = time.perf_counter()
-        writer = self._tensorboard()
+        sinks = open_sinks(cfg, self.output_dir, self.config_snapshot.get("config", {}))
+        self.mlflow_run = sinks.mlflow_run
         for epoch in range(start_epoch, cfg.epochs):
             if cfg.max_steps and result.steps >= cfg.max_steps:
                 break
@@ -191,11 +195,10 @@ class Trainer:
             started = time.perf_counter()
             if cfg.checkpoint and self.checkpoint_path is not None:
                 save_checkpoint(self.checkpoint_path, self._state(epoch, result))
-            self._log_epoch(epoch, epoch_loss, metrics, writer)
+            self._log_epoch(epoch, epoch_loss, metrics, sinks)
             if metrics is not None and report is not None:
                 report(epoch, metrics)
-        if writer is not None:
-            writer.close()
+        sinks.close()
         result.train_time_s += time.perf_counter() - started
         if cfg.select == "best" and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
@@ -241,19 +244,7 @@ class Trainer:
         return total / max(count, 1)
 
     # -- logs ---------------------------------------------------------------------------------
-    def _tensorboard(self) -> Any:
-        """A SummaryWriter into <output_dir>/tb, or None (switched off, no output dir, or the
-        tensorboard package is not installed: `pip install finealign[tensorboard]`)."""
-        if not self.cfg.tensorboard or self.output_dir is None:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            log.info("tensorboard is not installed: no TensorBoard scalars (pip install tensorboard)")
-            return None
-        return SummaryWriter(log_dir=str(self.output_dir / "tb"))
-
-    def _log_epoch(self, epoch: int, loss: float, val: dict[str, float] | None, writer: Any) -> None:
+    def _log_epoch(self, epoch: int, loss: float, val: dict[str, float] | None, sinks: ScalarSinks) -> None:
         """One console line per epoch (loss, lr, temperature, validation recall) and the same as scalars."""
         scalars = {"train/loss": loss, "train/lr": self._lr()}
         temperature = getattr(self.loss, "temperature", None)
@@ -266,10 +257,7 @@ class Trainer:
             scalars.update({f"val/{k}": float(v) for k, v in val.items() if k in VAL_SCALARS})
             line += f"; val rsum {val['rsum']:.1f} (i2t R@1 {val['i2t_r1']:.1f}, t2i R@1 {val['t2i_r1']:.1f})"
         log.info(line)
-        if writer is not None:
-            for key, value in scalars.items():
-                writer.add_scalar(key, value, epoch + 1)
-            writer.flush()
+        sinks.log(scalars, epoch + 1)
 
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])

@@ -14,8 +14,8 @@ from finealign.tokens import TokenBatch
 class ProblemShape:
     """nv images × nt captions, lv visual and lt text tokens per item, embedding dim."""
 
-    nv: int = 32
-    nt: int = 160
+    nv: int = 16
+    nt: int = 80
     lv: int = 50
     lt: int = 32
     dim: int = 256

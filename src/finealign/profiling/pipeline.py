@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from finealign.profiling.report import (
 from finealign.profiling.runner import ProfileSettings, aligner_step, build_aligner, profile_aligners
 from finealign.profiling.scaling import default_values, fit_rows, scaling_rows
 from finealign.profiling.traces import capture_trace
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,6 +47,7 @@ def run_profile(
     settings: ProfileSettings,
     *,
     out_root: str | Path = "runs/profile",
+    out_dir: str | Path | None = None,
     scaling_axes: Sequence[str] = (),
     scaling_values: dict[str, list[int]] | None = None,
     trace: bool = True,
@@ -51,10 +55,12 @@ def run_profile(
     progress: bool = True,
 ) -> ProfileRun:
     """Profile `names` at `shape`, optionally trace them and sweep scaling axes; write CSV/MD
-    tables, PNG plots and TensorBoard traces under out_root/<timestamp>/."""
+    tables, PNG plots under out_root/<timestamp>/ and TensorBoard traces under
+    out_root/traces/<timestamp>/ — or everything under `out_dir` exactly (hydra.run.dir)."""
     device = resolve_device(settings.device)
     stamp = timestamp()
-    out_dir = Path(out_root) / stamp
+    trace_root = Path(out_dir) / "traces" if out_dir is not None else Path(out_root) / "traces" / stamp
+    out_dir = Path(out_dir) if out_dir is not None else Path(out_root) / stamp
     out_dir.mkdir(parents=True, exist_ok=True)
     with pinned_threads(settings.threads if device.type == "cpu" else None):
         env = environment(device)
@@ -63,7 +69,7 @@ def run_profile(
 
     if trace:
         traced = [r["aligner"] for r in run.rows if not r.get("error")]
-        run.top_ops, trace_files = trace_aligners(traced, shape, settings, Path(out_root) / "traces" / stamp)
+        run.top_ops, trace_files = trace_aligners(traced, shape, settings, trace_root)
         run.files += trace_files
         if run.top_ops:
             tops = [{"aligner": a, **r} for a, ops in run.top_ops.items() for r in ops]
@@ -83,7 +89,7 @@ def run_profile(
             try:
                 run.files.append(plot_scaling(run.scaling, out_dir / f"latency_vs_{axis}.png", axis))
             except Exception as exc:  # all rows failed on this axis: say so, keep the rest
-                print(f"[profile] no plot for axis {axis}: {exc}")
+                log.warning("no plot for axis %s: %s", axis, exc)
 
     if eval_results is not None:
         run.files.append(plot_recall_vs_latency(eval_results, run.rows, out_dir / "recall_vs_latency.png"))
@@ -112,7 +118,7 @@ def trace_aligners(
                 result = capture_trace(aligner_step(aligner, settings.backward), sets, device,
                                        Path(trace_dir) / name, worker_name=name)
             except Exception as exc:
-                print(f"[profile] trace of {name} failed: {type(exc).__name__}: {exc}")
+                log.warning("trace of %s failed: %s: %s", name, type(exc).__name__, exc)
                 continue
             tops[name] = result.top_ops
             files += result.files

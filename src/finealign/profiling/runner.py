@@ -30,7 +30,7 @@ class ProfileSettings:
 
     device: str = "cpu"
     dtype: str = "fp32"
-    repeats: int = 20
+    repeats: int = 10
     warmup: int = 3
     input_sets: int = 3  # distinct random inputs that the repeats rotate through
     threads: int | None = None  # CPU intra-op threads; None = torch's current setting, recorded

@@ -1,0 +1,51 @@
+"""What `finealign cache` builds (configs/cache.yaml): the keys of the `cached` dataset that reads
+the entries back (dataset, encoders and their options), plus the splits and how to run the build."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from finealign.errors import ConfigError
+
+
+@dataclass
+class FeatureSource:
+    """Which features a cache entry holds: a dataset through two frozen encoders. Shared by the
+    `cached` dataset (which reads entries) and `finealign cache` (which builds them)."""
+
+    dataset: str = "flickr8k"
+    dataset_options: dict[str, Any] = field(default_factory=dict)  # e.g. root, max_items
+    vision: str = "mobilenet_v2"
+    vision_options: dict[str, Any] = field(default_factory=dict)  # checked by the encoder's Config
+    text: str = "minilm"
+    text_options: dict[str, Any] = field(default_factory=dict)
+    cache_dir: str | None = None  # null: $FINEALIGN_CACHE/features, else <repo>/.cache/finealign/features
+    batch_size: int = 64
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for key in ("dataset_options", "vision_options", "text_options"):
+            if not isinstance(getattr(self, key), dict):
+                raise ConfigError(f"{key} must be a mapping of options, got {getattr(self, key)!r}")
+        _check_int(self, "batch_size", 1)
+
+
+def _check_int(obj: Any, key: str, low: int) -> None:
+    value = getattr(obj, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{key} must be an int >= {low}, got {value!r}")
+
+
+@dataclass
+class CacheBuildSettings(FeatureSource):
+    splits: list[str] = field(default_factory=lambda: ["test"])
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.splits, str):
+            self.splits = [self.splits]
+        if not isinstance(self.splits, list) or not self.splits or not all(isinstance(s, str) and s for s in self.splits):
+            raise ConfigError(f"splits must be a non-empty list of split names, got {self.splits!r}")
+        _check_int(self, "num_workers", 0)
