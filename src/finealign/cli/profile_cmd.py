@@ -6,7 +6,7 @@ every aligner's own options are composed in under its name, so overrides read as
     finealign profile aligners=all device=cpu nv=16 nt=80 lv=50 lt=32 dim=256 repeats=10
     finealign profile aligners=[hard,mean_max] device=cuda dtype=bf16 scaling=[n,tokens]
     finealign profile aligners=mean_max mean_max.direction=both eval_results=runs/eval/results.csv
-    finealign profile -m dtype=fp32,bf16 aligner=mean_max        # one run per dtype
+    finealign profile -m dtype=fp32,bf16 aligners=mean_max       # one run per dtype
     finealign profile --cfg job nv=100                           # print the composed config
 """
 
