@@ -189,6 +189,10 @@ class TrainConfig:
     progress: bool = True  # tqdm bars (shown only on a TTY; FINEALIGN_PROGRESS=0/1 overrides everywhere)
     tensorboard: bool = True  # per-epoch scalars in <output_dir>/tb when the tensorboard package is installed
     save_model: bool = True  # write output_dir/model.pt (weights + config) for `finealign eval`
+    # Under torchrun (WORLD_SIZE > 1) "auto" trains one model with DDP over the global batch
+    # (batch_size is the global batch); "off" ignores torchrun's environment.
+    distributed: str = "auto"
+    dist_timeout_s: float = 1800.0  # a collective waiting longer (a rank died or hangs) stops every rank
 
     def __post_init__(self) -> None:
         positive_ints = ("epochs", "batch_size", "accumulate", "step_epochs", "log_every")
@@ -218,6 +222,8 @@ class TrainConfig:
         _require(self.select in ("best", "last"), "select", "best or last", self)
         _require(self.resume is None or isinstance(self.resume, str), "resume", "null, 'auto' or a path", self)
         _require(isinstance(self.tensorboard, bool), "tensorboard", "true or false", self)
+        _require(self.distributed in ("auto", "off"), "distributed", "auto or off", self)
+        _require(_number(self.dist_timeout_s) and self.dist_timeout_s > 0, "dist_timeout_s", "a number > 0", self)
 
 
 @dataclass
