@@ -26,8 +26,14 @@ from finealign.config import compose, validate
 from finealign.engine.batching import epoch_loader
 from finealign.engine.checkpoint import load_checkpoint
 from finealign.engine.distributed import (
-    SINGLE, RankFailure, World, check_global_batch, close_world, first_occurrences, init_world, shard_range,
-)  # fmt: skip
+    SINGLE,
+    RankFailure,
+    World,
+    check_global_batch,
+    first_occurrences,
+    init_world,
+    shard_range,
+)
 from finealign.engine.experiment import run_experiment, seed_everything
 from finealign.engine.model import build_loss, build_model, fit_to_training_data, loss_extras
 from finealign.engine.trainer import Trainer
@@ -35,6 +41,7 @@ from finealign.errors import ConfigError
 from finealign.registry import create_dataset
 
 WORLD = 2
+TIMEOUT_S = 20  # every collective of the workers; a dead peer is noticed at once (its socket closes)
 RTOL, ATOL = 1e-4, 1e-6
 LOSSES = ("infonce", "cmc")  # a learnable temperature; global vectors and an intra-modal term
 
@@ -74,41 +81,42 @@ def loss_and_grads(loss_name: str, world: World) -> tuple[float, dict[str, torch
         loss = loss_fn(model.aligner(visual, text), batch.positives, loss_extras(visual, text))
     loss.backward()
     named = [*model.named_parameters(), *(("loss." + k, p) for k, p in loss_fn.named_parameters())]
-    return float(loss), {k: p.grad.clone() for k, p in named if p.grad is not None}
+    return float(loss.detach()), {k: p.grad.clone() for k, p in named if p.grad is not None}
 
 
 # -- the workers (one per rank, started like torchrun starts them) -----------------------------
 
 
-def _worker(rank: int, port: int, out: str, task: str) -> None:
+def _worker(rank: int, port: int, out: str) -> None:
+    """Both ranks, one after the other: the first step of each loss, a short fit, then a run in
+    which rank 1 dies after its first validation. One start for all three (a process start and
+    its imports cost several seconds on a busy machine); results are saved after each stage."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD))  # fmt: skip
     torch.set_num_threads(1)
     result: dict = {}
+    save = lambda: Path(out, f"rank{rank}.pkl").write_bytes(pickle.dumps(result))  # noqa: E731
     try:
-        if task == "equivalence":
-            world = init_world("auto", 60, torch.device("cpu"))
-            try:
-                result["steps"] = {name: loss_and_grads(name, world) for name in LOSSES}
-            finally:
-                close_world(world)
-            result["fit"] = run_experiment(compose(overrides=fit_overrides(Path(out) / "ddp")))
-        elif task == "dying_rank":
+        # the process group every later run in this process reuses, with the timeout of all of them
+        world = init_world("auto", TIMEOUT_S, torch.device("cpu"))
+        result["steps"] = {name: loss_and_grads(name, world) for name in LOSSES}
+        result["fit"] = run_experiment(compose(overrides=fit_overrides(Path(out) / "ddp")))
+        save()
 
-            def die_on_rank_1(epoch: int, metrics: dict) -> None:
-                if rank == 1:
-                    os._exit(17)  # no goodbye: the peer finds out from its next collective
+        def die_on_rank_1(epoch: int, metrics: dict) -> None:
+            if rank == 1:
+                os._exit(17)  # no goodbye: the peer finds out from its next collective
 
-            started = time.perf_counter()
-            try:
-                run_experiment(compose(overrides=fit_overrides(Path(out) / "dying", "train.dist_timeout_s=5",
-                                                               "train.epochs=3")), report=die_on_rank_1)  # fmt: skip
-            except RankFailure as exc:
-                result["error"] = str(exc)
-            result["seconds"] = time.perf_counter() - started
+        started = time.perf_counter()
+        try:
+            run_experiment(compose(overrides=fit_overrides(Path(out) / "dying", "train.epochs=3",
+                                                           f"train.dist_timeout_s={TIMEOUT_S}")), report=die_on_rank_1)
+        except RankFailure as exc:
+            result["error"] = str(exc)
+        result["seconds"] = time.perf_counter() - started
     except BaseException:
         result["crash"] = traceback.format_exc()
-    Path(out, f"rank{rank}.pkl").write_bytes(pickle.dumps(result))
+    save()
 
 
 def _free_port() -> int:
@@ -117,10 +125,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(task: str, out: Path, timeout_s: float = 120) -> tuple[list[dict | None], list[int | None]]:
+def spawn(out: Path, timeout_s: float = 150) -> tuple[list[dict], list[int | None]]:
     ctx = mp.get_context("spawn")
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, str(out), task)) for r in range(WORLD)]
+    procs = [ctx.Process(target=_worker, args=(r, port, str(out))) for r in range(WORLD)]
     for p in procs:
         p.start()
     deadline = time.monotonic() + timeout_s
@@ -132,18 +140,18 @@ def spawn(task: str, out: Path, timeout_s: float = 120) -> tuple[list[dict | Non
             p.kill()
             p.join()
     files = [out / f"rank{r}.pkl" for r in range(WORLD)]
-    results = [pickle.loads(f.read_bytes()) if f.is_file() else None for f in files]
+    assert all(f.is_file() for f in files), f"a worker saved nothing (exit codes {codes})"
+    results = [pickle.loads(f.read_bytes()) for f in files]
     for r in results:
-        assert r is None or "crash" not in r, r["crash"]
+        assert "crash" not in r, r["crash"]
     return results, codes
 
 
 @pytest.fixture(scope="module")
-def equivalence(tmp_path_factory):
+def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    results, codes = spawn("equivalence", out)
-    assert codes == [0, 0], f"worker exit codes {codes}"
-    return out, results
+    results, codes = spawn(out)
+    return out, results, codes
 
 
 # -- tests -------------------------------------------------------------------------------------
@@ -151,8 +159,8 @@ def equivalence(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("loss_name", LOSSES)
-def test_two_ranks_give_the_loss_and_gradients_of_one_process_on_the_whole_batch(equivalence, loss_name):
-    _, results = equivalence
+def test_two_ranks_give_the_loss_and_gradients_of_one_process_on_the_whole_batch(two_ranks, loss_name):
+    _, results, _ = two_ranks
     single_loss, single_grads = loss_and_grads(loss_name, SINGLE)
     for rank, result in enumerate(results):
         loss, grads = result["steps"][loss_name]
@@ -178,8 +186,8 @@ def test_the_compared_batch_straddles_ranks_with_shared_images_and_different_tok
 
 
 @pytest.mark.slow
-def test_a_two_rank_fit_ends_with_the_metrics_of_one_process(equivalence, tmp_path):
-    out, results = equivalence
+def test_a_two_rank_fit_ends_with_the_metrics_of_one_process(two_ranks, tmp_path):
+    out, results, _ = two_ranks
     single = run_experiment(compose(overrides=fit_overrides(tmp_path / "single")))
     for rank, result in enumerate(results):
         ddp = result["fit"]
@@ -196,14 +204,14 @@ def test_a_two_rank_fit_ends_with_the_metrics_of_one_process(equivalence, tmp_pa
 
 
 @pytest.mark.slow
-def test_a_dying_rank_stops_the_other_with_a_clear_error(tmp_path):
-    results, codes = spawn("dying_rank", tmp_path, timeout_s=60)
-    assert codes[1] == 17 and results[1] is None
+def test_a_dying_rank_stops_the_other_with_a_clear_error(two_ranks):
+    _, results, codes = two_ranks
+    assert codes[1] == 17 and "seconds" not in results[1]  # rank 1 died in the third run
     assert codes[0] == 0, "rank 0 did not stop by itself"
     message = results[0].get("error")
     assert message is not None, "rank 0 went on training without its peer"
-    assert "rank 0 of 2" in message and "another rank died" in message and "dist_timeout_s=5" in message
-    assert results[0]["seconds"] < 60
+    assert "rank 0 of 2" in message and "another rank died" in message and f"dist_timeout_s={TIMEOUT_S}" in message
+    assert results[0]["seconds"] < 2 * TIMEOUT_S
 
 
 def test_a_world_size_that_does_not_divide_the_global_batch_is_a_config_error():

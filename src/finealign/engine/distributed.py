@@ -10,6 +10,7 @@ WORLD_SIZE=1) nothing here is used and training is the single-process loop.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import logging
@@ -40,7 +41,6 @@ class World:
     size: int = 1
     local_rank: int = 0
     timeout_s: float = 1800.0
-    owns_group: bool = False  # True when init_world created the process group (and must destroy it)
 
     @property
     def distributed(self) -> bool:
@@ -83,7 +83,9 @@ def init_world(mode: str, timeout_s: float, device: torch.device) -> World:
     """The World of this process: SINGLE unless launched with WORLD_SIZE > 1 and mode "auto".
 
     Backend: nccl on CUDA, gloo on the CPU. The timeout bounds every collective, so a rank whose
-    peer died or hangs stops with RankFailure instead of waiting forever."""
+    peer died or hangs stops with RankFailure instead of waiting forever. The process group is
+    made once per process and serves every later run in it (a multirun): destroying and remaking
+    it on the same rendezvous port can deadlock, so it is destroyed only at exit."""
     size = env_world_size()
     if size <= 1:
         return SINGLE
@@ -94,21 +96,27 @@ def init_world(mode: str, timeout_s: float, device: torch.device) -> World:
     if missing and not dist.is_initialized():
         raise ConfigError(f"WORLD_SIZE={size} is set but {', '.join(missing)} is not: launch with torchrun "
                           "(torchrun --nproc_per_node N -m finealign train ...)")  # fmt: skip
-    owns = False
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(
             backend, timeout=datetime.timedelta(seconds=timeout_s), device_id=device if device.type == "cuda" else None
         )
-        owns = True
-    world = World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), timeout_s, owns)
-    if world.is_main:
-        log.info("distributed training: %d processes (%s backend)", world.size, dist.get_backend())
-    return world
+        atexit.register(_destroy)
+        _GROUP_TIMEOUT_S[0] = timeout_s
+        if dist.get_rank() == 0:
+            log.info("distributed training: %d processes (%s backend)", dist.get_world_size(), dist.get_backend())
+    elif _GROUP_TIMEOUT_S[0] not in (None, timeout_s):
+        log.warning("the process group exists with a %g s timeout; train.dist_timeout_s=%g applies to a new process",
+                    _GROUP_TIMEOUT_S[0], timeout_s)  # fmt: skip
+    timeout_s = _GROUP_TIMEOUT_S[0] or timeout_s
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), timeout_s)
 
 
-def close_world(world: World) -> None:
-    if world.owns_group and dist.is_initialized():
+_GROUP_TIMEOUT_S: list[float | None] = [None]  # the timeout the process group was made with
+
+
+def _destroy() -> None:
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 

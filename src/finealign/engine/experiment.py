@@ -24,7 +24,6 @@ from finealign.engine.distributed import (
     World,
     broadcast_object,
     check_global_batch,
-    close_world,
     env_world_size,
     failures_named,
     init_world,
@@ -150,11 +149,8 @@ def run_experiment(
     every rank returns the same metrics. A rank whose peers fail stops with RankFailure.
     """
     world = _start_world(cfg)
-    try:
-        with failures_named(world):
-            return _run_experiment(cfg, world, report, overrides)
-    finally:
-        close_world(world)
+    with failures_named(world):
+        return _run_experiment(cfg, world, report, overrides)
 
 
 def _start_world(cfg: DictConfig) -> World:
