@@ -58,6 +58,7 @@ def fit_overrides(out: Path, *extra: str) -> list[str]:
             "data.num_train=64", "data.num_val=16", "data.num_test=32", "encoder.embed_dim=16",
             "train.batch_size=16", "train.pairs=captions", "train.epochs=2", "train.eval_every=1",
             "train.checkpoint=true", "train.save_model=true", "train.select=best", "train.tensorboard=false",
+            f"train.dist_timeout_s={TIMEOUT_S}",
             *extra]  # fmt: skip
 
 
@@ -88,8 +89,8 @@ def loss_and_grads(loss_name: str, world: World) -> tuple[float, dict[str, torch
 
 
 def _worker(rank: int, port: int, out: str) -> None:
-    """Both ranks, one after the other: the first step of each loss, a short fit, then a run in
-    which rank 1 dies after its first validation. One start for all three (a process start and
+    """Both ranks, one after the other: the first step of each loss, a short fit, the same fit
+    stopped after one epoch and resumed, then a run in which rank 1 dies after its first validation. One start for all three (a process start and
     its imports cost several seconds on a busy machine); results are saved after each stage."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD))  # fmt: skip
@@ -101,6 +102,19 @@ def _worker(rank: int, port: int, out: str) -> None:
         world = init_world("auto", TIMEOUT_S, torch.device("cpu"))
         result["steps"] = {name: loss_and_grads(name, world) for name in LOSSES}
         result["fit"] = run_experiment(compose(overrides=fit_overrides(Path(out) / "ddp")))
+
+        class Stop(Exception):
+            pass
+
+        def stop_after_first(epoch: int, metrics: dict) -> None:
+            if epoch == 0:
+                raise Stop  # both ranks, after rank 0 wrote the epoch's checkpoint
+
+        try:
+            run_experiment(compose(overrides=fit_overrides(Path(out) / "resumed")), report=stop_after_first)
+        except Stop:
+            pass
+        result["resumed"] = run_experiment(compose(overrides=fit_overrides(Path(out) / "resumed", "train.resume=auto")))
         save()
 
         def die_on_rank_1(epoch: int, metrics: dict) -> None:
@@ -109,8 +123,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 
         started = time.perf_counter()
         try:
-            run_experiment(compose(overrides=fit_overrides(Path(out) / "dying", "train.epochs=3",
-                                                           f"train.dist_timeout_s={TIMEOUT_S}")), report=die_on_rank_1)
+            run_experiment(compose(overrides=fit_overrides(Path(out) / "dying", "train.epochs=3")), report=die_on_rank_1)
         except RankFailure as exc:
             result["error"] = str(exc)
         result["seconds"] = time.perf_counter() - started
@@ -201,6 +214,18 @@ def test_a_two_rank_fit_ends_with_the_metrics_of_one_process(two_ranks, tmp_path
     ddp_weights = load_checkpoint(out / "ddp" / "model.pt")["model"]
     for key, value in load_checkpoint(tmp_path / "single" / "model.pt")["model"].items():
         torch.testing.assert_close(ddp_weights[key], value, rtol=1e-3, atol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+def test_a_two_rank_run_resumes_from_rank_0s_checkpoint_as_if_never_stopped(two_ranks):
+    out, results, _ = two_ranks
+    for result in results:
+        straight, resumed = result["fit"], result["resumed"]
+        assert resumed["epochs"] == straight["epochs"] == 2 and resumed["steps"] == straight["steps"]
+        assert resumed["final_loss"] == straight["final_loss"] and resumed["rsum"] == straight["rsum"]
+    straight_weights = load_checkpoint(out / "ddp" / "model.pt")["model"]
+    for key, value in load_checkpoint(out / "resumed" / "model.pt")["model"].items():
+        torch.testing.assert_close(value, straight_weights[key], rtol=0, atol=0, msg=key)
 
 
 @pytest.mark.slow

@@ -20,7 +20,14 @@ from finealign.config import EvalConfig, TrainConfig
 from finealign.data.base import RetrievalSplit
 from finealign.engine.batching import epoch_loader, epoch_pairs, to_device
 from finealign.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from finealign.engine.distributed import SINGLE, GlobalBatchObjective, World, check_global_batch, wrap_ddp
+from finealign.engine.distributed import (
+    SINGLE,
+    GlobalBatchObjective,
+    World,
+    broadcast_object,
+    check_global_batch,
+    wrap_ddp,
+)
 from finealign.engine.evaluate import autocast_context, evaluate
 from finealign.engine.model import RetrievalModel, loss_extras
 from finealign.engine.optim import apply_backbone_schedule, build_optimizer, enable_grad_checkpointing
@@ -173,7 +180,8 @@ class Trainer:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         result, start_epoch = TrainResult(), 0
-        resume = self._resume_path()
+        # rank 0 decides, so every rank resumes from the same file (output_dir: a filesystem all nodes share)
+        resume = broadcast_object(self._resume_path(), self.world)
         if resume is not None:
             start_epoch, result = self._restore(resume)
         started = time.perf_counter()
