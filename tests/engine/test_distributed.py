@@ -34,6 +34,7 @@ from finealign.engine.distributed import (
     init_world,
     shard_range,
 )
+from finealign.engine.evaluate import evaluate
 from finealign.engine.experiment import run_experiment, seed_everything
 from finealign.engine.model import build_loss, build_model, fit_to_training_data, loss_extras
 from finealign.engine.trainer import Trainer
@@ -85,6 +86,19 @@ def loss_and_grads(loss_name: str, world: World) -> tuple[float, dict[str, torch
     return float(loss.detach()), {k: p.grad.clone() for k, p in named if p.grad is not None}
 
 
+EVAL_CASES = (("mean_max", 0), ("mean_max", 1), ("two_stage", 0))  # (aligner, max_items); 1: a rank scores nothing
+
+
+def sharded_eval(aligner: str, max_items: int, world: World) -> dict[str, float]:
+    """Test metrics of an untrained model (the same seed on every rank), encoded and scored by `world`."""
+    spec = validate(compose(overrides=[*step_overrides("infonce"), f"aligner={aligner}", "data.num_test=24"]))
+    seed_everything(spec.seed)
+    dataset = create_dataset(spec.data[0], **spec.data[1])
+    model = build_model(spec, dataset.split("train").meta)
+    return evaluate(model, dataset.split("test"), device=torch.device("cpu"), batch_size=5, chunk_items=3,
+                    max_items=max_items, measure_memory=False, world=world)  # fmt: skip
+
+
 # -- the workers (one per rank, started like torchrun starts them) -----------------------------
 
 
@@ -115,6 +129,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         except Stop:
             pass
         result["resumed"] = run_experiment(compose(overrides=fit_overrides(Path(out) / "resumed", "train.resume=auto")))
+        result["eval"] = {case: sharded_eval(*case, world) for case in EVAL_CASES}
         save()
 
         def die_on_rank_1(epoch: int, metrics: dict) -> None:
@@ -226,6 +241,19 @@ def test_a_two_rank_run_resumes_from_rank_0s_checkpoint_as_if_never_stopped(two_
     straight_weights = load_checkpoint(out / "ddp" / "model.pt")["model"]
     for key, value in load_checkpoint(out / "resumed" / "model.pt")["model"].items():
         torch.testing.assert_close(value, straight_weights[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", EVAL_CASES, ids=[f"{a}-max{m}" for a, m in EVAL_CASES])
+def test_sharded_evaluation_gives_the_metrics_of_one_process(two_ranks, case):
+    _, results, _ = two_ranks
+    single = sharded_eval(*case, SINGLE)
+    assert single["num_items"] == (case[1] or 24)
+    for result in results:
+        sharded = result["eval"][case]
+        for key, value in single.items():
+            if key != "score_latency_ms":
+                assert sharded[key] == value, key
 
 
 @pytest.mark.slow
