@@ -296,3 +296,16 @@ def test_first_occurrences_and_shards_match_slow_references():
             covered = [i for lo, hi in ranges for i in range(lo, hi)]
             assert covered == list(range(count))
             assert max(hi - lo for lo, hi in ranges) - min(hi - lo for lo, hi in ranges) <= 1
+
+
+def test_world_size_without_torchruns_other_variables_is_a_config_error_and_off_trains_alone(monkeypatch, caplog):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(ConfigError, match="RANK, MASTER_ADDR, MASTER_PORT is not: launch with torchrun"):
+        init_world("auto", 5, torch.device("cpu"))
+    with caplog.at_level("WARNING"):
+        assert init_world("off", 5, torch.device("cpu")) is SINGLE
+    assert "train.distributed=off" in caplog.text
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert init_world("auto", 5, torch.device("cpu")) is SINGLE

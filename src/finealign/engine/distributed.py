@@ -188,14 +188,20 @@ def _pad_to(x: Tensor, shape: Sequence[int], value: Any = 0) -> Tensor:
 
 
 def gather_rows(x: Tensor, world: World) -> Tensor:
-    """Concatenate every rank's `x` along dim 0 (ranks may hold different row counts), in rank
-    order. Gradients flow back to this rank's rows (see _GatherKeepLocalGrad)."""
+    """Concatenate every rank's `x` along dim 0 in rank order; ranks may hold different row counts,
+    the other dims must agree. Gradients flow back to this rank's rows (see _GatherKeepLocalGrad)."""
     if not world.distributed:
         return x
     sizes = _all_sizes(list(x.shape), x.device)
-    longest = [max(s[d] for s in sizes) for d in range(x.dim())]
-    stacked = _GatherKeepLocalGrad.apply(_pad_to(x, longest))
-    return torch.cat([stacked[r][tuple(slice(0, n) for n in sizes[r])] for r in range(world.size)])
+    if any(s[1:] != sizes[0][1:] for s in sizes):
+        raise ShapeError(f"cannot gather rows of shapes {sizes} across ranks: only the first dim may differ")
+    return _gather_counted(x, [s[0] for s in sizes], world)
+
+
+def _gather_counted(x: Tensor, counts: list[int], world: World) -> Tensor:
+    """gather_rows when every rank's row count is known (one collective, not two)."""
+    stacked = _GatherKeepLocalGrad.apply(_pad_to(x, (max(counts), *x.shape[1:])))
+    return torch.cat([stacked[r][: counts[r]] for r in range(world.size)])
 
 
 def gather_token_batch(batch: TokenBatch, world: World) -> TokenBatch:
@@ -203,15 +209,14 @@ def gather_token_batch(batch: TokenBatch, world: World) -> TokenBatch:
     padded to the longest (padding is masked out, as within one batch)."""
     if not world.distributed:
         return batch
-    n, length = batch.tokens.shape[:2]
-    sizes = _all_sizes([n, length, int(batch.pooled is not None)], batch.tokens.device)
-    if len({s[2] for s in sizes}) > 1:
-        raise ShapeError("some ranks' encoders returned pooled vectors and some did not")
-    longest = max(s[1] for s in sizes)
-    tokens = _pad_to(batch.tokens, (n, longest, batch.tokens.shape[2]))
-    mask = _pad_to(batch.mask.to(torch.uint8), (n, longest)).bool()
-    tokens, mask = gather_rows(tokens, world), gather_rows(mask.to(torch.uint8), world).bool()
-    pooled = gather_rows(batch.pooled, world) if batch.pooled is not None else None
+    n, length, dim = batch.tokens.shape
+    sizes = _all_sizes([n, length, dim, int(batch.pooled is not None)], batch.tokens.device)
+    if len({tuple(s[2:]) for s in sizes}) > 1:
+        raise ShapeError(f"ranks' token batches disagree on the feature width or on having pooled vectors: {sizes}")
+    counts, longest = [s[0] for s in sizes], max(s[1] for s in sizes)
+    tokens = _gather_counted(_pad_to(batch.tokens, (n, longest, dim)), counts, world)
+    mask = _gather_counted(_pad_to(batch.mask.to(torch.uint8), (n, longest)), counts, world).bool()
+    pooled = _gather_counted(batch.pooled, counts, world) if batch.pooled is not None else None
     return TokenBatch(tokens, mask, pooled)
 
 

@@ -161,7 +161,8 @@ def _start_world(cfg: DictConfig) -> World:
     if spec.train.distributed == "off":
         return init_world("off", spec.train.dist_timeout_s, torch.device("cpu"))
     check_global_batch(spec.train.batch_size, env_world_size())
-    return init_world(spec.train.distributed, spec.train.dist_timeout_s, resolve_device(spec.device))
+    # the rank's own GPU before the group is made: nccl binds each rank to the device it is given
+    return init_world(spec.train.distributed, spec.train.dist_timeout_s, rank_device(resolve_device(spec.device)))
 
 
 def _run_experiment(
