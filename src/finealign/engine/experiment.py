@@ -20,7 +20,6 @@ from finealign.devices import resolve_device
 from finealign.engine.checkpoint import load_checkpoint, save_checkpoint
 from finealign.engine.distributed import (
     SINGLE,
-    RankFailure,
     World,
     broadcast_object,
     check_global_batch,
@@ -208,9 +207,7 @@ def _run_experiment(
         save_results(out_dir, trained, labels=labels(spec), config=snapshot["config"], extra=extra, stem="train")
     try:
         metrics = _test_metrics(model, spec, test_split, device, out_dir, world)
-    except RankFailure:
-        raise
-    except Exception as exc:
+    except Exception as exc:  # under torchrun, a failed collective here becomes RankFailure (run_experiment)
         kept = "model.pt and train.json" if spec.train.save_model else "train.json (train.save_model=false: no weights)"
         hint = "; re-run it with `finealign eval ckpt=...`" if spec.train.save_model else ""
         raise RuntimeError(
