@@ -18,7 +18,7 @@ LAYERS = [
     {"engine"},
     {"sweeps", "testing"},
     {"protocol"},
-    {"cli"},
+    {"cli", "__main__"},  # __main__: `python -m finealign` (what torchrun -m launches) is the cli
 ]
 PACKAGE = Path(finealign.__file__).resolve().parent
 

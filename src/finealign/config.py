@@ -241,6 +241,10 @@ class TrainConfig:
     mlflow_tracking_uri: Any = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db
     mlflow_experiment: str = "finealign"
     save_model: bool = True  # write output_dir/model.pt (weights + config) for `finealign eval`
+    # Under torchrun (WORLD_SIZE > 1) "auto" trains one model with DDP over the global batch
+    # (batch_size is the global batch); "off" ignores torchrun's environment.
+    distributed: str = "auto"
+    dist_timeout_s: float = 1800.0  # a collective waiting longer (a rank died or hangs) stops every rank
 
     def __post_init__(self) -> None:
         positive_ints = ("epochs", "batch_size", "accumulate", "step_epochs", "log_every")
@@ -275,6 +279,8 @@ class TrainConfig:
                  "mlflow_tracking_uri", "null or a tracking URI (http://..., sqlite:///..., databricks)", self)  # fmt: skip
         _require(isinstance(self.mlflow_experiment, str) and bool(self.mlflow_experiment), "mlflow_experiment",
                  "a non-empty experiment name", self)  # fmt: skip
+        _require(self.distributed in ("auto", "off"), "distributed", "auto or off", self)
+        _require(_number(self.dist_timeout_s) and self.dist_timeout_s > 0, "dist_timeout_s", "a number > 0", self)
 
 
 @dataclass
