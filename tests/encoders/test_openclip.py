@@ -1,6 +1,8 @@
-"""open_clip towers with token outputs, on a randomly initialised ViT-B-32 (no download): shapes
-and masks, pooled outputs equal to open_clip's own encode_image / encode_text (so the token path
-is the real model), a local checkpoint round trip, and named errors."""
+"""open_clip towers with token outputs, on randomly initialised architectures (no download): the
+real ViT-B-32, and tiny registered ones for every supported tower kind (CLIP, custom text tower with
+a timm trunk, Hugging Face text tower). Shapes and masks, pooled outputs equal to open_clip's own
+encode_image / encode_text (so the token path is the real model), local checkpoints, and named
+errors (unsupported towers, wrong shapes, no network, unknown names)."""
 
 import pytest
 import torch
@@ -11,14 +13,13 @@ from finealign.encoders.openclip import _load  # noqa: E402
 from finealign.errors import ConfigError, ShapeError  # noqa: E402
 from finealign.registry import create_encoder  # noqa: E402
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
-def towers():
+def towers():  # the real ViT-B-32 architecture: ~5 s to build
     return create_encoder("openclip_vision"), create_encoder("openclip_text"), _load("ViT-B-32", None, None)[0]
 
 
+@pytest.mark.slow
 def test_tokens_masks_and_pooled_equal_open_clips_own_outputs(towers):
     vision, text, model = towers
     images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
@@ -36,6 +37,7 @@ def test_tokens_masks_and_pooled_equal_open_clips_own_outputs(towers):
     assert not any(p.requires_grad for p in vision.parameters())  # frozen by default
 
 
+@pytest.mark.slow
 def test_a_local_checkpoint_round_trips_and_a_wrong_one_names_the_tensor(towers, tmp_path):
     _, _, model = towers
     path = tmp_path / "clip.pt"
@@ -54,3 +56,123 @@ def test_unknown_model_and_tag_are_named():
         create_encoder("openclip_vision", model_name="ViT-B-23")
     with pytest.raises(ConfigError, match="no pretrained tag 'opneai'.*openai"):
         create_encoder("openclip_vision", pretrained="opneai")
+
+
+# ---- every supported tower kind, on tiny registered architectures (fast) ----
+
+
+@pytest.fixture(scope="module")
+def tiny_names(tmp_path_factory, tiny_bert_dir):
+    from tests.encoders.tiny_models import register_tiny_openclip
+
+    return register_tiny_openclip(tmp_path_factory.mktemp("openclip_configs"), tiny_bert_dir)
+
+
+def reference_mask(name, ids, tokenizer):
+    """The caption's real tokens, read off the ids the slow way (one caption, one position at a time)."""
+    from tests.encoders.tiny_models import TINY_CLIP, TINY_HF_TEXT
+
+    rows = []
+    for row in ids.tolist():
+        if name == TINY_CLIP:  # causal CLIP: start-of-text … end-of-text (the largest id)
+            end = row.index(max(row))
+            rows.append([i <= end for i in range(len(row))])
+        elif name == TINY_HF_TEXT:  # BERT without its CLS position: the non-padding ids after it
+            pad = tokenizer.tokenizer.pad_token_id
+            rows.append([t != pad for t in row[1:]])
+        else:  # bidirectional, last-position pool: the non-padding ids
+            rows.append([t != 0 for t in row])
+    return torch.tensor(rows)
+
+
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["clip", "custom_text_timm_vision", "hf_text"])
+def test_every_supported_tower_gives_tokens_masks_and_open_clips_own_pooled_outputs(tiny_names, which):
+    name = tiny_names[which]
+    _load.cache_clear()
+    vision = create_encoder("openclip_vision", model_name=name)
+    text = create_encoder("openclip_text", model_name=name)
+    model = _load(name, None, None)[0]
+    import open_clip
+    from PIL import Image
+
+    images = vision.collate([vision.load(Image.new("RGB", (50 + 10 * i, 40), (40 * i, 90, 200))) for i in range(2)])
+    v = vision(images)
+    n, lv, d = v.tokens.shape
+    assert n == 2 and d == vision.embed_dim == open_clip.get_model_config(name)["embed_dim"] and bool(v.mask.all())
+    patches = (160 // 16) ** 2 if which == 1 else (32 // 8) ** 2  # test_vit: 160 px / 16; tiny ViT: 32 px / 8
+    assert lv == patches  # every patch, no CLS
+    ids = text.collate(["a dog runs on the grass", "a red ball"])
+    t = text(ids)
+    with torch.no_grad():
+        torch.testing.assert_close(v.pooled, model.encode_image(images), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(t.pooled, model.encode_text(ids), atol=1e-5, rtol=1e-5)
+    assert t.tokens.shape[:2] == t.mask.shape and t.tokens.shape[2] == text.embed_dim == d
+    torch.testing.assert_close(t.mask, reference_mask(name, ids, text.tokenizer))
+    assert 0 < int(t.mask[1].sum()) < int(t.mask[0].sum())  # the shorter caption has fewer real tokens
+
+
+def test_towers_without_token_outputs_are_refused_naming_what_is_supported(tmp_path):
+    import json
+
+    import open_clip
+
+    (tmp_path / "finealign-tiny-rn.json").write_text(json.dumps({
+        "embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 8},
+        "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+    }))  # fmt: skip
+    (tmp_path / "finealign-tiny-convtimm.json").write_text(json.dumps({
+        "embed_dim": 16, "vision_cfg": {"image_size": 32, "timm_model_name": "test_resnet", "timm_pool": "avg",
+                                        "timm_proj": "linear"},
+        "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+    }))  # fmt: skip
+    open_clip.add_model_config(tmp_path)
+    with pytest.raises(ConfigError, match="ModifiedResNet has no token outputs.*supported: vision: open_clip VisionTransformer"):
+        create_encoder("openclip_vision", model_name="finealign-tiny-rn")
+    with pytest.raises(ConfigError, match="timm trunk ResNet.*supported"):
+        create_encoder("openclip_vision", model_name="finealign-tiny-convtimm")
+    assert create_encoder("openclip_text", model_name="finealign-tiny-rn").embed_dim == 16  # its text tower is fine
+
+
+def test_first_mismatched_tensor_is_named_and_a_missing_file_says_what_to_place(tiny_names, tmp_path):
+    name = tiny_names[0]
+    model = _load(name, None, None)[0]
+    state = model.state_dict()
+    keys = list(state)
+    first, later = keys[3], keys[-3]
+    bad = {k: (v[..., :1] if k in (first, later) else v) for k, v in state.items()}
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in bad.items()}}, tmp_path / "bad.pt")
+    with pytest.raises(ShapeError, match=rf"{first} is .* but the model's is {tuple(state[first].shape)}".replace("(", r"\(").replace(")", r"\)")):
+        create_encoder("openclip_vision", model_name=name, checkpoint_path=str(tmp_path / "bad.pt"))
+    # open_clip's training checkpoints (state_dict, "module." prefixes) load as they are
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "good.pt")
+    loaded = create_encoder("openclip_text", model_name=name, checkpoint_path=str(tmp_path / "good.pt"))
+    torch.testing.assert_close(loaded.text_projection, model.text_projection)
+    with pytest.raises(ConfigError, match="checkpoint_path .*missing.pt' is not a file"):
+        create_encoder("openclip_vision", model_name=name, checkpoint_path=str(tmp_path / "missing.pt"))
+
+
+def test_no_network_says_which_file_to_place_where(monkeypatch, tmp_path):
+    import open_clip.factory
+
+    def offline(*args, **kwargs):
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", offline)
+    _load.cache_clear()
+    with pytest.raises(ConfigError) as info:
+        create_encoder("openclip_vision", model_name="ViT-B-32", pretrained="openai")
+    message = str(info.value)
+    assert "name resolution" in message and "timm/vit_base_patch32_clip_224.openai" in message
+    assert "open_clip_pytorch_model.bin" in message and "checkpoint_path=" in message
+    assert "~/.cache/clip/ViT-B-32.pt" in message
+    # the same hint when the local file a config names is not there
+    with pytest.raises(ConfigError, match="not a file; the weights of ViT-B-32/openai are the Hugging Face repo"):
+        create_encoder("openclip_vision", model_name="ViT-B-32", pretrained="openai",
+                       checkpoint_path=str(tmp_path / "ViT-B-32.bin"))
+
+
+def test_an_unknown_model_far_from_every_name_lists_what_open_clip_offers():
+    with pytest.raises(ConfigError, match=r"no model 'qqq-zzz-9' \(open_clip offers \d+: .*RN50.*ViT-B-32"):
+        create_encoder("openclip_vision", model_name="qqq-zzz-9")
+    with pytest.raises(ConfigError, match="did you mean 'openai'"):
+        create_encoder("openclip_text", pretrained="openia")
