@@ -126,7 +126,9 @@ def test_towers_without_token_outputs_are_refused_naming_what_is_supported(tmp_p
         "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
     }))  # fmt: skip
     open_clip.add_model_config(tmp_path)
-    with pytest.raises(ConfigError, match="ModifiedResNet has no token outputs.*supported: vision: open_clip VisionTransformer"):
+    with pytest.raises(
+        ConfigError, match="ModifiedResNet has no token outputs.*supported: vision: open_clip VisionTransformer"
+    ):
         create_encoder("openclip_vision", model_name="finealign-tiny-rn")
     with pytest.raises(ConfigError, match="timm trunk ResNet.*supported"):
         create_encoder("openclip_vision", model_name="finealign-tiny-convtimm")
@@ -141,7 +143,10 @@ def test_first_mismatched_tensor_is_named_and_a_missing_file_says_what_to_place(
     first, later = keys[3], keys[-3]
     bad = {k: (v[..., :1] if k in (first, later) else v) for k, v in state.items()}
     torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in bad.items()}}, tmp_path / "bad.pt")
-    with pytest.raises(ShapeError, match=rf"{first} is .* but the model's is {tuple(state[first].shape)}".replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(
+        ShapeError,
+        match=rf"{first} is .* but the model's is {tuple(state[first].shape)}".replace("(", r"\(").replace(")", r"\)"),
+    ):
         create_encoder("openclip_vision", model_name=name, checkpoint_path=str(tmp_path / "bad.pt"))
     # open_clip's training checkpoints (state_dict, "module." prefixes) load as they are
     torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "good.pt")
@@ -167,8 +172,12 @@ def test_no_network_says_which_file_to_place_where(monkeypatch, tmp_path):
     assert "~/.cache/clip/ViT-B-32.pt" in message
     # the same hint when the local file a config names is not there
     with pytest.raises(ConfigError, match="not a file; the weights of ViT-B-32/openai are the Hugging Face repo"):
-        create_encoder("openclip_vision", model_name="ViT-B-32", pretrained="openai",
-                       checkpoint_path=str(tmp_path / "ViT-B-32.bin"))
+        create_encoder(
+            "openclip_vision",
+            model_name="ViT-B-32",
+            pretrained="openai",
+            checkpoint_path=str(tmp_path / "ViT-B-32.bin"),
+        )
 
 
 def test_an_unknown_model_far_from_every_name_lists_what_open_clip_offers():

@@ -47,9 +47,15 @@ def register_tiny_openclip(folder: Path, bert_dir: Path | None = None) -> list[s
         # SigLIP's layout (ViT-B-16-SigLIP.json): a timm trunk with attention-pool ("map") and no
         # extra projection, a bidirectional text tower pooled at its last position
         TINY_CUSTOM_TEXT: {
-            "embed_dim": 64, "custom_text": True,
-            "vision_cfg": {"image_size": 160, "timm_model_name": "test_vit", "timm_model_pretrained": False,
-                           "timm_pool": "map", "timm_proj": "none"},
+            "embed_dim": 64,
+            "custom_text": True,
+            "vision_cfg": {
+                "image_size": 160,
+                "timm_model_name": "test_vit",
+                "timm_model_pretrained": False,
+                "timm_pool": "map",
+                "timm_proj": "none",
+            },
             "text_cfg": {**text, "no_causal_mask": True, "pool_type": "last", "proj_bias": True},
         },  # fmt: skip
     }

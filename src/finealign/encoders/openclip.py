@@ -189,8 +189,10 @@ class _OpenClipTower(BackboneEncoder):
         raise NotImplementedError
 
     def _refuse(self, what: str) -> ConfigError:
-        return ConfigError(f"open_clip model {self.config.model_name!r}: {what} has no token outputs finealign "
-                           f"supports (supported: {SUPPORTED})")
+        return ConfigError(
+            f"open_clip model {self.config.model_name!r}: {what} has no token outputs finealign "
+            f"supports (supported: {SUPPORTED})"
+        )
 
     def weights_identity(self) -> dict[str, Any]:
         c = self.config
@@ -256,7 +258,7 @@ class OpenClipVisionEncoder(_OpenClipTower):
         if features.ndim != 3:
             raise self._refuse(f"the timm trunk {type(trunk).__name__} (its features are a {features.ndim}-d map)")
         pooled = head(trunk.forward_head(features))
-        tokens = features[:, getattr(trunk, "num_prefix_tokens", 0):]
+        tokens = features[:, getattr(trunk, "num_prefix_tokens", 0) :]
         if getattr(trunk, "num_classes", 0):  # the trunk's classifier is the projection (timm_proj "")
             tokens = trunk.get_classifier()(tokens)
         return pooled, head(tokens)
@@ -305,8 +307,11 @@ class OpenClipTextEncoder(_OpenClipTower):
         if self.kind != "clip":
             return list(self.backbone.parameters())
         extra = [self.positional_embedding] if isinstance(self.positional_embedding, nn.Parameter) else []
-        proj = list(self.text_projection.parameters()) if isinstance(self.text_projection, nn.Module) else (
-            [self.text_projection] if isinstance(self.text_projection, nn.Parameter) else [])
+        proj = (
+            list(self.text_projection.parameters())
+            if isinstance(self.text_projection, nn.Module)
+            else ([self.text_projection] if isinstance(self.text_projection, nn.Parameter) else [])
+        )
         return [*self.backbone.parameters(), *extra, *proj]
 
     def set_grad_checkpointing(self, enable: bool = True) -> bool:
