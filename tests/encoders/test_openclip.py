@@ -185,3 +185,95 @@ def test_an_unknown_model_far_from_every_name_lists_what_open_clip_offers():
         create_encoder("openclip_vision", model_name="qqq-zzz-9")
     with pytest.raises(ConfigError, match="did you mean 'openai'"):
         create_encoder("openclip_text", pretrained="openia")
+
+
+def toy_images(tmp_path):
+    from tests.data.fake_karpathy import make_fake_karpathy
+
+    return make_fake_karpathy(tmp_path / "flickr8k")
+
+
+def test_feature_cache_of_open_clip_towers_holds_what_they_encode_and_keys_on_the_weights(tiny_names, tmp_path):
+    import numpy as np
+
+    from finealign.cache import build_feature_cache, open_arrays
+    from finealign.registry import create_dataset
+
+    name, root = tiny_names[0], toy_images(tmp_path)
+    options = {"model_name": name}
+
+    def build(vision_options):
+        return build_feature_cache("flickr8k", {"root": str(root)}, "test", "openclip_vision", vision_options,
+                                   "openclip_text", options, cache_dir=tmp_path / "cache", batch_size=2)  # fmt: skip
+
+    entry = build(options)
+    arrays = open_arrays(entry)
+    split = create_dataset("flickr8k", root=str(root)).split("test")
+    vision, text = create_encoder("openclip_vision", **options), create_encoder("openclip_text", **options)
+    with torch.no_grad():
+        v = vision(vision.collate([vision.load(split.raw_item(i)) for i in range(split.num_items)]))
+        t = text(text.collate(list(split.captions)))
+    assert arrays["visual_tokens"].shape == (3, 16, 24) and arrays["visual_mask"].all()
+    np.testing.assert_allclose(arrays["visual_tokens"], v.tokens.half().numpy(), atol=2e-3)  # other batch size
+    np.testing.assert_allclose(arrays["visual_pooled"], v.pooled.half().numpy(), atol=2e-3)
+    np.testing.assert_array_equal(arrays["text_mask"], t.mask.numpy())
+    np.testing.assert_allclose(arrays["text_pooled"], t.pooled.half().numpy(), atol=2e-3)
+    real = t.mask.numpy()
+    np.testing.assert_allclose(arrays["text_tokens"][real], t.tokens.half().numpy()[real], atol=2e-3)
+    assert not arrays["text_tokens"][~real].any()  # padding is stored as zeros
+    # read back as a dataset split
+    cached = create_dataset("features", splits={"test": str(entry)}).split("test")
+    assert cached.num_items == 3 and cached.num_captions == 13
+    np.testing.assert_array_equal(cached.caption_item.numpy(), split.caption_item.numpy())
+    # the same weights find the same entry; other weights (a local checkpoint) get their own
+    assert build(options) == entry
+    model = _load(name, None, None)[0]
+    torch.save({k: v + 0.01 if k == "visual.proj" else v for k, v in model.state_dict().items()}, tmp_path / "w.pt")
+    assert build({**options, "checkpoint_path": str(tmp_path / "w.pt")}) != entry
+
+
+def test_zero_shot_eval_on_toy_images_ranks_like_clips_own_cosine(tiny_names, tmp_path):
+    import json
+
+    import torch.nn.functional as F
+
+    from finealign.config import compose
+    from finealign.engine.experiment import evaluate_untrained
+    from finealign.registry import create_dataset
+
+    name, root = tiny_names[0], toy_images(tmp_path)
+    towers = [f"encoder.{side}.{o}" for side in ("vision", "text") for o in (f"model_name={name}", "pretrained=null")]
+    base = ["data=flickr8k", f"data.root={root}", "encoder=openclip_vit_b32", "encoder.embed_dim=24", *towers,
+            "device=cpu", "eval.progress=false"]  # fmt: skip
+    metrics = evaluate_untrained(compose(overrides=[*base, "aligner=global", f"output_dir={tmp_path / 'global'}"]))
+    saved = json.loads((tmp_path / "global" / "results.json").read_text())
+    assert saved["trained"] is False and saved["labels"]["trained"] is False
+    # the same ranking computed from open_clip's own encode_image / encode_text
+    model, preprocess, tokenizer = _load(name, None, None)
+    split = create_dataset("flickr8k", root=str(root)).split("test")
+    with torch.no_grad():
+        raw = [split.raw_item(i) for i in range(split.num_items)]  # PIL images
+        images = torch.stack([preprocess(image.convert("RGB")) for image in raw])
+        sim = (
+            F.normalize(model.encode_image(images), dim=-1)
+            @ F.normalize(model.encode_text(tokenizer(list(split.captions))), dim=-1).T
+        )
+    owner = split.caption_item.tolist()
+    t2i = [1 + sum(float(sim[u, j]) >= float(sim[owner[j], j]) for u in range(len(sim)) if u != owner[j])
+           for j in range(len(owner))]  # fmt: skip
+    i2t = [min(1 + sum(float(sim[u, c]) >= float(sim[u, j]) for c in range(len(owner)) if owner[c] != u)
+               for j in range(len(owner)) if owner[j] == u) for u in range(len(sim))]  # fmt: skip
+    assert metrics["t2i_r1"] == pytest.approx(100 * sum(r == 1 for r in t2i) / len(t2i))
+    assert metrics["i2t_r1"] == pytest.approx(100 * sum(r == 1 for r in i2t) / len(i2t))
+    assert metrics["t2i_meanr"] == pytest.approx(sum(t2i) / len(t2i))
+    # any aligner, on the towers' token outputs
+    tokenflow = evaluate_untrained(compose(overrides=[*base, "aligner=tokenflow", f"output_dir={tmp_path / 'tf'}"]))
+    assert 0 < tokenflow["rsum"] <= 600 and tokenflow["aligner_converged"] == 1.0
+
+
+def test_finealign_list_encoders_shows_the_open_clip_towers():
+    from finealign.cli.list_cmd import format_kind
+
+    listing = format_kind("encoders")
+    assert "openclip_vision  CLIP vision tower (open_clip" in listing
+    assert "openclip_text    CLIP text tower (open_clip" in listing

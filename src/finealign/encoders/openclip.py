@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,7 +198,14 @@ class _OpenClipTower(BackboneEncoder):
     def weights_identity(self) -> dict[str, Any]:
         c = self.config
         checkpoint = file_identity(Path(c.checkpoint_path).expanduser()) if c.checkpoint_path else None
-        return {"open_clip": c.model_name, "pretrained": c.pretrained, "checkpoint": checkpoint}
+        identity = {"open_clip": c.model_name, "pretrained": c.pretrained, "checkpoint": checkpoint}
+        if c.pretrained is None and c.checkpoint_path is None:
+            # random init differs between processes: a feature cache must key on the weights themselves
+            digest = hashlib.sha1()
+            for p in self.backbone_parameters():
+                digest.update(p.detach().cpu().float().contiguous().numpy().tobytes())
+            identity["random_init_sha1"] = digest.hexdigest()
+        return identity
 
     def _out(self, tokens: Tensor, mask: Tensor, pooled: Tensor) -> TokenBatch:
         return TokenBatch(self.project(tokens), mask, self.project(pooled))
@@ -205,7 +213,7 @@ class _OpenClipTower(BackboneEncoder):
 
 @ENCODERS.register("openclip_vision")
 class OpenClipVisionEncoder(_OpenClipTower):
-    """CLIP vision tower (open_clip): projected patch tokens + the projected pooled (CLS) vector."""
+    """CLIP vision tower (open_clip ViT or timm ViT trunk): projected patch tokens + the pooled vector."""
 
     modality = "vision"
 
@@ -266,7 +274,7 @@ class OpenClipVisionEncoder(_OpenClipTower):
 
 @ENCODERS.register("openclip_text")
 class OpenClipTextEncoder(_OpenClipTower):
-    """CLIP text tower (open_clip): projected token states up to end-of-text + the pooled EOT vector."""
+    """CLIP text tower (open_clip, custom or HF text towers too): projected token states + the pooled vector."""
 
     modality = "text"
 
