@@ -193,6 +193,7 @@ def toy_images(tmp_path):
     return make_fake_karpathy(tmp_path / "flickr8k")
 
 
+@pytest.mark.slow  # ~6 s: three cache builds
 def test_feature_cache_of_open_clip_towers_holds_what_they_encode_and_keys_on_the_weights(tiny_names, tmp_path):
     import numpy as np
 
@@ -277,3 +278,23 @@ def test_finealign_list_encoders_shows_the_open_clip_towers():
     listing = format_kind("encoders")
     assert "openclip_vision  CLIP vision tower (open_clip" in listing
     assert "openclip_text    CLIP text tower (open_clip" in listing
+
+
+def test_video_frames_through_the_clip_vision_tower_and_the_drl_config_validates(tiny_names):
+    """DRL's video side: one token per frame = CLIP's own image embedding of that frame."""
+    from PIL import Image
+
+    from finealign.config import compose, validate
+
+    name = tiny_names[0]
+    video = create_encoder("video", frame_encoder="openclip_vision", frame_options={"model_name": name}, num_frames=3)
+    frames = [Image.new("RGB", (48, 40), (30 * i, 200 - 40 * i, 90)) for i in range(6)]
+    batch = video.collate([video.load(frames), video.load(frames[:2])])
+    out = video(batch)
+    assert out.tokens.shape == (2, 3, 24) and out.mask.tolist() == [[True] * 3, [True, True, False]]
+    model, preprocess, _ = _load(name, None, None)
+    with torch.no_grad():
+        clip = model.encode_image(torch.stack([preprocess(frames[i]) for i in (1, 3, 5)]))  # uniform: segment centres
+    torch.testing.assert_close(out.tokens[0], clip, atol=1e-5, rtol=1e-5)
+    spec = validate(compose(overrides=["encoder=openclip_vit_b32_video", "data=msrvtt", "method=drl_wti"]))
+    assert spec.vision[1]["frame_encoder"] == "openclip_vision" and spec.text[0] == "openclip_text"
