@@ -298,3 +298,23 @@ def test_video_frames_through_the_clip_vision_tower_and_the_drl_config_validates
     torch.testing.assert_close(out.tokens[0], clip, atol=1e-5, rtol=1e-5)
     spec = validate(compose(overrides=["encoder=openclip_vit_b32_video", "data=msrvtt", "method=drl_wti"]))
     assert spec.vision[1]["frame_encoder"] == "openclip_vision" and spec.text[0] == "openclip_text"
+
+
+def test_every_command_in_docs_anchors_composes_and_validates():
+    """docs/anchors.md gives the exact command per anchor: each must at least be a valid config."""
+    import shlex
+
+    from finealign.config import compose, config_dir, validate
+
+    page = config_dir().parent / "docs" / "anchors.md"
+    if not page.is_file():
+        pytest.skip("docs/ is not next to configs/ (an installed package)")
+    text = page.read_text()
+    commands = [c for c in text.replace("\\\n", " ").splitlines() if c.startswith(("finealign train", "finealign eval"))]
+    assert len(commands) >= 7
+    for command in commands:
+        args = shlex.split(command.split("#")[0])[2:]
+        # the local weights file of the offline example is not on this machine
+        overrides = [a for a in args if "checkpoint_path=" not in a]
+        spec = validate(compose(overrides=overrides))
+        assert spec.vision[0] in ("openclip_vision", "video", "precomputed"), command
