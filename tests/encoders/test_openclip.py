@@ -310,7 +310,9 @@ def test_every_command_in_docs_anchors_composes_and_validates():
     if not page.is_file():
         pytest.skip("docs/ is not next to configs/ (an installed package)")
     text = page.read_text()
-    commands = [c for c in text.replace("\\\n", " ").splitlines() if c.startswith(("finealign train", "finealign eval"))]
+    commands = [
+        c for c in text.replace("\\\n", " ").splitlines() if c.startswith(("finealign train", "finealign eval"))
+    ]
     assert len(commands) >= 7
     for command in commands:
         args = shlex.split(command.split("#")[0])[2:]

@@ -12,7 +12,7 @@ from finealign.engine.checkpoint import load_checkpoint
 from finealign.engine.model import RetrievalModel
 from finealign.engine.optim import apply_backbone_schedule, build_optimizer, enable_grad_checkpointing, layer_scales
 from finealign.errors import ConfigError
-from finealign.registry import create_aligner, create_loss
+from finealign.registry import create_aligner, create_encoder, create_loss
 
 
 class Tower(BackboneEncoder):
@@ -156,3 +156,41 @@ def test_one_epoch_fine_tune_through_open_clip_moves_the_backbone_by_the_backbon
     assert max(frozen_moved[n] for n in backbone) == 0.0  # backbone_lr = 0: not a single weight changed
     for n in heads:
         assert frozen_moved[n] == pytest.approx(1e-2, rel=1e-3), n
+
+
+@pytest.mark.parametrize("which", ["clip", "custom_text"])
+def test_open_clip_towers_switch_on_grad_checkpointing_with_the_same_gradients(clip_images, which):
+    from tests.encoders.tiny_models import TINY_CLIP, TINY_CUSTOM_TEXT
+
+    name = {"clip": TINY_CLIP, "custom_text": TINY_CUSTOM_TEXT}[which]
+    towers = [create_encoder(f"openclip_{side}", model_name=name, freeze=False) for side in ("vision", "text")]
+    model = RetrievalModel(*towers, create_aligner("mean_max"))
+    size = 160 if which == "custom_text" else 32
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    ids = model.text.collate(["a dog on the grass", "a red ball"])
+
+    def gradients():
+        model.zero_grad()
+        model.train()
+        v, t = model.vision(images), model.text(ids)
+        (model.aligner(v, t).sum() + v.pooled.sum() + t.pooled.sum()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    enable_grad_checkpointing(model)
+    flags = [m.grad_checkpointing for m in model.modules() if type(m).__name__ == "Transformer"]
+    assert flags == [True] * (2 if which == "clip" else 1)  # open_clip's own transformers (vision, text)
+    if which == "custom_text":
+        assert model.vision.backbone.trunk.grad_checkpointing
+    checkpointed = gradients()
+    assert plain.keys() == checkpointed.keys() and len(plain) > 20
+    for n in plain:
+        torch.testing.assert_close(checkpointed[n], plain[n], atol=1e-5, rtol=1e-4, msg=n)
+    # layer-wise decay reads open_clip's block names: embeddings lowest, the last block and norms at 1
+    named = [(n, p) for n, p in model.vision.named_parameters() if n.startswith("backbone")]
+    scales = dict(zip([n for n, _ in named], layer_scales(named, 0.5), strict=True))
+    if which == "clip":
+        assert scales["backbone.transformer.resblocks.1.attn.in_proj_weight"] == 1.0
+        assert scales["backbone.transformer.resblocks.0.attn.in_proj_weight"] == 0.5
+        assert scales["backbone.conv1.weight"] == scales["backbone.positional_embedding"] == 0.25
+        assert scales["backbone.ln_post.weight"] == scales["backbone.proj"] == 1.0
