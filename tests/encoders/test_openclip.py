@@ -158,6 +158,7 @@ def test_first_mismatched_tensor_is_named_and_a_missing_file_says_what_to_place(
 
 def test_no_network_says_which_file_to_place_where(monkeypatch, tmp_path):
     import open_clip.factory
+    import open_clip.pretrained
 
     def offline(*args, **kwargs):
         raise OSError("[Errno -3] Temporary failure in name resolution")
@@ -169,15 +170,22 @@ def test_no_network_says_which_file_to_place_where(monkeypatch, tmp_path):
     message = str(info.value)
     assert "name resolution" in message and "timm/vit_base_patch32_clip_224.openai" in message
     assert "open_clip_pytorch_model.bin" in message and "checkpoint_path=" in message
-    assert "~/.cache/clip/ViT-B-32.pt" in message
+    assert "huggingface-cli download timm/vit_base_patch32_clip_224.openai" in message
     # the same hint when the local file a config names is not there
-    with pytest.raises(ConfigError, match="not a file; the weights of ViT-B-32/openai are the Hugging Face repo"):
+    with pytest.raises(
+        ConfigError, match="not a file; the weights of ViT-B-32/openai are the file .* of the Hugging Face repo"
+    ):
         create_encoder(
             "openclip_vision",
             model_name="ViT-B-32",
             pretrained="openai",
             checkpoint_path=str(tmp_path / "ViT-B-32.bin"),
-        )
+        )  # without huggingface_hub open_clip fetches OpenAI's own URL into ~/.cache/clip: say so instead
+    monkeypatch.setattr(open_clip.pretrained, "has_hf_hub", lambda necessary=False: False)
+    with pytest.raises(
+        ConfigError, match=r"openaipublic.*ViT-B-32.pt, which open_clip looks for as ~/.cache/clip/ViT-B-32.pt"
+    ):
+        create_encoder("openclip_vision", model_name="ViT-B-32", pretrained="openai")
 
 
 def test_an_unknown_model_far_from_every_name_lists_what_open_clip_offers():
@@ -320,3 +328,17 @@ def test_every_command_in_docs_anchors_composes_and_validates():
         overrides = [a for a in args if "checkpoint_path=" not in a]
         spec = validate(compose(overrides=overrides))
         assert spec.vision[0] in ("openclip_vision", "video", "precomputed"), command
+
+
+@pytest.mark.filterwarnings("ignore:.*TorchScript:UserWarning", "ignore:.*torch.jit:FutureWarning")
+def test_openais_torchscript_release_format_loads_as_a_checkpoint(tiny_names, tmp_path):
+    """OpenAI's ViT-B-32.pt is a TorchScript archive (not loadable with weights_only): read its state dict."""
+    import open_clip
+
+    name = tiny_names[0]
+    model = _load(name, None, None)[0]
+    scripted = torch.jit.script(type(model)(**open_clip.get_model_config(name)).eval())
+    torch.jit.save(scripted, tmp_path / "release.pt")
+    loaded = create_encoder("openclip_text", model_name=name, checkpoint_path=str(tmp_path / "release.pt"))
+    torch.testing.assert_close(loaded.text_projection, scripted.state_dict()["text_projection"])
+    assert not torch.equal(loaded.text_projection, model.text_projection)  # another random init: it really loaded

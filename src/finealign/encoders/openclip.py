@@ -31,6 +31,7 @@ import copy
 import difflib
 import functools
 import hashlib
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,22 +92,25 @@ class OpenClipConfig:
 def where_to_place(model_name: str, pretrained: str) -> str:
     """Which file the tag's weights are, where open_clip looks for it, and how to pass it instead."""
     import open_clip
+    from open_clip.pretrained import has_hf_hub
 
     cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
-    sources = []
-    if cfg.get("hf_hub"):
-        repo = cfg["hf_hub"].rstrip("/")
-        sources.append(
-            f"the Hugging Face repo {repo!r} (file open_clip_model.safetensors or open_clip_pytorch_model.bin; "
-            "with it in the HF cache, e.g. via `huggingface-cli download " + repo + "` on a machine with "
-            "network and HF_HUB_CACHE copied over, open_clip loads it offline)"
+    if cfg.get("hf_hub") and (has_hf_hub() or not cfg.get("url")):  # open_clip prefers the hub when it can
+        repo, name = posixpath.split(cfg["hf_hub"])  # "org/repo/" (default file names) or "org/repo/file"
+        files = name or "open_clip_model.safetensors or open_clip_pytorch_model.bin"
+        source = (
+            f"the file {files} of the Hugging Face repo {repo!r}; with it in the Hugging Face cache "
+            f"($HF_HUB_CACHE, default ~/.cache/huggingface/hub; e.g. `huggingface-cli download {repo}` on a "
+            "machine with network, then copy the cache over) open_clip loads it offline"
         )
-    if cfg.get("url"):
-        sources.append(f"{cfg['url']} (placed as ~/.cache/clip/{cfg['url'].rsplit('/', 1)[-1]})")
+    elif cfg.get("url"):
+        file = cfg["url"].rsplit("/", 1)[-1]
+        source = f"{cfg['url']}, which open_clip looks for as ~/.cache/clip/{file}"
+    else:
+        source = "not listed by open_clip"
     return (
-        f"the weights of {model_name}/{pretrained} are {' or '.join(sources) or 'not listed by open_clip'}; "
-        f"or download that file and pass checkpoint_path=/path/to/it (keep pretrained={pretrained} "
-        "for its preprocessing)"
+        f"the weights of {model_name}/{pretrained} are {source}; or download that file and pass "
+        f"checkpoint_path=/path/to/it (keep pretrained={pretrained} for its preprocessing)"
     )
 
 
@@ -118,24 +122,33 @@ def _load(model_name: str, pretrained: str | None, checkpoint_path: str | None) 
     kwargs: dict[str, Any] = {}
     download = pretrained
     if checkpoint_path is not None:
-        download = None  # the local file replaces the download ...
+        download = None  # the local file replaces the download (and a Hugging Face text tower's weights) ...
+        kwargs["pretrained_text"] = False
         if pretrained is not None:  # ... but the tag still says how images were normalised, and the activation
             cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
-            kwargs = {"image_mean": cfg.get("mean"), "image_std": cfg.get("std"),
-                      "image_interpolation": cfg.get("interpolation"), "image_resize_mode": cfg.get("resize_mode"),
-                      "force_quick_gelu": bool(cfg.get("quick_gelu", False))}  # fmt: skip
+            kwargs.update(image_mean=cfg.get("mean"), image_std=cfg.get("std"),
+                          image_interpolation=cfg.get("interpolation"), image_resize_mode=cfg.get("resize_mode"),
+                          force_quick_gelu=bool(cfg.get("quick_gelu", False)))  # fmt: skip
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=download, **kwargs)
+        tokenizer = open_clip.get_tokenizer(model_name)
     except Exception as exc:  # no network, or a hub that refuses
-        if download is None:
+        text_cfg = (open_clip.get_model_config(model_name) or {}).get("text_cfg", {})
+        hub = sorted({text_cfg[k] for k in ("hf_model_name", "hf_tokenizer_name") if text_cfg.get(k)})
+        if download is not None:
+            hint = where_to_place(model_name, download)
+        elif hub:
+            hint = (f"its text tower / tokenizer come from the Hugging Face hub ({', '.join(hub)}): they must be in "
+                    "the Hugging Face cache ($HF_HUB_CACHE, default ~/.cache/huggingface/hub)")  # fmt: skip
+        else:
             raise
         raise ConfigError(
             f"cannot load open_clip {model_name!r} with pretrained={pretrained!r} ({type(exc).__name__}: {exc}). "
-            f"Without network: {where_to_place(model_name, pretrained)}"
+            f"Without network: {hint}"
         ) from exc
     if checkpoint_path is not None:
         load_checkpoint_into(model, str(Path(checkpoint_path).expanduser()))
-    return model.eval(), preprocess, open_clip.get_tokenizer(model_name)
+    return model.eval(), preprocess, tokenizer
 
 
 def load_checkpoint_into(model: nn.Module, path: str) -> None:
@@ -143,9 +156,19 @@ def load_checkpoint_into(model: nn.Module, path: str) -> None:
     its `state_dict` and `module.` prefixes); a tensor whose shape does not fit is a ShapeError naming it."""
     from open_clip.factory import load_state_dict
 
-    state = dict(load_state_dict(path))
+    try:
+        state = dict(load_state_dict(path))  # weights only: no pickled code runs
+    except RuntimeError as exc:
+        if "TorchScript" not in str(exc):
+            raise
+        # OpenAI's own release (ViT-B-32.pt) is a TorchScript archive: its state dict has open_clip's names
+        state = dict(torch.jit.load(path, map_location="cpu").state_dict())
+        for key in ("input_resolution", "context_length", "vocab_size"):
+            state.pop(key, None)
     own = model.state_dict()
     state.pop("text.transformer.embeddings.position_ids", None)  # older transformers kept it
+    for key in {n for n, _ in model.named_buffers()} - set(own):  # buffers the model rebuilds (attn_mask)
+        state.pop(key, None)
     for key, tensor in state.items():
         if key in own and own[key].shape != tensor.shape:
             if own[key].numel() == tensor.numel() == 1:  # logit_scale saved as a scalar or (1,)
