@@ -61,8 +61,12 @@ class OpenClipConfig:
     embed_dim: int = 0  # 0: CLIP's joint space; > 0: an extra learned linear projection to this width
 
     def __post_init__(self) -> None:
-        import open_clip
-
+        try:
+            import open_clip
+        except ImportError as exc:
+            raise ConfigError(
+                "the openclip_vision / openclip_text encoders need open_clip: pip install 'finealign[openclip]'"
+            ) from exc
         models = open_clip.list_models()
         if self.model_name not in models:
             close = difflib.get_close_matches(str(self.model_name), models, n=3, cutoff=0.5)
