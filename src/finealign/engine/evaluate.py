@@ -3,7 +3,6 @@ aligner in chunks of images, and compute the retrieval metrics."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 import warnings
@@ -15,7 +14,7 @@ import torch
 from torch import Tensor
 
 from finealign.data.base import RetrievalSplit
-from finealign.engine.batching import to_device
+from finealign.encoders.batches import autocast_context, encoded_batches
 from finealign.engine.distributed import SINGLE, World, broadcast_object, gather_rows, gather_token_batch, shard_range
 from finealign.engine.metrics import fold_slices, mean_metrics, query_ranks, retrieval_metrics
 from finealign.progress import bar as progress_bar
@@ -34,25 +33,14 @@ def concat_token_batches(batches: Sequence[TokenBatch]) -> TokenBatch:
     return TokenBatch(torch.cat(tokens), torch.cat(masks), pooled)
 
 
-def autocast_context(device: torch.device, amp: str):
-    if amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-@torch.no_grad()
 def encode_all(
     encoder: Any, raw_items: Sequence[Any], *, batch_size: int, device: torch.device, amp: str = "none",
     progress: bool = False, desc: str = "encode",
 ) -> TokenBatch:
-    """Encode every raw item with `encoder` (load → collate → forward) into one TokenBatch (fp32)."""
-    out = []
-    for start in progress_bar(range(0, len(raw_items), batch_size), progress=progress, desc=desc, leave=False):
-        inputs = encoder.collate([encoder.load(raw_items[i]) for i in range(start, min(start + batch_size, len(raw_items)))])
-        with autocast_context(device, amp):
-            batch = encoder(to_device(inputs, device))
-        out.append(batch.to(torch.float32))
-    return concat_token_batches(out)
+    """Encode every raw item with `encoder` into one TokenBatch (fp32), by the shared loop."""
+    batches = encoded_batches(encoder, len(raw_items), raw_items.__getitem__, batch_size=batch_size, device=device,
+                              amp=amp, progress=progress, desc=desc)  # fmt: skip
+    return concat_token_batches([b.to(torch.float32) for b in batches])
 
 
 def subset(split: RetrievalSplit, max_items: int) -> tuple[list[Any], list[Any], Tensor]:

@@ -18,6 +18,7 @@ from torch import nn
 
 from finealign.config import EvalConfig, TrainConfig
 from finealign.data.base import RetrievalSplit
+from finealign.encoders.batches import autocast_context
 from finealign.engine.batching import epoch_loader, epoch_pairs, to_device
 from finealign.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from finealign.engine.distributed import (
@@ -28,7 +29,7 @@ from finealign.engine.distributed import (
     check_global_batch,
     wrap_ddp,
 )
-from finealign.engine.evaluate import autocast_context, evaluate
+from finealign.engine.evaluate import evaluate
 from finealign.engine.model import RetrievalModel, loss_extras
 from finealign.engine.optim import apply_backbone_schedule, build_optimizer, enable_grad_checkpointing
 from finealign.engine.schedule import LRSchedule
