@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from finealign.checks import check_positive_int
 from finealign.errors import ConfigError, UnknownNameError
 
 #: environment variable that points finealign at another config tree
@@ -381,8 +382,7 @@ def validate(cfg: DictConfig) -> ExperimentSpec:
 
     encoder = _container(cfg.encoder, "encoder")
     embed_dim = encoder.get("embed_dim")
-    if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim < 1:
-        raise ConfigError(f"encoder.embed_dim must be a positive int, got {embed_dim!r}")
+    check_positive_int("encoder.embed_dim", embed_dim)
     for side in ("vision", "text"):
         if side not in encoder:
             raise ConfigError(f"encoder.{side} is missing (name + options of the {side} encoder)")

@@ -48,6 +48,7 @@ from finealign.aligners.base import (
     token_similarities,
 )
 from finealign.aligners.kernel_backed import KernelAligner, KernelConfig
+from finealign.checks import check_positive_int
 from finealign.errors import ConfigError
 from finealign.kernels import sinkhorn_flow_scores
 from finealign.kernels.checks import check_sinkhorn_kernel_options
@@ -99,8 +100,7 @@ class TokenFlowConfig(KernelConfig):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{key} must be a positive finite number, got {value!r}")
-        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
-            raise ConfigError(f"iterations must be a positive int, got {self.iterations!r}")
+        check_positive_int("iterations", self.iterations)
         tol = self.tolerance
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
             raise ConfigError(f"tolerance must be a finite number >= 0, got {tol!r}")

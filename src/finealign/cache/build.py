@@ -30,6 +30,7 @@ from finealign.cache.format import (
     save_array,
 )
 from finealign.cache.keys import cache_key, default_cache_dir
+from finealign.checks import check_positive_int
 from finealign.errors import ConfigError
 from finealign.registry import create_dataset, create_encoder
 
@@ -104,8 +105,7 @@ def build_feature_cache(
     num_workers: int = 0,
 ) -> Path:
     """Encode one split once and return its cache entry folder (reused when already complete)."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_positive_int("batch_size", batch_size)
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     device = torch.device(device)
     dataset_options = dict(dataset_options or {})

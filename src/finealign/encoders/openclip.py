@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from finealign.checks import check_int
 from finealign.encoders.common import BackboneEncoder, file_identity
 from finealign.errors import ConfigError, ShapeError
 from finealign.registry import ENCODERS
@@ -89,8 +90,7 @@ class OpenClipConfig:
             raise ConfigError(f"checkpoint_path {self.checkpoint_path!r} is not a file{hint}")
         if not isinstance(self.freeze, bool):
             raise ConfigError(f"freeze must be true or false, got {self.freeze!r}")
-        if not isinstance(self.embed_dim, int) or isinstance(self.embed_dim, bool) or self.embed_dim < 0:
-            raise ConfigError(f"embed_dim must be an int >= 0, got {self.embed_dim!r}")
+        check_int("embed_dim", self.embed_dim, low=0)
 
 
 def where_to_place(model_name: str, pretrained: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from finealign.checks import check_positive_int
 from finealign.errors import ConfigError, ShapeError
 from finealign.kernels.checks import (
     check_marginal,
@@ -125,8 +126,7 @@ def sinkhorn_flow_scores(
             raise ConfigError(f"marginal_temperature must be > 0, got {marginal_temperature!r}")
     if not epsilon > 0:
         raise ConfigError(f"epsilon must be > 0, got {epsilon!r}")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ConfigError(f"iterations must be a positive int, got {iterations!r}")
+    check_positive_int("iterations", iterations)
     if rows not in ("visual", "text"):
         raise ConfigError(f"rows must be 'visual' or 'text', got {rows!r}")
     if visual_pooled is None:
