@@ -125,7 +125,7 @@ def _worker(rank: int, port: int, out: str) -> None:
                 raise Stop  # both ranks, after rank 0 wrote the epoch's checkpoint
 
         try:
-            run_experiment(compose(overrides=fit_overrides(Path(out) / "resumed")), report=stop_after_first)
+            run_experiment(compose(overrides=fit_overrides(Path(out) / "resumed")), on_validation=stop_after_first)
         except Stop:
             pass
         result["resumed"] = run_experiment(compose(overrides=fit_overrides(Path(out) / "resumed", "train.resume=auto")))
@@ -138,7 +138,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 
         started = time.perf_counter()
         try:
-            run_experiment(compose(overrides=fit_overrides(Path(out) / "dying", "train.epochs=3")), report=die_on_rank_1)
+            run_experiment(compose(overrides=fit_overrides(Path(out) / "dying", "train.epochs=3")), on_validation=die_on_rank_1)
         except RankFailure as exc:
             result["error"] = str(exc)
         result["seconds"] = time.perf_counter() - started

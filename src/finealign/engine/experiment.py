@@ -133,11 +133,11 @@ def _begin_run(cfg: DictConfig, world: World = SINGLE) -> tuple[ExperimentSpec, 
 
 
 def run_experiment(
-    cfg: DictConfig, *, report: Callable[[int, dict], None] | None = None, overrides: Iterable[str] | None = None
+    cfg: DictConfig, *, on_validation: Callable[[int, dict], None] | None = None, overrides: Iterable[str] | None = None
 ) -> dict:
     """Train and evaluate the experiment `cfg` (as composed by finealign.config.compose).
 
-    report(epoch, val_metrics) is called after each validation (sweeps prune by raising from it).
+    on_validation(epoch, val_metrics) is called after each validation (sweeps prune by raising from it).
     Returns the test-split metrics (i2t/t2i R@1/5/10, rsum, medr, meanr, score_latency_ms) plus
     train_peak_mem_mb, process_peak_rss_mb, train_time_s, final_loss, epochs, steps and
     best_val_rsum, and writes results.json / results.csv / ranks.npz (and model.pt, when
@@ -151,7 +151,7 @@ def run_experiment(
     """
     world = _start_world(cfg)
     with failures_named(world):
-        return _run_experiment(cfg, world, report, overrides)
+        return _run_experiment(cfg, world, on_validation, overrides)
 
 
 def _start_world(cfg: DictConfig) -> World:
@@ -167,7 +167,7 @@ def _start_world(cfg: DictConfig) -> World:
 
 
 def _run_experiment(
-    cfg: DictConfig, world: World, report: Callable[[int, dict], None] | None, overrides: Iterable[str] | None
+    cfg: DictConfig, world: World, on_validation: Callable[[int, dict], None] | None, overrides: Iterable[str] | None
 ) -> dict:
     spec, out_dir, device, dataset = _begin_run(cfg, world)
     train_split = dataset.split("train")
@@ -186,7 +186,7 @@ def _run_experiment(
         model, loss, spec.train, device=device, seed=spec.seed, output_dir=spec.output_dir, eval_cfg=spec.eval,
         config_snapshot=snapshot, progress=spec.train.progress, world=world,
     )
-    result = trainer.fit(train_split, val_split, report=report)
+    result = trainer.fit(train_split, val_split, on_validation=on_validation)
     trained = {
         "train_time_s": result.train_time_s,
         "final_loss": result.final_loss,

@@ -169,9 +169,9 @@ class Trainer:
         self,
         train_split: RetrievalSplit,
         val_split: RetrievalSplit | None = None,
-        report: Callable[[int, dict], None] | None = None,
+        on_validation: Callable[[int, dict], None] | None = None,
     ) -> TrainResult:
-        """Train for cfg.epochs; validate every cfg.eval_every epochs and call report(epoch, metrics)
+        """Train for cfg.epochs; validate every cfg.eval_every epochs and call on_validation(epoch, metrics)
         after each validation (after the checkpoint is written, so a run stopped by `report` can
         still be resumed). Leaves the model with the selected (best or last) weights."""
         cfg = self.cfg
@@ -214,8 +214,8 @@ class Trainer:
             if cfg.checkpoint and self.checkpoint_path is not None and self.world.is_main:
                 save_checkpoint(self.checkpoint_path, self._state(epoch, result))
             self._log_epoch(epoch, epoch_loss, metrics, sinks)
-            if metrics is not None and report is not None:
-                report(epoch, metrics)
+            if metrics is not None and on_validation is not None:
+                on_validation(epoch, metrics)
         sinks.close()
         result.train_time_s += time.perf_counter() - started
         if cfg.select == "best" and self.best_state is not None:
