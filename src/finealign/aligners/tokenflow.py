@@ -50,7 +50,7 @@ from finealign.aligners.base import (
 from finealign.aligners.kernel_backed import KernelAligner, KernelConfig
 from finealign.checks import check_positive_int
 from finealign.errors import ConfigError
-from finealign.kernels import sinkhorn_flow_scores
+from finealign.kernels import SinkhornOptions, sinkhorn_flow_scores
 from finealign.kernels.checks import check_sinkhorn_kernel_options
 from finealign.kernels.sinkhorn import DOMAINS, SinkhornResult, sinkhorn
 from finealign.kernels.sinkhorn_implicit import implicit_sinkhorn
@@ -178,15 +178,14 @@ class TokenFlowAligner(KernelAligner):
     # -- scoring ------------------------------------------------------------------------------
     def kernel_scores(self, visual: TokenBatch, text: TokenBatch, pairs: Tensor | None) -> Tensor:
         cfg = self.config
-        importance = (
-            dict(visual_pooled=visual.pooled, text_pooled=text.pooled, marginal_temperature=cfg.marginal_temperature)
-            if cfg.marginals == "importance"
-            else {}
-        )
+        importance = cfg.marginals == "importance"
+        options = SinkhornOptions(epsilon=cfg.epsilon, iterations=cfg.iterations, one_sided=cfg.relax_visual,
+                                  backend="triton", domain=cfg.kernel_domain,
+                                  marginal_temperature=cfg.marginal_temperature)  # fmt: skip
         self._record["fused"] += 1
         return sinkhorn_flow_scores(
-            visual.tokens, visual.mask, text.tokens, text.mask, epsilon=cfg.epsilon, iterations=cfg.iterations,
-            one_sided=cfg.relax_visual, backend="triton", pairs=pairs, domain=cfg.kernel_domain, **importance,
+            visual.tokens, visual.mask, text.tokens, text.mask, pairs=pairs, options=options,
+            visual_pooled=visual.pooled if importance else None, text_pooled=text.pooled if importance else None,
         )
 
     @property
