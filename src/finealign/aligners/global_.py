@@ -33,7 +33,7 @@ class GlobalConfig(AlignerConfig):
 
 
 @ALIGNERS.register("global")
-class GlobalAligner(Aligner):
+class GlobalAligner(Aligner[GlobalConfig]):
     """Cosine of pooled global vectors (CLIP style); masked token mean when `pooled` is missing."""
 
     Config = GlobalConfig

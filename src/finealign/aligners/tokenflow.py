@@ -126,7 +126,7 @@ class TokenFlowConfig(KernelConfig):
 
 
 @ALIGNERS.register("tokenflow")
-class TokenFlowAligner(KernelAligner):
+class TokenFlowAligner(KernelAligner[TokenFlowConfig]):
     """Optimal-transport flow between visual and text tokens; score = Σ flow · similarity (TokenFlow)."""
 
     Config = TokenFlowConfig

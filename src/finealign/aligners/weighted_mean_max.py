@@ -55,7 +55,7 @@ class WeightedMeanMaxConfig(KernelConfig):
 
 
 @ALIGNERS.register("weighted_mean_max")
-class WeightedMeanMaxAligner(KernelAligner):
+class WeightedMeanMaxAligner(KernelAligner[WeightedMeanMaxConfig]):
     """Weighted mean of per-word max (DRL WTI): learned softmax token weights instead of a mean."""
 
     Config = WeightedMeanMaxConfig

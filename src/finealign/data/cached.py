@@ -54,7 +54,7 @@ def first_items(split: RetrievalSplit, n: int) -> RetrievalSplit:
 
 
 @DATASETS.register("cached")
-class CachedFeatureDataset(ConfiguredSplits):
+class CachedFeatureDataset(ConfiguredSplits[CachedConfig]):
     """A raw dataset through frozen encoders, feature-cached on first use (e.g. Flickr8k + MobileNetV2 + MiniLM)."""
 
     Config = CachedConfig

@@ -231,7 +231,7 @@ class FeaturesConfig:
 
 
 @DATASETS.register("features")
-class FeatureDataset(ConfiguredSplits):
+class FeatureDataset(ConfiguredSplits[FeaturesConfig]):
     """Precomputed features (feature cache or region files), memory-mapped, one directory per split."""
 
     Config = FeaturesConfig

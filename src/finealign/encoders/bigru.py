@@ -35,7 +35,7 @@ class BiGRUConfig:
 
 
 @ENCODERS.register("bigru")
-class BiGRUEncoder(Encoder):
+class BiGRUEncoder(Encoder[BiGRUConfig]):
     """Word embeddings + BiGRU; tokens are per-word states (mean of both directions).
 
     The vocabulary comes from the training captions: call `build_vocab(captions)` before use. It is

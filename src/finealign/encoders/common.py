@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from finealign.encoders.base import Encoder
+from finealign.encoders.base import C, Encoder
 from finealign.errors import ConfigError
 
 
@@ -48,7 +48,7 @@ def file_identity(path: str | Path) -> dict[str, Any]:
     return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-class BackboneEncoder(Encoder):
+class BackboneEncoder(Encoder[C]):
     """An encoder built around one pre-trained `backbone` module plus a learned projection.
 
     Subclasses assign `self.backbone` and call `self.set_frozen(...)`. A frozen backbone stays in

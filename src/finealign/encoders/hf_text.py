@@ -64,7 +64,7 @@ def _load_pretrained(name_or_path: str) -> tuple[Any, Any]:
 
 
 @ENCODERS.register("hf_text")
-class HFTextEncoder(BackboneEncoder):
+class HFTextEncoder(BackboneEncoder[HFTextConfig]):
     """A Hugging Face encoder: last hidden states as tokens, [CLS] or mean as the global vector."""
 
     Config = HFTextConfig

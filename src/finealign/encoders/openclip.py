@@ -91,7 +91,7 @@ def load_checkpoint_into(model: nn.Module, path: str) -> None:
         raise ShapeError(f"{path} does not fit: missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
 
 
-class _OpenClipTower(BackboneEncoder):
+class _OpenClipTower(BackboneEncoder[OpenClipConfig]):
     Config = OpenClipConfig
 
     def __init__(self, config: OpenClipConfig | None = None):

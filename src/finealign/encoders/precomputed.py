@@ -65,7 +65,7 @@ class PrecomputedConfig:
 
 
 @ENCODERS.register("precomputed")
-class PrecomputedEncoder(Encoder):
+class PrecomputedEncoder(Encoder[PrecomputedConfig]):
     """Learned head (linear / mlp / transformer) on precomputed token features."""
 
     Config = PrecomputedConfig

@@ -86,7 +86,7 @@ def _create_timm_model(cfg: TimmVisionConfig) -> Any:
 
 
 @ENCODERS.register("timm")
-class TimmVisionEncoder(BackboneEncoder):
+class TimmVisionEncoder(BackboneEncoder[TimmVisionConfig]):
     """Any timm model: ViT patch tokens (CLS/pooled as global) or CNN feature-map cells as tokens."""
 
     Config = TimmVisionConfig
