@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -178,7 +179,7 @@ class TokenFlowAligner(KernelAligner[TokenFlowConfig]):
     # -- scoring ------------------------------------------------------------------------------
     def kernel_scores(self, visual: TokenBatch, text: TokenBatch, pairs: Tensor | None) -> Tensor:
         cfg = self.config
-        importance = (
+        importance: dict[str, Any] = (
             dict(visual_pooled=visual.pooled, text_pooled=text.pooled, marginal_temperature=cfg.marginal_temperature)
             if cfg.marginals == "importance"
             else {}
