@@ -72,7 +72,7 @@ class BackboneEncoder(Encoder[C]):
 
     def set_grad_checkpointing(self, enable: bool = True) -> bool:
         """Turn activation recomputation on in the backbone; False when it has no such switch."""
-        backbone = self.backbone
+        backbone: Any = self.backbone  # duck-typed: whichever library's switch it has
         for module in (backbone, getattr(backbone, "transformer", None)):
             if module is None:
                 continue

@@ -69,6 +69,7 @@ class HFTextEncoder(BackboneEncoder[HFTextConfig]):
 
     Config = HFTextConfig
     modality = "text"
+    backbone: Any  # a transformers model, used through its own API (config.hidden_size, last_hidden_state)
 
     def __init__(self, config: HFTextConfig | None = None):
         super().__init__()

@@ -60,7 +60,7 @@ class OpenClipConfig:
 
 
 @functools.lru_cache(maxsize=4)
-def _load(model_name: str, pretrained: str | None, checkpoint_path: str | None) -> tuple[nn.Module, Any, Any]:
+def _load(model_name: str, pretrained: str | None, checkpoint_path: str | None) -> tuple[Any, Any, Any]:
     """(model, eval transform, tokenizer), built once per weights for both towers."""
     import open_clip
 
@@ -93,6 +93,7 @@ def load_checkpoint_into(model: nn.Module, path: str) -> None:
 
 class _OpenClipTower(BackboneEncoder[OpenClipConfig]):
     Config = OpenClipConfig
+    backbone: Any  # open_clip's modules, used through open_clip's own attributes (output_tokens, proj, ...)
 
     def __init__(self, config: OpenClipConfig | None = None):
         super().__init__()
@@ -104,7 +105,7 @@ class _OpenClipTower(BackboneEncoder[OpenClipConfig]):
         self.embed_dim = cfg.embed_dim or joint
         self.set_frozen(cfg.freeze)
 
-    def _attach(self, model: nn.Module) -> None:
+    def _attach(self, model: Any) -> None:
         raise NotImplementedError
 
     def weights_identity(self) -> dict[str, Any]:
@@ -121,7 +122,7 @@ class OpenClipVisionEncoder(_OpenClipTower):
 
     modality = "vision"
 
-    def _attach(self, model: nn.Module) -> None:
+    def _attach(self, model: Any) -> None:
         self.backbone = model.visual
 
     def load(self, raw: Any) -> Tensor:
@@ -153,7 +154,7 @@ class OpenClipTextEncoder(_OpenClipTower):
 
     modality = "text"
 
-    def _attach(self, model: nn.Module) -> None:
+    def _attach(self, model: Any) -> None:
         if hasattr(model, "text"):  # CustomTextCLIP: a separate text tower module
             raise ConfigError(f"open_clip model {self.config.model_name!r} has a custom text tower; not supported yet")
         # The text tower of the CLIP class is a set of attributes; a module keeps them together.

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -29,6 +29,21 @@ from finealign.encoders.common import check_embed_dim
 from finealign.errors import ConfigError, ShapeError
 from finealign.registry import ENCODERS
 from finealign.tokens import TokenBatch
+
+
+class PrecomputedItem(TypedDict):
+    """What `load` gives for one item."""
+
+    tokens: Tensor  # (L, d) real tokens only
+    pooled: Tensor | None  # (d,)
+
+
+class PrecomputedBatch(TypedDict):
+    """What `collate` gives for a batch of items."""
+
+    tokens: Tensor  # (B, L, d), zero-padded to the longest item
+    mask: Tensor  # (B, L) bool
+    pooled: Tensor | None  # (B, d) when every item has one
 
 
 @dataclass
@@ -96,7 +111,7 @@ class PrecomputedEncoder(Encoder[PrecomputedConfig]):
             )
             self.context = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
 
-    def load(self, raw: Any) -> dict[str, Tensor | None]:
+    def load(self, raw: Any) -> PrecomputedItem:
         if isinstance(raw, dict):
             tokens, mask, pooled = raw["tokens"], raw.get("mask"), raw.get("pooled")
         else:
@@ -112,7 +127,7 @@ class PrecomputedEncoder(Encoder[PrecomputedConfig]):
         pooled_t = None if pooled is None else torch.from_numpy(np.array(pooled, dtype=np.float32))
         return {"tokens": tokens, "pooled": pooled_t}
 
-    def collate(self, items: Sequence[dict[str, Tensor | None]]) -> dict[str, Tensor | None]:
+    def collate(self, items: Sequence[PrecomputedItem]) -> PrecomputedBatch:
         length = max(len(item["tokens"]) for item in items)
         dim = items[0]["tokens"].shape[1]
         tokens = torch.zeros(len(items), length, dim)
@@ -125,7 +140,7 @@ class PrecomputedEncoder(Encoder[PrecomputedConfig]):
         pooled = torch.stack([item["pooled"] for item in items]) if have_pooled else None  # type: ignore[misc]
         return {"tokens": tokens, "mask": mask, "pooled": pooled}
 
-    def forward(self, batch: dict[str, Tensor | None]) -> TokenBatch:
+    def forward(self, batch: PrecomputedBatch) -> TokenBatch:
         tokens, mask, pooled = batch["tokens"], batch["mask"], batch.get("pooled")
         assert tokens is not None and mask is not None
         if tokens.shape[-1] != self.config.in_dim:

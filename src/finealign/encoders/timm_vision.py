@@ -91,6 +91,7 @@ class TimmVisionEncoder(BackboneEncoder[TimmVisionConfig]):
 
     Config = TimmVisionConfig
     modality = "vision"
+    backbone: Any  # a timm model, used through timm's feature API (num_features, forward_features, forward_head)
 
     def __init__(self, config: TimmVisionConfig | None = None):
         super().__init__()
