@@ -7,7 +7,7 @@ captions and image→text counts a hit when any of them is retrieved.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -25,8 +25,8 @@ class RetrievalSplit:
     """
 
     name: str
-    items: list[Any]
-    captions: list[Any]
+    items: Sequence[Any]
+    captions: Sequence[Any]
     caption_item: torch.Tensor
     load_item: Callable[[Any], Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)

@@ -62,7 +62,7 @@ class FeatureRows(Sequence):
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
-    def __getitem__(self, i):  # type: ignore[override]
+    def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         return {
@@ -119,8 +119,8 @@ def load_feature_cache(directory: str | Path, name: str | None = None) -> Retrie
         raise DataError(f"feature cache {directory}: {exc}") from exc
     return RetrievalSplit(
         name=name or directory.name,
-        items=items,  # type: ignore[arg-type]
-        captions=captions,  # type: ignore[arg-type]
+        items=items,
+        captions=captions,
         caption_item=caption_item,
         meta={**meta, "vision_dim": items.dim, "text_dim": captions.dim, "path": str(directory)},
     )
@@ -196,7 +196,7 @@ def load_region_split(directory: str | Path, name: str | None = None) -> Retriev
     items = FeatureRows(features, mask, None)
     return RetrievalSplit(
         name=name or directory.name,
-        items=items,  # type: ignore[arg-type]
+        items=items,
         captions=texts,
         caption_item=caption_item,
         meta={"vision_dim": items.dim, "path": str(directory), "layout": "regions"},
