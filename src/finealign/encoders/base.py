@@ -18,7 +18,6 @@ from torch import nn
 
 from finealign.tokens import TokenBatch
 
-
 #: The Config dataclass of an encoder.
 C = TypeVar("C")
 

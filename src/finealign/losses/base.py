@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from finealign.errors import ShapeError
 
-
 #: The Config dataclass of a loss.
 C = TypeVar("C")
 
