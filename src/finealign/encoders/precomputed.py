@@ -136,8 +136,8 @@ class PrecomputedEncoder(Encoder[PrecomputedConfig]):
             n = len(item["tokens"])
             tokens[i, :n] = item["tokens"]
             mask[i, :n] = True
-        have_pooled = all(item["pooled"] is not None for item in items)
-        pooled = torch.stack([item["pooled"] for item in items]) if have_pooled else None  # type: ignore[misc]
+        given = [item["pooled"] for item in items if item["pooled"] is not None]
+        pooled = torch.stack(given) if len(given) == len(items) else None
         return {"tokens": tokens, "mask": mask, "pooled": pooled}
 
     def forward(self, batch: PrecomputedBatch) -> TokenBatch:

@@ -264,13 +264,13 @@ def evaluate_untrained(cfg: DictConfig, *, overrides: Iterable[str] | None = Non
     split = dataset.split(spec.eval.split)
     meta = dataset.split("train").meta if getattr(dataset, "has_split", lambda n: True)("train") else split.meta
     model = build_model(spec, meta).to(device)
-    metrics = _test_metrics(model, spec, split, device, out_dir)
+    metrics: dict[str, Any] = _test_metrics(model, spec, split, device, out_dir)
     metrics.update(memory_metrics(device))
     config = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))  # a DictConfig gives a dict
     write_hydra_record(out_dir, cfg, overrides)
     save_results(out_dir, metrics, labels={**labels(spec), "trained": False}, config=config,
                  extra={"trained": False, "output_dir": str(out_dir), "provenance": provenance(device, overrides)})
-    metrics["output_dir"] = str(out_dir)  # type: ignore[assignment]
+    metrics["output_dir"] = str(out_dir)
     return metrics
 
 
@@ -294,12 +294,12 @@ def evaluate_checkpoint(
     target = Path(output_dir) if output_dir is not None else run_dir / "eval" / _timestamp()
     target = claim_output_dir(OmegaConf.create({"output_dir": str(target)}))
     write_hydra_record(target, cfg, [f"ckpt={ckpt}", *overrides])
-    metrics = _test_metrics(model, spec, split, device, target)
+    metrics: dict[str, Any] = _test_metrics(model, spec, split, device, target)
     metrics.update(memory_metrics(device))
     save_results(target, metrics, labels=labels(spec), config=cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True)),
                  extra={"checkpoint": str(ckpt), "new_aligner_params": missing, "output_dir": str(target),
                         "provenance": provenance(device, overrides)})
-    metrics["output_dir"] = str(target)  # type: ignore[assignment]
+    metrics["output_dir"] = str(target)
     return metrics
 
 

@@ -58,7 +58,7 @@ class Interval:
     @property
     def significant(self) -> bool:
         """The interval excludes 0 (the difference is not explained by query sampling and seeds)."""
-        return self.available and (self.low > 0 or self.high < 0)  # type: ignore[operator]
+        return self.low is not None and self.high is not None and (self.low > 0 or self.high < 0)
 
 
 def _image_contributions(runs: Sequence[QueryRanks], metric: str) -> tuple[np.ndarray, np.ndarray]:
