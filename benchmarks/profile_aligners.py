@@ -24,7 +24,7 @@ import torch
 
 from finealign.profiling.device import environment, pinned_threads, resolve_device
 from finealign.profiling.inputs import ProblemShape
-from finealign.profiling.runner import ProfileSettings, profile_aligners, resolve_aligners
+from finealign.profiling.measure import ProfileSettings, profile_aligners, resolve_aligners
 
 SCALES = {
     "full": ProblemShape(nv=1000, nt=5000, lv=50, lt=32, dim=512),
@@ -101,7 +101,7 @@ def _row_line(row: dict) -> str:
 
 def _table(rows) -> str:
     try:
-        from finealign.profiling.report import markdown, to_frame
+        from finealign.profiling.outputs import markdown, to_frame
 
         df = to_frame(rows)
         return markdown(df[[c for c in COLUMNS if c in df.columns]])
@@ -111,8 +111,8 @@ def _table(rows) -> str:
 
 def _save(rows, out_root: Path, env, trace, names, shape, settings) -> None:
     try:
+        from finealign.profiling.outputs import header, write_table
         from finealign.profiling.pipeline import timestamp
-        from finealign.profiling.report import header, write_table
 
         out_dir = out_root / timestamp()
         csv_path, md_path = write_table(rows, out_dir, "profile")

@@ -38,8 +38,8 @@ def _defaults(cls) -> dict:
 
 def test_profile_yaml_is_its_dataclasses_defaults():
     from finealign.profiling.inputs import ProblemShape
+    from finealign.profiling.measure import ProfileSettings
     from finealign.profiling.run_config import ProfileRunOptions
-    from finealign.profiling.runner import ProfileSettings
 
     raw = yaml.safe_load((config_dir() / "profile.yaml").read_text())
     expected = {**_defaults(ProfileSettings), **_defaults(ProblemShape), **_defaults(ProfileRunOptions)}

@@ -9,7 +9,7 @@ import finealign
 
 # lowest first; a module's layer is its top-level name under finealign/
 LAYERS = [
-    {"errors", "tokens", "progress", "tables", "devices", "__init__"},
+    {"errors", "checks", "tokens", "progress", "tables", "devices", "__init__"},
     {"registry"},
     {"kernels"},
     {"aligners", "losses"},
@@ -18,7 +18,7 @@ LAYERS = [
     {"engine"},
     {"sweeps", "testing"},
     {"protocol"},
-    {"cli"},
+    {"cli", "__main__"},  # __main__: `python -m finealign` (what torchrun -m launches) is the cli
 ]
 PACKAGE = Path(finealign.__file__).resolve().parent
 

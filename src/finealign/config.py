@@ -19,6 +19,7 @@ from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
+from finealign.checks import check_positive_int
 from finealign.errors import ConfigError, UnknownNameError
 
 #: environment variable that points finealign at another config tree
@@ -241,6 +242,10 @@ class TrainConfig:
     mlflow_tracking_uri: Any = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db
     mlflow_experiment: str = "finealign"
     save_model: bool = True  # write output_dir/model.pt (weights + config) for `finealign eval`
+    # Under torchrun (WORLD_SIZE > 1) "auto" trains one model with DDP over the global batch
+    # (batch_size is the global batch); "off" ignores torchrun's environment.
+    distributed: str = "auto"
+    dist_timeout_s: float = 1800.0  # a collective waiting longer (a rank died or hangs) stops every rank
 
     def __post_init__(self) -> None:
         positive_ints = ("epochs", "batch_size", "accumulate", "step_epochs", "log_every")
@@ -275,6 +280,8 @@ class TrainConfig:
                  "mlflow_tracking_uri", "null or a tracking URI (http://..., sqlite:///..., databricks)", self)  # fmt: skip
         _require(isinstance(self.mlflow_experiment, str) and bool(self.mlflow_experiment), "mlflow_experiment",
                  "a non-empty experiment name", self)  # fmt: skip
+        _require(self.distributed in ("auto", "off"), "distributed", "auto or off", self)
+        _require(_number(self.dist_timeout_s) and self.dist_timeout_s > 0, "dist_timeout_s", "a number > 0", self)
 
 
 @dataclass
@@ -374,9 +381,8 @@ def validate(cfg: DictConfig) -> ExperimentSpec:
         return name, options
 
     encoder = _container(cfg.encoder, "encoder")
-    embed_dim = encoder.get("embed_dim")
-    if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim < 1:
-        raise ConfigError(f"encoder.embed_dim must be a positive int, got {embed_dim!r}")
+    embed_dim: Any = encoder.get("embed_dim")  # config input: an int once checked on the next line
+    check_positive_int("encoder.embed_dim", embed_dim)
     for side in ("vision", "text"):
         if side not in encoder:
             raise ConfigError(f"encoder.{side} is missing (name + options of the {side} encoder)")

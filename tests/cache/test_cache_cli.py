@@ -15,7 +15,7 @@ def test_settings_compose_by_hydras_grammar():
     assert settings.text_options == {"pooling": "cls"}
     with pytest.raises(ConfigError, match="Did you mean 'batch_size'"):
         read_settings(["batchsize=8"])
-    with pytest.raises(ConfigError, match="batch_size must be an int >= 1"):
+    with pytest.raises(ConfigError, match="batch_size must be a positive int"):
         read_settings(["batch_size=0"])
     with pytest.raises(ConfigError, match="splits must be a non-empty list"):
         read_settings(["splits=[]"])

@@ -24,3 +24,48 @@ def make_tiny_bert(folder: Path) -> Path:
     )
     BertModel(config).save_pretrained(folder)
     return folder
+
+
+#: tiny open_clip architectures (random init, ~2M parameters) registered under these names
+TINY_CLIP = "finealign-tiny-clip"  # the CLIP class: ViT vision tower, CLIP text transformer
+TINY_CUSTOM_TEXT = "finealign-tiny-customtext"  # CustomTextCLIP: timm ViT trunk, SigLIP-style text tower
+TINY_HF_TEXT = "finealign-tiny-hftext"  # CustomTextCLIP with a Hugging Face (BERT) text tower
+
+
+def register_tiny_openclip(folder: Path, bert_dir: Path | None = None) -> list[str]:
+    """Write open_clip model configs for tiny architectures and register them with open_clip
+    (`add_model_config`), so `model_name=finealign-tiny-clip` works like `ViT-B-32`, offline."""
+    import json
+
+    import open_clip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vit = {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8}
+    text = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}
+    configs = {
+        TINY_CLIP: {"embed_dim": 24, "vision_cfg": vit, "text_cfg": text},
+        # SigLIP's layout (ViT-B-16-SigLIP.json): a timm trunk with attention-pool ("map") and no
+        # extra projection, a bidirectional text tower pooled at its last position
+        TINY_CUSTOM_TEXT: {
+            "embed_dim": 64,
+            "custom_text": True,
+            "vision_cfg": {
+                "image_size": 160,
+                "timm_model_name": "test_vit",
+                "timm_model_pretrained": False,
+                "timm_pool": "map",
+                "timm_proj": "none",
+            },
+            "text_cfg": {**text, "no_causal_mask": True, "pool_type": "last", "proj_bias": True},
+        },  # fmt: skip
+    }
+    if bert_dir is not None:
+        configs[TINY_HF_TEXT] = {
+            "embed_dim": 24, "vision_cfg": vit,
+            "text_cfg": {"hf_model_name": str(bert_dir), "hf_tokenizer_name": str(bert_dir), "hf_proj_type": "mlp",
+                         "hf_pooler_type": "cls_pooler", "context_length": 12},
+        }  # fmt: skip
+    for name, config in configs.items():
+        (folder / f"{name}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(folder)
+    return list(configs)

@@ -8,10 +8,11 @@ from torch import nn
 
 from finealign.config import TrainConfig
 from finealign.encoders.common import BackboneEncoder
+from finealign.engine.checkpoint import load_checkpoint
 from finealign.engine.model import RetrievalModel
 from finealign.engine.optim import apply_backbone_schedule, build_optimizer, enable_grad_checkpointing, layer_scales
 from finealign.errors import ConfigError
-from finealign.registry import create_aligner, create_loss
+from finealign.registry import create_aligner, create_encoder, create_loss
 
 
 class Tower(BackboneEncoder):
@@ -82,3 +83,114 @@ def test_grad_checkpointing_needs_a_switch():
     model, _ = model_and_loss()
     with pytest.raises(ConfigError, match="no switch"):
         enable_grad_checkpointing(model)
+
+
+# ---- end to end through a real open_clip tower (a tiny registered architecture, random init) ----
+
+
+@pytest.fixture(scope="module")
+def clip_images(tmp_path_factory):
+    pytest.importorskip("open_clip")
+    from tests.data.fake_karpathy import make_fake_karpathy
+    from tests.encoders.tiny_models import TINY_CLIP, register_tiny_openclip
+
+    register_tiny_openclip(tmp_path_factory.mktemp("openclip_configs"))
+    return TINY_CLIP, make_fake_karpathy(tmp_path_factory.mktemp("data") / "flickr8k")
+
+
+def clip_overrides(name, root, out, *extra):
+    tower = [f"model_name={name}", "pretrained=null", "freeze=false", "embed_dim=16"]
+    return [
+        "data=flickr8k", f"data.root={root}", "encoder=openclip_vit_b32", "encoder.embed_dim=16",
+        *[f"encoder.{side}.{o}" for side in ("vision", "text") for o in tower],
+        "aligner=mean_max", "loss=infonce", f"output_dir={out}", "device=cpu", "train.progress=false",
+        "eval.progress=false", "train.num_workers=0", "train.epochs=1", "train.eval_every=0", "train.batch_size=64",
+        "train.warmup_steps=0", "train.schedule=constant", "train.weight_decay=0", "train.grad_clip=0",
+        "train.tensorboard=false", *extra,
+    ]  # fmt: skip
+
+
+def test_one_epoch_fine_tune_through_open_clip_moves_the_backbone_by_the_backbone_lr_only(
+    clip_images, tmp_path, monkeypatch
+):
+    """One epoch = one AdamW step here (12 training captions, batch 64; no warm-up, decay or
+    clipping): Adam's first step moves each coordinate that has a gradient by its group's lr, so
+    every tensor of both towers moves by backbone_lr (its largest coordinate change), the heads by
+    lr; with backbone_lr = 0 the towers stay exactly as they started."""
+    from finealign.config import compose
+    from finealign.engine import experiment
+
+    name, root = clip_images
+    built = []
+
+    def build_and_remember(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        backbone = {id(p) for p in model.backbone_parameters()}
+        start = {n: p.detach().clone() for n, p in model.named_parameters()}
+        built.append((start, {n for n, p in model.named_parameters() if id(p) in backbone}))
+        return model
+
+    build_model = experiment.build_model
+    monkeypatch.setattr(experiment, "build_model", build_and_remember)
+    moves = {}
+    for backbone_lr in (1e-4, 0.0):
+        out = tmp_path / f"backbone_lr_{backbone_lr}"
+        overrides = clip_overrides(name, root, out, "train.lr=1e-2", f"train.backbone_lr={backbone_lr}")
+        result = experiment.run_experiment(compose(overrides=overrides))
+        assert result["steps"] == 1 and result["epochs"] == 1 and result["rsum"] > 0
+        start, backbone = built[-1]
+        trained = load_checkpoint(out / "model.pt")["model"]
+        moves[backbone_lr] = {n: float((trained[n] - start[n]).abs().max()) for n in start}, backbone
+    moved, backbone = moves[1e-4]
+    heads = {"vision.project.weight", "text.project.weight"}
+    assert any(n.startswith("vision.backbone.") for n in backbone) and "text.text_projection" in backbone
+    from finealign.encoders.openclip import _load
+
+    towers = {n for n, _ in _load(name, None, None)[0].named_parameters()} - {"logit_scale"}
+    assert len(backbone) == len(towers)  # every tensor of both towers, the text projection included
+    for n in backbone:  # each by the backbone lr: not less (it trained), not more (not at the heads' lr)
+        assert moved[n] == pytest.approx(1e-4, rel=1e-3), n
+    for n in heads:
+        assert moved[n] == pytest.approx(1e-2, rel=1e-3), n
+    frozen_moved, _ = moves[0.0]
+    assert max(frozen_moved[n] for n in backbone) == 0.0  # backbone_lr = 0: not a single weight changed
+    for n in heads:
+        assert frozen_moved[n] == pytest.approx(1e-2, rel=1e-3), n
+
+
+@pytest.mark.parametrize("which", ["clip", "custom_text"])
+def test_open_clip_towers_switch_on_grad_checkpointing_with_the_same_gradients(clip_images, which):
+    from tests.encoders.tiny_models import TINY_CLIP, TINY_CUSTOM_TEXT
+
+    name = {"clip": TINY_CLIP, "custom_text": TINY_CUSTOM_TEXT}[which]
+    towers = [create_encoder(f"openclip_{side}", model_name=name, freeze=False) for side in ("vision", "text")]
+    model = RetrievalModel(*towers, create_aligner("mean_max"))
+    size = 160 if which == "custom_text" else 32
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    ids = model.text.collate(["a dog on the grass", "a red ball"])
+
+    def gradients():
+        model.zero_grad()
+        model.train()
+        v, t = model.vision(images), model.text(ids)
+        (model.aligner(v, t).sum() + v.pooled.sum() + t.pooled.sum()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    enable_grad_checkpointing(model)
+    flags = [m.grad_checkpointing for m in model.modules() if type(m).__name__ == "Transformer"]
+    assert flags == [True] * (2 if which == "clip" else 1)  # open_clip's own transformers (vision, text)
+    if which == "custom_text":
+        assert model.vision.backbone.trunk.grad_checkpointing
+    checkpointed = gradients()
+    assert plain.keys() == checkpointed.keys() and len(plain) > 20
+    for n in plain:
+        torch.testing.assert_close(checkpointed[n], plain[n], atol=1e-5, rtol=1e-4, msg=n)
+    # layer-wise decay reads open_clip's block names: embeddings lowest, the last block and norms at 1
+    named = [(n, p) for n, p in model.vision.named_parameters() if n.startswith("backbone")]
+    scales = dict(zip([n for n, _ in named], layer_scales(named, 0.5), strict=True))
+    if which == "clip":
+        assert scales["backbone.transformer.resblocks.1.attn.in_proj_weight"] == 1.0
+        assert scales["backbone.transformer.resblocks.0.attn.in_proj_weight"] == 0.5
+        assert scales["backbone.conv1.weight"] == scales["backbone.positional_embedding"] == 0.25
+        assert scales["backbone.ln_post.weight"] == scales["backbone.proj"] == 1.0

@@ -31,7 +31,7 @@ def test_training_lowers_loss_and_lifts_recall_above_chance(tmp_path, aligner, l
     reports = []
     cfg = compose(overrides=toy_overrides(tmp_path, f"aligner={aligner}", f"loss={loss}", "train.epochs=4",
                                           "eval.split=train", "loss.warmup_epochs=1" if loss == "triplet" else "seed=0"))
-    result = run_experiment(cfg, report=lambda epoch, metrics: reports.append((epoch, metrics)))
+    result = run_experiment(cfg, on_validation=lambda epoch, metrics: reports.append((epoch, metrics)))
     assert RESULT_KEYS <= set(result)
     saved = json.loads((tmp_path / "results.json").read_text())
     losses = saved["epoch_losses"]
@@ -65,11 +65,11 @@ def test_resume_after_interruption_continues_identically(tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        run_experiment(compose(overrides=toy_overrides(tmp_path / "b", *extra)), report=stop_after_first)
+        run_experiment(compose(overrides=toy_overrides(tmp_path / "b", *extra)), on_validation=stop_after_first)
     assert load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["epoch"] == 1
     epochs_after_resume = []
     resumed = run_experiment(compose(overrides=toy_overrides(tmp_path / "b", *extra, "train.resume=auto")),
-                             report=lambda epoch, metrics: epochs_after_resume.append(epoch))
+                             on_validation=lambda epoch, metrics: epochs_after_resume.append(epoch))
     assert epochs_after_resume == [2]  # it continued; it did not start over
     a = load_checkpoint(tmp_path / "a" / "model.pt")["model"]
     b = load_checkpoint(tmp_path / "b" / "model.pt")["model"]

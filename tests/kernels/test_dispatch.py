@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from finealign.errors import ConfigError, ShapeError
-from finealign.kernels import maxsim_scores, sinkhorn_flow_scores, use_triton
+from finealign.kernels import SinkhornOptions, maxsim_scores, sinkhorn_flow_scores, use_triton
 from finealign.registry import create_aligner
 from finealign.tokens import TokenBatch
 from tests.conftest import random_batch
@@ -39,6 +39,22 @@ def test_bad_options_raise_named_errors(kwargs, error, match, gen):
     t, tm = tokens(2, 3, 4, gen)
     with pytest.raises(error, match=match):
         maxsim_scores(v, vm, t, tm, **kwargs)
+
+
+def test_sinkhorn_options_object_and_keywords_agree_and_are_checked(gen):
+    v, vm = tokens(2, 3, 4, gen)
+    t, tm = tokens(3, 5, 4, gen)
+    opts = SinkhornOptions(epsilon=0.2, iterations=7, rows="text")
+    by_object = sinkhorn_flow_scores(v, vm, t, tm, options=opts)
+    by_keywords = sinkhorn_flow_scores(v, vm, t, tm, epsilon=0.2, iterations=7, rows="text")
+    torch.testing.assert_close(by_object, by_keywords, rtol=0, atol=0)
+    assert not torch.allclose(by_object, sinkhorn_flow_scores(v, vm, t, tm, options=opts, iterations=1))
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['epsilom'\]"):
+        sinkhorn_flow_scores(v, vm, t, tm, epsilom=0.2)
+    with pytest.raises(ConfigError, match="iterations must be a positive int, got 0"):
+        SinkhornOptions(iterations=0)
+    with pytest.raises(ConfigError, match="rows must be 'visual' or 'text'"):
+        sinkhorn_flow_scores(v, vm, t, tm, rows="cols")
 
 
 def test_bad_shapes_raise_shape_error(gen):

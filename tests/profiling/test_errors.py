@@ -8,7 +8,7 @@ import torch
 from finealign.errors import ConfigError, DataError, UnknownNameError
 from finealign.profiling.device import parse_dtype, resolve_device
 from finealign.profiling.inputs import ProblemShape
-from finealign.profiling.runner import ProfileSettings, resolve_aligners
+from finealign.profiling.measure import ProfileSettings, resolve_aligners
 from finealign.profiling.timing import choose_timer
 
 

@@ -11,8 +11,8 @@ import torch
 from finealign.profiling.device import pinned_threads, resolve_device
 from finealign.profiling.flops import count_flops
 from finealign.profiling.inputs import ProblemShape, random_input_sets
+from finealign.profiling.measure import ProfileSettings, build_aligner, profile_aligners
 from finealign.profiling.memory import peak_from_allocation_log, peak_memory
-from finealign.profiling.runner import ProfileSettings, build_aligner, profile_aligners
 from finealign.profiling.timing import measure_latency, summarize
 
 CPU = torch.device("cpu")

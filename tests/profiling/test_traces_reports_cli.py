@@ -10,8 +10,8 @@ import torch
 
 from finealign.errors import ConfigError, DataError
 from finealign.profiling.inputs import ProblemShape, random_input_sets
-from finealign.profiling.report import join_eval, plot_recall_vs_latency, plot_scaling, write_table
-from finealign.profiling.runner import aligner_step, build_aligner
+from finealign.profiling.measure import aligner_step, build_aligner
+from finealign.profiling.outputs import join_eval, plot_recall_vs_latency, plot_scaling, write_table
 from finealign.profiling.traces import capture_trace, load_trace
 
 CPU = torch.device("cpu")

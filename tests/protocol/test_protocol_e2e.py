@@ -14,7 +14,7 @@ from finealign.engine.experiment import seed_everything
 from finealign.engine.model import build_model
 from finealign.errors import ConfigError
 from finealign.protocol.loader import load_protocol
-from finealign.protocol.report import write_protocol_report
+from finealign.protocol.outputs import write_protocol_report
 from finealign.protocol.run import default_storage, run_protocol
 from finealign.protocol.spec import MethodSpec, ProtocolSpec
 from finealign.sweeps.objective import run_composed

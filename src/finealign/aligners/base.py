@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from finealign.aligners.validation import check_pair
+from finealign.checks import check_positive_int
 from finealign.errors import ConfigError, ShapeError
 from finealign.kernels.checks import check_pair_indices
 from finealign.kernels.normalize import l2_normalize
@@ -58,8 +59,7 @@ class AlignerConfig:
             raise ConfigError(f"normalize must be true or false, got {self.normalize!r}")
         for key in ("chunk_visual", "chunk_text", "chunk_pairs"):
             value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{key} must be a positive int, got {value!r}")
+            check_positive_int(key, value)
 
 
 @dataclass

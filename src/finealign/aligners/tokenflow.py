@@ -36,7 +36,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -50,8 +49,9 @@ from finealign.aligners.base import (
     token_similarities,
 )
 from finealign.aligners.kernel_backed import KernelAligner, KernelConfig
+from finealign.checks import check_positive_int
 from finealign.errors import ConfigError
-from finealign.kernels import sinkhorn_flow_scores
+from finealign.kernels import SinkhornOptions, sinkhorn_flow_scores
 from finealign.kernels.checks import check_sinkhorn_kernel_options
 from finealign.kernels.sinkhorn import DOMAINS, SinkhornResult, sinkhorn
 from finealign.kernels.sinkhorn_implicit import implicit_sinkhorn
@@ -101,8 +101,7 @@ class TokenFlowConfig(KernelConfig):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{key} must be a positive finite number, got {value!r}")
-        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
-            raise ConfigError(f"iterations must be a positive int, got {self.iterations!r}")
+        check_positive_int("iterations", self.iterations)
         tol = self.tolerance
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
             raise ConfigError(f"tolerance must be a finite number >= 0, got {tol!r}")
@@ -180,15 +179,14 @@ class TokenFlowAligner(KernelAligner[TokenFlowConfig]):
     # -- scoring ------------------------------------------------------------------------------
     def kernel_scores(self, visual: TokenBatch, text: TokenBatch, pairs: Tensor | None) -> Tensor:
         cfg = self.config
-        importance: dict[str, Any] = (
-            dict(visual_pooled=visual.pooled, text_pooled=text.pooled, marginal_temperature=cfg.marginal_temperature)
-            if cfg.marginals == "importance"
-            else {}
-        )
+        importance = cfg.marginals == "importance"
+        options = SinkhornOptions(epsilon=cfg.epsilon, iterations=cfg.iterations, one_sided=cfg.relax_visual,
+                                  backend="triton", domain=cfg.kernel_domain,
+                                  marginal_temperature=cfg.marginal_temperature)  # fmt: skip
         self._record["fused"] += 1
         return sinkhorn_flow_scores(
-            visual.tokens, visual.mask, text.tokens, text.mask, epsilon=cfg.epsilon, iterations=cfg.iterations,
-            one_sided=cfg.relax_visual, backend="triton", pairs=pairs, domain=cfg.kernel_domain, **importance,
+            visual.tokens, visual.mask, text.tokens, text.mask, pairs=pairs, options=options,
+            visual_pooled=visual.pooled if importance else None, text_pooled=text.pooled if importance else None,
         )
 
     @property

@@ -51,6 +51,7 @@ from finealign.aligners.base import (
     resolve_pairs,
 )
 from finealign.aligners.validation import check_pair
+from finealign.checks import check_positive_int
 from finealign.errors import ConfigError
 from finealign.kernels.normalize import l2_normalize
 from finealign.registry import ALIGNERS, build_config, config_class, ensure_builtins
@@ -61,10 +62,7 @@ TRAIN_SCORES = ("mixed", "local")
 
 
 def _check_top_k(key: str, value: object, optional: bool) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key} must be a positive int{' or null' if optional else ''}, got {value!r}")
+    check_positive_int(key, value, optional=optional)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from finealign.aligners.base import (
 )
 from finealign.aligners.kernel_backed import KernelAligner, KernelConfig
 from finealign.aligners.pooling import accumulation_dtype, masked_softmax
+from finealign.checks import check_positive_int
 from finealign.errors import ConfigError, ShapeError
 from finealign.kernels import maxsim_scores
 from finealign.kernels.checks import DIRECTIONS  # "text", "visual", "both": the kernels' directions
@@ -46,8 +47,7 @@ class WeightedMeanMaxConfig(KernelConfig):
         super().__post_init__()
         if self.dim is None:
             raise ConfigError("weighted_mean_max needs `dim`, the token dimension of its weight layers")
-        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
-            raise ConfigError(f"dim must be a positive int, got {self.dim!r}")
+        check_positive_int("dim", self.dim)
         if self.direction not in DIRECTIONS:
             raise ConfigError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
         if self.weight_head not in ("linear", "mlp"):

@@ -9,7 +9,6 @@ the split and max_items. A changed option, checkpoint or annotation file gives a
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -23,15 +22,15 @@ import torch
 
 from finealign.cache.encode import encode_items, pad_stack
 from finealign.cache.format import (
-    ARRAY_FILES,
     FORMAT_VERSION,
-    META_FILE,
-    array_record,
+    finish_entry,
     is_complete,
     quick_problems,
     read_meta,
+    save_array,
 )
 from finealign.cache.keys import cache_key, default_cache_dir
+from finealign.checks import check_positive_int
 from finealign.errors import ConfigError
 from finealign.registry import create_dataset, create_encoder
 
@@ -88,7 +87,7 @@ def _write_modality(tmp: Path, prefix: str, tokens, masks, pooled) -> dict[str, 
     out_tokens.flush()
     out_mask.flush()
     del out_tokens, out_mask
-    np.save(tmp / f"{prefix}_pooled.npy", pooled.astype(np.float16))
+    save_array(tmp, f"{prefix}_pooled", pooled)
     return {"dim": int(dim), "num_tokens": int(length)}
 
 
@@ -106,8 +105,7 @@ def build_feature_cache(
     num_workers: int = 0,
 ) -> Path:
     """Encode one split once and return its cache entry folder (reused when already complete)."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_positive_int("batch_size", batch_size)
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     device = torch.device(device)
     dataset_options = dict(dataset_options or {})
@@ -149,10 +147,8 @@ def build_feature_cache(
         text_info = _write_modality(tmp, "text", *t)
         del t
         seconds["text"] = time.perf_counter() - start
-        np.save(tmp / "caption_item.npy", data.caption_item.numpy().astype(np.int64))
-        meta = {
-            "arrays": {name: array_record(tmp / name) for name in ARRAY_FILES},  # verify_entry checks these
-            "format": FORMAT_VERSION,
+        save_array(tmp, "caption_item", data.caption_item.numpy())
+        finish_entry(tmp, {
             "key": key,
             "vision": {**identity["vision"], **visual_info},
             "text": {**identity["text"], **text_info},
@@ -164,10 +160,7 @@ def build_feature_cache(
             "items": [str(x) for x in data.items],
             "seconds": seconds,
             "device": str(device),
-            "complete": True,  # written last: a meta.json without it never counts as a cache
-        }
-        with open(tmp / META_FILE, "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=1, default=str)
+        })  # fmt: skip
         _move_into_place(tmp, entry)
     finally:
         if tmp.exists():

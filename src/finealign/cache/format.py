@@ -28,6 +28,65 @@ META_FILE = "meta.json"
 MODALITIES = ("visual", "text")
 PARTS = ("tokens", "mask", "pooled")
 ARRAY_FILES = tuple(f"{m}_{p}.npy" for m in MODALITIES for p in PARTS) + ("caption_item.npy",)
+# the stored dtype of each array (by file stem)
+DTYPES = {**{f"{m}_{p}": (np.bool_ if p == "mask" else np.float16) for m in MODALITIES for p in PARTS},
+          "caption_item": np.int64}  # fmt: skip
+
+
+def save_array(entry: Path, stem: str, array: np.ndarray) -> None:
+    """One array of an entry, in its stored dtype."""
+    np.save(Path(entry) / f"{stem}.npy", np.asarray(array, dtype=DTYPES[stem]))
+
+
+def finish_entry(entry: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Write meta.json once every array is on disk: each array's record (shape, dtype, size,
+    SHA-256) and `"complete": true`, which makes the entry valid. Returns what was written."""
+    entry = Path(entry)
+    missing = [f for f in ARRAY_FILES if not (entry / f).is_file()]
+    if missing:
+        raise DataError(f"feature cache {entry} cannot be finished: {', '.join(missing)} not written")
+    info = {
+        **meta,
+        "arrays": {name: array_record(entry / name) for name in ARRAY_FILES},  # verify_entry checks these
+        "format": FORMAT_VERSION,
+        "complete": True,  # last: a meta.json without it never counts as a cache
+    }
+    with open(entry / META_FILE, "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=1, default=str)
+    return info
+
+
+def open_checked(entry: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(memory-mapped arrays by stem, meta) of a complete entry after the cheap checks (meta.json
+    present and complete, recorded sizes/shapes/dtypes, row counts); DataError naming the problem."""
+    entry = Path(entry)
+    meta_path = entry / META_FILE
+    if not meta_path.is_file():
+        raise DataError(f"feature cache has no meta.json: {meta_path} (was the cache written?)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"corrupt feature cache meta file {meta_path}: {exc}") from exc
+    if meta.get("complete") is not True:
+        raise DataError(f"feature cache {entry} is incomplete (meta.json complete != true); rebuild it")
+    damaged = quick_problems(entry, meta)
+    if damaged:
+        raise DataError(f"feature cache {entry} is damaged: {'; '.join(damaged)} — delete it and rebuild")
+    arrays = {f[:-4]: load_array(entry / f) for f in ARRAY_FILES}
+    n, m = meta.get("num_items"), meta.get("num_captions")
+    for stem, want in (("visual_tokens", n), ("text_tokens", m), ("caption_item", m)):
+        if arrays[stem].shape[0] != want:
+            raise DataError(f"{entry / (stem + '.npy')} has {arrays[stem].shape[0]} rows but meta.json says {want}")
+    return arrays, meta
+
+
+def load_array(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"feature cache file missing: {path}")
+    try:
+        return np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as exc:
+        raise DataError(f"cannot read feature cache file {path}: {exc}") from exc
 
 
 def read_meta(entry: Path) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from finealign.checks import check_int, check_positive_int
 from finealign.errors import ConfigError
 
 
@@ -28,13 +29,7 @@ class FeatureSource:
         for key in ("dataset_options", "vision_options", "text_options"):
             if not isinstance(getattr(self, key), dict):
                 raise ConfigError(f"{key} must be a mapping of options, got {getattr(self, key)!r}")
-        _check_int(self, "batch_size", 1)
-
-
-def _check_int(obj: Any, key: str, low: int) -> None:
-    value = getattr(obj, key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{key} must be an int >= {low}, got {value!r}")
+        check_positive_int("batch_size", self.batch_size)
 
 
 @dataclass
@@ -48,4 +43,4 @@ class CacheBuildSettings(FeatureSource):
             self.splits = [self.splits]
         if not isinstance(self.splits, list) or not self.splits or not all(isinstance(s, str) and s for s in self.splits):
             raise ConfigError(f"splits must be a non-empty list of split names, got {self.splits!r}")
-        _check_int(self, "num_workers", 0)
+        check_int("num_workers", self.num_workers, low=0)

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or DEFAULT_ROOT / spec.study
     storage = args.storage or default_storage(spec.study, out.parent)
     run_protocol(spec, extra, storage=storage, out_dir=out, methods=methods, progress=not args.no_progress)
-    from finealign.protocol.report import write_protocol_report  # noqa: PLC0415  (after the long part)
+    from finealign.protocol.outputs import write_protocol_report  # noqa: PLC0415  (after the long part)
 
     report = write_protocol_report(out, storage)
     print(report.markdown)

@@ -42,6 +42,8 @@ def setup_logging() -> None:
     root = logging.getLogger()
     if not root.handlers:
         level = os.environ.get("FINEALIGN_LOG_LEVEL", "INFO").upper()
+        if int(os.environ.get("RANK", "0") or 0) > 0:  # torchrun: rank 0 tells the story, the others warn
+            level = "WARNING"
         logging.basicConfig(level=level if isinstance(logging.getLevelName(level), int) else "INFO",
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")  # fmt: skip
 

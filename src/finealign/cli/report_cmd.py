@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     protocol_dir = args.out or DEFAULT_ROOT / args.study
     if (protocol_dir / SPEC_FILE).is_file():
-        from finealign.protocol.report import write_protocol_report
+        from finealign.protocol.outputs import write_protocol_report
 
         report = write_protocol_report(protocol_dir, args.storage or default_storage(args.study, protocol_dir.parent))
         print({"md": report.markdown, "csv": report.csv.read_text(), "latex": report.tex.read_text()}[args.format])

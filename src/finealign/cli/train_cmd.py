@@ -4,12 +4,14 @@
     finealign train --cfg job data=toy               # print the composed config and stop
     finealign train -m aligner=global,mean_max seed=0,1    # 4 jobs in multirun/<date>/<time>/0..3
     finealign train hydra.run.dir=runs/mine          # where this run writes
+    torchrun --nproc_per_node 4 -m finealign train ...  # DDP over 4 processes (train.batch_size is global)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from omegaconf import OmegaConf
 
@@ -52,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         if len(planned) > 1:
             print(f"[job] {' '.join(job_overrides)}")
         result = run_experiment(cfg, overrides=job_overrides)
+        if int(os.environ.get("RANK", "0") or 0) > 0:
+            continue  # torchrun: every rank returns the same result; rank 0 prints it
         if args.json:
             print(json.dumps(result, indent=2))
         else:

@@ -15,9 +15,9 @@ from typing import cast
 import numpy as np
 
 from finealign.cache.settings import FeatureSource
+from finealign.checks import check_int
 from finealign.data.base import ConfiguredSplits, RetrievalSplit
 from finealign.data.features import FeatureRows, load_feature_cache
-from finealign.errors import ConfigError
 from finealign.registry import DATASETS
 
 
@@ -31,8 +31,7 @@ class CachedConfig(FeatureSource):
     def __post_init__(self) -> None:
         super().__post_init__()
         for split, n in dict(self.max_items).items():
-            if not isinstance(n, int) or n < 0:
-                raise ConfigError(f"max_items.{split} must be a non-negative int, got {n!r}")
+            check_int(f"max_items.{split}", n, low=0)
 
 
 def first_items(split: RetrievalSplit, n: int) -> RetrievalSplit:

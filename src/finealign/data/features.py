@@ -27,19 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from finealign.cache.format import finish_entry, load_array, open_checked, save_array
 from finealign.data.base import ConfiguredSplits, RetrievalSplit
 from finealign.errors import ConfigError, DataError
 from finealign.registry import DATASETS
-
-CACHE_FILES = (
-    "visual_tokens.npy",
-    "visual_mask.npy",
-    "visual_pooled.npy",
-    "text_tokens.npy",
-    "text_mask.npy",
-    "text_pooled.npy",
-    "caption_item.npy",
-)
 
 
 class FeatureRows(Sequence):
@@ -72,43 +63,12 @@ class FeatureRows(Sequence):
         }
 
 
-def _load_array(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise DataError(f"feature cache file missing: {path}")
-    try:
-        return np.load(path, mmap_mode="r")
-    except (ValueError, OSError) as exc:
-        raise DataError(f"cannot read feature cache file {path}: {exc}") from exc
-
-
 def load_feature_cache(directory: str | Path, name: str | None = None) -> RetrievalSplit:
     """Open one split's feature cache (memory-mapped); DataError naming the path if it is missing,
-    incomplete (meta.json "complete" not true) or inconsistent."""
+    incomplete (meta.json "complete" not true) or inconsistent. The layout is finealign.cache.format's."""
     directory = Path(directory)
-    meta_path = directory / "meta.json"
-    if not meta_path.is_file():
-        raise DataError(f"feature cache has no meta.json: {meta_path} (was the cache written?)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"corrupt feature cache meta file {meta_path}: {exc}") from exc
-    if meta.get("complete") is not True:
-        raise DataError(f"feature cache {directory} is incomplete (meta.json complete != true); rebuild it")
-    from finealign.cache.format import quick_problems  # the one definition of the entry format
-
-    damaged = quick_problems(directory, meta)
-    if damaged:
-        raise DataError(f"feature cache {directory} is damaged: {'; '.join(damaged)} — delete it and rebuild")
-    arrays = {f[:-4]: _load_array(directory / f) for f in CACHE_FILES}
-    n, m = meta.get("num_items"), meta.get("num_captions")
-    checks = {
-        "visual_tokens.npy": (arrays["visual_tokens"].shape[0], n),
-        "text_tokens.npy": (arrays["text_tokens"].shape[0], m),
-        "caption_item.npy": (arrays["caption_item"].shape[0], m),
-    }
-    for file, (got, want) in checks.items():
-        if got != want:
-            raise DataError(f"{directory / file} has {got} rows but meta.json says {want}")
+    arrays, meta = open_checked(directory)
+    n: int = meta["num_items"]  # open_checked matched it to the row count
     caption_item = torch.from_numpy(np.array(arrays["caption_item"], dtype=np.int64))  # a copy: small
     if len(caption_item) and (int(caption_item.min()) < 0 or int(caption_item.max()) >= n):
         raise DataError(f"{directory / 'caption_item.npy'} holds item indices outside [0, {n})")
@@ -138,27 +98,17 @@ def write_feature_cache(
     caption_item: np.ndarray,
     meta: dict[str, Any] | None = None,
 ) -> Path:
-    """Write one split in the cache layout; meta.json is written last, marked complete."""
+    """Write one split in the cache layout (finealign.cache.format: the same files, dtypes and
+    checksummed meta.json as a built cache entry); meta.json last, marked complete."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {
-        "visual_tokens": np.asarray(visual_tokens, dtype=np.float16),
-        "visual_mask": np.asarray(visual_mask, dtype=bool),
-        "visual_pooled": np.asarray(visual_pooled, dtype=np.float16),
-        "text_tokens": np.asarray(text_tokens, dtype=np.float16),
-        "text_mask": np.asarray(text_mask, dtype=bool),
-        "text_pooled": np.asarray(text_pooled, dtype=np.float16),
-        "caption_item": np.asarray(caption_item, dtype=np.int64),
-    }
-    for key, array in arrays.items():
-        np.save(directory / f"{key}.npy", array)
-    info = {
-        **(meta or {}),
-        "num_items": int(arrays["visual_tokens"].shape[0]),
-        "num_captions": int(arrays["text_tokens"].shape[0]),
-        "complete": True,
-    }
-    (directory / "meta.json").write_text(json.dumps(info, indent=2))
+        "visual_tokens": visual_tokens, "visual_mask": visual_mask, "visual_pooled": visual_pooled,
+        "text_tokens": text_tokens, "text_mask": text_mask, "text_pooled": text_pooled, "caption_item": caption_item,
+    }  # fmt: skip
+    for stem, array in arrays.items():
+        save_array(directory, stem, array)
+    finish_entry(directory, {**(meta or {}), "num_items": int(len(visual_tokens)), "num_captions": int(len(text_tokens))})
     return directory
 
 
@@ -167,7 +117,7 @@ def load_region_split(directory: str | Path, name: str | None = None) -> Retriev
     directory = Path(directory)
     npy, npz = directory / "regions.npy", directory / "regions.npz"
     if npy.is_file():
-        features, mask = _load_array(npy), None
+        features, mask = load_array(npy), None
     elif npz.is_file():
         with np.load(npz) as archive:
             if "features" not in archive:

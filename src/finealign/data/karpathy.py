@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from finealign.checks import check_positive_int
 from finealign.data.base import RetrievalSplit
 from finealign.data.images import open_rgb_image
 from finealign.data.json_files import file_fingerprint, read_json
@@ -61,8 +62,7 @@ class KarpathyConfig:
     max_items: int | None = None  # keep the first N images of a split (quick runs, tests)
 
     def __post_init__(self) -> None:
-        if self.max_items is not None and (not isinstance(self.max_items, int) or self.max_items < 1):
-            raise ConfigError(f"max_items must be a positive int or None, got {self.max_items!r}")
+        check_positive_int("max_items", self.max_items, optional=True)
         for key in ("json_name", "image_dir"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key):
                 raise ConfigError(f"{key} must be a non-empty string, got {getattr(self, key)!r}")

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from finealign.checks import check_positive_int
 from finealign.data.base import RetrievalSplit
 from finealign.data.json_files import file_fingerprint, read_json
 from finealign.data.paths import candidate_roots, default_root
@@ -48,8 +49,7 @@ class MSRVTTConfig:
     def __post_init__(self) -> None:
         if self.source not in _SOURCES:
             raise ConfigError(f"source must be one of {_SOURCES}, got {self.source!r}")
-        if self.max_items is not None and (not isinstance(self.max_items, int) or self.max_items < 1):
-            raise ConfigError(f"max_items must be a positive int or None, got {self.max_items!r}")
+        check_positive_int("max_items", self.max_items, optional=True)
 
 
 def read_video_list(path: Path) -> tuple[list[str], dict[str, str]]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from finealign.checks import check_positive_int
 from finealign.data.base import RetrievalSplit
 from finealign.data.features import FeatureRows, write_feature_cache
 from finealign.errors import ConfigError
@@ -44,8 +45,7 @@ class ToyConfig:
         for key in ("num_train", "num_val", "num_test", "captions_per_item", "concepts", "latent_dim",
                     "regions", "words", "vision_dim", "text_dim"):
             value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{key} must be a positive int, got {value!r}")
+            check_positive_int(key, value)
         if self.regions > self.concepts:
             raise ConfigError(f"regions ({self.regions}) cannot exceed concepts ({self.concepts})")
         if self.words < 2:

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from finealign.checks import check_positive_int
 from finealign.encoders.base import Encoder
-from finealign.encoders.common import check_positive_int
 from finealign.encoders.vocabulary import Vocabulary
 from finealign.errors import ConfigError, DataError
 from finealign.registry import ENCODERS

@@ -10,19 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from finealign.checks import check_int
 from finealign.encoders.base import C, Encoder
-from finealign.errors import ConfigError
 
 
 def check_embed_dim(embed_dim: Any) -> None:
     """`embed_dim` is the projected width; 0 means "no projection, raw backbone features"."""
-    if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim < 0:
-        raise ConfigError(f"embed_dim must be an int >= 0 (0 = raw features), got {embed_dim!r}")
-
-
-def check_positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} must be a positive int, got {value!r}")
+    check_int("embed_dim", embed_dim, low=0, note=" (0 = raw features)")
 
 
 def projection(in_dim: int, embed_dim: int) -> nn.Module:

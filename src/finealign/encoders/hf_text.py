@@ -9,10 +9,10 @@ from typing import Any
 
 from torch import Tensor
 
+from finealign.checks import check_positive_int
 from finealign.encoders.common import (
     BackboneEncoder,
     check_embed_dim,
-    check_positive_int,
     file_identity,
     output_dim,
     projection,

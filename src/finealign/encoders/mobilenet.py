@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from finealign.checks import check_int
 from finealign.data.images import as_rgb_image
 from finealign.encoders.common import (
     BackboneEncoder,
@@ -23,7 +24,7 @@ from finealign.encoders.common import (
     output_dim,
     projection,
 )
-from finealign.errors import ConfigError, DataError, PluginError
+from finealign.errors import DataError, PluginError
 from finealign.registry import ENCODERS
 from finealign.tokens import TokenBatch
 
@@ -47,8 +48,7 @@ class MobileNetV2Config:
 
     def __post_init__(self) -> None:
         check_embed_dim(self.embed_dim)
-        if not isinstance(self.image_size, int) or self.image_size < 32:
-            raise ConfigError(f"image_size must be an int >= 32, got {self.image_size!r}")
+        check_int("image_size", self.image_size, low=32)
 
 
 def packaged_checkpoint() -> Path | None:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from finealign.checks import check_positive_int
 from finealign.encoders.base import Encoder
 from finealign.encoders.common import check_embed_dim
 from finealign.errors import ConfigError, ShapeError
@@ -59,18 +60,15 @@ class PrecomputedConfig:
 
     def __post_init__(self) -> None:
         check_embed_dim(self.embed_dim)
-        if self.in_dim is not None and (not isinstance(self.in_dim, int) or self.in_dim < 1):
-            raise ConfigError(f"in_dim must be a positive int or null, got {self.in_dim!r}")
+        check_positive_int("in_dim", self.in_dim, optional=True)
         if self.head not in ("linear", "mlp", "transformer"):
             raise ConfigError(f"head must be linear, mlp or transformer, got {self.head!r}")
         if self.head != "linear" and self.embed_dim == 0:
             raise ConfigError(f"head {self.head!r} needs embed_dim > 0")
-        if self.hidden_dim is not None and (not isinstance(self.hidden_dim, int) or self.hidden_dim < 1):
-            raise ConfigError(f"hidden_dim must be a positive int or null, got {self.hidden_dim!r}")
+        check_positive_int("hidden_dim", self.hidden_dim, optional=True)
         if not isinstance(self.layers, int) or not 1 <= self.layers <= 4:
             raise ConfigError(f"layers must be an int in [1, 4] (a small head), got {self.layers!r}")
-        if not isinstance(self.heads, int) or self.heads < 1:
-            raise ConfigError(f"heads must be a positive int, got {self.heads!r}")
+        check_positive_int("heads", self.heads)
         if self.head == "transformer" and self.embed_dim % self.heads:
             raise ConfigError(f"heads ({self.heads}) must divide embed_dim ({self.embed_dim})")
         if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:

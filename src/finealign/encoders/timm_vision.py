@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from finealign.checks import check_int
 from finealign.data.images import as_rgb_image
 from finealign.encoders.common import (
     BackboneEncoder,
@@ -36,8 +37,7 @@ class TimmVisionConfig:
         if not isinstance(self.model_name, str) or not self.model_name:
             raise ConfigError(f"model_name must be a timm model name, got {self.model_name!r}")
         check_embed_dim(self.embed_dim)
-        if self.img_size is not None and (not isinstance(self.img_size, int) or self.img_size < 16):
-            raise ConfigError(f"img_size must be an int >= 16 or None, got {self.img_size!r}")
+        check_int("img_size", self.img_size, low=16, optional=True)
 
 
 def _build(model_name: str, pretrained: bool, img_size: int | None) -> Any:

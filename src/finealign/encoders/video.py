@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from finealign.checks import check_positive_int
 from finealign.encoders.base import Encoder
-from finealign.encoders.common import check_embed_dim, check_positive_int, output_dim, projection
+from finealign.encoders.common import check_embed_dim, output_dim, projection
 from finealign.errors import ConfigError, DataError
 from finealign.registry import ENCODERS
 from finealign.tokens import TokenBatch

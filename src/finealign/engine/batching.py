@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from finealign.data.base import RetrievalSplit
 from finealign.devices import to_device  # noqa: F401  (one home: finealign.devices; the engine imports it from here)
@@ -58,6 +58,10 @@ class PairBatch:
     item_ids: Tensor  # (B_img,) dataset indices of the images
     caption_ids: Tensor  # (B_txt,)
 
+    def caption_items(self) -> Tensor:
+        """(B_txt,) dataset index of each caption's image (its one positive)."""
+        return self.item_ids[self.positives.to(torch.uint8).argmax(dim=0)]
+
 
 class PairCollator:
     """Deduplicates images and builds the positives matrix."""
@@ -81,13 +85,24 @@ class PairCollator:
 
 
 def epoch_loader(
-    split: RetrievalSplit, model: Any, *, mode: str, batch_size: int, seed: int, epoch: int, num_workers: int = 0
+    split: RetrievalSplit, model: Any, *, mode: str, batch_size: int, seed: int, epoch: int, num_workers: int = 0,
+    rank: int = 0, world_size: int = 1,
 ) -> DataLoader:
+    """Batches of `batch_size` pairs; with world_size > 1, this rank's share of each global batch of
+    `batch_size` pairs (batch_size / world_size of them, by a DistributedSampler), so the ranks
+    together see exactly the batches one process would."""
     pairs = epoch_pairs(split, mode, seed, epoch)
+    dataset = PairDataset(split, pairs, model.vision, model.text)
+    sampler: DistributedSampler | None = None
+    if world_size > 1:
+        # drop_last: every rank gets floor(P / W) pairs, so there are floor(P / B) full global batches
+        # as in one process; shuffle=False: the order is already drawn from (seed, epoch).
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False, drop_last=True)
     return DataLoader(
-        PairDataset(split, pairs, model.vision, model.text),
-        batch_size=batch_size,
+        dataset,
+        batch_size=batch_size // world_size,
         shuffle=False,  # the order is already drawn from (seed, epoch)
+        sampler=sampler,
         drop_last=len(pairs) > batch_size,  # a tiny last batch gives a noisy contrastive step
         num_workers=num_workers,
         collate_fn=PairCollator(model.vision, model.text),

@@ -3,7 +3,6 @@ aligner in chunks of images, and compute the retrieval metrics."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 import warnings
@@ -15,7 +14,8 @@ import torch
 from torch import Tensor
 
 from finealign.data.base import RetrievalSplit
-from finealign.engine.batching import to_device
+from finealign.encoders.batches import autocast_context, encoded_batches
+from finealign.engine.distributed import SINGLE, World, broadcast_object, gather_rows, gather_token_batch, shard_range
 from finealign.engine.metrics import fold_slices, mean_metrics, query_ranks, retrieval_metrics
 from finealign.progress import bar as progress_bar
 from finealign.tokens import TokenBatch
@@ -34,25 +34,14 @@ def concat_token_batches(batches: Sequence[TokenBatch]) -> TokenBatch:
     return TokenBatch(torch.cat(tokens), torch.cat(masks), pooled)
 
 
-def autocast_context(device: torch.device, amp: str):
-    if amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-@torch.no_grad()
 def encode_all(
     encoder: Any, raw_items: Sequence[Any], *, batch_size: int, device: torch.device, amp: str = "none",
     progress: bool = False, desc: str = "encode",
 ) -> TokenBatch:
-    """Encode every raw item with `encoder` (load → collate → forward) into one TokenBatch (fp32)."""
-    out = []
-    for start in progress_bar(range(0, len(raw_items), batch_size), progress=progress, desc=desc, leave=False):
-        inputs = encoder.collate([encoder.load(raw_items[i]) for i in range(start, min(start + batch_size, len(raw_items)))])
-        with autocast_context(device, amp):
-            batch = encoder(to_device(inputs, device))
-        out.append(batch.to(torch.float32))
-    return concat_token_batches(out)
+    """Encode every raw item with `encoder` into one TokenBatch (fp32), by the shared loop."""
+    batches = encoded_batches(encoder, len(raw_items), raw_items.__getitem__, batch_size=batch_size, device=device,
+                              amp=amp, progress=progress, desc=desc)  # fmt: skip
+    return concat_token_batches([b.to(torch.float32) for b in batches])
 
 
 def subset(split: RetrievalSplit, max_items: int) -> tuple[Sequence[Any], Sequence[Any], Tensor]:
@@ -73,6 +62,37 @@ class _LazyItems(Sequence):
 
     def __getitem__(self, i):
         return self.split.raw_item(i)
+
+
+class _Slice(Sequence):
+    """items[lo:hi] of a lazy sequence, without loading the rest."""
+
+    def __init__(self, items: Sequence[Any], lo: int, hi: int):
+        self.items, self.lo, self.hi = items, lo, hi
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def __getitem__(self, i):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.items[self.lo + i]
+
+
+def encode_sharded(
+    encoder: Any, raw_items: Sequence[Any], world: World, *, batch_size: int, device: torch.device, amp: str = "none",
+    progress: bool = False, desc: str = "encode",
+) -> TokenBatch:
+    """encode_all, each rank encoding a contiguous share of the items; every rank gets all of them."""
+    if not world.distributed:
+        return encode_all(encoder, raw_items, batch_size=batch_size, device=device, amp=amp, progress=progress, desc=desc)
+    lo, hi = shard_range(len(raw_items), world)
+    # A rank without a share (fewer items than ranks) still encodes one item, for the feature
+    # width and dtype, and contributes none.
+    start = min(lo, len(raw_items) - 1)
+    own = encode_all(encoder, _Slice(raw_items, start, max(hi, start + 1)), batch_size=batch_size, device=device,
+                     amp=amp, progress=progress, desc=desc)[: hi - lo]  # fmt: skip
+    return gather_token_batch(own, world)
 
 
 class _LazyCaptions(Sequence):
@@ -110,13 +130,15 @@ class GalleryScores:
 @torch.no_grad()
 def score_gallery(
     aligner: Any, visual: TokenBatch, text: TokenBatch, *, chunk_items: int, progress: bool = False,
-    device: torch.device | None = None,
+    device: torch.device | None = None, world: World = SINGLE,
 ) -> GalleryScores:
     """Score the whole gallery for both query directions.
 
     Gallery-independent aligners are called on `chunk_items` images at a time against every
     caption (rows of one matrix serve both directions); gallery-dependent ones (two_stage) are
-    asked once per direction for the whole gallery (`query_scores`).
+    asked once per direction for the whole gallery (`query_scores`). With several ranks, each
+    scores a contiguous share of the image rows and every rank receives the whole matrix
+    (gallery-dependent aligners: every rank scores the whole gallery).
     """
     if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -125,10 +147,13 @@ def score_gallery(
         i2t = aligner.query_scores(visual, text, "i2t").float().cpu()
         t2i = aligner.query_scores(visual, text, "t2i").float().cpu()
     else:
-        rows = []
-        for i in progress_bar(range(0, len(visual), chunk_items), progress=progress, desc="score", leave=False):
-            rows.append(aligner(visual[i : i + chunk_items], text).float().cpu())
+        lo, hi = shard_range(len(visual), world)
+        rows = [torch.empty(0, len(text))]
+        for i in progress_bar(range(lo, hi, chunk_items), progress=progress, desc="score", leave=False):
+            rows.append(aligner(visual[i : min(i + chunk_items, hi)], text).float().cpu())
         i2t = t2i = torch.cat(rows)
+        if world.distributed:  # through the features' device: nccl gathers CUDA tensors only
+            i2t = t2i = gather_rows(i2t.to(visual.tokens.device), world).cpu()
     if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)
     return GalleryScores(i2t, t2i, 1000.0 * (time.perf_counter() - start))
@@ -204,7 +229,7 @@ def evaluate(
     model: Any, split: RetrievalSplit, *, device: torch.device, batch_size: int = 256, chunk_items: int = 256,
     max_items: int = 0, coco_folds: int = 0, fold_size: int = 1000, amp: str = "none", progress: bool = False,
     measure_memory: bool = True, cost_repeats: int = 0, cost_rows: int = 16, threads: int = 0,
-    ranks: dict[str, Any] | None = None,
+    ranks: dict[str, Any] | None = None, world: World = SINGLE,
 ) -> dict[str, float]:
     """Metrics of `model` on `split` (+ score_latency_ms, score_peak_mem_mb unless `measure_memory`
     is off, and `folds_*` averages when coco_folds>0).
@@ -212,31 +237,37 @@ def evaluate(
     cost_repeats >= 5 adds the per-query scoring cost with its spread and its ratios to reference
     operations timed alongside (profiling.scoring_cost); threads > 0 pins torch's thread count for
     the whole evaluation. A dict passed as `ranks` receives every query's rank ("i2t", "t2i") and
-    "caption_item" (for paired bootstraps over queries)."""
+    "caption_item" (for paired bootstraps over queries). With several ranks (`world`), the ranks
+    share the encoding and the scoring and all return rank 0's metrics; the scoring memory and
+    cost are measured on rank 0 alone."""
     from finealign.profiling.device import pinned_threads
 
     with pinned_threads(threads or None):
         return _evaluate(
             model, split, device=device, batch_size=batch_size, chunk_items=chunk_items, max_items=max_items,
             coco_folds=coco_folds, fold_size=fold_size, amp=amp, progress=progress, measure_memory=measure_memory,
-            cost_repeats=cost_repeats, cost_rows=cost_rows, ranks=ranks,
+            cost_repeats=cost_repeats, cost_rows=cost_rows, ranks=ranks, world=world,
         )  # fmt: skip
 
 
 def _evaluate(
     model: Any, split: RetrievalSplit, *, device: torch.device, batch_size: int, chunk_items: int, max_items: int,
     coco_folds: int, fold_size: int, amp: str, progress: bool, measure_memory: bool, cost_repeats: int,
-    cost_rows: int, ranks: dict[str, Any] | None,
+    cost_rows: int, ranks: dict[str, Any] | None, world: World = SINGLE,
 ) -> dict[str, float]:
     was_training = model.training
+    progress = progress and world.is_main
     model.eval()
     try:
         items, captions, caption_item = subset(split, max_items)
-        visual = encode_all(model.vision, items, batch_size=batch_size, device=device, amp=amp, progress=progress, desc="images")
-        text = encode_all(model.text, captions, batch_size=batch_size, device=device, amp=amp, progress=progress, desc="captions")
+        encode: dict[str, Any] = dict(batch_size=batch_size, device=device, amp=amp, progress=progress)
+        visual = encode_sharded(model.vision, items, world, **encode, desc="images")
+        text = encode_sharded(model.text, captions, world, **encode, desc="captions")
         with autocast_context(device, amp):
             getattr(model.aligner, "reset_diagnostics", lambda: None)()
-            scores = score_gallery(model.aligner, visual, text, chunk_items=chunk_items, progress=progress, device=device)
+            scores = score_gallery(model.aligner, visual, text, chunk_items=chunk_items, progress=progress, device=device,
+                                   world=world)  # fmt: skip
+            measure_memory, cost_repeats = (measure_memory, cost_repeats) if world.is_main else (False, 0)
             solver: dict[str, float] = getattr(model.aligner, "diagnostics", dict)()  # read before the memory pass scores again
             # A profiled extra pass: worth it for the reported test metrics, not for every validation.
             score_mem = (
@@ -268,4 +299,4 @@ def _evaluate(
         metrics["score_peak_mem_mb"] = score_mem
     metrics["num_items"] = float(len(items))
     metrics["num_captions"] = float(len(captions))
-    return metrics
+    return broadcast_object(metrics, world)

@@ -18,6 +18,16 @@ from omegaconf import DictConfig, OmegaConf
 from finealign.config import ExperimentSpec, config_roots, validate
 from finealign.devices import resolve_device
 from finealign.engine.checkpoint import load_checkpoint, save_checkpoint
+from finealign.engine.distributed import (
+    SINGLE,
+    World,
+    broadcast_object,
+    check_global_batch,
+    env_world_size,
+    failures_named,
+    init_world,
+    rank_device,
+)
 from finealign.engine.evaluate import evaluate
 from finealign.engine.model import RetrievalModel, build_loss, build_model, fit_to_training_data
 from finealign.engine.provenance import provenance
@@ -80,16 +90,17 @@ def labels(spec: ExperimentSpec) -> dict[str, Any]:
 
 
 def _test_metrics(
-    model: RetrievalModel, spec: ExperimentSpec, split: Any, device: torch.device, output_dir: Path
+    model: RetrievalModel, spec: ExperimentSpec, split: Any, device: torch.device, output_dir: Path,
+    world: World = SINGLE,
 ) -> dict[str, float]:
     e = spec.eval
     ranks: dict[str, Any] = {}
     metrics = evaluate(
         model, split, device=device, batch_size=e.batch_size, chunk_items=e.chunk_items, max_items=e.max_items,
         coco_folds=e.coco_folds, fold_size=e.fold_size, amp=spec.train.amp, progress=e.progress,
-        cost_repeats=e.cost_repeats, cost_rows=e.cost_rows, threads=e.threads, ranks=ranks,
+        cost_repeats=e.cost_repeats, cost_rows=e.cost_rows, threads=e.threads, ranks=ranks, world=world,
     )  # fmt: skip
-    if e.save_ranks:
+    if e.save_ranks and world.is_main:
         save_ranks(output_dir / "ranks.npz", ranks, split=e.split)
     return metrics
 
@@ -103,34 +114,62 @@ def save_ranks(path: Path, ranks: dict[str, Any], *, split: str) -> None:
     )  # fmt: skip
 
 
-def _begin_run(cfg: DictConfig) -> tuple[ExperimentSpec, Path, torch.device, Any]:
+def _begin_run(cfg: DictConfig, world: World = SINGLE) -> tuple[ExperimentSpec, Path, torch.device, Any]:
     """What every run does first: validate (every ConfigError before any data is read), claim a
     fresh writable run directory (before training: a run must not be lost to a late write error),
-    pick the device, seed, and open the dataset."""
+    pick the device, seed, and open the dataset. With several ranks, rank 0 claims the directory
+    and tells the others."""
     validate(cfg)
-    out_dir = claim_output_dir(cfg)
-    check_writable(out_dir)
+    out_dir = claim_output_dir(cfg) if world.is_main else None
+    if world.is_main:
+        check_writable(out_dir)  # type: ignore[arg-type]
+    out_dir = Path(broadcast_object(str(out_dir), world))
+    cfg.output_dir = str(out_dir)
     spec = validate(cfg)  # again: output_dir is now fixed
-    device = resolve_device(spec.device)
+    device = rank_device(resolve_device(spec.device)) if world.distributed else resolve_device(spec.device)
     seed_everything(spec.seed)
     dname, doptions = spec.data
     return spec, out_dir, device, create_dataset(dname, **doptions)
 
 
 def run_experiment(
-    cfg: DictConfig, *, report: Callable[[int, dict], None] | None = None, overrides: Iterable[str] | None = None
+    cfg: DictConfig, *, on_validation: Callable[[int, dict], None] | None = None, overrides: Iterable[str] | None = None
 ) -> dict:
     """Train and evaluate the experiment `cfg` (as composed by finealign.config.compose).
 
-    report(epoch, val_metrics) is called after each validation (sweeps prune by raising from it).
+    on_validation(epoch, val_metrics) is called after each validation (sweeps prune by raising from it).
     Returns the test-split metrics (i2t/t2i R@1/5/10, rsum, medr, meanr, score_latency_ms) plus
     train_peak_mem_mb, process_peak_rss_mb, train_time_s, final_loss, epochs, steps and
     best_val_rsum, and writes results.json / results.csv / ranks.npz (and model.pt, when
     train.save_model) into the run's directory: cfg.output_dir, or a fresh sibling of it when that
     already holds results (`claim_output_dir`). results.json carries the provenance block
     (`engine.provenance`); `overrides` are the command-line overrides it records.
+
+    Launched by torchrun (WORLD_SIZE > 1, train.distributed=auto), every rank runs this: they train
+    one model with DDP over the global batch, share the evaluation, and rank 0 alone writes files;
+    every rank returns the same metrics. A rank whose peers fail stops with RankFailure.
     """
-    spec, out_dir, device, dataset = _begin_run(cfg)
+    world = _start_world(cfg)
+    with failures_named(world):
+        return _run_experiment(cfg, world, on_validation, overrides)
+
+
+def _start_world(cfg: DictConfig) -> World:
+    """The process group of a torchrun launch (SINGLE otherwise), after the checks that need no peer."""
+    if env_world_size() <= 1:
+        return SINGLE
+    spec = validate(cfg)
+    if spec.train.distributed == "off":
+        return init_world("off", spec.train.dist_timeout_s, torch.device("cpu"))
+    check_global_batch(spec.train.batch_size, env_world_size())
+    # the rank's own GPU before the group is made: nccl binds each rank to the device it is given
+    return init_world(spec.train.distributed, spec.train.dist_timeout_s, rank_device(resolve_device(spec.device)))
+
+
+def _run_experiment(
+    cfg: DictConfig, world: World, on_validation: Callable[[int, dict], None] | None, overrides: Iterable[str] | None
+) -> dict:
+    spec, out_dir, device, dataset = _begin_run(cfg, world)
     train_split = dataset.split("train")
     has_val = getattr(dataset, "has_split", lambda name: True)("val")
     val_split = dataset.split("val") if has_val and spec.train.eval_every else None
@@ -145,9 +184,9 @@ def run_experiment(
     snapshot: dict[str, Any] = {"config": OmegaConf.to_container(cfg, resolve=True), "data_meta": _plain(train_split.meta)}
     trainer = Trainer(
         model, loss, spec.train, device=device, seed=spec.seed, output_dir=spec.output_dir, eval_cfg=spec.eval,
-        config_snapshot=snapshot, progress=spec.train.progress,
+        config_snapshot=snapshot, progress=spec.train.progress, world=world,
     )
-    result = trainer.fit(train_split, val_split, report=report)
+    result = trainer.fit(train_split, val_split, on_validation=on_validation)
     trained = {
         "train_time_s": result.train_time_s,
         "final_loss": result.final_loss,
@@ -159,16 +198,18 @@ def run_experiment(
     extra = {
         "history": result.history, "epoch_losses": result.epoch_losses, "device": str(device),
         "output_dir": str(out_dir), "provenance": provenance(device, overrides),
+        **({"world_size": world.size} if world.distributed else {}),
     }  # fmt: skip
     # The trained model and what training measured are kept before the test evaluation runs, so a
     # failing evaluation costs the evaluation, never the training.
-    if spec.train.save_model:
-        save_checkpoint(out_dir / "model.pt", {"model": model.state_dict(), **snapshot})
-    write_hydra_record(out_dir, cfg, overrides)
-    save_results(out_dir, trained, labels=labels(spec), config=snapshot["config"], extra=extra, stem="train")
+    if world.is_main:
+        if spec.train.save_model:
+            save_checkpoint(out_dir / "model.pt", {"model": model.state_dict(), **snapshot})
+        write_hydra_record(out_dir, cfg, overrides)
+        save_results(out_dir, trained, labels=labels(spec), config=snapshot["config"], extra=extra, stem="train")
     try:
-        metrics = _test_metrics(model, spec, test_split, device, out_dir)
-    except Exception as exc:
+        metrics = _test_metrics(model, spec, test_split, device, out_dir, world)
+    except Exception as exc:  # under torchrun, a failed collective here becomes RankFailure (run_experiment)
         kept = "model.pt and train.json" if spec.train.save_model else "train.json (train.save_model=false: no weights)"
         hint = "; re-run it with `finealign eval ckpt=...`" if spec.train.save_model else ""
         raise RuntimeError(
@@ -176,8 +217,9 @@ def run_experiment(
             f"{type(exc).__name__}: {exc}{hint}"
         ) from exc
     out = {**metrics, **memory_metrics(device), **trained}
-    save_results(out_dir, out, labels=labels(spec), config=snapshot["config"], extra=extra)
-    log_final_metrics(trainer.mlflow_run, out)
+    if world.is_main:
+        save_results(out_dir, out, labels=labels(spec), config=snapshot["config"], extra=extra)
+        log_final_metrics(trainer.mlflow_run, out)
     return out
 
 

@@ -63,7 +63,7 @@ def explain_pair(
     the same trained token features."""
     from finealign.engine.evaluate import encode_all
     from finealign.engine.experiment import load_trained_model
-    from finealign.profiling.runner import build_aligner
+    from finealign.profiling.measure import build_aligner
     from finealign.registry import create_dataset
 
     model, spec = load_trained_model(ckpt, overrides)

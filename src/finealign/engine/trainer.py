@@ -3,6 +3,7 @@ validation with a report hook, and checkpoint/resume that continues a run exactl
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -17,9 +18,18 @@ from torch import nn
 
 from finealign.config import EvalConfig, TrainConfig
 from finealign.data.base import RetrievalSplit
+from finealign.encoders.batches import autocast_context
 from finealign.engine.batching import epoch_loader, epoch_pairs, to_device
 from finealign.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from finealign.engine.evaluate import autocast_context, evaluate
+from finealign.engine.distributed import (
+    SINGLE,
+    GlobalBatchObjective,
+    World,
+    broadcast_object,
+    check_global_batch,
+    wrap_ddp,
+)
+from finealign.engine.evaluate import evaluate
 from finealign.engine.model import RetrievalModel, loss_extras
 from finealign.engine.optim import apply_backbone_schedule, build_optimizer, enable_grad_checkpointing
 from finealign.engine.schedule import LRSchedule
@@ -31,7 +41,8 @@ from finealign.progress import bar as progress_bar
 # what is printed, how the test split is scored afterwards).
 RESUME_FREE = ("train.resume", "train.progress", "train.log_every", "train.num_workers", "train.checkpoint",
                "train.save_model", "train.tensorboard", "train.mlflow", "train.mlflow_tracking_uri",
-               "train.mlflow_experiment", "eval", "output_dir", "device", "ckpt")  # fmt: skip
+               "train.mlflow_experiment", "train.distributed", "train.dist_timeout_s", "eval", "output_dir", "device",
+               "ckpt")  # fmt: skip
 log = logging.getLogger(__name__)
 VAL_SCALARS = ("rsum", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
 
@@ -89,6 +100,7 @@ class Trainer:
         eval_cfg: EvalConfig | None = None,
         config_snapshot: dict[str, Any] | None = None,
         progress: bool = True,
+        world: World = SINGLE,
     ):
         if cfg.amp == "fp16" and device.type != "cuda":
             raise ConfigError("train.amp=fp16 needs a CUDA device; use bf16 (or none) on the CPU")
@@ -96,7 +108,11 @@ class Trainer:
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.eval_cfg = eval_cfg or EvalConfig()
         self.config_snapshot = config_snapshot or {}
-        self.progress = progress
+        self.world = world  # several processes: rank 0 alone logs and writes checkpoints
+        self.progress = progress and world.is_main
+        check_global_batch(cfg.batch_size, world.size)
+        self._ddp: Any = None  # the DDP-wrapped GlobalBatchObjective, when world.distributed
+        self._ddp_params: tuple[int, ...] = ()  # the trainable parameters it was built over
         self.optimizer = build_optimizer(model, loss, cfg)
         if cfg.grad_checkpointing:
             enable_grad_checkpointing(model)
@@ -153,9 +169,9 @@ class Trainer:
         self,
         train_split: RetrievalSplit,
         val_split: RetrievalSplit | None = None,
-        report: Callable[[int, dict], None] | None = None,
+        on_validation: Callable[[int, dict], None] | None = None,
     ) -> TrainResult:
-        """Train for cfg.epochs; validate every cfg.eval_every epochs and call report(epoch, metrics)
+        """Train for cfg.epochs; validate every cfg.eval_every epochs and call on_validation(epoch, metrics)
         after each validation (after the checkpoint is written, so a run stopped by `report` can
         still be resumed). Leaves the model with the selected (best or last) weights."""
         cfg = self.cfg
@@ -168,11 +184,13 @@ class Trainer:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         result, start_epoch = TrainResult(), 0
-        resume = self._resume_path()
+        # rank 0 decides, so every rank resumes from the same file (output_dir: a filesystem all nodes share)
+        resume = broadcast_object(self._resume_path(), self.world)
         if resume is not None:
             start_epoch, result = self._restore(resume)
         started = time.perf_counter()
-        sinks = open_sinks(cfg, self.output_dir, self.config_snapshot.get("config", {}))
+        # rank 0 alone writes scalars (TensorBoard, MLflow)
+        sinks = open_sinks(cfg, self.output_dir if self.world.is_main else None, self.config_snapshot.get("config", {}))
         self.mlflow_run = sinks.mlflow_run
         for epoch in range(start_epoch, cfg.epochs):
             if cfg.max_steps and result.steps >= cfg.max_steps:
@@ -193,11 +211,11 @@ class Trainer:
                         self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
             result.train_time_s += time.perf_counter() - started
             started = time.perf_counter()
-            if cfg.checkpoint and self.checkpoint_path is not None:
+            if cfg.checkpoint and self.checkpoint_path is not None and self.world.is_main:
                 save_checkpoint(self.checkpoint_path, self._state(epoch, result))
             self._log_epoch(epoch, epoch_loss, metrics, sinks)
-            if metrics is not None and report is not None:
-                report(epoch, metrics)
+            if metrics is not None and on_validation is not None:
+                on_validation(epoch, metrics)
         sinks.close()
         result.train_time_s += time.perf_counter() - started
         if cfg.select == "best" and self.best_state is not None:
@@ -207,34 +225,40 @@ class Trainer:
     def _train_epoch(self, split: RetrievalSplit, epoch: int, result: TrainResult) -> float:
         cfg = self.cfg
         self.model.train()
-        if apply_backbone_schedule(self.model, cfg, epoch) and epoch == cfg.unfreeze_backbone_epoch:
+        unfrozen = apply_backbone_schedule(self.model, cfg, epoch)
+        if unfrozen and epoch == cfg.unfreeze_backbone_epoch and self.world.is_main:
             log.info("epoch %d: backbones unfrozen (train.unfreeze_backbone_epoch), lr %.3g", epoch + 1, cfg.backbone_lr)
         self.loss.train()
         if hasattr(self.loss, "set_epoch"):
             self.loss.set_epoch(epoch)  # type: ignore[operator]  # duck-typed: a plugin loss need not derive from Loss
         loader = epoch_loader(
             split, self.model, mode=cfg.pairs, batch_size=cfg.batch_size, seed=self.seed, epoch=epoch,
-            num_workers=cfg.num_workers,
+            num_workers=cfg.num_workers, rank=self.world.rank, world_size=self.world.size,
         )
         total, count = 0.0, 0
         self.optimizer.zero_grad(set_to_none=True)
         bar = progress_bar(loader, progress=self.progress, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
         for i, batch in enumerate(bar):
-            with autocast_context(self.device, cfg.amp):
-                visual = self.model.encode_images(to_device(batch.images, self.device))
-                text = self.model.encode_texts(to_device(batch.texts, self.device))
-                extras = loss_extras(visual, text)  # once: the divergence check and the loss read it
-                self._check_embeddings(visual, text, extras, epoch, i, result.steps)
-                sim = self.model.aligner(visual, text)
-                loss = self.loss(sim, batch.positives.to(self.device), extras)
+            last_of_step = (i + 1) % cfg.accumulate == 0 or i + 1 == len(loader)
+            if self.world.distributed:
+                loss = self._global_batch_loss(batch, epoch, i, result.steps)
+            else:
+                with autocast_context(self.device, cfg.amp):
+                    visual = self.model.encode_images(to_device(batch.images, self.device))
+                    text = self.model.encode_texts(to_device(batch.texts, self.device))
+                    extras = loss_extras(visual, text)  # once: the divergence check and the loss read it
+                    self._check_embeddings(visual, text, extras, epoch, i, result.steps)
+                    sim = self.model.aligner(visual, text)
+                    loss = self.loss(sim, batch.positives.to(self.device), extras)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"loss became {float(loss)} at epoch {epoch}, batch {i} (after {result.steps} optimiser steps, "
                     f"lr {self._lr():.3g}): training diverged; lower train.lr"
                 )
-            self.scaler.scale(loss / cfg.accumulate).backward()
+            with self._ddp.no_sync() if self.world.distributed and not last_of_step else contextlib.nullcontext():
+                self.scaler.scale(loss / cfg.accumulate).backward()
             total, count = total + float(loss.detach()), count + 1
-            if (i + 1) % cfg.accumulate == 0 or i + 1 == len(loader):
+            if last_of_step:
                 self._step()
                 result.steps += 1
                 if cfg.max_steps and result.steps >= cfg.max_steps:
@@ -242,6 +266,21 @@ class Trainer:
             if (i + 1) % cfg.log_every == 0:
                 bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
         return total / max(count, 1)
+
+    def _global_batch_loss(self, batch: Any, epoch: int, i: int, steps: int) -> torch.Tensor:
+        """The loss of the global batch, computed on this rank from every rank's gathered tokens,
+        through DistributedDataParallel (which averages the gradients in backward)."""
+        trainable = tuple(id(p) for p in [*self.model.parameters(), *self.loss.parameters()] if p.requires_grad)
+        if self._ddp is None or trainable != self._ddp_params:
+            # DDP fixes its parameter set when built: rebuild it when backbones are (un)frozen.
+            self._ddp = wrap_ddp(GlobalBatchObjective(self.model, self.loss, self.world), self.device)
+            self._ddp_params = trainable
+        check = lambda visual, text, extras: self._check_embeddings(visual, text, extras, epoch, i, steps)  # noqa: E731
+        with autocast_context(self.device, self.cfg.amp):
+            return self._ddp(
+                to_device(batch.images, self.device), to_device(batch.texts, self.device),
+                batch.item_ids.to(self.device), batch.caption_items().to(self.device), check=check,
+            )  # fmt: skip
 
     # -- logs ---------------------------------------------------------------------------------
     def _log_epoch(self, epoch: int, loss: float, val: dict[str, float] | None, sinks: ScalarSinks) -> None:
@@ -256,7 +295,8 @@ class Trainer:
         if val is not None:
             scalars.update({f"val/{k}": float(v) for k, v in val.items() if k in VAL_SCALARS})
             line += f"; val rsum {val['rsum']:.1f} (i2t R@1 {val['i2t_r1']:.1f}, t2i R@1 {val['t2i_r1']:.1f})"
-        log.info(line)
+        if self.world.is_main:
+            log.info(line)
         sinks.log(scalars, epoch + 1)
 
     def _lr(self) -> float:
@@ -300,5 +340,5 @@ class Trainer:
         e = self.eval_cfg
         return evaluate(
             self.model, split, device=self.device, batch_size=e.batch_size, chunk_items=e.chunk_items,
-            max_items=self.cfg.val_max_items, amp=self.cfg.amp, progress=False, measure_memory=False,
+            max_items=self.cfg.val_max_items, amp=self.cfg.amp, progress=False, measure_memory=False, world=self.world,
         )

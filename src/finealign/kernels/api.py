@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from finealign.checks import check_positive_int
 from finealign.errors import ConfigError, ShapeError
 from finealign.kernels.checks import (
     check_marginal,
@@ -86,13 +89,48 @@ def uniform_log_marginal(mask: Tensor) -> Tensor:
     return torch.log(m / m.sum(1, keepdim=True).clamp_min(1.0))
 
 
+@dataclass(frozen=True)
+class SinkhornOptions:
+    """How `sinkhorn_flow_scores` solves: one object instead of a dozen keyword arguments, checked
+    once when built (a bad value is a ConfigError naming it).
+
+    epsilon, iterations: entropic regularisation and iteration count. rows: the side log_sinkhorn
+    treats as rows (updated first each iteration); one_sided drops that side's constraint.
+    marginal_temperature: τ of the importance marginals (with pooled vectors). backend: auto |
+    torch | triton. chunk_visual/chunk_text bound the torch path's temporaries;
+    captions_per_program tiles the Triton kernel. domain: how the Triton kernel iterates — "log"
+    (log-sum-exps) or "scaling" (multiply-adds on exp(−C/ε), absorbed into the log potentials every
+    `absorb_every` iterations; pairs where that loses precision are redone in the log domain).
+    """
+
+    epsilon: float = 0.1
+    iterations: int = 20
+    rows: str = "visual"
+    one_sided: bool = False
+    marginal_temperature: float = 0.1
+    backend: str = "auto"
+    chunk_visual: int = 16
+    chunk_text: int = 64
+    captions_per_program: int | None = None
+    domain: str = "log"
+    absorb_every: int = 10
+
+    def __post_init__(self) -> None:
+        check_sinkhorn_kernel_options(self.domain, self.absorb_every)
+        if not self.epsilon > 0:
+            raise ConfigError(f"epsilon must be > 0, got {self.epsilon!r}")
+        if not self.marginal_temperature > 0:
+            raise ConfigError(f"marginal_temperature must be > 0, got {self.marginal_temperature!r}")
+        check_positive_int("iterations", self.iterations)
+        if self.rows not in ("visual", "text"):
+            raise ConfigError(f"rows must be 'visual' or 'text', got {self.rows!r}")
+
+
 def sinkhorn_flow_scores(
     v: Tensor, vmask: Tensor, t: Tensor, tmask: Tensor,
     *, log_visual: Tensor | None = None, log_text: Tensor | None = None,
-    visual_pooled: Tensor | None = None, text_pooled: Tensor | None = None, marginal_temperature: float = 0.1,
-    epsilon: float = 0.1, iterations: int = 20, rows: str = "visual", one_sided: bool = False,
-    backend: str = "auto", chunk_visual: int = 16, chunk_text: int = 64, captions_per_program: int | None = None,
-    pairs: Tensor | None = None, domain: str = "log", absorb_every: int = 10,
+    visual_pooled: Tensor | None = None, text_pooled: Tensor | None = None, pairs: Tensor | None = None,
+    options: SinkhornOptions | None = None, **option_values: Any,
 ) -> Tensor:
     """(Nv, Nt) TokenFlow scores Σ_rw flow_rw · sim_rw, flow the entropic OT plan for cost 1 − sim,
     or (P,) scores of the listed (image, caption) `pairs` (two_stage's re-ranking).
@@ -101,18 +139,18 @@ def sinkhorn_flow_scores(
     over real tokens; padding is ignored; None = uniform over real tokens); or visual_pooled (Nv, d)
     and text_pooled (Nt, d) global vectors, for TokenFlow's per-pair "importance" marginals:
     softmax over real regions of region·text_pooled/τ and over real words of word·visual_pooled/τ
-    (τ = marginal_temperature), computed on chip. `rows` names the side that
-    log_sinkhorn treats as rows (updated first each iteration); `one_sided=True` drops that side's
-    constraint. With autograd on, the Triton kernel saves every iteration's potentials and a
-    backward kernel reverses them (log domain; `domain` then does not apply); for `pairs` it is
-    forward-only, and "auto" takes the torch solver.
-    domain: how the Triton kernel iterates — "log" (log-sum-exps) or "scaling" (multiply-adds on
-    exp(−C/ε), absorbed into the log potentials every `absorb_every` iterations; pairs where that
-    loses precision are redone in the log domain). Same iterates, so the same scores either way;
-    the torch solver is always log-domain.
+    (τ = options.marginal_temperature), computed on chip. How to solve: `options` (SinkhornOptions),
+    or its fields as keywords (`epsilon=0.05, iterations=50`), which override `options`. With
+    autograd on, the Triton kernel saves every iteration's potentials and a backward kernel reverses
+    them (log domain; `domain` then does not apply); for `pairs` it is forward-only, and "auto"
+    takes the torch solver. Same iterates in either domain, so the same scores; the torch solver is
+    always log-domain.
     """
+    unknown = sorted(set(option_values) - {f.name for f in dataclasses.fields(SinkhornOptions)})
+    if unknown:
+        raise ConfigError(f"sinkhorn_flow_scores got unknown option(s) {unknown}; see SinkhornOptions")
+    opts = dataclasses.replace(options or SinkhornOptions(), **option_values)
     check_tokens(v, vmask, t, tmask)
-    check_sinkhorn_kernel_options(domain, absorb_every)
     check_marginal(log_visual, vmask, "visual")
     check_marginal(log_text, tmask, "text")
     if (visual_pooled is None) != (text_pooled is None):
@@ -123,36 +161,29 @@ def sinkhorn_flow_scores(
         for name, pooled, x in (("visual", visual_pooled, v), ("text", text_pooled, t)):
             if pooled.shape != (x.shape[0], x.shape[2]):
                 raise ShapeError(f"{name}_pooled must be (N, d) = {(x.shape[0], x.shape[2])}, got {tuple(pooled.shape)}")
-        if not marginal_temperature > 0:
-            raise ConfigError(f"marginal_temperature must be > 0, got {marginal_temperature!r}")
-    if not epsilon > 0:
-        raise ConfigError(f"epsilon must be > 0, got {epsilon!r}")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ConfigError(f"iterations must be a positive int, got {iterations!r}")
-    if rows not in ("visual", "text"):
-        raise ConfigError(f"rows must be 'visual' or 'text', got {rows!r}")
+    epsilon, iterations, rows, one_sided = opts.epsilon, opts.iterations, opts.rows, opts.one_sided
     if visual_pooled is None:
         log_visual = uniform_log_marginal(vmask) if log_visual is None else log_visual
         log_text = uniform_log_marginal(tmask) if log_text is None else log_text
-    importance: dict[str, Any] = dict(visual_pooled=visual_pooled, text_pooled=text_pooled, marginal_temperature=marginal_temperature)
+    importance: dict[str, Any] = dict(visual_pooled=visual_pooled, text_pooled=text_pooled, marginal_temperature=opts.marginal_temperature)
     if pairs is not None:
         check_pair_indices(pairs, v.shape[0], t.shape[0])
         pairs = pairs.to(v.device)
     # The full-matrix kernel has a backward (log domain); the pair kernel is forward-only.
     inputs = (v, t, log_visual, log_text, visual_pooled, text_pooled)
-    if use_triton(backend, v) if pairs is None else _forward_only_kernel(backend, v, inputs):
+    if use_triton(opts.backend, v) if pairs is None else _forward_only_kernel(opts.backend, v, inputs):
         from finealign.kernels.sinkhorn_triton import sinkhorn_triton
 
         v, t = _interpreter_safe(v), _interpreter_safe(t)
         return sinkhorn_triton(
-            v, vmask, t, tmask, log_visual, log_text, epsilon, iterations, rows, one_sided, captions_per_program,
-            pairs=pairs, domain=domain, absorb_every=absorb_every, **importance,
+            v, vmask, t, tmask, log_visual, log_text, epsilon, iterations, rows, one_sided, opts.captions_per_program,
+            pairs=pairs, domain=opts.domain, absorb_every=opts.absorb_every, **importance,
         )
     if pairs is not None:
         return sinkhorn_pairs_torch(
             v, vmask, t, tmask, pairs, log_visual, log_text, epsilon, iterations, rows, one_sided, **importance
         )
     return sinkhorn_torch(
-        v, vmask, t, tmask, log_visual, log_text, epsilon, iterations, rows, one_sided, chunk_visual, chunk_text,
-        **importance,
+        v, vmask, t, tmask, log_visual, log_text, epsilon, iterations, rows, one_sided, opts.chunk_visual,
+        opts.chunk_text, **importance,
     )

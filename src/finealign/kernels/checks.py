@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from finealign.checks import check_positive_int
 from finealign.errors import ConfigError, ShapeError
 
 POOLINGS = ("mean", "weighted", "lse")
@@ -55,8 +56,7 @@ SINKHORN_DOMAINS = ("log", "scaling")
 def check_sinkhorn_kernel_options(domain: str, absorb_every: int = 10) -> None:
     if domain not in SINKHORN_DOMAINS:
         raise ConfigError(f"domain must be one of {SINKHORN_DOMAINS}, got {domain!r}")
-    if isinstance(absorb_every, bool) or not isinstance(absorb_every, int) or absorb_every < 1:
-        raise ConfigError(f"absorb_every must be a positive int, got {absorb_every!r}")
+    check_positive_int("absorb_every", absorb_every)
 
 
 def check_marginal(log_m: Tensor | None, mask: Tensor, name: str) -> None:

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from finealign.checks import check_positive_int
 from finealign.errors import ConfigError, ShapeError
 
 DOMAINS = ("log", "scaling")
@@ -192,8 +193,7 @@ def _check_problem(cost, log_a, log_b, mask_a, mask_b, epsilon, iterations, tole
         )
     if not epsilon > 0:
         raise ConfigError(f"epsilon must be > 0, got {epsilon!r}")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ConfigError(f"iterations must be a positive int, got {iterations!r}")
+    check_positive_int("iterations", iterations)
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
         raise ConfigError(f"tolerance must be a number >= 0, got {tolerance!r}")
     if domain not in DOMAINS:

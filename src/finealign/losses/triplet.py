@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from finealign.checks import check_int
 from finealign.errors import ConfigError
 from finealign.losses.base import Loss, check_similarity, hinge_terms
 from finealign.registry import LOSSES
@@ -23,8 +24,7 @@ class TripletConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.margin, (int, float)) or self.margin < 0:
             raise ConfigError(f"margin must be >= 0, got {self.margin!r}")
-        if not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
-            raise ConfigError(f"warmup_epochs must be an int >= 0, got {self.warmup_epochs!r}")
+        check_int("warmup_epochs", self.warmup_epochs, low=0)
         if self.reduction not in ("mean", "sum"):
             raise ConfigError(f"reduction must be 'mean' or 'sum', got {self.reduction!r}")
 

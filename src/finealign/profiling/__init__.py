@@ -7,14 +7,14 @@ scripts can use it on machines without hydra, optuna or POT.
 from finealign.profiling.device import environment, parse_dtype, pinned_threads, resolve_device
 from finealign.profiling.flops import FlopCount, count_flops, matmul_throughput
 from finealign.profiling.inputs import ProblemShape, random_input_sets
-from finealign.profiling.memory import MemoryResult, peak_memory
-from finealign.profiling.runner import (
+from finealign.profiling.measure import (
     ProfileSettings,
     build_aligner,
     profile_aligners,
     profile_callable,
     resolve_aligners,
 )
+from finealign.profiling.memory import MemoryResult, peak_memory
 from finealign.profiling.scaling import PowerLawFit, fit_power_law
 from finealign.profiling.timing import LatencyStats, measure_latency
 from finealign.profiling.traces import capture_trace, load_trace

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from finealign.checks import check_positive_int
 from finealign.errors import ConfigError
 from finealign.tokens import TokenBatch
 
@@ -23,8 +24,7 @@ class ProblemShape:
     def __post_init__(self) -> None:
         for key in ("nv", "nt", "lv", "lt", "dim"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"problem size {key} must be a positive int, got {value!r}")
+            check_positive_int(f"problem size {key}", value)
 
     def scaled(self, axis: str, value: int) -> ProblemShape:
         """This shape with one axis set to `value`, keeping the other ratios:

@@ -11,7 +11,8 @@ from typing import Any
 
 from finealign.profiling.device import environment, parse_dtype, pinned_threads, resolve_device
 from finealign.profiling.inputs import ProblemShape, random_input_sets
-from finealign.profiling.report import (
+from finealign.profiling.measure import ProfileSettings, aligner_step, build_aligner, profile_aligners
+from finealign.profiling.outputs import (
     header,
     markdown,
     plot_recall_vs_latency,
@@ -19,7 +20,6 @@ from finealign.profiling.report import (
     to_frame,
     write_table,
 )
-from finealign.profiling.runner import ProfileSettings, aligner_step, build_aligner, profile_aligners
 from finealign.profiling.scaling import default_values, fit_rows, scaling_rows
 from finealign.profiling.traces import capture_trace
 
@@ -127,7 +127,7 @@ def trace_aligners(
 
 def render(run: ProfileRun, top: int = 5) -> str:
     """The text report: environment, main table, top ops per aligner, scaling fits, files."""
-    from finealign.profiling.report import summary_columns  # noqa: PLC0415
+    from finealign.profiling.outputs import summary_columns  # noqa: PLC0415
 
     parts = [header(run.env), "", markdown(summary_columns(to_frame(run.rows)))]
     for name, ops in run.top_ops.items():

@@ -15,7 +15,7 @@ from typing import Any
 
 from finealign.errors import ConfigError
 from finealign.profiling.inputs import ProblemShape
-from finealign.profiling.runner import ProfileSettings, resolve_aligners
+from finealign.profiling.measure import ProfileSettings, resolve_aligners
 from finealign.profiling.scaling import AXES, check_axis
 from finealign.registry import build_config
 

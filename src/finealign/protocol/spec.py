@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from finealign.checks import check_int
 from finealign.errors import ConfigError
 from finealign.sweeps.spec import ParamSpec, _unknown_keys, override_key
 
@@ -23,8 +24,7 @@ RESERVED_KEYS = ("seed", "output_dir", "eval.split")
 
 
 def _int(value: Any, where: str, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ConfigError(f"{where} must be an int >= {low}, got {value!r}")
+    check_int(where, value, low=low)
     return value
 
 

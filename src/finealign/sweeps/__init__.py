@@ -5,8 +5,8 @@ conditional hyperparameter ranges and objectives; `run_sweep` turns each trial i
 `finealign.config.compose`, runs it, and records the outcome in an Optuna RDB storage.
 """
 
-from finealign.sweeps.api import SweepResult, load_report, run_sweep
 from finealign.sweeps.loader import LoadedSweep, load_sweep
+from finealign.sweeps.orchestrate import SweepResult, load_report, run_sweep
 from finealign.sweeps.spec import ObjectiveSpec, ParamSpec, SweepSpec
 
 __all__ = [

@@ -1,6 +1,6 @@
 """What a trial runs. By default: compose the experiment config with the trial's overrides and
 train/evaluate it with the engine. `objective: module:function` in a sweep file (or the Python
-API's `objective=`) replaces it with any callable `(overrides, report) -> metrics`.
+API's `objective=`) replaces it with any callable `(overrides, on_validation) -> metrics`.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from functools import partial
 from typing import Any
 
 from finealign.errors import ConfigError
-from finealign.sweeps.runner import Objective, ReportFn
+from finealign.sweeps.runner import Objective, ValidationHook
 
 
-def run_composed(overrides: list[str], report: ReportFn, *, experiment: str = "config") -> Mapping[str, Any]:
+def run_composed(overrides: list[str], on_validation: ValidationHook, *, experiment: str = "config") -> Mapping[str, Any]:
     from finealign.config import compose
     from finealign.engine.experiment import run_experiment
 
-    return run_experiment(compose(experiment, overrides), report=report, overrides=overrides)
+    return run_experiment(compose(experiment, overrides), on_validation=on_validation, overrides=overrides)
 
 
 def load_objective(ref: str | None, experiment: str = "config") -> Objective:

@@ -27,10 +27,10 @@ from finealign.sweeps.space import suggest, to_overrides
 from finealign.sweeps.spec import SweepSpec
 from finealign.sweeps.storage import Heartbeat, requeue_stale_trial
 
-#: report(epoch, val_metrics): what the engine calls after each validation
-ReportFn = Callable[[int, Mapping[str, Any]], None]
-#: objective(overrides, report) -> metrics; the default composes the config and runs the engine
-Objective = Callable[[list[str], ReportFn], Mapping[str, Any]]
+#: on_validation(epoch, val_metrics): what the engine calls after each validation
+ValidationHook = Callable[[int, Mapping[str, Any]], None]
+#: objective(overrides, on_validation) -> metrics; the default composes the config and runs the engine
+Objective = Callable[[list[str], ValidationHook], Mapping[str, Any]]
 
 ERROR_ATTR = "error"
 PROVENANCE_ATTR = "provenance"
@@ -141,7 +141,7 @@ class SweepWorker:
                     overrides.append(f"output_dir={self.output_root}/trial_{trial.number:04d}")
                 trial.set_user_attr("seed", seed)
                 trial.set_user_attr("overrides", overrides)
-                metrics = dict(self.objective(overrides, self._reporter(trial)))
+                metrics = dict(self.objective(overrides, self._validation_hook(trial)))
                 values = objective_values(self.spec, metrics)
                 trial.set_user_attr(METRICS_ATTR, _jsonable(metrics))
                 for o in self.spec.objectives:  # one attr per objective: optuna-dashboard shows them by name
@@ -168,10 +168,10 @@ class SweepWorker:
                 _free_memory()
                 return TrialState.FAIL
 
-    def _reporter(self, trial: optuna.Trial) -> ReportFn:
+    def _validation_hook(self, trial: optuna.Trial) -> ValidationHook:
         metric = self.spec.objectives[0].metric
 
-        def report(epoch: int, val_metrics: Mapping[str, Any]) -> None:
+        def on_validation(epoch: int, val_metrics: Mapping[str, Any]) -> None:
             # Optuna records learning curves and prunes in single-objective studies only; with
             # pruner: none the NopPruner never prunes, but the curve still shows in the dashboard.
             if self.spec.multi_objective or metric not in val_metrics:
@@ -181,7 +181,7 @@ class SweepWorker:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}: validation {metric}={value:.4g}")
 
-        return report
+        return on_validation
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> WorkerStats:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from finealign.checks import check_int, check_positive_int
 from finealign.errors import ConfigError
 
 SAMPLERS = ("grid", "tpe", "nsga2", "random")
@@ -161,8 +162,7 @@ class PrunerSpec:
             raise ConfigError(f"pruner.name must be one of {', '.join(PRUNERS)}, got {spec.name!r}")
         for key in ("n_startup_trials", "n_warmup_steps"):
             value = getattr(spec, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"pruner.{key} must be an int >= 0, got {value!r}")
+            check_int(f"pruner.{key}", value, low=0)
         if not _is_number(spec.percentile) or not 0 < spec.percentile < 100:
             raise ConfigError(f"pruner.percentile must be in (0, 100), got {spec.percentile!r}")
         return spec
@@ -225,19 +225,16 @@ class SweepSpec:
                 "studies only; set pruner: none or keep one objective"
             )
         n_trials = raw.get("n_trials")
-        if n_trials is not None and (not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1):
-            raise ConfigError(f"n_trials must be a positive int or null, got {n_trials!r}")
+        check_positive_int("n_trials", n_trials, optional=True)
         if n_trials is None and sampler != "grid":
             raise ConfigError(f"sampler {sampler!r} needs n_trials (only grid mode defaults to every point)")
         seed = raw.get("seed", 0)
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ConfigError(f"seed must be an int >= 0, got {seed!r}")
+        check_int("seed", seed, low=0)
         seeds = raw.get("seeds", "paired")
         if seeds not in SEED_MODES:
             raise ConfigError(f"seeds must be one of {', '.join(SEED_MODES)}, got {seeds!r}")
         heartbeat_s = raw.get("heartbeat_s", 10)
-        if not isinstance(heartbeat_s, int) or isinstance(heartbeat_s, bool) or heartbeat_s < 1:
-            raise ConfigError(f"heartbeat_s must be a positive int (seconds), got {heartbeat_s!r}")
+        check_int("heartbeat_s", heartbeat_s, note=" (seconds)")
         plot = dict(raw.get("plot") or {})
         _unknown_keys(plot, ("x", "y"), "plot")
         objective = raw.get("objective")

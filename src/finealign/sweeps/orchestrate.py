@@ -11,7 +11,7 @@ import optuna
 from finealign.errors import ConfigError
 from finealign.sweeps.loader import LoadedSweep, load_sweep
 from finealign.sweeps.objective import load_objective
-from finealign.sweeps.report import SweepReport, write_report
+from finealign.sweeps.outputs import SweepReport, write_report
 from finealign.sweeps.runner import Objective, SweepWorker, WorkerStats
 from finealign.sweeps.storage import (
     DEFAULT_ROOT,
