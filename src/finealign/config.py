@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -276,7 +276,7 @@ class TrainConfig:
         _require(self.resume is None or isinstance(self.resume, str), "resume", "null, 'auto' or a path", self)
         _require(isinstance(self.tensorboard, bool), "tensorboard", "true or false", self)
         _require(isinstance(self.mlflow, bool), "mlflow", "true or false", self)
-        _require(self.mlflow_tracking_uri is None or (isinstance(self.mlflow_tracking_uri, str) and self.mlflow_tracking_uri),
+        _require(self.mlflow_tracking_uri is None or (isinstance(self.mlflow_tracking_uri, str) and bool(self.mlflow_tracking_uri)),
                  "mlflow_tracking_uri", "null or a tracking URI (http://..., sqlite:///..., databricks)", self)  # fmt: skip
         _require(isinstance(self.mlflow_experiment, str) and bool(self.mlflow_experiment), "mlflow_experiment",
                  "a non-empty experiment name", self)  # fmt: skip
@@ -381,7 +381,7 @@ def validate(cfg: DictConfig) -> ExperimentSpec:
         return name, options
 
     encoder = _container(cfg.encoder, "encoder")
-    embed_dim = encoder.get("embed_dim")
+    embed_dim: Any = encoder.get("embed_dim")  # config input: an int once checked on the next line
     check_positive_int("encoder.embed_dim", embed_dim)
     for side in ("vision", "text"):
         if side not in encoder:
@@ -418,7 +418,8 @@ def _container(node: Any, key: str) -> dict[str, Any]:
     if not isinstance(node, (DictConfig, dict)):
         raise ConfigError(f"{key} must be a mapping, got {node!r}")
     try:
-        data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+        # cast: to_container of a DictConfig is a dict (its stub's return type covers every node kind)
+        data = cast("dict[str, Any]", OmegaConf.to_container(node, resolve=True)) if isinstance(node, DictConfig) else dict(node)
     except Exception as exc:  # interpolation errors name the key themselves
         raise ConfigError(f"{key}: {exc}") from exc
     return dict(data)

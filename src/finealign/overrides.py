@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -55,7 +55,7 @@ def apply(cfg: DictConfig, overrides: Iterable[str], group_node: Any = None) -> 
     contents of aligner/hard.yaml), which replaces the node at `key`; any other override sets
     (`key=v`, `++key=v`), adds (`+key=v`, refused when the key exists) or deletes (`~key`) one value.
     """
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    cfg = OmegaConf.create(cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=False)))  # a DictConfig gives a dict
     for override in parse(overrides):
         key = override.key_or_group
         if override.package is not None:

@@ -17,13 +17,16 @@ that assume a pair's score ignores the rest of the gallery.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from finealign.tokens import TokenBatch
 
-Factory = Callable[..., torch.nn.Module]
+if TYPE_CHECKING:
+    from finealign.aligners.base import Aligner
+
+Factory = Callable[..., "Aligner[Any]"]
 
 
 def _factory(aligner: str | Factory, dim: int) -> Factory:
@@ -89,7 +92,8 @@ def check_aligner(aligner: str | Factory, *, dim: int = 8, seed: int = 0, option
         torch.testing.assert_close(paired, scores[pairs[:, 0], pairs[:, 1]], atol=1e-5, rtol=1e-5,
                                    msg=f"{name}: score_pairs differs from the matrix")  # fmt: skip
 
-    half = [TokenBatch(b.tokens.bfloat16(), b.mask, b.pooled.bfloat16()) for b in (visual, text)]
+    half = [TokenBatch(b.tokens.bfloat16(), b.mask, None if b.pooled is None else b.pooled.bfloat16())
+            for b in (visual, text)]  # fmt: skip
     low = _score(model.to(torch.bfloat16), *half)
     model.float()
     assert bool(torch.isfinite(low).all()), f"{name}: bf16 scores are not finite"

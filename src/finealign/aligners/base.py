@@ -6,8 +6,9 @@ explains a single pair as a token-level alignment (which word goes to which regi
 
 Memory: `Aligner.forward` scores blocks of `chunk_visual × chunk_text` items at a time, so the
 largest temporary is (chunk_visual, chunk_text, Lv, Lt) and never (Nv, Nt, Lv, Lt).
-A new aligner subclasses `Aligner`, defines a `Config` dataclass and `score_block`, and registers
-itself with `@ALIGNERS.register("name")`.
+A new aligner subclasses `Aligner[ItsConfig]`, sets `Config = ItsConfig` (a dataclass deriving
+from AlignerConfig), defines `score_block`, and registers itself with `@ALIGNERS.register("name")`.
+The type parameter is what lets a type checker see `self.config.<field>` of the aligner's own Config.
 
 Retrieval is directional. An image query ranks captions, a caption query ranks images. For most
 aligners a pair's score is a function of that pair alone, so one matrix serves both directions.
@@ -21,7 +22,7 @@ that only another query's shortlist held.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -76,19 +77,26 @@ class TokenAlignment:
     score: float
 
 
-class Aligner(nn.Module):
+#: The Config dataclass of an aligner (AlignerConfig or a subclass).
+C = TypeVar("C", bound=AlignerConfig)
+
+
+class Aligner(nn.Module, Generic[C]):
     """Base class. Subclasses set `Config` and implement `score_block`."""
 
-    Config = AlignerConfig
+    #: The dataclass the registry builds from keyword arguments; a subclass sets its own (its `C`).
+    Config: ClassVar[type[AlignerConfig]] = AlignerConfig
+    config: C
     #: True if the aligner needs `pooled` global vectors on both sides.
     needs_pooled: bool = False
     #: True if a pair's score depends on the rest of the gallery (see the module docstring); the
     #: aligner then overrides `query_scores`, and rows of its matrix cannot be scored in chunks.
     gallery_dependent: ClassVar[bool] = False
 
-    def __init__(self, config: AlignerConfig | None = None):
+    def __init__(self, config: C | None = None):
         super().__init__()
-        self.config = config if config is not None else self.Config()
+        # cast: a subclass's `Config` is its `C` (a class attribute cannot be typed by a TypeVar).
+        self.config = config if config is not None else cast(C, self.Config())
         # Built in inference mode: an aligner used on its own scores as at test time; the engine
         # switches it to train mode while training (only two_stage behaves differently then).
         self.eval()
@@ -254,7 +262,7 @@ def resolve_pairs(visual: TokenBatch, text: TokenBatch, pairs: Tensor | None) ->
 
 def global_vectors(batch: TokenBatch) -> Tensor:
     """(N, d) `pooled`, or the masked token mean when it is None (NaN/inf padding cannot leak in)."""
-    return batch.with_pooled().pooled
+    return batch.pooled if batch.pooled is not None else batch.mean_pooled()
 
 
 def token_similarities(visual: TokenBatch, text: TokenBatch) -> Tensor:

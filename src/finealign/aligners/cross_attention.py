@@ -53,7 +53,7 @@ class CrossAttentionConfig(AlignerConfig):
 
 
 @ALIGNERS.register("cross_attention")
-class CrossAttentionAligner(Aligner):
+class CrossAttentionAligner(Aligner[CrossAttentionConfig]):
     """SCAN text→image cross attention: each word attends over regions, cos(word, attended)."""
 
     Config = CrossAttentionConfig

@@ -33,7 +33,7 @@ class GlobalConfig(AlignerConfig):
 
 
 @ALIGNERS.register("global")
-class GlobalAligner(Aligner):
+class GlobalAligner(Aligner[GlobalConfig]):
     """Cosine of pooled global vectors (CLIP style); masked token mean when `pooled` is missing."""
 
     Config = GlobalConfig
@@ -48,18 +48,21 @@ class GlobalAligner(Aligner):
         return self.score_block(self.prepare(visual), self.prepare(text))
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        assert visual.pooled is not None and text.pooled is not None  # prepare() fills them
         return visual.pooled @ text.pooled.T
 
     def score_pair_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        assert visual.pooled is not None and text.pooled is not None  # prepare() fills them
         acc = accumulation_dtype(visual.pooled.dtype)  # a d-long sum: fp32 for half inputs, like matmul
         return (visual.pooled.to(acc) * text.pooled.to(acc)).sum(-1).to(visual.pooled.dtype)
 
     def prepare(self, batch: TokenBatch) -> TokenBatch:
         """Fill `pooled` as `source` says, then normalise it (tokens are left as they are)."""
-        if self.config.source == "mean" or batch.pooled is None:
+        pooled = batch.pooled
+        if self.config.source == "mean" or pooled is None:
             # mean_pooled selects real tokens with where(), so NaN in padding cannot leak in.
-            batch = TokenBatch(batch.tokens, batch.mask, batch.mean_pooled())
-        pooled = l2_normalize(batch.pooled) if self.config.normalize else batch.pooled
+            pooled = batch.mean_pooled()
+        pooled = l2_normalize(pooled) if self.config.normalize else pooled
         return TokenBatch(batch.tokens, batch.mask, pooled)
 
     def explain(self, visual: TokenBatch, text: TokenBatch):

@@ -50,7 +50,7 @@ class HardConfig(KernelConfig):
 
 
 @ALIGNERS.register("hard")
-class HardAligner(KernelAligner):
+class HardAligner(KernelAligner[HardConfig]):
     """Hard alignment (CHAN): each word keeps only its best region, pooled by mean or LogSumExp."""
 
     Config = HardConfig

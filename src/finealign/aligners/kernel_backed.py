@@ -12,6 +12,7 @@ matrix for pairs=None, else the (P,) listed pairs — and the base class decides
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -32,7 +33,11 @@ class KernelConfig(AlignerConfig):
         check_backend(self.backend)
 
 
-class KernelAligner(Aligner):
+#: The Config dataclass of a kernel-backed aligner.
+KC = TypeVar("KC", bound=KernelConfig)
+
+
+class KernelAligner(Aligner[KC]):
     """An aligner whose scores a fused kernel computes when `config.backend` allows it."""
 
     Config = KernelConfig

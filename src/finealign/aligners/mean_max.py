@@ -49,7 +49,7 @@ class MeanMaxConfig(KernelConfig):
 
 
 @ALIGNERS.register("mean_max")
-class MeanMaxAligner(KernelAligner):
+class MeanMaxAligner(KernelAligner[MeanMaxConfig]):
     """Mean over words of the max over regions (ColBERT/FILIP/DRL token-wise interaction)."""
 
     Config = MeanMaxConfig

@@ -34,6 +34,7 @@ which is the extra structure TokenFlow adds over token-wise max.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -126,7 +127,7 @@ class TokenFlowConfig(KernelConfig):
 
 
 @ALIGNERS.register("tokenflow")
-class TokenFlowAligner(KernelAligner):
+class TokenFlowAligner(KernelAligner[TokenFlowConfig]):
     """Optimal-transport flow between visual and text tokens; score = Σ flow · similarity (TokenFlow)."""
 
     Config = TokenFlowConfig
@@ -197,7 +198,7 @@ class TokenFlowAligner(KernelAligner):
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         tensors = (visual.tokens, visual.pooled, text.tokens, text.pooled)
-        needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in tensors)
+        needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
         if self.config.checkpoint and needs_grad and not self.implicit_gradient:
             return checkpoint(self._checkpointed_block, *tensors, visual.mask, text.mask, use_reentrant=False)
         return self._block_scores(visual, text)
@@ -243,7 +244,8 @@ class TokenFlowAligner(KernelAligner):
         cfg = self.config
         log_b = self._log_marginal(word_imp.to(dtype), tmask)
         log_a = None if cfg.relax_visual else self._log_marginal(region_imp.to(dtype), vmask)
-        solve = implicit_sinkhorn if self.implicit_gradient else sinkhorn
+        # implicit_sinkhorn needs log_a: TokenFlowConfig allows it only two-sided (relax_visual=false).
+        solve: Callable[..., SinkhornResult] = implicit_sinkhorn if self.implicit_gradient else sinkhorn
         result = solve(
             1.0 - sim.to(dtype), log_a, log_b, vmask, tmask, cfg.epsilon, cfg.iterations,
             tolerance=cfg.tolerance, domain=cfg.solver_domain,

@@ -121,7 +121,7 @@ class TwoStageConfig(AlignerConfig):
 
 
 @ALIGNERS.register("two_stage")
-class TwoStageAligner(Aligner):
+class TwoStageAligner(Aligner[TwoStageConfig]):
     """Global top-K shortlist, re-ranked by α·global + (1−α)·local on shortlisted pairs only (TGDT)."""
 
     Config = TwoStageConfig

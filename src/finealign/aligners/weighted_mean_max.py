@@ -55,7 +55,7 @@ class WeightedMeanMaxConfig(KernelConfig):
 
 
 @ALIGNERS.register("weighted_mean_max")
-class WeightedMeanMaxAligner(KernelAligner):
+class WeightedMeanMaxAligner(KernelAligner[WeightedMeanMaxConfig]):
     """Weighted mean of per-word max (DRL WTI): learned softmax token weights instead of a mean."""
 
     Config = WeightedMeanMaxConfig
@@ -65,6 +65,7 @@ class WeightedMeanMaxAligner(KernelAligner):
         cfg = self.config
         # Only the layers the direction uses exist, so no parameter is left without a gradient.
         head = self._zero_linear if cfg.weight_head == "linear" else self._drl_mlp
+        assert cfg.dim is not None  # WeightedMeanMaxConfig rejects a missing dim
         self.text_weight = head(cfg.dim) if cfg.direction in ("text", "both") else None
         self.visual_weight = head(cfg.dim) if cfg.direction in ("visual", "both") else None
 
@@ -77,8 +78,9 @@ class WeightedMeanMaxAligner(KernelAligner):
 
     @staticmethod
     def _drl_mlp(dim: int) -> nn.Module:
-        mlp = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 1))
-        for layer in (mlp[0], mlp[2]):
+        first, last = nn.Linear(dim, dim), nn.Linear(dim, 1)
+        mlp = nn.Sequential(first, nn.ReLU(), last)
+        for layer in (first, last):
             nn.init.normal_(layer.weight, std=0.02)
             nn.init.zeros_(layer.bias)
         return mlp
@@ -135,6 +137,7 @@ class WeightedMeanMaxAligner(KernelAligner):
     def explain(self, visual: TokenBatch, text: TokenBatch) -> TokenAlignment:
         """Each word's best region, weighted by the word's learned weight (uniform for 'visual')."""
         visual, text = self.prepare_pair(visual, text)
+        word_weight: Tensor | float
         if self.text_weight is not None:
             word_weight = self.token_weights(text, self.text_weight)[0][text.mask[0]]
         else:

@@ -38,7 +38,7 @@ from finealign.registry import create_dataset, create_encoder
 def _options_of(component: Any, given: dict[str, Any]) -> dict[str, Any]:
     """The complete options (defaults filled in), so `{}` and the spelled-out defaults share a key."""
     config = getattr(component, "config", None)
-    if config is not None and dataclasses.is_dataclass(config):
+    if config is not None and dataclasses.is_dataclass(config) and not isinstance(config, type):
         return dataclasses.asdict(config)
     return dict(given)
 
@@ -113,7 +113,7 @@ def build_feature_cache(
     data = dataset.split(split)
     vision = create_encoder(vision_name, **_raw_options(vision_options))
     text = create_encoder(text_name, **_raw_options(text_options))
-    identity = {
+    identity: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "dataset": _dataset_identity(dataset_name, dataset, dataset_options),
         "split": split,

@@ -37,6 +37,7 @@ def encode_items(
     for out in encoded_batches(encoder, count, read, batch_size=batch_size, device=device, num_workers=num_workers,
                                progress=True, desc=desc):  # fmt: skip
         out = out.with_pooled()
+        assert out.pooled is not None  # with_pooled fills it
         # Zero the padding so the file holds no stale values there.
         t = out.tokens.float().masked_fill(~out.mask.unsqueeze(-1), 0.0)
         tokens.append(t.half().cpu().numpy())

@@ -11,7 +11,7 @@ The settings are the Hydra config configs/cache.yaml (the `cached` dataset's key
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, cast
 
 from finealign.cli.hydra_flags import add_hydra_flags, jobs, print_info, run_dirs
 from finealign.errors import ConfigError
@@ -38,7 +38,7 @@ def read_settings(overrides: list[str]):
     from finealign.registry import build_config
 
     cfg = compose(CONFIG_NAME, overrides)
-    return cfg, build_config(CacheBuildSettings, OmegaConf.to_container(cfg, resolve=True), "cache config")
+    return cfg, build_config(CacheBuildSettings, cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True)), "cache config")
 
 
 def verify(cache_dir: Any) -> int:

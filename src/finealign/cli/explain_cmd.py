@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from finealign.engine.explain import explain_pair, plot_explanation
 
-    own, rest = {}, []
+    own: dict[str, str] = {}
+    rest: list[str] = []
     for item in args.overrides:
         key, sep, value = item.partition("=")
         if not sep:

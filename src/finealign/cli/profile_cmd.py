@@ -13,6 +13,7 @@ every aligner's own options are composed in under its name, so overrides read as
 from __future__ import annotations
 
 import argparse
+from typing import Any, cast
 
 from finealign.cli.hydra_flags import add_hydra_flags, jobs, print_info, run_dirs
 from finealign.errors import ConfigError
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     failed = False
     for job_overrides, out_dir in planned:
         cfg = compose_profile(job_overrides)
-        container = OmegaConf.to_container(cfg, resolve=False)
+        container = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=False))  # a DictConfig gives a dict
         for name in node_names & set(container):
             # `dim: ${encoder.embed_dim}` refers to the training config; the profile's `dim` applies
             container[name] = {k: v for k, v in container[name].items() if not OmegaConf.is_interpolation(cfg[name], k)}

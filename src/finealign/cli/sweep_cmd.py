@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out, progress=not args.no_progress, worker_id=args.worker_id,
     )  # fmt: skip
     report = result.report
+    assert report is not None  # run_sweep writes the report unless told not to
     print(report.markdown)
     s = result.stats
     print(f"\nthis worker: {s.complete} complete, {s.pruned} pruned, {s.failed} failed")

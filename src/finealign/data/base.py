@@ -7,9 +7,9 @@ captions and image→text counts a hit when any of them is retrieved.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 
@@ -25,8 +25,8 @@ class RetrievalSplit:
     """
 
     name: str
-    items: list[Any]
-    captions: list[Any]
+    items: Sequence[Any]
+    captions: Sequence[Any]
     caption_item: torch.Tensor
     load_item: Callable[[Any], Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
@@ -46,10 +46,23 @@ class RetrievalSplit:
         return (self.caption_item == i).nonzero().flatten().tolist()
 
 
-class ConfiguredSplits:
-    """Mixin for datasets whose splits are the keys (or items) of `self.config.splits`."""
+class SplitsConfig(Protocol):
+    """A dataset Config that names its splits: a list of names, or a dict keyed by name."""
 
-    config: Any
+    @property
+    def splits(self) -> Collection[str]: ...
+
+
+#: The Config dataclass of a dataset with configured splits.
+C = TypeVar("C", bound=SplitsConfig)
+
+
+class ConfiguredSplits(Generic[C]):
+    """Mixin for datasets whose splits are the keys (or items) of `self.config.splits`. A dataset
+    (`class MyDataset(ConfiguredSplits[MyConfig])`) sets `Config` and assigns `self.config`; the
+    type parameter types `self.config`."""
+
+    config: C
 
     @property
     def split_names(self) -> list[str]:

@@ -10,6 +10,7 @@ captions), e.g. the 3,000-image training budget of the Flickr8k baseline.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -37,7 +38,8 @@ def first_items(split: RetrievalSplit, n: int) -> RetrievalSplit:
     """The first `n` items of a feature split with every caption that belongs to them."""
     if n <= 0 or n >= split.num_items:
         return split
-    items, captions = split.items, split.captions
+    # cast: a feature split's items and captions are FeatureRows (load_feature_cache builds them)
+    items, captions = cast(FeatureRows, split.items), cast(FeatureRows, split.captions)
     keep = (split.caption_item < n).nonzero().flatten().numpy()
     return RetrievalSplit(
         name=split.name,
@@ -53,7 +55,7 @@ def first_items(split: RetrievalSplit, n: int) -> RetrievalSplit:
 
 
 @DATASETS.register("cached")
-class CachedFeatureDataset(ConfiguredSplits):
+class CachedFeatureDataset(ConfiguredSplits[CachedConfig]):
     """A raw dataset through frozen encoders, feature-cached on first use (e.g. Flickr8k + MobileNetV2 + MiniLM)."""
 
     Config = CachedConfig

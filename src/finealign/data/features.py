@@ -53,7 +53,7 @@ class FeatureRows(Sequence):
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
-    def __getitem__(self, i):  # type: ignore[override]
+    def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         return {
@@ -68,7 +68,7 @@ def load_feature_cache(directory: str | Path, name: str | None = None) -> Retrie
     incomplete (meta.json "complete" not true) or inconsistent. The layout is finealign.cache.format's."""
     directory = Path(directory)
     arrays, meta = open_checked(directory)
-    n = meta.get("num_items")
+    n: int = meta["num_items"]  # open_checked matched it to the row count
     caption_item = torch.from_numpy(np.array(arrays["caption_item"], dtype=np.int64))  # a copy: small
     if len(caption_item) and (int(caption_item.min()) < 0 or int(caption_item.max()) >= n):
         raise DataError(f"{directory / 'caption_item.npy'} holds item indices outside [0, {n})")
@@ -79,8 +79,8 @@ def load_feature_cache(directory: str | Path, name: str | None = None) -> Retrie
         raise DataError(f"feature cache {directory}: {exc}") from exc
     return RetrievalSplit(
         name=name or directory.name,
-        items=items,  # type: ignore[arg-type]
-        captions=captions,  # type: ignore[arg-type]
+        items=items,
+        captions=captions,
         caption_item=caption_item,
         meta={**meta, "vision_dim": items.dim, "text_dim": captions.dim, "path": str(directory)},
     )
@@ -146,7 +146,7 @@ def load_region_split(directory: str | Path, name: str | None = None) -> Retriev
     items = FeatureRows(features, mask, None)
     return RetrievalSplit(
         name=name or directory.name,
-        items=items,  # type: ignore[arg-type]
+        items=items,
         captions=texts,
         caption_item=caption_item,
         meta={"vision_dim": items.dim, "path": str(directory), "layout": "regions"},
@@ -181,7 +181,7 @@ class FeaturesConfig:
 
 
 @DATASETS.register("features")
-class FeatureDataset(ConfiguredSplits):
+class FeatureDataset(ConfiguredSplits[FeaturesConfig]):
     """Precomputed features (feature cache or region files), memory-mapped, one directory per split."""
 
     Config = FeaturesConfig

@@ -87,6 +87,7 @@ class KarpathyDataset:
             raise DataError(f"image folder not found: {self.image_root}{self._how_to_get()}")
 
     def _resolve_root(self) -> Path:
+        root: Path | None
         if self.config.root is not None:
             root = Path(self.config.root).expanduser()
             if not root.is_dir():

@@ -90,8 +90,8 @@ class ToyDataset:
         captions = FeatureRows(a["text_tokens"], a["text_mask"], a["text_pooled"])
         return RetrievalSplit(
             name=name,
-            items=items,  # type: ignore[arg-type]
-            captions=captions,  # type: ignore[arg-type]
+            items=items,
+            captions=captions,
             caption_item=torch.from_numpy(a["caption_item"]),
             meta={"vision_dim": items.dim, "text_dim": captions.dim, "synthetic": True},
         )

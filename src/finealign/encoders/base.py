@@ -12,15 +12,21 @@ stacks; `forward` runs the backbone and the projection to `embed_dim`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from torch import nn
 
 from finealign.tokens import TokenBatch
 
+#: The Config dataclass of an encoder.
+C = TypeVar("C")
 
-class Encoder(nn.Module):
-    """Base class of every registered encoder."""
+
+class Encoder(nn.Module, Generic[C]):
+    """Base class of every registered encoder. A subclass (`class MyEncoder(Encoder[MyConfig])`)
+    sets `Config` and assigns `self.config`; the type parameter types `self.config`."""
+
+    config: C
 
     #: "vision", "text" or "video" — which side of a retrieval pair this encoder serves.
     modality: str = "vision"

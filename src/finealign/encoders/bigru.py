@@ -35,7 +35,7 @@ class BiGRUConfig:
 
 
 @ENCODERS.register("bigru")
-class BiGRUEncoder(Encoder):
+class BiGRUEncoder(Encoder[BiGRUConfig]):
     """Word embeddings + BiGRU; tokens are per-word states (mean of both directions).
 
     The vocabulary comes from the training captions: call `build_vocab(captions)` before use. It is
@@ -65,8 +65,9 @@ class BiGRUEncoder(Encoder):
     # -- vocabulary ---------------------------------------------------------------------------
     def build_vocab(self, captions: Iterable[str]) -> Vocabulary:
         """Build the vocabulary from training captions and (re)initialise the word embeddings."""
-        self._set_vocab(Vocabulary.build(captions, self.config.min_count))
-        return self.vocab
+        vocab = Vocabulary.build(captions, self.config.min_count)
+        self._set_vocab(vocab)
+        return vocab
 
     def _set_vocab(self, vocab: Vocabulary) -> None:
         self.vocab = vocab

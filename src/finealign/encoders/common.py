@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from finealign.checks import check_int
-from finealign.encoders.base import Encoder
+from finealign.encoders.base import C, Encoder
 
 
 def check_embed_dim(embed_dim: Any) -> None:
@@ -42,7 +42,7 @@ def file_identity(path: str | Path) -> dict[str, Any]:
     return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-class BackboneEncoder(Encoder):
+class BackboneEncoder(Encoder[C]):
     """An encoder built around one pre-trained `backbone` module plus a learned projection.
 
     Subclasses assign `self.backbone` and call `self.set_frozen(...)`. A frozen backbone stays in
@@ -66,7 +66,7 @@ class BackboneEncoder(Encoder):
 
     def set_grad_checkpointing(self, enable: bool = True) -> bool:
         """Turn activation recomputation on in the backbone; False when it has no such switch."""
-        backbone = self.backbone
+        backbone: Any = self.backbone  # duck-typed: whichever library's switch it has
         for module in (backbone, getattr(backbone, "transformer", None)):
             if module is None:
                 continue

@@ -64,11 +64,12 @@ def _load_pretrained(name_or_path: str) -> tuple[Any, Any]:
 
 
 @ENCODERS.register("hf_text")
-class HFTextEncoder(BackboneEncoder):
+class HFTextEncoder(BackboneEncoder[HFTextConfig]):
     """A Hugging Face encoder: last hidden states as tokens, [CLS] or mean as the global vector."""
 
     Config = HFTextConfig
     modality = "text"
+    backbone: Any  # a transformers model, used through its own API (config.hidden_size, last_hidden_state)
 
     def __init__(self, config: HFTextConfig | None = None):
         super().__init__()

@@ -92,7 +92,7 @@ def _load_backbone(cfg: MobileNetV2Config) -> tuple[Any, Path | None]:
 
 
 @ENCODERS.register("mobilenet_v2")
-class MobileNetV2Encoder(BackboneEncoder):
+class MobileNetV2Encoder(BackboneEncoder[MobileNetV2Config]):
     """MobileNetV2 (ImageNet, offline): 7×7 grid tokens of 1280-d + average-pooled global."""
 
     Config = MobileNetV2Config

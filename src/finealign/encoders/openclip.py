@@ -119,7 +119,7 @@ def where_to_place(model_name: str, pretrained: str) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _load(model_name: str, pretrained: str | None, checkpoint_path: str | None) -> tuple[nn.Module, Any, Any]:
+def _load(model_name: str, pretrained: str | None, checkpoint_path: str | None) -> tuple[Any, Any, Any]:
     """(model, eval transform, tokenizer), built once per weights for both towers."""
     import open_clip
 
@@ -195,8 +195,9 @@ def _project(x: Tensor, projection: Any) -> Tensor:
     return x @ projection
 
 
-class _OpenClipTower(BackboneEncoder):
+class _OpenClipTower(BackboneEncoder[OpenClipConfig]):
     Config = OpenClipConfig
+    backbone: Any  # open_clip's modules, used through open_clip's own attributes (output_tokens, proj, ...)
 
     def __init__(self, config: OpenClipConfig | None = None):
         super().__init__()
@@ -213,7 +214,7 @@ class _OpenClipTower(BackboneEncoder):
         self.embed_dim = cfg.embed_dim or joint
         self.set_frozen(cfg.freeze)
 
-    def _attach(self, model: nn.Module) -> None:
+    def _attach(self, model: Any) -> None:
         raise NotImplementedError
 
     def _refuse(self, what: str) -> ConfigError:
@@ -244,7 +245,7 @@ class OpenClipVisionEncoder(_OpenClipTower):
 
     modality = "vision"
 
-    def _attach(self, model: nn.Module) -> None:
+    def _attach(self, model: Any) -> None:
         from open_clip.timm_model import TimmModel
         from open_clip.transformer import VisionTransformer
 
@@ -305,7 +306,7 @@ class OpenClipTextEncoder(_OpenClipTower):
 
     modality = "text"
 
-    def _attach(self, model: nn.Module) -> None:
+    def _attach(self, model: Any) -> None:
         from open_clip.hf_model import HFTextEncoder
         from open_clip.transformer import TextTransformer
 
@@ -334,7 +335,7 @@ class OpenClipTextEncoder(_OpenClipTower):
             self.pad_id = model.text.config.pad_token_id
         else:
             raise self._refuse(f"the text tower {type(model.text).__name__}")
-        hf_tokenizer = getattr(self.tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps one
+        hf_tokenizer: Any = getattr(self.tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps one
         if self.kind != "hf" and getattr(hf_tokenizer, "pad_token_id", None) is not None:
             self.pad_id = hf_tokenizer.pad_token_id
 

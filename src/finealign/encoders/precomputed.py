@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -30,6 +30,21 @@ from finealign.encoders.common import check_embed_dim
 from finealign.errors import ConfigError, ShapeError
 from finealign.registry import ENCODERS
 from finealign.tokens import TokenBatch
+
+
+class PrecomputedItem(TypedDict):
+    """What `load` gives for one item."""
+
+    tokens: Tensor  # (L, d) real tokens only
+    pooled: Tensor | None  # (d,)
+
+
+class PrecomputedBatch(TypedDict):
+    """What `collate` gives for a batch of items."""
+
+    tokens: Tensor  # (B, L, d), zero-padded to the longest item
+    mask: Tensor  # (B, L) bool
+    pooled: Tensor | None  # (B, d) when every item has one
 
 
 @dataclass
@@ -63,7 +78,7 @@ class PrecomputedConfig:
 
 
 @ENCODERS.register("precomputed")
-class PrecomputedEncoder(Encoder):
+class PrecomputedEncoder(Encoder[PrecomputedConfig]):
     """Learned head (linear / mlp / transformer) on precomputed token features."""
 
     Config = PrecomputedConfig
@@ -94,7 +109,7 @@ class PrecomputedEncoder(Encoder):
             )
             self.context = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
 
-    def load(self, raw: Any) -> dict[str, Tensor | None]:
+    def load(self, raw: Any) -> PrecomputedItem:
         if isinstance(raw, dict):
             tokens, mask, pooled = raw["tokens"], raw.get("mask"), raw.get("pooled")
         else:
@@ -110,7 +125,7 @@ class PrecomputedEncoder(Encoder):
         pooled_t = None if pooled is None else torch.from_numpy(np.array(pooled, dtype=np.float32))
         return {"tokens": tokens, "pooled": pooled_t}
 
-    def collate(self, items: Sequence[dict[str, Tensor | None]]) -> dict[str, Tensor | None]:
+    def collate(self, items: Sequence[PrecomputedItem]) -> PrecomputedBatch:
         length = max(len(item["tokens"]) for item in items)
         dim = items[0]["tokens"].shape[1]
         tokens = torch.zeros(len(items), length, dim)
@@ -119,11 +134,11 @@ class PrecomputedEncoder(Encoder):
             n = len(item["tokens"])
             tokens[i, :n] = item["tokens"]
             mask[i, :n] = True
-        have_pooled = all(item["pooled"] is not None for item in items)
-        pooled = torch.stack([item["pooled"] for item in items]) if have_pooled else None  # type: ignore[misc]
+        given = [item["pooled"] for item in items if item["pooled"] is not None]
+        pooled = torch.stack(given) if len(given) == len(items) else None
         return {"tokens": tokens, "mask": mask, "pooled": pooled}
 
-    def forward(self, batch: dict[str, Tensor | None]) -> TokenBatch:
+    def forward(self, batch: PrecomputedBatch) -> TokenBatch:
         tokens, mask, pooled = batch["tokens"], batch["mask"], batch.get("pooled")
         assert tokens is not None and mask is not None
         if tokens.shape[-1] != self.config.in_dim:

@@ -86,11 +86,12 @@ def _create_timm_model(cfg: TimmVisionConfig) -> Any:
 
 
 @ENCODERS.register("timm")
-class TimmVisionEncoder(BackboneEncoder):
+class TimmVisionEncoder(BackboneEncoder[TimmVisionConfig]):
     """Any timm model: ViT patch tokens (CLS/pooled as global) or CNN feature-map cells as tokens."""
 
     Config = TimmVisionConfig
     modality = "vision"
+    backbone: Any  # a timm model, used through timm's feature API (num_features, forward_features, forward_head)
 
     def __init__(self, config: TimmVisionConfig | None = None):
         super().__init__()

@@ -48,7 +48,7 @@ def uniform_indices(total: int, count: int) -> list[int]:
 
 
 @ENCODERS.register("video")
-class VideoEncoder(Encoder):
+class VideoEncoder(Encoder[VideoConfig]):
     """Frames through a registered vision encoder; one token per frame, mean over frames as global."""
 
     Config = VideoConfig

@@ -93,7 +93,7 @@ def epoch_loader(
     together see exactly the batches one process would."""
     pairs = epoch_pairs(split, mode, seed, epoch)
     dataset = PairDataset(split, pairs, model.vision, model.text)
-    sampler = None
+    sampler: DistributedSampler | None = None
     if world_size > 1:
         # drop_last: every rank gets floor(P / W) pairs, so there are floor(P / B) full global batches
         # as in one process; shuffle=False: the order is already drawn from (seed, epoch).

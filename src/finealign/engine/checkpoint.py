@@ -6,7 +6,7 @@ from __future__ import annotations
 import pickle
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -16,7 +16,8 @@ from finealign.errors import DataError
 
 def rng_state() -> dict[str, Any]:
     # numpy's state as plain ints, so the checkpoint loads with weights_only=True (no pickled arrays).
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # cast: the default (legacy) form is this tuple; the stub also allows the dict form.
+    kind, keys, pos, has_gauss, cached = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
     state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():

@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -25,6 +25,9 @@ from torch import Tensor, nn
 
 from finealign.errors import ConfigError, FinealignError, ShapeError
 from finealign.tokens import TokenBatch
+
+if TYPE_CHECKING:
+    from finealign.engine.model import RetrievalModel
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +260,7 @@ class GlobalBatchObjective(nn.Module):
     the global batch from the dataset indices. Model and loss sit in one module so that DDP
     averages the gradients of both (the loss may own a learnable temperature)."""
 
-    def __init__(self, model: nn.Module, loss: nn.Module, world: World):
+    def __init__(self, model: RetrievalModel, loss: nn.Module, world: World):
         super().__init__()
         self.model, self.loss, self.world = model, loss, world
 

@@ -29,7 +29,8 @@ def concat_token_batches(batches: Sequence[TokenBatch]) -> TokenBatch:
         pad = length - b.tokens.shape[1]
         tokens.append(torch.nn.functional.pad(b.tokens, (0, 0, 0, pad)))
         masks.append(torch.nn.functional.pad(b.mask, (0, pad), value=False))
-    pooled = None if any(b.pooled is None for b in batches) else torch.cat([b.pooled for b in batches])
+    given = [b.pooled for b in batches if b.pooled is not None]
+    pooled = torch.cat(given) if len(given) == len(batches) else None
     return TokenBatch(torch.cat(tokens), torch.cat(masks), pooled)
 
 
@@ -43,13 +44,13 @@ def encode_all(
     return concat_token_batches([b.to(torch.float32) for b in batches])
 
 
-def subset(split: RetrievalSplit, max_items: int) -> tuple[list[Any], list[Any], Tensor]:
+def subset(split: RetrievalSplit, max_items: int) -> tuple[Sequence[Any], Sequence[Any], Tensor]:
     """The raw images, captions and caption→image map of the first `max_items` images (0: all)."""
     n = split.num_items if not max_items else min(max_items, split.num_items)
     keep = (split.caption_item < n).nonzero().flatten().tolist()
     items = _LazyItems(split, n)
     captions = _LazyCaptions(split, keep)
-    return items, captions, split.caption_item[keep].long()  # type: ignore[return-value]
+    return items, captions, split.caption_item[keep].long()
 
 
 class _LazyItems(Sequence):
@@ -59,7 +60,7 @@ class _LazyItems(Sequence):
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, i):  # type: ignore[override]
+    def __getitem__(self, i):
         return self.split.raw_item(i)
 
 
@@ -72,7 +73,7 @@ class _Slice(Sequence):
     def __len__(self) -> int:
         return self.hi - self.lo
 
-    def __getitem__(self, i):  # type: ignore[override]
+    def __getitem__(self, i):
         if not 0 <= i < len(self):
             raise IndexError(i)
         return self.items[self.lo + i]
@@ -101,7 +102,7 @@ class _LazyCaptions(Sequence):
     def __len__(self) -> int:
         return len(self.keep)
 
-    def __getitem__(self, j):  # type: ignore[override]
+    def __getitem__(self, j):
         return self.split.captions[self.keep[j]]
 
 
@@ -259,15 +260,15 @@ def _evaluate(
     model.eval()
     try:
         items, captions, caption_item = subset(split, max_items)
-        encode = dict(batch_size=batch_size, device=device, amp=amp, progress=progress)
-        visual = encode_sharded(model.vision, items, world, **encode, desc="images")  # type: ignore[arg-type]
-        text = encode_sharded(model.text, captions, world, **encode, desc="captions")  # type: ignore[arg-type]
+        encode: dict[str, Any] = dict(batch_size=batch_size, device=device, amp=amp, progress=progress)
+        visual = encode_sharded(model.vision, items, world, **encode, desc="images")
+        text = encode_sharded(model.text, captions, world, **encode, desc="captions")
         with autocast_context(device, amp):
             getattr(model.aligner, "reset_diagnostics", lambda: None)()
             scores = score_gallery(model.aligner, visual, text, chunk_items=chunk_items, progress=progress, device=device,
                                    world=world)  # fmt: skip
             measure_memory, cost_repeats = (measure_memory, cost_repeats) if world.is_main else (False, 0)
-            solver = getattr(model.aligner, "diagnostics", dict)()  # read before the memory pass scores again
+            solver: dict[str, float] = getattr(model.aligner, "diagnostics", dict)()  # read before the memory pass scores again
             # A profiled extra pass: worth it for the reported test metrics, not for every validation.
             score_mem = (
                 scoring_peak_memory_mb(model.aligner, visual, text, chunk_items=chunk_items, device=device)

@@ -9,7 +9,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -181,7 +181,7 @@ def _run_experiment(
     loss = build_loss(spec).to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    snapshot = {"config": OmegaConf.to_container(cfg, resolve=True), "data_meta": _plain(train_split.meta)}
+    snapshot: dict[str, Any] = {"config": OmegaConf.to_container(cfg, resolve=True), "data_meta": _plain(train_split.meta)}
     trainer = Trainer(
         model, loss, spec.train, device=device, seed=spec.seed, output_dir=spec.output_dir, eval_cfg=spec.eval,
         config_snapshot=snapshot, progress=spec.train.progress, world=world,
@@ -258,7 +258,7 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
         found = [r / key / f"{value}.yaml" for r in config_roots() if (r / key / f"{value}.yaml").is_file()]
         if not found:
             return None
-        node = OmegaConf.load(found[0])
+        node = cast(DictConfig, OmegaConf.load(found[0]))  # a group file is a mapping
         node.pop("defaults", None)
         return node
 
@@ -306,13 +306,13 @@ def evaluate_untrained(cfg: DictConfig, *, overrides: Iterable[str] | None = Non
     split = dataset.split(spec.eval.split)
     meta = dataset.split("train").meta if getattr(dataset, "has_split", lambda n: True)("train") else split.meta
     model = build_model(spec, meta).to(device)
-    metrics = _test_metrics(model, spec, split, device, out_dir)
+    metrics: dict[str, Any] = _test_metrics(model, spec, split, device, out_dir)
     metrics.update(memory_metrics(device))
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))  # a DictConfig gives a dict
     write_hydra_record(out_dir, cfg, overrides)
     save_results(out_dir, metrics, labels={**labels(spec), "trained": False}, config=config,
                  extra={"trained": False, "output_dir": str(out_dir), "provenance": provenance(device, overrides)})
-    metrics["output_dir"] = str(out_dir)  # type: ignore[assignment]
+    metrics["output_dir"] = str(out_dir)
     return metrics
 
 
@@ -336,12 +336,12 @@ def evaluate_checkpoint(
     target = Path(output_dir) if output_dir is not None else run_dir / "eval" / _timestamp()
     target = claim_output_dir(OmegaConf.create({"output_dir": str(target)}))
     write_hydra_record(target, cfg, [f"ckpt={ckpt}", *overrides])
-    metrics = _test_metrics(model, spec, split, device, target)
+    metrics: dict[str, Any] = _test_metrics(model, spec, split, device, target)
     metrics.update(memory_metrics(device))
-    save_results(target, metrics, labels=labels(spec), config=OmegaConf.to_container(cfg, resolve=True),
+    save_results(target, metrics, labels=labels(spec), config=cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True)),
                  extra={"checkpoint": str(ckpt), "new_aligner_params": missing, "output_dir": str(target),
                         "provenance": provenance(device, overrides)})
-    metrics["output_dir"] = str(target)  # type: ignore[assignment]
+    metrics["output_dir"] = str(target)
     return metrics
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
@@ -13,11 +13,15 @@ from finealign.config import ExperimentSpec
 from finealign.registry import config_class, create_aligner, create_encoder, create_loss, registry
 from finealign.tokens import TokenBatch
 
+if TYPE_CHECKING:
+    from finealign.aligners.base import Aligner
+    from finealign.encoders.base import Encoder
+
 
 class RetrievalModel(nn.Module):
     """The three parts of a retrieval model: encode each modality, then score with the aligner."""
 
-    def __init__(self, vision: nn.Module, text: nn.Module, aligner: nn.Module):
+    def __init__(self, vision: Encoder[Any], text: Encoder[Any], aligner: Aligner[Any]):
         super().__init__()
         self.vision, self.text, self.aligner = vision, text, aligner
 

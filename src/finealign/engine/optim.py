@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -15,13 +16,17 @@ from torch import nn
 from finealign.config import TrainConfig
 from finealign.errors import ConfigError
 
+if TYPE_CHECKING:
+    from finealign.engine.model import RetrievalModel
+
 #: the block index in a parameter name: timm `blocks.3.`, HF `layer.3.`, open_clip `resblocks.3.`
 _BLOCK = re.compile(r"(?:^|\.)(?:blocks|layers|layer|resblocks|stages)\.(\d+)\.")
 _EMBEDDING = re.compile(r"embed|cls_token|pos_|positional|patch|conv1|stem", re.IGNORECASE)
 
 
 def _split_decay(params: Iterable[nn.Parameter], include_frozen: bool) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in params:
         if p.requires_grad or include_frozen:
             (decay if p.dim() >= 2 else no_decay).append(p)
@@ -41,7 +46,7 @@ def layer_scales(named: list[tuple[str, nn.Parameter]], decay: float) -> list[fl
     ]
 
 
-def build_optimizer(model: nn.Module, loss: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+def build_optimizer(model: RetrievalModel, loss: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW over the trainable parameters of `model` and `loss` (frozen ones are left out, except a
     backbone scheduled to unfreeze: its groups exist from the start and fill with gradients later)."""
     backbone = model.backbone_parameters()

@@ -230,7 +230,7 @@ class Trainer:
             log.info("epoch %d: backbones unfrozen (train.unfreeze_backbone_epoch), lr %.3g", epoch + 1, cfg.backbone_lr)
         self.loss.train()
         if hasattr(self.loss, "set_epoch"):
-            self.loss.set_epoch(epoch)
+            self.loss.set_epoch(epoch)  # type: ignore[operator]  # duck-typed: a plugin loss need not derive from Loss
         loader = epoch_loader(
             split, self.model, mode=cfg.pairs, batch_size=cfg.batch_size, seed=self.seed, epoch=epoch,
             num_workers=cfg.num_workers, rank=self.world.rank, world_size=self.world.size,

@@ -155,7 +155,7 @@ def sinkhorn_flow_scores(
     check_marginal(log_text, tmask, "text")
     if (visual_pooled is None) != (text_pooled is None):
         raise ShapeError("importance marginals need both visual_pooled and text_pooled")
-    if visual_pooled is not None:
+    if visual_pooled is not None and text_pooled is not None:  # both or neither (checked above)
         if log_visual is not None or log_text is not None:
             raise ConfigError("give either log marginals or pooled vectors (importance), not both")
         for name, pooled, x in (("visual", visual_pooled, v), ("text", text_pooled, t)):
@@ -165,7 +165,7 @@ def sinkhorn_flow_scores(
     if visual_pooled is None:
         log_visual = uniform_log_marginal(vmask) if log_visual is None else log_visual
         log_text = uniform_log_marginal(tmask) if log_text is None else log_text
-    importance = dict(visual_pooled=visual_pooled, text_pooled=text_pooled, marginal_temperature=opts.marginal_temperature)
+    importance: dict[str, Any] = dict(visual_pooled=visual_pooled, text_pooled=text_pooled, marginal_temperature=opts.marginal_temperature)
     if pairs is not None:
         check_pair_indices(pairs, v.shape[0], t.shape[0])
         pairs = pairs.to(v.device)

@@ -25,6 +25,7 @@ def _pool(best: Tensor, mask: Tensor, weights: Tensor | None, pooling: str, temp
     # Zero the padded entries (-inf) before multiplying: -inf * 0 is NaN, and so is the weights'
     # gradient there (best * grad) if the product is masked only afterwards.
     best = torch.where(mask, best, torch.zeros((), dtype=best.dtype, device=best.device))
+    assert weights is not None, f"{pooling!r} pooling needs weights"
     return (weights * best).sum(-1)
 
 
@@ -39,10 +40,10 @@ def maxsim_block(
     sim = sim.masked_fill(~valid, float("-inf"))
     parts = []
     if direction in ("text", "both"):
-        w = None if pooling == "lse" else text_weights.to(acc)[None, :, :]
+        w = None if pooling == "lse" or text_weights is None else text_weights.to(acc)[None, :, :]
         parts.append(_pool(sim.amax(dim=2), tmask[None, :, :], w, pooling, temperature))
     if direction in ("visual", "both"):
-        w = None if pooling == "lse" else visual_weights.to(acc)[:, None, :]
+        w = None if pooling == "lse" or visual_weights is None else visual_weights.to(acc)[:, None, :]
         parts.append(_pool(sim.amax(dim=3), vmask[:, None, :], w, pooling, temperature))
     return parts[0] if len(parts) == 1 else 0.5 * (parts[0] + parts[1])
 
@@ -87,10 +88,10 @@ def maxsim_pairs_torch(
         sim = sim.masked_fill(~(vm[:, :, None] & tm[:, None, :]), float("-inf"))
         parts = []
         if direction in ("text", "both"):
-            w = None if pooling == "lse" else text_weights[it].to(acc)
+            w = None if pooling == "lse" or text_weights is None else text_weights[it].to(acc)
             parts.append(_pool(sim.amax(dim=1), tm, w, pooling, temperature))
         if direction in ("visual", "both"):
-            w = None if pooling == "lse" else visual_weights[iv].to(acc)
+            w = None if pooling == "lse" or visual_weights is None else visual_weights[iv].to(acc)
             parts.append(_pool(sim.amax(dim=2), vm, w, pooling, temperature))
         out.append(parts[0] if len(parts) == 1 else 0.5 * (parts[0] + parts[1]))
     return torch.cat(out) if out else v.new_zeros(0, dtype=acc)

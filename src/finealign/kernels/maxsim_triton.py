@@ -347,7 +347,6 @@ def _launch(kernel, v, t, vmask8, tmask8, tw, vw, extra, pooling, direction, tem
         np_ = next_pow2(tiles.items_visual * lv)
         run = min(lv & -lv, np_, 8)  # the largest power of two dividing Lv (capped): G
         consts = {k: x for k, x in consts.items() if k != "PAIRS"} | dict(BVP=next_pow2(tiles.items_visual), G=run)
-        lvp = None
     if consts.get("PAIRS"):
         # One pair per program; tl.dot needs at least 16 rows and columns, the extra are masked.
         grid, lvp, ltp = (consts.pop("n_pairs"),), max(16, lvp), max(16, ltp)
@@ -355,7 +354,7 @@ def _launch(kernel, v, t, vmask8, tmask8, tw, vw, extra, pooling, direction, tem
         v, t, vmask8, tmask8, tw, vw, *extra,
         nv, nt, lv, lt, d, *v.stride(), *t.stride(), float(temperature),
         BV=tiles.items_visual, BT=tiles.items_text, LTP=ltp, BK=tiles.block_k,
-        **(dict(NP=np_) if lvp is None else dict(LVP=lvp)),
+        **(dict(NP=np_) if tiles.packed else dict(LVP=lvp)),
         PREC=_precision(v.dtype), GROUP=tiles.group,
         DO_TEXT=direction in ("text", "both"), DO_VISUAL=direction in ("visual", "both"), LSE=pooling == "lse",
         num_warps=tiles.num_warps, num_stages=tiles.num_stages, **consts,

@@ -30,8 +30,8 @@ def tile_list(tiles: Tiles | None) -> list[int]:
 def _tiles_from(values: list[int], v: Tensor, t: Tensor) -> Tiles:
     if not values:
         return Tiles.default(v.shape[1], t.shape[1], v.dtype)
-    *sizes, packed = values
-    return Tiles(*sizes, packed=bool(packed))
+    items_visual, items_text, block_k, num_warps, num_stages, group, packed = values  # tile_list's order
+    return Tiles(items_visual, items_text, block_k, num_warps, num_stages, group, packed=bool(packed))
 
 
 def token_pair_flops(v_shape, t_shape, pairs_shape=None) -> int:

@@ -167,7 +167,8 @@ def sinkhorn(
     parts = []
     for rows, solve in ((safe, _scaling_iterations), (redo, _log_iterations)):
         if len(rows):
-            parts.append(solve(*(x[rows] for x in problems), iterations, tolerance))
+            kernel, a, b, ma, mb, ok = (x[rows] for x in problems)
+            parts.append(solve(kernel, a, b, ma, mb, ok, iterations, tolerance))
             plan = plan.index_put((rows,), parts[-1].plan)
     worst = max(p.marginal_error for p in parts)
     return SinkhornResult(

@@ -37,13 +37,13 @@ _RIDGE = 1e-12
 
 class _ImplicitPlan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, cost, log_a, log_b, plan, mask_a, mask_b, epsilon):  # type: ignore[override]
+    def forward(ctx, cost, log_a, log_b, plan, mask_a, mask_b, epsilon):
         ctx.save_for_backward(plan, log_a, log_b, mask_a, mask_b)
         ctx.epsilon = epsilon
         return plan.clone()
 
     @staticmethod
-    def backward(ctx, grad_plan):  # type: ignore[override]
+    def backward(ctx, grad_plan):
         plan, log_a, log_b, mask_a, mask_b = ctx.saved_tensors
         eps = ctx.epsilon
         # Elementwise work in the plan's dtype (≥ fp32); the Schur system is formed and solved in fp64.

@@ -54,8 +54,10 @@ def sinkhorn_torch(
             mv = vmask[vi][:, None, :].expand(cv, ct, lv).reshape(cv * ct, lv)
             mt = tmask[tj][None, :, :].expand(cv, ct, lt).reshape(cv * ct, lt)
             if visual_pooled is None:
+                assert log_visual is not None and log_text is not None, "log masses or pooled vectors are needed"
                 la, lb = log_visual[vi].to(acc)[:, None, :].expand(cv, ct, lv), log_text[tj].to(acc)[None].expand(cv, ct, lt)
             else:
+                assert text_pooled is not None, "pooled vectors come in pairs (kernels/api.py checks)"
                 la, lb = _importance(
                     v[vi].to(acc), t[tj].to(acc), vmask[vi], tmask[tj],
                     visual_pooled[vi].to(acc), text_pooled[tj].to(acc), marginal_temperature, paired=False,
@@ -79,8 +81,10 @@ def sinkhorn_pairs_torch(
         vi, ti, mv, mt = v[iv].to(acc), t[it].to(acc), vmask[iv], tmask[it]
         sim = torch.einsum("pkd,pld->pkl", vi, ti).masked_fill(~(mv[:, :, None] & mt[:, None, :]), 0.0)
         if visual_pooled is None:
+            assert log_visual is not None and log_text is not None, "log masses or pooled vectors are needed"
             la, lb = log_visual[iv].to(acc), log_text[it].to(acc)
         else:
+            assert text_pooled is not None, "pooled vectors come in pairs (kernels/api.py checks)"
             la, lb = _importance(
                 vi, ti, mv, mt, visual_pooled[iv].to(acc), text_pooled[it].to(acc), marginal_temperature, paired=True
             )

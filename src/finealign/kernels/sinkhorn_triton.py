@@ -11,6 +11,8 @@ have potential 0 and plan 0; a one-sided problem is one column normalisation.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
@@ -427,9 +429,11 @@ def sinkhorn_triton(
     _scaling_sinkhorn); pairs it flags (sums below 1e-30, from ε small against the spread of the
     similarities) are recomputed here in the log domain, so both domains give the same numbers."""
     importance = visual_pooled is not None
-    if not importance:
+    if visual_pooled is None:
         visual_pooled, text_pooled = v.new_zeros(1, 1), t.new_zeros(1, 1)  # unused placeholders
+        assert log_visual is not None and log_text is not None, "log masses or pooled vectors are needed"
     else:
+        assert text_pooled is not None, "pooled vectors come in pairs (kernels/api.py checks)"
         log_visual, log_text = vmask.new_zeros(1, dtype=torch.float32), tmask.new_zeros(1, dtype=torch.float32)
     inputs = (v, t, log_visual, log_text, visual_pooled, text_pooled)
     if pairs is None and torch.is_grad_enabled() and any(x.requires_grad for x in inputs):
@@ -452,7 +456,7 @@ def sinkhorn_triton(
         if bool(flagged.any()):
             index = flagged.nonzero()
             redo = index if pairs is None else pairs[index[:, 0]]
-            marginals = dict(visual_pooled=visual_pooled, text_pooled=text_pooled) if importance else {}
+            marginals: dict[str, Any] = dict(visual_pooled=visual_pooled, text_pooled=text_pooled) if importance else {}
             out[flagged] = sinkhorn_triton(
                 v, vmask, t, tmask, log_visual, log_text, epsilon, iterations, rows, one_sided,
                 marginal_temperature=marginal_temperature, num_warps=num_warps, pairs=redo, domain="log", **marginals,

@@ -11,22 +11,29 @@ to `set_epoch`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 
 from finealign.errors import ShapeError
 
+#: The Config dataclass of a loss.
+C = TypeVar("C")
 
-class Loss(nn.Module):
-    """Base class of every registered loss. Subclasses set `Config` and implement `forward`."""
 
-    Config: type
+class Loss(nn.Module, Generic[C]):
+    """Base class of every registered loss. Subclasses (`class MyLoss(Loss[MyConfig])`) set
+    `Config` and implement `forward`; the type parameter types `self.config`."""
 
-    def __init__(self, config: Any = None):
+    #: The dataclass the registry builds from keyword arguments (the subclass's `C`).
+    Config: ClassVar[type[Any]]
+    config: C
+
+    def __init__(self, config: C | None = None):
         super().__init__()
-        self.config = config if config is not None else self.Config()
+        # cast: a subclass's `Config` is its `C` (a class attribute cannot be typed by a TypeVar).
+        self.config = config if config is not None else cast(C, self.Config())
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:

@@ -56,7 +56,7 @@ class CMCConfig:
 
 
 @LOSSES.register("cmc")
-class CMCLoss(Loss):
+class CMCLoss(Loss[CMCConfig]):
     """TGDT consistent multimodal contrastive loss: global + local hinge + intra-modal consistency."""
 
     Config = CMCConfig

@@ -47,7 +47,7 @@ def multi_positive_nce(logits: Tensor, positives: Tensor) -> Tensor:
 
 
 @LOSSES.register("infonce")
-class InfoNCELoss(Loss):
+class InfoNCELoss(Loss[InfoNCEConfig]):
     """Symmetric InfoNCE (CLIP) over the aligner's similarity matrix; multi-positive aware."""
 
     Config = InfoNCEConfig

@@ -30,7 +30,7 @@ class TripletConfig:
 
 
 @LOSSES.register("triplet")
-class TripletLoss(Loss):
+class TripletLoss(Loss[TripletConfig]):
     """Bidirectional hinge triplet loss: all negatives during warm-up, then the hardest (VSE++)."""
 
     Config = TripletConfig

@@ -76,6 +76,7 @@ def random_input_sets(
         t = random_batch(shape.nt, shape.lt, shape.dim, generator=g).to(device, dtype=dtype)
         if requires_grad:  # tokens and pooled vectors: `global` reads only the latter
             for tensor in (v.tokens, t.tokens, v.pooled, t.pooled):
-                tensor.requires_grad_(True)
+                if tensor is not None:  # random_batch always gives pooled vectors
+                    tensor.requires_grad_(True)
         sets.append((v, t))
     return sets

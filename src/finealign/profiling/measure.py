@@ -11,7 +11,7 @@ import gc
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,6 +22,9 @@ from finealign.profiling.flops import count_flops, matmul_throughput
 from finealign.profiling.inputs import ProblemShape, random_input_sets
 from finealign.profiling.memory import peak_memory
 from finealign.profiling.timing import TIMERS, measure_latency
+
+if TYPE_CHECKING:
+    from finealign.aligners.base import Aligner
 
 
 @dataclass
@@ -75,7 +78,7 @@ def resolve_aligners(spec: str | Sequence[str]) -> list[str]:
     return names
 
 
-def build_aligner(name: str, dim: int, options: dict[str, Any] | None = None) -> torch.nn.Module:
+def build_aligner(name: str, dim: int, options: dict[str, Any] | None = None) -> Aligner[Any]:
     """create_aligner(name, **options), passing the token `dim` when the aligner's Config has a
     `dim` field (aligners with learned layers need it) and the options do not set it."""
     from finealign.registry import ALIGNERS, config_class, create_aligner, ensure_builtins  # noqa: PLC0415

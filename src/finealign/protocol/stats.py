@@ -58,7 +58,7 @@ class Interval:
     @property
     def significant(self) -> bool:
         """The interval excludes 0 (the difference is not explained by query sampling and seeds)."""
-        return self.available and (self.low > 0 or self.high < 0)  # type: ignore[operator]
+        return self.low is not None and self.high is not None and (self.low > 0 or self.high < 0)
 
 
 def _image_contributions(runs: Sequence[QueryRanks], metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -132,8 +132,9 @@ def paired_bootstrap(
     return Interval(estimate, float(ci.low), float(ci.high), len(shared))
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1) over seeds; std is NaN for one seed."""
+def mean_std(values: Sequence[float | None]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1) over seeds (None: a seed without the value,
+    left out); std is NaN for one seed."""
     arr = np.asarray([v for v in values if v is not None], dtype=float)
     if arr.size == 0:
         return float("nan"), float("nan")

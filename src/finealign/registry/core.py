@@ -44,7 +44,7 @@ def _first_line(doc: str | None) -> str:
 def config_class(target: Any) -> type | None:
     """The dataclass a component validates its keyword arguments against (its `Config`)."""
     cfg = getattr(target, "Config", None)
-    return cfg if dataclasses.is_dataclass(cfg) else None
+    return cfg if isinstance(cfg, type) and dataclasses.is_dataclass(cfg) else None
 
 
 def build_config(cfg_cls: type, kwargs: dict[str, Any], what: str) -> Any:

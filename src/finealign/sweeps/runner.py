@@ -213,7 +213,7 @@ def objective_values(spec: SweepSpec, metrics: Mapping[str, Any]) -> list[float]
 
 
 def _jsonable(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in metrics.items():
         if isinstance(value, bool) or value is None or isinstance(value, str):
             out[key] = value

@@ -22,6 +22,7 @@ def suggest_param(trial: optuna.Trial, p: ParamSpec) -> Any:
     # declared range (not the grid list) keeps one distribution kind per name in every mode.
     if p.kind == "categorical":
         return trial.suggest_categorical(p.name, list(p.values))
+    assert p.low is not None and p.high is not None  # ParamSpec gives a numeric range both ends
     if p.kind == "int":
         return trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
     return trial.suggest_float(p.name, float(p.low), float(p.high), step=p.step, log=p.log)

@@ -13,7 +13,7 @@ import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from finealign.checks import check_int, check_positive_int
 from finealign.errors import ConfigError
@@ -21,6 +21,7 @@ from finealign.errors import ConfigError
 SAMPLERS = ("grid", "tpe", "nsga2", "random")
 SEED_MODES = ("paired", "per_trial")
 DIRECTIONS = ("maximize", "minimize")
+Direction = Literal["maximize", "minimize"]
 PRUNERS = ("none", "median", "percentile", "hyperband")
 
 Value = Any  # None | bool | int | float | str: what Optuna can store as a categorical choice
@@ -124,7 +125,7 @@ class ParamSpec:
 @dataclass(frozen=True)
 class ObjectiveSpec:
     metric: str
-    direction: str = "maximize"
+    direction: Direction = "maximize"
 
     @classmethod
     def from_raw(cls, raw: Any, index: int) -> ObjectiveSpec:
@@ -265,7 +266,7 @@ class SweepSpec:
         return len(self.objectives) > 1
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Direction]:
         return [o.direction for o in self.objectives]
 
     def all_params(self) -> list[ParamSpec]:
