@@ -22,15 +22,33 @@ from finealign.engine.results import solver_label
 from finealign.sweeps.plot import plot_tradeoff
 from finealign.sweeps.results import pareto_mask
 
-COLUMNS = ["aligner", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum",
-           "score_latency_ms", "score_peak_mem_mb", "train_time_s", "seed", "source"]
+COLUMNS = [
+    "aligner",
+    "i2t_r1",
+    "i2t_r5",
+    "i2t_r10",
+    "t2i_r1",
+    "t2i_r5",
+    "t2i_r10",
+    "rsum",
+    "score_latency_ms",
+    "score_peak_mem_mb",
+    "train_time_s",
+    "seed",
+    "source",
+]
 
 
 def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
     """One row per aligner over its runs, best mean RSUM first."""
     summary = table.groupby("aligner").agg(
-        runs=("rsum", "size"), rsum_mean=("rsum", "mean"), rsum_std=("rsum", "std"), rsum_min=("rsum", "min"),
-        rsum_max=("rsum", "max"), i2t_r1_mean=("i2t_r1", "mean"), t2i_r1_mean=("t2i_r1", "mean"),
+        runs=("rsum", "size"),
+        rsum_mean=("rsum", "mean"),
+        rsum_std=("rsum", "std"),
+        rsum_min=("rsum", "min"),
+        rsum_max=("rsum", "max"),
+        i2t_r1_mean=("i2t_r1", "mean"),
+        t2i_r1_mean=("t2i_r1", "mean"),
         score_latency_ms_median=("score_latency_ms", "median"),
     )
     return summary.sort_values("rsum_mean", ascending=False).reset_index().round(2)
@@ -60,8 +78,14 @@ def main() -> None:
     table.to_csv(args.out / "table.csv", index=False)
     markdown = table.to_markdown(index=False)
     (args.out / "table.md").write_text(markdown + "\n")
-    plot_tradeoff(table.assign(pareto=table["pareto"] == "*", state="COMPLETE"), "score_latency_ms", "rsum", "aligner",
-                  args.out / "tradeoff.png", title="Flickr8k 1K test: RSUM vs scoring latency (CPU)")
+    plot_tradeoff(
+        table.assign(pareto=table["pareto"] == "*", state="COMPLETE"),
+        "score_latency_ms",
+        "rsum",
+        "aligner",
+        args.out / "tradeoff.png",
+        title="Flickr8k 1K test: RSUM vs scoring latency (CPU)",
+    )
     print(markdown)
     print(f"written: {args.out}/table.md, table.csv, tradeoff.png")
     if table["aligner"].duplicated().any():

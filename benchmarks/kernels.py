@@ -134,9 +134,9 @@ def peers(v, vm, t, tm, vlen, tlen):
     try:
         import flash_maxsim
 
-        found["flash-maxsim"] = lambda: flash_maxsim.flash_maxsim_batched(
-            t, v, doc_lengths=vlen.int(), query_lengths=tlen.int()
-        ).T.float() / words
+        found["flash-maxsim"] = lambda: (
+            flash_maxsim.flash_maxsim_batched(t, v, doc_lengths=vlen.int(), query_lengths=tlen.int()).T.float() / words
+        )
     except Exception as exc:  # noqa: BLE001
         print(f"[skip] flash-maxsim: {type(exc).__name__}: {exc}")
     return found
@@ -151,12 +151,32 @@ def bench_size(name, nv, nt, lv, lt, d, repeats, args):
         return rows
     v, vm, t, tm, vlen, tlen = make_inputs(nv, nt, lv, lt, d)
     floor = matmul_floor(v, t, repeats)
-    print(f"== {name}: {nv} x {nt} items, {lv} x {lt} tokens, d={d}; floor {floor * 1e3:.2f} ms "
-          f"({flops / floor / 1e12:.0f} TFLOP/s)")
-    ref_mean = maxsim_torch(v[:REF_IMAGES].double(), vm[:REF_IMAGES], t.double(), tm, "mean", "text", 0.1,
-                            chunk_visual=REF_IMAGES, chunk_text=512)
-    ref_lse = maxsim_torch(v[:REF_IMAGES].double(), vm[:REF_IMAGES], t.double(), tm, "lse", "text", 0.1,
-                           chunk_visual=REF_IMAGES, chunk_text=512)
+    print(
+        f"== {name}: {nv} x {nt} items, {lv} x {lt} tokens, d={d}; floor {floor * 1e3:.2f} ms "
+        f"({flops / floor / 1e12:.0f} TFLOP/s)"
+    )
+    ref_mean = maxsim_torch(
+        v[:REF_IMAGES].double(),
+        vm[:REF_IMAGES],
+        t.double(),
+        tm,
+        "mean",
+        "text",
+        0.1,
+        chunk_visual=REF_IMAGES,
+        chunk_text=512,
+    )
+    ref_lse = maxsim_torch(
+        v[:REF_IMAGES].double(),
+        vm[:REF_IMAGES],
+        t.double(),
+        tm,
+        "lse",
+        "text",
+        0.1,
+        chunk_visual=REF_IMAGES,
+        chunk_text=512,
+    )
 
     def add(task, method, fn, ref, note="", reps=repeats):
         try:
@@ -169,54 +189,113 @@ def bench_size(name, nv, nt, lv, lt, d, repeats, args):
             return None
         except Exception as exc:  # noqa: BLE001 - a failing peer must not stop the benchmark
             print(f"[fail] {task} / {method}: {type(exc).__name__}: {exc}")
-            rows.append(dict(size=name, task=task, method=method, ms=float("nan"), note=f"failed: {type(exc).__name__}"))
+            rows.append(
+                dict(size=name, task=task, method=method, ms=float("nan"), note=f"failed: {type(exc).__name__}")
+            )
             return None
-        rows.append(dict(size=name, task=task, method=method, ms=sec * 1e3, x_floor=sec / floor,
-                         rel_err=rel_err(out, ref), extra_MiB=peak / 2**20, note=note))
-        print(f"  {task:9s} {method:28s} {sec * 1e3:10.2f} ms  {sec / floor:6.2f}x floor  "
-              f"rel_err {rows[-1]['rel_err']:.1e}  extra {peak / 2**20:9.1f} MiB {note}")
+        rows.append(
+            dict(
+                size=name,
+                task=task,
+                method=method,
+                ms=sec * 1e3,
+                x_floor=sec / floor,
+                rel_err=rel_err(out, ref),
+                extra_MiB=peak / 2**20,
+                note=note,
+            )
+        )
+        print(
+            f"  {task:9s} {method:28s} {sec * 1e3:10.2f} ms  {sec / floor:6.2f}x floor  "
+            f"rel_err {rows[-1]['rel_err']:.1e}  extra {peak / 2**20:9.1f} MiB {note}"
+        )
         return sec
 
-    rows.append(dict(size=name, task="matmul", method="floor (cuBLAS bf16)", ms=floor * 1e3, x_floor=1.0,
-                     note=f"{flops / floor / 1e12:.0f} TFLOP/s"))
+    rows.append(
+        dict(
+            size=name,
+            task="matmul",
+            method="floor (cuBLAS bf16)",
+            ms=floor * 1e3,
+            x_floor=1.0,
+            note=f"{flops / floor / 1e12:.0f} TFLOP/s",
+        )
+    )
     slow_reps = 1 if nv * nt > 2e6 else repeats
     # -- mean-max -------------------------------------------------------------------------------
     budget = 16 * GiB
     cv = max(1, min(nv, int(budget // (nt * lv * lt * 2 * 3))))
-    add("mean_max", f"naive torch (cv={cv})", lambda: maxsim_torch(v, vm, t, tm, "mean", "text", 0.1,
-        chunk_visual=cv, chunk_text=nt), ref_mean, reps=slow_reps)
+    add(
+        "mean_max",
+        f"naive torch (cv={cv})",
+        lambda: maxsim_torch(v, vm, t, tm, "mean", "text", 0.1, chunk_visual=cv, chunk_text=nt),
+        ref_mean,
+        reps=slow_reps,
+    )
     visual, text = TokenBatch(v, vm), TokenBatch(t, tm)
     torch_aligner = create_aligner("mean_max", backend="torch")
     add("mean_max", "chunked torch (aligner, 64x256)", lambda: torch_aligner(visual, text), ref_mean, reps=slow_reps)
     add("mean_max", "fused triton", lambda: maxsim_scores(v, vm, t, tm, "mean", "text", backend="triton"), ref_mean)
     fused_aligner = create_aligner("mean_max", backend="triton")
-    add("mean_max", "fused triton (aligner)", lambda: fused_aligner(visual, text), ref_mean,
-        note="incl. input checks + normalise")
+    add(
+        "mean_max",
+        "fused triton (aligner)",
+        lambda: fused_aligner(visual, text),
+        ref_mean,
+        note="incl. input checks + normalise",
+    )
     # Packed tiles: 5 images × 50 regions in 256 columns instead of 5 × 64 (see kernels/tiles.py).
     packed = [Tiles(max(1, 256 // lv), bt, 64, w, 3, packed=True) for bt, w in ((4, 8), (2, 8), (2, 4))]
     for tiles in packed + args.tiles:
-        label = f"fused tiles bv={tiles.items_visual} bt={tiles.items_text} bk={tiles.block_k} " \
-                f"w={tiles.num_warps} s={tiles.num_stages}" + (" packed" if tiles.packed else "")
-        add("mean_max", label, lambda: maxsim_scores(v, vm, t, tm, "mean", "text", backend="triton",
-            tiles=tiles), ref_mean)
+        label = (
+            f"fused tiles bv={tiles.items_visual} bt={tiles.items_text} bk={tiles.block_k} "
+            f"w={tiles.num_warps} s={tiles.num_stages}" + (" packed" if tiles.packed else "")
+        )
+        add(
+            "mean_max",
+            label,
+            lambda: maxsim_scores(v, vm, t, tm, "mean", "text", backend="triton", tiles=tiles),
+            ref_mean,
+        )
     # -- hard alignment (CHAN, LSE pooling) --------------------------------------------------------
     hard = create_aligner("hard", pooling="lse", temperature=0.1, direction="text")
     add("hard_lse", "hard aligner (backend auto: fused on CUDA)", lambda: hard(visual, text), ref_lse, reps=slow_reps)
     add("hard_lse", "fused triton", lambda: maxsim_scores(v, vm, t, tm, "lse", "text", 0.1, backend="triton"), ref_lse)
-    add("hard_lse", "fused triton, packed 4 captions", lambda: maxsim_scores(
-        v, vm, t, tm, "lse", "text", 0.1, backend="triton", tiles=packed[0]), ref_lse)
-    add("both_dir", "fused triton (mean, both)", lambda: maxsim_scores(v, vm, t, tm, "mean", "both",
-        backend="triton"), None)
+    add(
+        "hard_lse",
+        "fused triton, packed 4 captions",
+        lambda: maxsim_scores(v, vm, t, tm, "lse", "text", 0.1, backend="triton", tiles=packed[0]),
+        ref_lse,
+    )
+    add(
+        "both_dir",
+        "fused triton (mean, both)",
+        lambda: maxsim_scores(v, vm, t, tm, "mean", "both", backend="triton"),
+        None,
+    )
     # -- a training step (forward + backward) at batch scale ------------------------------------
     if nv * nt <= 1e6:
         for method, backend in (("torch autograd (64x256)", "torch"), ("fused triton fwd+bwd", "triton")):
-            add("fwd+bwd", method, lambda: train_step(v, vm, t, tm, backend), None,
-                note="mean, both directions; grads of v and t")
+            add(
+                "fwd+bwd",
+                method,
+                lambda: train_step(v, vm, t, tm, backend),
+                None,
+                note="mean, both directions; grads of v and t",
+            )
         if not args.no_sinkhorn:
-            for method, backend in (("tokenflow torch autograd (checkpointed)", "torch"),
-                                    ("tokenflow fused fwd+bwd", "triton")):
-                add("fwd+bwd", method, lambda: tokenflow_step(v, vm, t, tm, backend), None,
-                    note="20 it., importance marginals; grads of v, t and the pooled vectors", reps=1)
+            for method, backend in (
+                ("tokenflow torch autograd (checkpointed)", "torch"),
+                ("tokenflow fused fwd+bwd", "triton"),
+            ):
+                add(
+                    "fwd+bwd",
+                    method,
+                    lambda: tokenflow_step(v, vm, t, tm, backend),
+                    None,
+                    note="20 it., importance marginals; grads of v, t and the pooled vectors",
+                    reps=1,
+                )
     # -- tokenflow (Sinkhorn) --------------------------------------------------------------------
     if not args.no_sinkhorn:
         bench_sinkhorn(name, rows, v, vm, t, tm, floor, repeats, args, add)
@@ -233,9 +312,17 @@ def bench_sinkhorn(name, rows, v, vm, t, tm, floor, repeats, args, add):
     sub_t = min(nt, 512)
     vp, tp = pooled(v, vm), pooled(t, tm)
     imp = dict(visual_pooled=vp, text_pooled=tp)  # TokenFlow's default "importance" marginals
-    ref = sinkhorn_flow_scores(v[:4].double(), vm[:4], t[:sub_t].double(), tm[:sub_t], backend="torch",
-                               chunk_visual=4, chunk_text=128, visual_pooled=vp[:4].double(),
-                               text_pooled=tp[:sub_t].double())
+    ref = sinkhorn_flow_scores(
+        v[:4].double(),
+        vm[:4],
+        t[:sub_t].double(),
+        tm[:sub_t],
+        backend="torch",
+        chunk_visual=4,
+        chunk_text=128,
+        visual_pooled=vp[:4].double(),
+        text_pooled=tp[:sub_t].double(),
+    )
 
     def check(out):  # error on the reference's corner of the matrix
         return out[:4, :sub_t] if out is not None else None
@@ -243,30 +330,60 @@ def bench_sinkhorn(name, rows, v, vm, t, tm, floor, repeats, args, add):
     def add_flow(method, fn, note="", reps=repeats):
         return add("tokenflow", method, lambda: check(fn()), ref, note, reps)
 
-    mean_ms = next((r["ms"] for r in rows if r["size"] == name and r["method"] == "fused triton"
-                    and r["task"] == "mean_max"), float("nan"))
-    sec = add_flow("fused triton sinkhorn", lambda: sinkhorn_flow_scores(v, vm, t, tm, backend="triton", **imp),
-                   reps=1 if nv * nt > 2e7 else repeats)
+    mean_ms = next(
+        (r["ms"] for r in rows if r["size"] == name and r["method"] == "fused triton" and r["task"] == "mean_max"),
+        float("nan"),
+    )
+    sec = add_flow(
+        "fused triton sinkhorn",
+        lambda: sinkhorn_flow_scores(v, vm, t, tm, backend="triton", **imp),
+        reps=1 if nv * nt > 2e7 else repeats,
+    )
     if sec is not None:
         rows[-1]["note"] = f"{sec * 1e3 / mean_ms:.1f}x fused mean_max"
-    sec = add_flow("fused sinkhorn, scaling domain", lambda: sinkhorn_flow_scores(
-        v, vm, t, tm, backend="triton", domain="scaling", **imp), reps=1 if nv * nt > 2e7 else repeats)
+    sec = add_flow(
+        "fused sinkhorn, scaling domain",
+        lambda: sinkhorn_flow_scores(v, vm, t, tm, backend="triton", domain="scaling", **imp),
+        reps=1 if nv * nt > 2e7 else repeats,
+    )
     if sec is not None:
         rows[-1]["note"] = f"{sec * 1e3 / mean_ms:.1f}x fused mean_max; absorb every 10"
     for bt, warps in args.sinkhorn_bt:
         from finealign.kernels.sinkhorn_triton import sinkhorn_triton
 
-        add_flow(f"fused sinkhorn bt={bt} w={warps}", lambda: sinkhorn_triton(
-            v, vm, t, tm, None, None, 0.1, 20, "visual", False, bt, num_warps=warps, **imp), reps=1)
+        add_flow(
+            f"fused sinkhorn bt={bt} w={warps}",
+            lambda: sinkhorn_triton(v, vm, t, tm, None, None, 0.1, 20, "visual", False, bt, num_warps=warps, **imp),
+            reps=1,
+        )
     # Batched torch solver on a slice of images, extrapolated to the full matrix.
     sub_v = min(nv, max(4, int(2e5 / nt)))  # about 200k pairs
-    sec_sub, out, _ = timed(lambda: sinkhorn_flow_scores(
-        v[:sub_v], vm[:sub_v], t, tm, backend="torch", chunk_visual=4, chunk_text=4096,
-        visual_pooled=vp[:sub_v], text_pooled=tp), 1)
+    sec_sub, out, _ = timed(
+        lambda: sinkhorn_flow_scores(
+            v[:sub_v],
+            vm[:sub_v],
+            t,
+            tm,
+            backend="torch",
+            chunk_visual=4,
+            chunk_text=4096,
+            visual_pooled=vp[:sub_v],
+            text_pooled=tp,
+        ),
+        1,
+    )
     scale = nv / sub_v
-    rows.append(dict(size=name, task="tokenflow", method=f"torch batched solver ({sub_v} imgs)",
-                     ms=sec_sub * scale * 1e3, x_floor=sec_sub * scale / floor, rel_err=rel_err(check(out), ref),
-                     note=f"extrap. x{scale:.0f}"))
+    rows.append(
+        dict(
+            size=name,
+            task="tokenflow",
+            method=f"torch batched solver ({sub_v} imgs)",
+            ms=sec_sub * scale * 1e3,
+            x_floor=sec_sub * scale / floor,
+            rel_err=rel_err(check(out), ref),
+            note=f"extrap. x{scale:.0f}",
+        )
+    )
     print(f"  tokenflow torch batched solver  {sec_sub * scale * 1e3:10.1f} ms (extrap. from {sub_v} images)")
     try:
         import ot
@@ -283,13 +400,23 @@ def bench_sinkhorn(name, rows, v, vm, t, tm, floor, repeats, args, add):
             sim = x @ y.T
             a = torch.softmax(x @ tp[j].double().cpu() / 0.1, 0)  # importance marginals, τ = 0.1
             b = torch.softmax(y @ vp[0].double().cpu() / 0.1, 0)
-            plan = ot.sinkhorn(a.numpy(), b.numpy(), (1 - sim).numpy(), 0.1, method="sinkhorn_log",
-                               numItermax=20, stopThr=0.0)
+            plan = ot.sinkhorn(
+                a.numpy(), b.numpy(), (1 - sim).numpy(), 0.1, method="sinkhorn_log", numItermax=20, stopThr=0.0
+            )
             got.append(float((torch.from_numpy(plan) * sim).sum()))
         sec = (time.perf_counter() - start) / pairs * nv * nt
         err = float((torch.tensor(got) - ref[0, :pairs].cpu()).norm() / ref[0, :pairs].cpu().norm())
-        rows.append(dict(size=name, task="tokenflow", method="POT ot.sinkhorn per pair (CPU)", ms=sec * 1e3,
-                         x_floor=sec / floor, rel_err=err, note=f"extrap. from {pairs} pairs"))
+        rows.append(
+            dict(
+                size=name,
+                task="tokenflow",
+                method="POT ot.sinkhorn per pair (CPU)",
+                ms=sec * 1e3,
+                x_floor=sec / floor,
+                rel_err=err,
+                note=f"extrap. from {pairs} pairs",
+            )
+        )
         print(f"  tokenflow POT per pair          {sec * 1e3:10.0f} ms (extrap. from {pairs} pairs) rel_err {err:.1e}")
     try:
         from geomloss import SamplesLoss
@@ -301,9 +428,16 @@ def bench_sinkhorn(name, rows, v, vm, t, tm, floor, repeats, args, add):
         x = v[:1].float().expand(batch, -1, -1).contiguous()
         y = t[:batch].float()
         sec, _, _ = timed(lambda: loss(x, y), 1)
-        rows.append(dict(size=name, task="tokenflow", method=f"geomloss tensorized ({batch} pairs)",
-                         ms=sec * nv * nt / batch * 1e3, x_floor=sec * nv * nt / batch / floor,
-                         note="extrap.; timing only (ε-scaling, debiased, squared-Euclidean cost)"))
+        rows.append(
+            dict(
+                size=name,
+                task="tokenflow",
+                method=f"geomloss tensorized ({batch} pairs)",
+                ms=sec * nv * nt / batch * 1e3,
+                x_floor=sec * nv * nt / batch / floor,
+                note="extrap.; timing only (ε-scaling, debiased, squared-Euclidean cost)",
+            )
+        )
 
 
 def shortlist_pairs(v, vm, t, tm, k):
@@ -321,24 +455,46 @@ def bench_shortlist(rows, v, vm, t, tm, repeats, args, add):
     pairs = shortlist_pairs(v, vm, t, tm, args.top_k)
     ref = maxsim_scores(v.double(), vm, t.double(), tm, "mean", "text", backend="torch", pairs=pairs)
     note = f"{len(pairs)} pairs (top-{args.top_k} union)"
-    add("shortlist", "mean_max pair kernel", lambda: maxsim_scores(
-        v, vm, t, tm, "mean", "text", backend="triton", pairs=pairs), ref, note)
-    add("shortlist", "mean_max torch pairs", lambda: maxsim_scores(
-        v, vm, t, tm, "mean", "text", backend="torch", pairs=pairs), ref, note)
+    add(
+        "shortlist",
+        "mean_max pair kernel",
+        lambda: maxsim_scores(v, vm, t, tm, "mean", "text", backend="triton", pairs=pairs),
+        ref,
+        note,
+    )
+    add(
+        "shortlist",
+        "mean_max torch pairs",
+        lambda: maxsim_scores(v, vm, t, tm, "mean", "text", backend="torch", pairs=pairs),
+        ref,
+        note,
+    )
     visual, text = TokenBatch(v, vm), TokenBatch(t, tm)
     for local, options in (("mean_max", {}), ("tokenflow", dict(iterations=20, tolerance=0, epsilon=0.1))):
         for backend in ("triton", "torch"):
             if local == "tokenflow" and backend == "torch" and v.shape[0] * t.shape[0] > 1e6:
                 continue  # the torch solver on 10^5 pairs takes minutes
-            aligner = create_aligner("two_stage", local=local, top_k=args.top_k,
-                                     local_options=dict(options, backend=backend))
-            add("shortlist", f"two_stage aligner, local {local} ({backend})", lambda: aligner(visual, text),
-                None, "whole aligner: global stage + shortlist + re-rank", reps=1)
+            aligner = create_aligner(
+                "two_stage", local=local, top_k=args.top_k, local_options=dict(options, backend=backend)
+            )
+            add(
+                "shortlist",
+                f"two_stage aligner, local {local} ({backend})",
+                lambda: aligner(visual, text),
+                None,
+                "whole aligner: global stage + shortlist + re-rank",
+                reps=1,
+            )
     if not args.no_sinkhorn:
         imp = dict(visual_pooled=pooled(v, vm), text_pooled=pooled(t, tm))
         for domain in ("log", "scaling"):
-            add("shortlist", f"sinkhorn pair kernel ({domain})", lambda: sinkhorn_flow_scores(
-                v, vm, t, tm, backend="triton", pairs=pairs, domain=domain, **imp), None, note)
+            add(
+                "shortlist",
+                f"sinkhorn pair kernel ({domain})",
+                lambda: sinkhorn_flow_scores(v, vm, t, tm, backend="triton", pairs=pairs, domain=domain, **imp),
+                None,
+                note,
+            )
 
 
 def tokenflow_step(v, vm, t, tm, backend):
@@ -369,15 +525,25 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="tiny,small,flickr30k,coco5k", help=f"comma list of {list(SIZES)}")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--tiles", type=parse_tiles, default=[],
-                   help="extra Triton tiles to time: 'bv,bt,bk,warps,stages[,p];...' (p = packed)")
-    p.add_argument("--sinkhorn-bt", type=lambda s: [tuple(map(int, x.split(":"))) for x in s.split(",") if x],
-                   default=[], help="extra 'captions_per_program:num_warps' pairs to time for the fused Sinkhorn")
+    p.add_argument(
+        "--tiles",
+        type=parse_tiles,
+        default=[],
+        help="extra Triton tiles to time: 'bv,bt,bk,warps,stages[,p];...' (p = packed)",
+    )
+    p.add_argument(
+        "--sinkhorn-bt",
+        type=lambda s: [tuple(map(int, x.split(":"))) for x in s.split(",") if x],
+        default=[],
+        help="extra 'captions_per_program:num_warps' pairs to time for the fused Sinkhorn",
+    )
     p.add_argument("--no-sinkhorn", action="store_true")
     p.add_argument("--top-k", type=int, default=20, help="two_stage shortlist length for the shortlist rows")
     p.add_argument("--no-peers", action="store_true", help="skip late-interaction-kernels and flash-maxsim")
     p.add_argument("--out", type=Path, default=None, help="folder for kernels.csv and kernels.md")
-    p.add_argument("--cpu-smoke", action="store_true", help="run on CPU (set TRITON_INTERPRET=1): checks the script only")
+    p.add_argument(
+        "--cpu-smoke", action="store_true", help="run on CPU (set TRITON_INTERPRET=1): checks the script only"
+    )
     args = p.parse_args()
     global DEVICE
     if args.cpu_smoke:

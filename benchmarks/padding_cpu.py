@@ -30,10 +30,12 @@ def main() -> None:
 
         def padded():
             v, t = aligner.prepare(visual), aligner.prepare(text)
-            return torch.cat([
-                torch.cat([aligner.score_block(v[i : i + 64], t[j : j + 256]) for j in range(0, nt, 256)], 1)
-                for i in range(0, nv, 64)
-            ])
+            return torch.cat(
+                [
+                    torch.cat([aligner.score_block(v[i : i + 64], t[j : j + 256]) for j in range(0, nt, 256)], 1)
+                    for i in range(0, nv, 64)
+                ]
+            )
 
         with torch.no_grad():
             padded(), aligner(visual, text)  # warm-up
@@ -42,8 +44,10 @@ def main() -> None:
             mid = time.perf_counter()
             new = aligner(visual, text)
             end = time.perf_counter()
-        print(f"{name}: padded {mid - start:.3f} s, bucketed {end - mid:.3f} s, "
-              f"{(mid - start) / (end - mid):.2f}x, max |diff| {(old - new).abs().max().item():.1e}")
+        print(
+            f"{name}: padded {mid - start:.3f} s, bucketed {end - mid:.3f} s, "
+            f"{(mid - start) / (end - mid):.2f}x, max |diff| {(old - new).abs().max().item():.1e}"
+        )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,19 @@ SCALES = {
     "medium": ProblemShape(nv=100, nt=500, lv=50, lt=32, dim=512),
     "small": ProblemShape(nv=20, nt=100, lv=50, lt=32, dim=512),
 }
-COLUMNS = ["aligner", "latency_ms", "latency_iqr_ms", "latency_min_ms", "latency_max_ms", "repeats",
-           "peak_mem_mib", "gflop", "achieved_tflops", "frac_of_matmul_peak", "error"]
+COLUMNS = [
+    "aligner",
+    "latency_ms",
+    "latency_iqr_ms",
+    "latency_min_ms",
+    "latency_max_ms",
+    "repeats",
+    "peak_mem_mib",
+    "gflop",
+    "achieved_tflops",
+    "frac_of_matmul_peak",
+    "error",
+]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,20 +71,30 @@ def main(argv=None) -> int:
     shape = SCALES[scale]
     names = resolve_aligners(args.aligners)
     settings = ProfileSettings(
-        device=device_spec, dtype=dtype, repeats=args.repeats, warmup=args.warmup, threads=args.threads,
-        backward=args.backward, time_budget_s=args.budget,
+        device=device_spec,
+        dtype=dtype,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        threads=args.threads,
+        backward=args.backward,
+        time_budget_s=args.budget,
     )
     with pinned_threads(args.threads if device.type == "cpu" else None):
         env = environment(device)
     print("finealign aligner profile")
     for key, value in env.items():
         print(f"  {key:12s} {value}")
-    print(f"  scale        {scale}: {shape.nv} images x {shape.nt} captions, {shape.lv} visual x "
-          f"{shape.lt} text tokens, d={shape.dim}, dtype={dtype}, "
-          f"{'forward+backward' if args.backward else 'inference'}")
+    print(
+        f"  scale        {scale}: {shape.nv} images x {shape.nt} captions, {shape.lv} visual x "
+        f"{shape.lt} text tokens, d={shape.dim}, dtype={dtype}, "
+        f"{'forward+backward' if args.backward else 'inference'}"
+    )
     print(f"  aligners     {', '.join(names)}")
-    print(f"  method       warm-up {args.warmup}, up to {args.repeats} repeats within {args.budget:g}s "
-          "per aligner; median and spread; peak memory over the inputs\n", flush=True)
+    print(
+        f"  method       warm-up {args.warmup}, up to {args.repeats} repeats within {args.budget:g}s "
+        "per aligner; median and spread; peak memory over the inputs\n",
+        flush=True,
+    )
 
     rows = []
     for name in names:  # one at a time, so each result is printed as soon as it exists
@@ -93,10 +114,12 @@ def main(argv=None) -> int:
 def _row_line(row: dict) -> str:
     if row.get("error"):
         return f"  {row['aligner']:<18} ERROR {row['error']}"
-    return (f"  {row['aligner']:<18} {row['latency_ms']:10.3f} ms  (IQR {row['latency_iqr_ms']:.3f}, "
-            f"n={row['repeats']})  mem {row.get('peak_mem_mib', float('nan')):9.1f} MiB  "
-            f"{row.get('gflop', float('nan')):9.2f} GFLOP  "
-            f"{100 * row.get('frac_of_matmul_peak', float('nan')):5.1f}% of matmul peak")
+    return (
+        f"  {row['aligner']:<18} {row['latency_ms']:10.3f} ms  (IQR {row['latency_iqr_ms']:.3f}, "
+        f"n={row['repeats']})  mem {row.get('peak_mem_mib', float('nan')):9.1f} MiB  "
+        f"{row.get('gflop', float('nan')):9.2f} GFLOP  "
+        f"{100 * row.get('frac_of_matmul_peak', float('nan')):5.1f}% of matmul peak"
+    )
 
 
 def _table(rows) -> str:
@@ -128,8 +151,10 @@ def _save(rows, out_root: Path, env, trace, names, shape, settings) -> None:
                 print(f"\ntop ops by self time — {name}:")
                 for op in ops[:5]:
                     print(f"  {op['op']:<40} {op['self_pct']:5.1f}%  ({op['calls']} calls)")
-            print(f"\ntraces: {trace_dir}  (view: pip install torch-tb-profiler; "
-                  f"tensorboard --logdir {out_root / 'traces'})")
+            print(
+                f"\ntraces: {trace_dir}  (view: pip install torch-tb-profiler; "
+                f"tensorboard --logdir {out_root / 'traces'})"
+            )
     except ImportError as exc:
         print(f"\n(tables not written: {exc})")
 

@@ -53,12 +53,19 @@ def main() -> None:
     visual, text = inputs(n, n, torch.Generator().manual_seed(0))
     settings = {
         "mean_max": ("mean_max", {}),
-        "tokenflow log, to 1e-3": ("tokenflow", dict(solver_domain="log", epsilon=args.epsilon, chunk_visual=n, chunk_text=n)),
+        "tokenflow log, to 1e-3": (
+            "tokenflow",
+            dict(solver_domain="log", epsilon=args.epsilon, chunk_visual=n, chunk_text=n),
+        ),
         "tokenflow scaling, to 1e-3": ("tokenflow", dict(epsilon=args.epsilon, chunk_visual=n, chunk_text=n)),
         "tokenflow scaling, to 1e-3, unrolled gradient": (
-            "tokenflow", dict(epsilon=args.epsilon, chunk_visual=n, chunk_text=n, gradient="unrolled")),
+            "tokenflow",
+            dict(epsilon=args.epsilon, chunk_visual=n, chunk_text=n, gradient="unrolled"),
+        ),
         "tokenflow scaling, 3 it. (old main job)": (
-            "tokenflow", dict(epsilon=args.epsilon, iterations=3, tolerance=0, chunk_visual=n, chunk_text=n)),
+            "tokenflow",
+            dict(epsilon=args.epsilon, iterations=3, tolerance=0, chunk_visual=n, chunk_text=n),
+        ),
     }
     rows = []
     for label, (name, options) in settings.items():
@@ -73,14 +80,25 @@ def main() -> None:
             train(v, text).sum().backward()
 
         step_s = timed(step, 1 if "log" in label else args.repeats)
-        rows.append({"method": label, "score_ms": 1e3 * score_s, "step_ms": 1e3 * step_s,
-                     "iterations": report.get("iterations"), "marginal_err": report.get("marginal_error")})
+        rows.append(
+            {
+                "method": label,
+                "score_ms": 1e3 * score_s,
+                "step_ms": 1e3 * step_s,
+                "iterations": report.get("iterations"),
+                "marginal_err": report.get("marginal_error"),
+            }
+        )
     table = pd.DataFrame(rows)
     base = table.iloc[0]
     table["score × mean_max"] = table["score_ms"] / base["score_ms"]
     table["step × mean_max"] = table["step_ms"] / base["step_ms"]
     print(f"{n} × {n} pairs, 49 × 32 tokens, d = 256, ε = {args.epsilon}, {args.threads} thread(s)")
-    print(table.round({"score_ms": 1, "step_ms": 1, "score × mean_max": 2, "step × mean_max": 2}).to_markdown(index=False, floatfmt=".4g"))
+    print(
+        table.round({"score_ms": 1, "step_ms": 1, "score × mean_max": 2, "step × mean_max": 2}).to_markdown(
+            index=False, floatfmt=".4g"
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -57,16 +57,21 @@ def main() -> None:
         step(aligner, v, vm, vp, t, tm, tp)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        rows.append(dict(checkpoint=ckpt, seconds=time.perf_counter() - start, peak_MiB=mem.peak_mib,
-                         memory_method=mem.method))
+        rows.append(
+            dict(checkpoint=ckpt, seconds=time.perf_counter() - start, peak_MiB=mem.peak_mib, memory_method=mem.method)
+        )
     diff = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(grads[True], grads[False]))
     table = pd.DataFrame(rows)
-    print(f"tokenflow fwd+bwd, {args.batch}x{args.batch} pairs, {args.regions}x{args.words} tokens, "
-          f"d={args.dim}, {args.iterations} iterations, {device}")
+    print(
+        f"tokenflow fwd+bwd, {args.batch}x{args.batch} pairs, {args.regions}x{args.words} tokens, "
+        f"d={args.dim}, {args.iterations} iterations, {device}"
+    )
     print(table.to_markdown(index=False, floatfmt=".3g"))
     off, on = rows
-    print(f"checkpoint: memory x{on['peak_MiB'] / off['peak_MiB']:.3f}, time x{on['seconds'] / off['seconds']:.2f}; "
-          f"max relative gradient difference {diff:.1e}")
+    print(
+        f"checkpoint: memory x{on['peak_MiB'] / off['peak_MiB']:.3f}, time x{on['seconds'] / off['seconds']:.2f}; "
+        f"max relative gradient difference {diff:.1e}"
+    )
     if diff > 1e-5:
         raise SystemExit("gradients differ between checkpoint on and off")
 

@@ -57,10 +57,16 @@ def main() -> None:
     i2t, t2i = aligner.query_scores(visual, text, "i2t"), aligner.query_scores(visual, text, "t2i")
     union, per_image = union_scores(aligner, visual, text)
     rows = [
-        {"evaluation": "per direction (now)", **retrieval_metrics(i2t, owner, t2i_sim=t2i),
-         "candidates re-ranked per image query": float(aligner.config.shortlist_length("i2t"))},
-        {"evaluation": "union of both directions (removed)", **retrieval_metrics(union, owner),
-         "candidates re-ranked per image query": per_image},
+        {
+            "evaluation": "per direction (now)",
+            **retrieval_metrics(i2t, owner, t2i_sim=t2i),
+            "candidates re-ranked per image query": float(aligner.config.shortlist_length("i2t")),
+        },
+        {
+            "evaluation": "union of both directions (removed)",
+            **retrieval_metrics(union, owner),
+            "candidates re-ranked per image query": per_image,
+        },
     ]
     table = pd.DataFrame(rows)[["evaluation", *COLUMNS, "candidates re-ranked per image query"]].round(1)
     print(table.to_markdown(index=False))

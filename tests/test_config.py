@@ -93,8 +93,9 @@ def test_unknown_group_option_is_a_config_error():
 def test_run_experiment_rejects_bad_config_before_reading_data(tmp_path):
     from finealign.engine.experiment import run_experiment
 
-    cfg = compose(overrides=["data=features", f"data.root={tmp_path / 'missing'}", "train.lr=-1",
-                             f"output_dir={tmp_path}"])
+    cfg = compose(
+        overrides=["data=features", f"data.root={tmp_path / 'missing'}", "train.lr=-1", f"output_dir={tmp_path}"]
+    )
     with pytest.raises(ConfigError, match="train.lr"):  # not a DataError about the missing cache
         run_experiment(cfg)
     assert not any(tmp_path.iterdir())

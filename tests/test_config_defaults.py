@@ -23,7 +23,9 @@ def test_yaml_lists_every_option_with_the_dataclass_default(kind, path):
         for f in dataclasses.fields(cls)
     }
     keys = set(raw) - {"name", "defaults"}
-    assert keys == set(fields), f"{path.name}: missing {sorted(set(fields) - keys)}, unknown {sorted(keys - set(fields))}"
+    assert keys == set(fields), (
+        f"{path.name}: missing {sorted(set(fields) - keys)}, unknown {sorted(keys - set(fields))}"
+    )
     for key in keys:
         value = raw[key]
         if isinstance(value, str) and value.startswith("${"):

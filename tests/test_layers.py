@@ -50,6 +50,8 @@ def test_no_module_imports_from_a_higher_layer():
 
 
 def test_every_package_is_placed():
-    names = {p.name.removesuffix(".py") for p in PACKAGE.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()}
+    names = {
+        p.name.removesuffix(".py") for p in PACKAGE.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()
+    }
     for name in names:
         layer_of(name)

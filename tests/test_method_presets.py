@@ -71,7 +71,14 @@ def test_print_config_shows_the_chan_settings(capsys):
 
     assert main(["train", "--print-config", "method=chan"]) == 0
     out = capsys.readouterr().out
-    for line in ("name: hard", "pooling: lse_chan", "temperature: 0.1", "name: triplet", "margin: 0.05", "reduction: sum"):
+    for line in (
+        "name: hard",
+        "pooling: lse_chan",
+        "temperature: 0.1",
+        "name: triplet",
+        "margin: 0.05",
+        "reduction: sum",
+    ):
         assert line in out
 
 
@@ -266,7 +273,9 @@ def test_clip_global_equals_clip_loss(gen):
     def ce(rows: np.ndarray) -> float:
         return float(np.mean([-(r[k] - np.log(np.exp(r).sum())) for k, r in enumerate(rows)]))
 
-    assert float(loss(ref, torch.eye(4, dtype=torch.bool))) == pytest.approx(0.5 * (ce(logits) + ce(logits.T)), rel=1e-5)
+    assert float(loss(ref, torch.eye(4, dtype=torch.bool))) == pytest.approx(
+        0.5 * (ce(logits) + ce(logits.T)), rel=1e-5
+    )
 
 
 def test_a_bad_option_inside_a_preset_is_a_config_error():

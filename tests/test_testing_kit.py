@@ -33,7 +33,9 @@ class PaddingLeak(Aligner):
 
 class MaxMax(Aligner):
     def score_block(self, visual, text):
-        return masked_fill_pairs(token_similarities(visual, text), visual.mask, text.mask, float("-inf")).amax(dim=(2, 3))
+        return masked_fill_pairs(token_similarities(visual, text), visual.mask, text.mask, float("-inf")).amax(
+            dim=(2, 3)
+        )
 
 
 def test_a_plugin_style_factory_passes_and_a_leaky_one_is_named():

@@ -109,7 +109,9 @@ def compose(config_name: str = "config", overrides: Iterable[str] = ()) -> DictC
             adjusted = _into_free_form(overrides, missing)
             if adjusted is None:
                 hint = _close_keys_hint(config_name, overrides, missing)
-                raise ConfigError(f"cannot compose config {config_name!r} with overrides {overrides}: {exc}{hint}") from exc
+                raise ConfigError(
+                    f"cannot compose config {config_name!r} with overrides {overrides}: {exc}{hint}"
+                ) from exc
             overrides = adjusted
         finally:
             GlobalHydra.instance().clear()
@@ -135,7 +137,7 @@ def _into_free_form(overrides: list[str], key: str | None) -> list[str] | None:
 
 
 def _close_keys_hint(config_name: str, overrides: list[str], key: str | None) -> str:
-    """" Did you mean ...?" for an override of a key the config lacks, from the keys it has."""
+    """ " Did you mean ...?" for an override of a key the config lacks, from the keys it has."""
     import difflib
 
     if key is None:
@@ -307,8 +309,12 @@ class EvalConfig:
             _require(isinstance(getattr(self, key), int) and getattr(self, key) >= 1, key, "a positive int", self)
         for key in ("coco_folds", "max_items", "threads"):
             _require(isinstance(getattr(self, key), int) and getattr(self, key) >= 0, key, "an int >= 0", self)
-        _require(isinstance(self.cost_repeats, int) and (self.cost_repeats == 0 or self.cost_repeats >= 5),
-                 "cost_repeats", "0 (off) or an int >= 5 (a median and an IQR need them)", self)
+        _require(
+            isinstance(self.cost_repeats, int) and (self.cost_repeats == 0 or self.cost_repeats >= 5),
+            "cost_repeats",
+            "0 (off) or an int >= 5 (a median and an IQR need them)",
+            self,
+        )
         _require(isinstance(self.save_ranks, bool), "save_ranks", "true or false", self)
 
 
@@ -419,7 +425,11 @@ def _container(node: Any, key: str) -> dict[str, Any]:
         raise ConfigError(f"{key} must be a mapping, got {node!r}")
     try:
         # cast: to_container of a DictConfig is a dict (its stub's return type covers every node kind)
-        data = cast("dict[str, Any]", OmegaConf.to_container(node, resolve=True)) if isinstance(node, DictConfig) else dict(node)
+        data = (
+            cast("dict[str, Any]", OmegaConf.to_container(node, resolve=True))
+            if isinstance(node, DictConfig)
+            else dict(node)
+        )
     except Exception as exc:  # interpolation errors name the key themselves
         raise ConfigError(f"{key}: {exc}") from exc
     return dict(data)

@@ -35,7 +35,9 @@ def resolve_device(spec: str | torch.device) -> torch.device:
                 f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); use device=cpu or device=auto"
             )
         if index and int(index) >= torch.cuda.device_count():
-            raise ConfigError(f"device {str(spec)!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+            raise ConfigError(
+                f"device {str(spec)!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)"
+            )
         return torch.device("cuda", int(index) if index else torch.cuda.current_device())
     if index and index != "0":
         raise ConfigError(f"the CPU has no index {index}; use device=cpu")

@@ -42,7 +42,9 @@ def expand_sweeps(overrides: Iterable[str]) -> list[list[str]]:
             choices.append([text])
             continue
         if not override.is_discrete_sweep():
-            raise ConfigError(f"{text!r} is not a list of values: -m enumerates choices; search ranges with finealign sweep")
+            raise ConfigError(
+                f"{text!r} is not a list of values: -m enumerates choices; search ranges with finealign sweep"
+            )
         key = override.get_key_element()
         choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
     return [list(combo) for combo in itertools.product(*choices)]
@@ -55,11 +57,15 @@ def apply(cfg: DictConfig, overrides: Iterable[str], group_node: Any = None) -> 
     contents of aligner/hard.yaml), which replaces the node at `key`; any other override sets
     (`key=v`, `++key=v`), adds (`+key=v`, refused when the key exists) or deletes (`~key`) one value.
     """
-    cfg = OmegaConf.create(cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=False)))  # a DictConfig gives a dict
+    cfg = OmegaConf.create(
+        cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=False))
+    )  # a DictConfig gives a dict
     for override in parse(overrides):
         key = override.key_or_group
         if override.package is not None:
-            raise ConfigError(f"{override.input_line!r}: package overrides (@) apply when composing, not to a saved config")
+            raise ConfigError(
+                f"{override.input_line!r}: package overrides (@) apply when composing, not to a saved config"
+            )
         if override.is_sweep_override():
             raise ConfigError(f"{override.input_line!r} is a sweep: use -m (train) or finealign sweep")
         if override.is_delete():

@@ -54,7 +54,9 @@ def _score(aligner: torch.nn.Module, visual: TokenBatch, text: TokenBatch) -> to
         return aligner(visual, text)
 
 
-def check_aligner(aligner: str | Factory, *, dim: int = 8, seed: int = 0, options: dict[str, Any] | None = None) -> None:
+def check_aligner(
+    aligner: str | Factory, *, dim: int = 8, seed: int = 0, options: dict[str, Any] | None = None
+) -> None:
     """Run every contract check on `aligner` (a registered name or a factory of options)."""
     make = _factory(aligner, dim)
     options = dict(options or {})

@@ -53,7 +53,9 @@ class TokenBatch:
         """Masked mean of the tokens: the global vector when an encoder gives none."""
         # where() rather than multiply, so NaN/inf in padding cannot leak into the mean.
         real = self.mask.unsqueeze(-1)
-        total = torch.where(real, self.tokens, torch.zeros((), dtype=self.tokens.dtype, device=self.tokens.device)).sum(1)
+        total = torch.where(real, self.tokens, torch.zeros((), dtype=self.tokens.dtype, device=self.tokens.device)).sum(
+            1
+        )
         return total / real.sum(1).clamp_min(1).to(self.tokens.dtype)
 
     def with_pooled(self) -> TokenBatch:

@@ -94,9 +94,7 @@ def scan_attention(v, t, lambda_softmax: float = 9.0, scan_norm: bool = True) ->
     return [softmax_list([lambda_softmax * sim[r][w] for r in range(len(v))]) for w in range(len(t))]
 
 
-def cross_attention_pair(
-    v, t, lambda_softmax=9.0, scan_norm=True, pooling="mean", temperature=0.1
-) -> float:
+def cross_attention_pair(v, t, lambda_softmax=9.0, scan_norm=True, pooling="mean", temperature=0.1) -> float:
     """Attended region vector per word, cosine with the word, pooled over words."""
     attention = scan_attention(v, t, lambda_softmax, scan_norm)
     relevance = []

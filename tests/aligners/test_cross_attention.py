@@ -32,7 +32,8 @@ def test_cross_attention_without_normalize(gen):
     t = random_batch(3, 4, 6, generator=gen)
     got = create_aligner("cross_attention", normalize=False, lambda_softmax=0.5, chunk_text=2)(v, t)
     ref = pairwise(
-        v, t,
+        v,
+        t,
         lambda i, j: cross_attention_pair(
             real_tokens(v, i, normalize=False), real_tokens(t, j, normalize=False), lambda_softmax=0.5
         ),

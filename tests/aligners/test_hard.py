@@ -14,13 +14,15 @@ def test_hard_matches_loop_reference_fp32(pooling, temperature, direction, chunk
     v = random_batch(7, 6, 8, generator=gen)
     t = random_batch(11, 5, 8, generator=gen)
     aligner = create_aligner(
-        "hard", pooling=pooling, temperature=temperature, direction=direction,
-        chunk_visual=chunks[0], chunk_text=chunks[1],
+        "hard",
+        pooling=pooling,
+        temperature=temperature,
+        direction=direction,
+        chunk_visual=chunks[0],
+        chunk_text=chunks[1],
     )
     got = aligner(v, t)
-    ref = pairwise(
-        v, t, lambda i, j: hard_pair(real_tokens(v, i), real_tokens(t, j), pooling, temperature, direction)
-    )
+    ref = pairwise(v, t, lambda i, j: hard_pair(real_tokens(v, i), real_tokens(t, j), pooling, temperature, direction))
     assert got.shape == (7, 11)
     torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-5)
 
@@ -30,10 +32,9 @@ def test_hard_without_normalize_uses_dot_products(gen):
     t = random_batch(3, 4, 6, generator=gen)
     got = create_aligner("hard", normalize=False, temperature=2.0, chunk_visual=3, chunk_text=2)(v, t)
     ref = pairwise(
-        v, t,
-        lambda i, j: hard_pair(
-            real_tokens(v, i, normalize=False), real_tokens(t, j, normalize=False), "lse", 2.0
-        ),
+        v,
+        t,
+        lambda i, j: hard_pair(real_tokens(v, i, normalize=False), real_tokens(t, j, normalize=False), "lse", 2.0),
     )
     torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-5)
 
@@ -73,9 +74,7 @@ def test_hard_bf16_close_to_reference(gen):
 def test_hard_gradcheck(pooling, gen):
     v = random_batch(2, 3, 4, generator=gen, dtype=torch.float64)
     t = random_batch(3, 3, 4, generator=gen, dtype=torch.float64)
-    aligner = create_aligner(
-        "hard", pooling=pooling, temperature=0.3, direction="both", chunk_visual=1, chunk_text=2
-    )
+    aligner = create_aligner("hard", pooling=pooling, temperature=0.3, direction="both", chunk_visual=1, chunk_text=2)
 
     def fn(vt, tt):
         return aligner(TokenBatch(vt, v.mask), TokenBatch(tt, t.mask))

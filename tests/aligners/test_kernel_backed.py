@@ -91,9 +91,9 @@ def test_two_stage_reranks_with_the_pair_kernel(local, gen):
     options = dict(iterations=3, tolerance=0) if local == "tokenflow" else {}
     with torch.no_grad():
         scores = {
-            backend: create_aligner(
-                "two_stage", local=local, top_k=3, local_options=dict(options, backend=backend)
-            )(visual, text)
+            backend: create_aligner("two_stage", local=local, top_k=3, local_options=dict(options, backend=backend))(
+                visual, text
+            )
             for backend in ("triton", "torch")
         }
     torch.testing.assert_close(scores["triton"], scores["torch"], atol=1e-5, rtol=1e-5)

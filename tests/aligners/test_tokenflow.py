@@ -52,7 +52,13 @@ def test_tokenflow_matches_pot_fp32(marginals, gen):
     # One block, blocks that divide N (5 = 5·1, 8 = 2·4) and blocks that do not.
     for chunks in [(16, 64), (1, 4), (2, 3)]:
         aligner = create_aligner(
-            "tokenflow", marginals=marginals, epsilon=0.1, iterations=30, tolerance=0, chunk_visual=chunks[0], chunk_text=chunks[1]
+            "tokenflow",
+            marginals=marginals,
+            epsilon=0.1,
+            iterations=30,
+            tolerance=0,
+            chunk_visual=chunks[0],
+            chunk_text=chunks[1],
         )
         got = aligner(v, t)
         assert got.shape == (5, 8) and got.dtype == torch.float32
@@ -165,8 +171,9 @@ def test_tokenflow_checkpointing_keeps_scores_and_gradients(gen, monkeypatch):
     visual, text = random_batch(5, 4, 6, generator=gen), random_batch(7, 3, 6, generator=gen)
     results, calls = {}, []
     for ckpt in (False, True):
-        aligner = create_aligner("tokenflow", iterations=6, chunk_visual=2, chunk_text=4, checkpoint=ckpt,
-                                 gradient="unrolled").train()
+        aligner = create_aligner(
+            "tokenflow", iterations=6, chunk_visual=2, chunk_text=4, checkpoint=ckpt, gradient="unrolled"
+        ).train()
         original = aligner._block_scores
         monkeypatch.setattr(aligner, "_block_scores", lambda v, t, f=original: calls.append(ckpt) or f(v, t))
         leaves = [x.clone().requires_grad_() for x in (visual.tokens, visual.pooled, text.tokens, text.pooled)]

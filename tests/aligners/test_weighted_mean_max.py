@@ -25,7 +25,8 @@ def layer_params(layer):
 def reference(aligner, v, t, direction, normalize=True):
     wt, wv = layer_params(aligner.text_weight), layer_params(aligner.visual_weight)
     return pairwise(
-        v, t,
+        v,
+        t,
         lambda i, j: weighted_mean_max_pair(
             real_tokens(v, i, normalize), real_tokens(t, j, normalize), wt, wv, direction
         ),

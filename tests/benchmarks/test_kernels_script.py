@@ -18,14 +18,31 @@ from tests.conftest import REPO
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_kernel_benchmark_cpu_smoke(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=f"{REPO / 'src'}{os.pathsep}{REPO}")
-    cmd = [sys.executable, str(REPO / "benchmarks" / "kernels.py"), "--cpu-smoke", "--sizes", "cpu-smoke",
-           "--no-peers", "--repeats", "1", "--tiles", "3,2,32,4,2,p", "--out", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "kernels.py"),
+        "--cpu-smoke",
+        "--sizes",
+        "cpu-smoke",
+        "--no-peers",
+        "--repeats",
+        "1",
+        "--tiles",
+        "3,2,32,4,2,p",
+        "--out",
+        str(tmp_path),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     table = pd.read_csv(tmp_path / "kernels.csv")
     methods = set(table.method)
-    for expected in ("fused triton", "fused tiles bv=3 bt=2 bk=32 w=4 s=2 packed", "fused sinkhorn, scaling domain",
-                     "mean_max pair kernel", "sinkhorn pair kernel (scaling)"):
+    for expected in (
+        "fused triton",
+        "fused tiles bv=3 bt=2 bk=32 w=4 s=2 packed",
+        "fused sinkhorn, scaling domain",
+        "mean_max pair kernel",
+        "sinkhorn pair kernel (scaling)",
+    ):
         assert expected in methods
     # Raw kernel rows (the "(aligner)" rows return bf16, as the aligners do).
     fused = table[table.method.str.contains("fused|pair kernel") & ~table.method.str.contains("aligner")]

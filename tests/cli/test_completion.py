@@ -33,7 +33,7 @@ def test_bash_script_completes_through_the_installed_command(tmp_path, capsys):
     script.write_text(capsys.readouterr().out)
     shim = tmp_path / "bin" / "finealign"  # the command the script calls, on PATH
     shim.parent.mkdir()
-    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m finealign.cli.main \"$@\"\n")
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m finealign.cli.main "$@"\n')
     shim.chmod(0o755)
     probe = f'source {script}; COMP_WORDS=(finealign train aligner=ha); COMP_CWORD=2; _finealign_complete; echo "${{COMPREPLY[@]}}"'
     env = {**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}",

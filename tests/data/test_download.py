@@ -16,7 +16,9 @@ def test_url_table_is_public_and_complete():
             assert remote.url.startswith(("https://", "http://")) and remote.url.endswith(".zip")
     assert dl.download_plan("flickr8k", "/d").remote[0].url == dl.KARPATHY_ZIP
     assert dl.download_plan("msrvtt", "/d").remote[0].members == (
-        "MSRVTT_data.json", "MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv",
+        "MSRVTT_data.json",
+        "MSRVTT_train.9k.csv",
+        "MSRVTT_JSFUSION_test.csv",
     )
 
 

@@ -10,8 +10,9 @@ from finealign.registry import create_dataset
 
 def make_msrvtt(root, with_lists=True, frames=True, features_dim=0):
     root.mkdir(parents=True)
-    videos = [{"video_id": f"video{i}", "split": "train" if i < 4 else ("validate" if i == 4 else "test")}
-              for i in range(7)]
+    videos = [
+        {"video_id": f"video{i}", "split": "train" if i < 4 else ("validate" if i == 4 else "test")} for i in range(7)
+    ]
     sentences = [{"video_id": f"video{i}", "caption": f"clip {i} caption {j}"} for i in range(7) for j in range(3)]
     (root / "MSRVTT_data.json").write_text(json.dumps({"videos": videos, "sentences": sentences}))
     if with_lists:

@@ -20,7 +20,9 @@ def test_uniform_indices():
 
 def test_one_token_per_frame_from_the_frame_encoder():
     video = create_encoder(
-        "video", frame_encoder="timm", num_frames=4,
+        "video",
+        frame_encoder="timm",
+        num_frames=4,
         frame_options={"model_name": "test_resnet", "pretrained": False, "embed_dim": 0, "img_size": 32},
     ).eval()
     clips = [frames(8), frames(2)]

@@ -95,7 +95,10 @@ def test_optimizer_gives_backbones_their_own_lr_and_freezes_them_on_request():
     opt = build_optimizer(model, loss, TrainConfig(lr=1e-3, backbone_lr=1e-5, weight_decay=0.1))
     by_name = {g["name"]: g for g in opt.param_groups}
     assert by_name["backbone"]["lr"] == 1e-5 and by_name["heads"]["lr"] == 1e-3
-    assert {id(p) for p in by_name["backbone"]["params"]} == {id(model.vision.backbone.weight), id(model.text.backbone.weight)}
+    assert {id(p) for p in by_name["backbone"]["params"]} == {
+        id(model.vision.backbone.weight),
+        id(model.text.backbone.weight),
+    }
     assert any(p is loss.log_scale for p in by_name["temperature_no_decay"]["params"])  # the temperature, no decay
     assert by_name["temperature_no_decay"]["weight_decay"] == 0.0
     frozen = RetrievalModel(WithBackbone(), WithBackbone(), create_aligner("mean_max"))

@@ -138,7 +138,9 @@ def _worker(rank: int, port: int, out: str) -> None:
 
         started = time.perf_counter()
         try:
-            run_experiment(compose(overrides=fit_overrides(Path(out) / "dying", "train.epochs=3")), on_validation=die_on_rank_1)
+            run_experiment(
+                compose(overrides=fit_overrides(Path(out) / "dying", "train.epochs=3")), on_validation=die_on_rank_1
+            )
         except RankFailure as exc:
             result["error"] = str(exc)
         result["seconds"] = time.perf_counter() - started

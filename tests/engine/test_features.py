@@ -76,7 +76,9 @@ def test_region_layout(tmp_path):
     feats = np.random.default_rng(0).standard_normal((3, 4, 10)).astype(np.float32)
     mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=bool)
     np.savez(split_dir / "regions.npz", features=feats, mask=mask)
-    (split_dir / "captions.json").write_text(json.dumps({"captions": ["a", "b", "c", "d"], "caption_item": [0, 1, 2, 2]}))
+    (split_dir / "captions.json").write_text(
+        json.dumps({"captions": ["a", "b", "c", "d"], "caption_item": [0, 1, 2, 2]})
+    )
     split = create_dataset("features", root=str(tmp_path), layout="regions").split("test")
     assert split.captions == ["a", "b", "c", "d"] and split.caption_item.tolist() == [0, 1, 2, 2]
     enc = create_encoder("precomputed", in_dim=10, embed_dim=8)

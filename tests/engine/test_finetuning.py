@@ -41,7 +41,10 @@ def test_each_group_gets_its_lr_and_one_adam_step_moves_it_by_that_lr():
     for p in [*model.parameters(), *loss.parameters()]:
         p.grad = torch.randn_like(p)
     opt.step()  # Adam's first step moves every coordinate by ≈ its group's lr
-    moved = {name: float((p.detach() - before[name]).abs().max()) for name, p in [*model.named_parameters(), *loss.named_parameters()]}
+    moved = {
+        name: float((p.detach() - before[name]).abs().max())
+        for name, p in [*model.named_parameters(), *loss.named_parameters()]
+    }
     assert moved["vision.backbone.blocks.0.weight"] == pytest.approx(1e-4, rel=1e-3)
     assert moved["vision.head.weight"] == pytest.approx(1e-2, rel=1e-3)
     assert moved["log_scale"] == pytest.approx(5e-3, rel=1e-3)

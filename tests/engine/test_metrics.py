@@ -27,10 +27,12 @@ def rank_loop_t2i(sim, caption_item):
 
 def test_ranks_hand_built_with_ties():
     # 2 images, 2 captions each: captions 0,1 → image 0; captions 2,3 → image 1.
-    sim = torch.tensor([
-        [0.9, 0.1, 0.95, 0.2],  # image 0: best own 0.9, beaten by caption 2 (0.95) → rank 2
-        [0.5, 0.5, 0.5, 0.4],   # image 1: best own 0.5 ties with captions 0 and 1 → rank 3 (pessimistic)
-    ])
+    sim = torch.tensor(
+        [
+            [0.9, 0.1, 0.95, 0.2],  # image 0: best own 0.9, beaten by caption 2 (0.95) → rank 2
+            [0.5, 0.5, 0.5, 0.4],  # image 1: best own 0.5 ties with captions 0 and 1 → rank 3 (pessimistic)
+        ]
+    )
     owner = torch.tensor([0, 0, 1, 1])
     assert i2t_ranks(sim, owner).tolist() == [2, 3]
     # caption 0: 0.9 vs 0.5 → 1; caption 1: 0.1 vs 0.5 → 2; caption 2: 0.5 vs 0.95 → 2;
@@ -92,8 +94,9 @@ def test_coco_folds_average_per_fold_metrics(gen):
         sub_owner = owner[cols] - f * fold_size
         r_i2t = np.array(rank_loop_i2t(sub, sub_owner.tolist()))
         r_t2i = np.array(rank_loop_t2i(sub, sub_owner.tolist()))
-        per_fold.append({"i2t_r1": 100 * np.mean(r_i2t <= 1), "t2i_r5": 100 * np.mean(r_t2i <= 5),
-                         "i2t_meanr": r_i2t.mean()})
+        per_fold.append(
+            {"i2t_r1": 100 * np.mean(r_i2t <= 1), "t2i_r5": 100 * np.mean(r_t2i <= 5), "i2t_meanr": r_i2t.mean()}
+        )
     for key in ("i2t_r1", "t2i_r5", "i2t_meanr"):
         assert got[key] == pytest.approx(np.mean([p[key] for p in per_fold]))
     # A fold's captions never compete with other folds' images: fold ranks <= the full gallery's.

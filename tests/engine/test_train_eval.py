@@ -14,23 +14,55 @@ from finealign.engine.checkpoint import load_checkpoint
 from finealign.engine.experiment import evaluate_checkpoint, run_experiment
 from finealign.errors import ConfigError
 
-RESULT_KEYS = {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "i2t_medr", "t2i_medr",
-               "i2t_meanr", "t2i_meanr", "score_latency_ms", "train_peak_mem_mb", "process_peak_rss_mb", "train_time_s", "final_loss"}
+RESULT_KEYS = {
+    "i2t_r1",
+    "i2t_r5",
+    "i2t_r10",
+    "t2i_r1",
+    "t2i_r5",
+    "t2i_r10",
+    "rsum",
+    "i2t_medr",
+    "t2i_medr",
+    "i2t_meanr",
+    "t2i_meanr",
+    "score_latency_ms",
+    "train_peak_mem_mb",
+    "process_peak_rss_mb",
+    "train_time_s",
+    "final_loss",
+}
 
 
 def toy_overrides(out, *extra):
     return [
-        "train=quick", f"output_dir={out}", "train.progress=false", "eval.progress=false", "device=cpu",
-        "data.num_train=192", "data.num_val=48", "data.num_test=48", "encoder.embed_dim=32",
-        "train.batch_size=32", *extra,
+        "train=quick",
+        f"output_dir={out}",
+        "train.progress=false",
+        "eval.progress=false",
+        "device=cpu",
+        "data.num_train=192",
+        "data.num_val=48",
+        "data.num_test=48",
+        "encoder.embed_dim=32",
+        "train.batch_size=32",
+        *extra,
     ]
 
 
 @pytest.mark.parametrize("aligner,loss", [("mean_max", "infonce"), ("global", "triplet"), ("mean_max", "cmc")])
 def test_training_lowers_loss_and_lifts_recall_above_chance(tmp_path, aligner, loss):
     reports = []
-    cfg = compose(overrides=toy_overrides(tmp_path, f"aligner={aligner}", f"loss={loss}", "train.epochs=4",
-                                          "eval.split=train", "loss.warmup_epochs=1" if loss == "triplet" else "seed=0"))
+    cfg = compose(
+        overrides=toy_overrides(
+            tmp_path,
+            f"aligner={aligner}",
+            f"loss={loss}",
+            "train.epochs=4",
+            "eval.split=train",
+            "loss.warmup_epochs=1" if loss == "triplet" else "seed=0",
+        )
+    )
     result = run_experiment(cfg, on_validation=lambda epoch, metrics: reports.append((epoch, metrics)))
     assert RESULT_KEYS <= set(result)
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -46,15 +78,24 @@ def test_training_lowers_loss_and_lifts_recall_above_chance(tmp_path, aligner, l
 
 
 def test_untrained_model_is_near_chance(tmp_path):
-    cfg = compose(overrides=toy_overrides(tmp_path, "train.max_steps=1", "train.lr=1e-9", "train.warmup_steps=0",
-                                          "train.epochs=1"))
+    cfg = compose(
+        overrides=toy_overrides(
+            tmp_path, "train.max_steps=1", "train.lr=1e-9", "train.warmup_steps=0", "train.epochs=1"
+        )
+    )
     result = run_experiment(cfg)
     assert result["rsum"] < 200  # chance R@10 on 48 images is ~21 %: a trained model is far above
 
 
 def test_resume_after_interruption_continues_identically(tmp_path):
-    extra = ("train.epochs=3", "train.checkpoint=true", "train.select=last", "train.save_model=true",
-             "encoder.vision.head=mlp", "encoder.vision.dropout=0.2")  # dropout: the RNG state matters
+    extra = (
+        "train.epochs=3",
+        "train.checkpoint=true",
+        "train.select=last",
+        "train.save_model=true",
+        "encoder.vision.head=mlp",
+        "encoder.vision.dropout=0.2",
+    )  # dropout: the RNG state matters
     straight = run_experiment(compose(overrides=toy_overrides(tmp_path / "a", *extra)))
 
     class Stop(Exception):
@@ -68,8 +109,10 @@ def test_resume_after_interruption_continues_identically(tmp_path):
         run_experiment(compose(overrides=toy_overrides(tmp_path / "b", *extra)), on_validation=stop_after_first)
     assert load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["epoch"] == 1
     epochs_after_resume = []
-    resumed = run_experiment(compose(overrides=toy_overrides(tmp_path / "b", *extra, "train.resume=auto")),
-                             on_validation=lambda epoch, metrics: epochs_after_resume.append(epoch))
+    resumed = run_experiment(
+        compose(overrides=toy_overrides(tmp_path / "b", *extra, "train.resume=auto")),
+        on_validation=lambda epoch, metrics: epochs_after_resume.append(epoch),
+    )
     assert epochs_after_resume == [2]  # it continued; it did not start over
     a = load_checkpoint(tmp_path / "a" / "model.pt")["model"]
     b = load_checkpoint(tmp_path / "b" / "model.pt")["model"]
@@ -85,13 +128,23 @@ def test_eval_command_reproduces_test_metrics(tmp_path, capsys):
     for key in ("i2t_r1", "t2i_r5", "rsum", "i2t_meanr"):
         assert again[key] == result[key]
     first_eval = tmp_path / "eval"
-    assert again["output_dir"].startswith(str(first_eval)) and (first_eval / again["output_dir"][len(str(first_eval)) + 1 :] / "results.json").is_file()
+    assert (
+        again["output_dir"].startswith(str(first_eval))
+        and (first_eval / again["output_dir"][len(str(first_eval)) + 1 :] / "results.json").is_file()
+    )
     # a second evaluation lands in a new directory and leaves the first one alone
     second = evaluate_checkpoint(tmp_path / "model.pt", output_dir=again["output_dir"])
     assert second["output_dir"] != again["output_dir"] and (tmp_path / "eval").is_dir()
     # Score the same trained features with another (parameter-free) aligner, through the CLI.
-    code = cli_main(["eval", f"ckpt={tmp_path / 'model.pt'}", "aligner=global", "--json",
-                     f"--output-dir={tmp_path / 'eval_global'}"])
+    code = cli_main(
+        [
+            "eval",
+            f"ckpt={tmp_path / 'model.pt'}",
+            "aligner=global",
+            "--json",
+            f"--output-dir={tmp_path / 'eval_global'}",
+        ]
+    )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["rsum"] > 0
@@ -119,8 +172,9 @@ def test_eval_without_a_checkpoint_is_zero_shot_and_says_so(tmp_path, capsys):
 
 
 def test_gradient_accumulation_and_bf16_autocast_train(tmp_path):
-    cfg = compose(overrides=toy_overrides(tmp_path, "train.epochs=2", "train.accumulate=2", "train.amp=bf16",
-                                          "eval.split=train"))
+    cfg = compose(
+        overrides=toy_overrides(tmp_path, "train.epochs=2", "train.accumulate=2", "train.amp=bf16", "eval.split=train")
+    )
     result = run_experiment(cfg)
     assert result["steps"] == 2 * (384 // 32) // 2
     assert result["i2t_r5"] > 10  # chance: ~2.6 %
@@ -163,7 +217,12 @@ def test_training_logs_each_epoch_and_writes_tensorboard_scalars(tmp_path, caplo
     with caplog.at_level(logging.INFO, logger="finealign.engine.trainer"):
         run_experiment(compose(overrides=toy_overrides(tmp_path, "train.epochs=2", "train.eval_every=1")))
     lines = [r.getMessage() for r in caplog.records if r.name == "finealign.engine.trainer"]
-    assert len(lines) == 2 and lines[1].startswith("epoch 2/2: loss ") and "temperature" in lines[1] and "val rsum" in lines[1]
+    assert (
+        len(lines) == 2
+        and lines[1].startswith("epoch 2/2: loss ")
+        and "temperature" in lines[1]
+        and "val rsum" in lines[1]
+    )
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     assert {"train/loss", "train/lr", "train/temperature", "val/rsum"} <= set(events.Tags()["scalars"])

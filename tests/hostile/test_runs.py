@@ -29,7 +29,10 @@ def toy(out, *extra):
 def test_a_huge_learning_rate_stops_at_the_step_it_breaks_and_names_the_lr(tmp_path):
     # Cosine scores are scale-free, so the exploding weights (×~100 per step) train on until they
     # overflow; the trainer stops at that step and names the learning rate.
-    with pytest.raises(FloatingPointError, match=r"NaN/inf at epoch \d, batch \d \(after \d+ optimiser steps, lr [0-9.e+]+\).*lower train.lr"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"NaN/inf at epoch \d, batch \d \(after \d+ optimiser steps, lr [0-9.e+]+\).*lower train.lr",
+    ):
         run_experiment(toy(tmp_path, "train.lr=1e6", "train.epochs=6", "train.warmup_steps=0"))
 
 

@@ -31,7 +31,12 @@ def maxsim_matrix(v, vmask, t, tmask, pooling, direction, temperature, tw=None, 
     for i in range(v.shape[0]):
         for j in range(t.shape[0]):
             out[i, j] = maxsim_pair(
-                v[i][vmask[i]].double(), t[j][tmask[j]].double(), pooling, direction, temperature,
-                None if tw is None else tw[j][tmask[j]].tolist(), None if vw is None else vw[i][vmask[i]].tolist(),
+                v[i][vmask[i]].double(),
+                t[j][tmask[j]].double(),
+                pooling,
+                direction,
+                temperature,
+                None if tw is None else tw[j][tmask[j]].tolist(),
+                None if vw is None else vw[i][vmask[i]].tolist(),
             )
     return out

@@ -31,7 +31,11 @@ def test_auto_uses_torch_for_cpu_and_float64():
         (dict(direction="left"), ConfigError, "direction must be one of"),
         (dict(temperature=0.0), ConfigError, "temperature must be a positive"),
         (dict(pooling="weighted"), ShapeError, "needs text_weights"),
-        (dict(pooling="weighted", direction="visual", visual_weights=torch.ones(3)), ShapeError, "visual_weights must be"),
+        (
+            dict(pooling="weighted", direction="visual", visual_weights=torch.ones(3)),
+            ShapeError,
+            "visual_weights must be",
+        ),
     ],
 )
 def test_bad_options_raise_named_errors(kwargs, error, match, gen):
@@ -154,13 +158,16 @@ def test_weighted_mean_max_backends_agree_with_weight_gradients(direction, gen):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("fields, name", [
-    ((3, 4, 64, 8, 3), "items_visual"),
-    ((2, 6, 64, 8, 3), "items_text"),
-    ((2, 4, 8, 8, 3), "block_k"),
-    ((2, 4, 64, 6, 3), "num_warps"),
-    ((2, 4, 64, 8, 0), "num_stages"),
-])
+@pytest.mark.parametrize(
+    "fields, name",
+    [
+        ((3, 4, 64, 8, 3), "items_visual"),
+        ((2, 6, 64, 8, 3), "items_text"),
+        ((2, 4, 8, 8, 3), "block_k"),
+        ((2, 4, 64, 6, 3), "num_warps"),
+        ((2, 4, 64, 8, 0), "num_stages"),
+    ],
+)
 def test_bad_tiles_are_named(fields, name):
     from finealign.kernels import Tiles
 

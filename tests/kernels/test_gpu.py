@@ -77,8 +77,17 @@ def test_sinkhorn_backward_bf16_matches_torch_solver():
     for backend, dtype in (("triton", torch.bfloat16), ("torch", torch.float32)):
         leaves = [x.to(dtype).clone().requires_grad_() for x in (v, t)]
         pooled = [torch.nn.functional.normalize(x.float().mean(1), dim=-1).requires_grad_() for x in leaves]
-        out = sinkhorn_flow_scores(leaves[0], vm, leaves[1], tm, visual_pooled=pooled[0], text_pooled=pooled[1],
-                                   epsilon=0.05, iterations=20, backend=backend)
+        out = sinkhorn_flow_scores(
+            leaves[0],
+            vm,
+            leaves[1],
+            tm,
+            visual_pooled=pooled[0],
+            text_pooled=pooled[1],
+            epsilon=0.05,
+            iterations=20,
+            backend=backend,
+        )
         (out.float() * upstream).sum().backward()
         grads.append([x.grad.float() for x in leaves])
     for g, r in zip(*grads):

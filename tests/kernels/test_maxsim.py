@@ -39,7 +39,8 @@ def test_forward_matches_loop_reference(pooling, direction, backend, gen):
 
 
 @pytest.mark.parametrize(
-    "shape", [(1, 1, 1, 1, 16), (3, 1, 4, 9, 5), (4, 9, 3, 1, 33), (17, 3, 2, 2, 8), (2, 33, 3, 17, 70)],
+    "shape",
+    [(1, 1, 1, 1, 16), (3, 1, 4, 9, 5), (4, 9, 3, 1, 33), (17, 3, 2, 2, 8), (2, 33, 3, 17, 70)],
     ids=["all-one", "Lv=1", "Lt=1", "many-images", "beyond-one-tile"],
 )
 def test_awkward_sizes(shape, gen):
@@ -58,14 +59,27 @@ def test_packed_tiles_match_loop_reference(pooling, direction, tiles, gen):
     """Packed tiles (the images' regions back to back, forward only) give the same scores; with
     Lv = 7, five images fill 35 of 64 columns and image slots straddle no power-of-two boundary."""
     v, vm, t, tm, tw, vw = _inputs(gen, nv=7, lv=7, nt=9)
-    got = maxsim_scores(v, vm, t, tm, pooling, direction, TAU, backend="triton",
-                        tiles=Tiles(*tiles, 16, 4, 2, packed=True), **_weights(pooling, tw, vw))
+    got = maxsim_scores(
+        v,
+        vm,
+        t,
+        tm,
+        pooling,
+        direction,
+        TAU,
+        backend="triton",
+        tiles=Tiles(*tiles, 16, 4, 2, packed=True),
+        **_weights(pooling, tw, vw),
+    )
     ref = maxsim_matrix(v, vm, t, tm, pooling, direction, TAU, tw, vw)
     torch.testing.assert_close(got.double(), ref, atol=2e-6, rtol=2e-6)
 
 
-@pytest.mark.parametrize("shape", [(3, 1, 4, 9, 5), (6, 50, 5, 3, 16), (7, 12, 3, 5, 16), (2, 33, 3, 17, 70)],
-                         ids=["Lv=1", "Lv=50 (runs of 2)", "Lv=12 (runs of 4)", "beyond-one-tile"])
+@pytest.mark.parametrize(
+    "shape",
+    [(3, 1, 4, 9, 5), (6, 50, 5, 3, 16), (7, 12, 3, 5, 16), (2, 33, 3, 17, 70)],
+    ids=["Lv=1", "Lv=50 (runs of 2)", "Lv=12 (runs of 4)", "beyond-one-tile"],
+)
 def test_packed_tiles_awkward_sizes_and_gradients(shape, gen):
     nv, lv, nt, lt, d = shape
     v, vm, t, tm, tw, vw = _inputs(gen, nv, lv, nt, lt, d)
@@ -84,7 +98,9 @@ def test_all_but_one_token_padded(gen):
     t, tm = one_real_token(3, 9, 12, gen)
     got = maxsim_scores(v, vm, t, tm, "mean", "both", backend="triton")
     # One real token each side: the score is that single cosine.
-    ref = torch.stack([torch.stack([v[i][vm[i]][0].double() @ t[j][tm[j]][0].double() for j in range(3)]) for i in range(4)])
+    ref = torch.stack(
+        [torch.stack([v[i][vm[i]][0].double() @ t[j][tm[j]][0].double() for j in range(3)]) for i in range(4)]
+    )
     torch.testing.assert_close(got.double(), ref, atol=2e-6, rtol=2e-6)
 
 

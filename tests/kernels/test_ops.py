@@ -24,8 +24,10 @@ def _inputs(gen):
 
 def test_fused_maxsim_counts_the_same_flops_as_the_torch_path(gen):
     v, vm, t, tm = _inputs(gen)
-    counts = {b: count_flops(lambda: maxsim_scores(v, vm, t, tm, "lse", "both", backend=b), ()).total
-              for b in ("triton", "torch")}
+    counts = {
+        b: count_flops(lambda: maxsim_scores(v, vm, t, tm, "lse", "both", backend=b), ()).total
+        for b in ("triton", "torch")
+    }
     assert counts["triton"] == counts["torch"] == 2 * 4 * 7 * 6 * 5 * 12
 
 
@@ -47,8 +49,10 @@ def test_backward_and_pairs_are_counted(gen):
 def test_fused_sinkhorn_counts_the_same_flops_as_the_torch_path(importance, gen):
     v, vm, t, tm = _inputs(gen)
     marginals = dict(visual_pooled=pooled(v, vm), text_pooled=pooled(t, tm)) if importance else {}
-    counts = {b: count_flops(lambda: sinkhorn_flow_scores(v, vm, t, tm, iterations=3, backend=b, **marginals), ()).total
-              for b in ("triton", "torch")}
+    counts = {
+        b: count_flops(lambda: sinkhorn_flow_scores(v, vm, t, tm, iterations=3, backend=b, **marginals), ()).total
+        for b in ("triton", "torch")
+    }
     assert counts["triton"] == counts["torch"] > 0
 
 
@@ -60,7 +64,9 @@ def test_profiled_aligner_flops_count_the_work_each_backend_does(gen):
     nv, lv, d = v.shape
     real_words = int(tm.sum())
     for name in ("mean_max", "hard"):
-        fused, torch_path = (count_flops(create_aligner(name, backend=b), (visual, text)).total for b in ("triton", "torch"))
+        fused, torch_path = (
+            count_flops(create_aligner(name, backend=b), (visual, text)).total for b in ("triton", "torch")
+        )
         assert fused == 2 * nv * lv * t.shape[0] * t.shape[1] * d
         assert torch_path == 2 * nv * lv * real_words * d < fused
 

@@ -29,8 +29,17 @@ def test_maxsim_pairs_equal_the_matrix_entries(pooling, direction, backend, gen)
     kw = dict(text_weights=token_weights(tm, gen).float(), visual_weights=token_weights(vm, gen).float())
     kw = kw if pooling == "weighted" else {}
     pairs = _pairs(5, 6, 9, gen)
-    full = maxsim_scores(v.double(), vm, t.double(), tm, pooling, direction, 0.2, backend="torch",
-                         **{k: w.double() for k, w in kw.items()})
+    full = maxsim_scores(
+        v.double(),
+        vm,
+        t.double(),
+        tm,
+        pooling,
+        direction,
+        0.2,
+        backend="torch",
+        **{k: w.double() for k, w in kw.items()},
+    )
     got = maxsim_scores(v, vm, t, tm, pooling, direction, 0.2, backend=backend, pairs=pairs, **kw)
     assert got.shape == (len(pairs),) and got.dtype == torch.float32
     torch.testing.assert_close(got.double(), full[pairs[:, 0], pairs[:, 1]], atol=1e-5, rtol=1e-5)
@@ -75,12 +84,15 @@ def test_pair_gradients_flow_through_the_torch_path(gen):
         maxsim_scores(v.clone().requires_grad_(), vm, t, tm, backend="triton", pairs=pairs)
 
 
-@pytest.mark.parametrize("pairs, message", [
-    (torch.tensor([[0, 4]]), "text index 4 outside"),
-    (torch.tensor([[-1, 0]]), "visual index -1 outside"),
-    (torch.tensor([0, 1]), r"\(P, 2\)"),
-    (torch.tensor([[0.0, 1.0]]), "integer"),
-])
+@pytest.mark.parametrize(
+    "pairs, message",
+    [
+        (torch.tensor([[0, 4]]), "text index 4 outside"),
+        (torch.tensor([[-1, 0]]), "visual index -1 outside"),
+        (torch.tensor([0, 1]), r"\(P, 2\)"),
+        (torch.tensor([[0.0, 1.0]]), "integer"),
+    ],
+)
 def test_bad_pairs_are_named(pairs, message, gen):
     v, vm = tokens(2, 4, 8, gen)
     t, tm = tokens(4, 4, 8, gen)
@@ -92,8 +104,14 @@ def test_bad_pairs_are_named(pairs, message, gen):
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize(
     "options",
-    [dict(), dict(rows="text"), dict(one_sided=True), dict(importance=True), dict(domain="scaling"),
-     dict(domain="scaling", importance=True, rows="text")],
+    [
+        dict(),
+        dict(rows="text"),
+        dict(one_sided=True),
+        dict(importance=True),
+        dict(domain="scaling"),
+        dict(domain="scaling", importance=True, rows="text"),
+    ],
     ids=["uniform", "text-rows", "one-sided", "importance", "scaling", "scaling-importance-text-rows"],
 )
 def test_sinkhorn_pairs_equal_the_matrix_entries(options, backend, gen):

@@ -20,8 +20,15 @@ def _inputs(gen, nv=3, lv=6, nt=5, lt=4, d=12):
 
 @pytest.mark.parametrize(
     "options",
-    [dict(), dict(iterations=1), dict(rows="text"), dict(one_sided=True), dict(one_sided=True, rows="text"),
-     dict(marginals=True), dict(epsilon=0.02, iterations=7)],
+    [
+        dict(),
+        dict(iterations=1),
+        dict(rows="text"),
+        dict(one_sided=True),
+        dict(one_sided=True, rows="text"),
+        dict(marginals=True),
+        dict(epsilon=0.02, iterations=7),
+    ],
     ids=["uniform", "one-iteration", "text-rows", "one-sided", "one-sided-text", "given-marginals", "small-eps"],
 )
 @pytest.mark.parametrize("domain", ["log", "scaling"])
@@ -50,8 +57,13 @@ def test_converged_flow_matches_pot(backend, gen):
         for j in range(3):
             sim = v[i][vm[i]].double() @ t[j][tm[j]].double().T
             plan = ot.sinkhorn(
-                a_w[i][vm[i]].numpy(), b_w[j][tm[j]].numpy(), (1 - sim).numpy(), eps,
-                method="sinkhorn_log", numItermax=5000, stopThr=1e-13,
+                a_w[i][vm[i]].numpy(),
+                b_w[j][tm[j]].numpy(),
+                (1 - sim).numpy(),
+                eps,
+                method="sinkhorn_log",
+                numItermax=5000,
+                stopThr=1e-13,
             )
             assert abs(float(got[i, j]) - float((torch.from_numpy(plan) * sim).sum())) < 1e-5
 
@@ -71,7 +83,9 @@ def test_single_real_token_each_side_flows_all_mass_there(gen):
     v, vm = one_real_token(2, 4, 8, gen)
     t, tm = one_real_token(3, 5, 8, gen)
     got = sinkhorn_flow_scores(v, vm, t, tm, backend="triton", iterations=3)
-    ref = torch.stack([torch.stack([v[i][vm[i]][0].double() @ t[j][tm[j]][0].double() for j in range(3)]) for i in range(2)])
+    ref = torch.stack(
+        [torch.stack([v[i][vm[i]][0].double() @ t[j][tm[j]][0].double() for j in range(3)]) for i in range(2)]
+    )
     torch.testing.assert_close(got.double(), ref, atol=1e-6, rtol=1e-6)
 
 
@@ -90,11 +104,19 @@ def test_equals_the_tokenflow_aligner(config, backend, gen):
     pv, pt = aligner.prepare(visual), aligner.prepare(text)
     marginals = (
         dict(visual_pooled=pv.pooled, text_pooled=pt.pooled, marginal_temperature=cfg.marginal_temperature)
-        if cfg.marginals == "importance" else {}
+        if cfg.marginals == "importance"
+        else {}
     )
     got = sinkhorn_flow_scores(
-        pv.tokens, pv.mask, pt.tokens, pt.mask, epsilon=cfg.epsilon, iterations=cfg.iterations,
-        one_sided=cfg.relax_visual, backend=backend, **marginals,
+        pv.tokens,
+        pv.mask,
+        pt.tokens,
+        pt.mask,
+        epsilon=cfg.epsilon,
+        iterations=cfg.iterations,
+        one_sided=cfg.relax_visual,
+        backend=backend,
+        **marginals,
     )
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
@@ -125,18 +147,25 @@ def test_scaling_domain_hands_underflowing_pairs_to_the_log_domain(rows, gen, mo
     v, vm, t, tm = _inputs(gen, 3, 9, 4, 6)
     for epsilon, fallback in ((0.1, False), (0.003, True)):
         calls.clear()
-        got = sinkhorn_flow_scores(v, vm, t, tm, backend="triton", domain="scaling", epsilon=epsilon, iterations=6, rows=rows)
-        ref = sinkhorn_flow_scores(v.double(), vm, t.double(), tm, backend="torch", epsilon=epsilon, iterations=6, rows=rows)
+        got = sinkhorn_flow_scores(
+            v, vm, t, tm, backend="triton", domain="scaling", epsilon=epsilon, iterations=6, rows=rows
+        )
+        ref = sinkhorn_flow_scores(
+            v.double(), vm, t.double(), tm, backend="torch", epsilon=epsilon, iterations=6, rows=rows
+        )
         torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-5)
         redone = [n for domain, n in calls if domain == "log"]
         assert calls[0] == ("scaling", None)
         assert (len(redone) == 1 and 0 < redone[0] < 12) if fallback else not redone
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(domain="exp"), "domain must be one of"),
-    (dict(absorb_every=0), "absorb_every must be a positive int"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(domain="exp"), "domain must be one of"),
+        (dict(absorb_every=0), "absorb_every must be a positive int"),
+    ],
+)
 def test_bad_kernel_options_are_named(options, message, gen):
     from finealign.errors import ConfigError
 
@@ -164,10 +193,26 @@ def _sinkhorn_grads(backend, dtype, v, vm, t, tm, upstream, options):
 
 @pytest.mark.parametrize(
     "options",
-    [dict(), dict(rows="text"), dict(one_sided=True), dict(one_sided=True, rows="text"), dict(importance=True),
-     dict(importance=True, rows="text", captions_per_program=2), dict(marginals=True), dict(epsilon=0.03)],
-    ids=["uniform", "text-rows", "one-sided", "one-sided-text", "importance", "importance-text-rows-2-captions",
-         "given-marginals", "small-eps"],
+    [
+        dict(),
+        dict(rows="text"),
+        dict(one_sided=True),
+        dict(one_sided=True, rows="text"),
+        dict(importance=True),
+        dict(importance=True, rows="text", captions_per_program=2),
+        dict(marginals=True),
+        dict(epsilon=0.03),
+    ],
+    ids=[
+        "uniform",
+        "text-rows",
+        "one-sided",
+        "one-sided-text",
+        "importance",
+        "importance-text-rows-2-captions",
+        "given-marginals",
+        "small-eps",
+    ],
 )
 def test_fused_backward_equals_torch_autograd(options, gen):
     """The backward kernel (reverse mode through the saved iterates) gives the unrolled torch

@@ -14,8 +14,12 @@ def random_problems(batch, n, m, generator, dtype=torch.float64):
     mask_b = torch.rand(batch, m, generator=generator) < 0.7
     mask_a[:, 0] = True
     mask_b[:, -1] = True
-    log_a = torch.log_softmax(torch.randn(batch, n, generator=generator, dtype=torch.float64).masked_fill(~mask_a, -torch.inf), -1)
-    log_b = torch.log_softmax(torch.randn(batch, m, generator=generator, dtype=torch.float64).masked_fill(~mask_b, -torch.inf), -1)
+    log_a = torch.log_softmax(
+        torch.randn(batch, n, generator=generator, dtype=torch.float64).masked_fill(~mask_a, -torch.inf), -1
+    )
+    log_b = torch.log_softmax(
+        torch.randn(batch, m, generator=generator, dtype=torch.float64).masked_fill(~mask_b, -torch.inf), -1
+    )
     return cost.to(dtype), log_a.to(dtype), log_b.to(dtype), mask_a, mask_b
 
 
@@ -142,7 +146,9 @@ def test_tolerance_stops_each_problem_once_its_marginal_is_met(domain, gen):
         ref = ot.sinkhorn(a, bb, sub, 0.05, method="sinkhorn_log", numItermax=100000, stopThr=1e-9)
         torch.testing.assert_close(result.plan[b][mask_a[b]][:, mask_b[b]], torch.from_numpy(ref), atol=1e-5, rtol=0)
     # Each problem stops on its own: solving it alone gives the same plan.
-    alone = sinkhorn(cost[2:3], log_a[2:3], log_b[2:3], mask_a[2:3], mask_b[2:3], 0.05, 5000, tolerance=1e-6, domain=domain)
+    alone = sinkhorn(
+        cost[2:3], log_a[2:3], log_b[2:3], mask_a[2:3], mask_b[2:3], 0.05, 5000, tolerance=1e-6, domain=domain
+    )
     torch.testing.assert_close(alone.plan[0], result.plan[2], atol=1e-12, rtol=0)
 
 

@@ -10,19 +10,33 @@ from tests.losses.reference import consistency_loop, hinge_loop
 def _batch(gen, n_img=4, n_txt=7, dim=5):
     owner = torch.cat([torch.arange(n_img), torch.randint(0, n_img, (n_txt - n_img,), generator=gen)])
     pos = torch.arange(n_img)[:, None] == owner[None, :]
-    return torch.randn(n_img, n_txt, generator=gen) * 0.3, pos, torch.randn(n_img, dim, generator=gen), torch.randn(n_txt, dim, generator=gen)
+    return (
+        torch.randn(n_img, n_txt, generator=gen) * 0.3,
+        pos,
+        torch.randn(n_img, dim, generator=gen),
+        torch.randn(n_txt, dim, generator=gen),
+    )
 
 
 @pytest.mark.parametrize("consistency,power", [("l2", 2), ("l1", 1)])
 @pytest.mark.parametrize("hardest", [True, False])
 def test_cmc_matches_loop_reference(consistency, power, hardest, gen):
     sim, pos, img, txt = _batch(gen)
-    loss = create_loss("cmc", margin=0.2, global_weight=0.7, local_weight=1.3, consistency_weight=0.5,
-                       consistency=consistency, hardest=hardest)
+    loss = create_loss(
+        "cmc",
+        margin=0.2,
+        global_weight=0.7,
+        local_weight=1.3,
+        consistency_weight=0.5,
+        consistency=consistency,
+        hardest=hardest,
+    )
     global_sim = F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).T
     local = hinge_loop(sim, pos, 0.2, hardest)
     glob = hinge_loop(global_sim, pos, 0.2, hardest)
-    expected = 1.3 * sum(local) / len(local) + 0.7 * sum(glob) / len(glob) + 0.5 * consistency_loop(img, txt, pos, power)
+    expected = (
+        1.3 * sum(local) / len(local) + 0.7 * sum(glob) / len(glob) + 0.5 * consistency_loop(img, txt, pos, power)
+    )
     got = loss(sim, pos, {"image_global": img, "text_global": txt})
     assert float(got) == pytest.approx(expected, rel=1e-5)
 

@@ -50,8 +50,10 @@ def test_triplet_gradient_flows(gen):
     assert sim.grad is not None and sim.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("kwargs,key", [({"margin": -0.1}, "margin"), ({"warmup_epochs": -1}, "warmup_epochs"),
-                                        ({"reduction": "max"}, "reduction")])
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [({"margin": -0.1}, "margin"), ({"warmup_epochs": -1}, "warmup_epochs"), ({"reduction": "max"}, "reduction")],
+)
 def test_triplet_rejects_bad_config(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         create_loss("triplet", **kwargs)

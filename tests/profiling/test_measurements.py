@@ -51,7 +51,7 @@ def test_random_inputs_are_nonzero_masked_and_distinct():
 def test_flops_of_mean_max_match_the_einsum_hand_count():
     nv, nt, lv, lt, d = 3, 4, 5, 6, 8
     aligner = build_aligner("mean_max", d, {"normalize": False})
-    (v, t), = random_input_sets(ProblemShape(nv, nt, lv, lt, d), 1, CPU, torch.float32)
+    ((v, t),) = random_input_sets(ProblemShape(nv, nt, lv, lt, d), 1, CPU, torch.float32)
     # One block: every region position some image uses (the aligner cuts positions that are padding
     # in every item) times every *real* word, packed caption after caption (word → region direction).
     used_v, real_words = int(v.mask.any(0).sum()), int(t.mask.sum())
@@ -63,7 +63,7 @@ def test_flops_of_mean_max_match_the_einsum_hand_count():
 def test_flops_of_global_match_the_matmul_hand_count():
     nv, nt, d = 7, 11, 16
     aligner = build_aligner("global", d, {"normalize": False})
-    (v, t), = random_input_sets(ProblemShape(nv, nt, 3, 2, d), 1, CPU, torch.float32)
+    ((v, t),) = random_input_sets(ProblemShape(nv, nt, 3, 2, d), 1, CPU, torch.float32)
     assert count_flops(aligner, (v, t)).total == 2 * nv * nt * d
 
 
@@ -101,8 +101,9 @@ def test_profile_row_for_global_has_exact_flops_and_memory(monkeypatch):
 
 def test_a_failing_aligner_becomes_an_error_row_and_the_run_goes_on():
     shape = ProblemShape(nv=2, nt=3, lv=2, lt=2, dim=4)
-    settings = ProfileSettings(repeats=1, warmup=0, flops=False,
-                               aligner_options={"mean_max": {"direction": "sideways"}})
+    settings = ProfileSettings(
+        repeats=1, warmup=0, flops=False, aligner_options={"mean_max": {"direction": "sideways"}}
+    )
     rows = profile_aligners(["mean_max", "global"], shape, settings, progress=False)
     assert "ConfigError" in rows[0]["error"] and "direction" in rows[0]["error"]
     assert rows[1]["error"] == "" and rows[1]["latency_ms"] > 0

@@ -20,8 +20,7 @@ CPU = torch.device("cpu")
 def test_trace_files_are_written_and_parse(tmp_path):
     aligner = build_aligner("mean_max", 8)
     sets = random_input_sets(ProblemShape(nv=3, nt=5, lv=4, lt=3, dim=8), 2, CPU, torch.float32)
-    result = capture_trace(aligner_step(aligner, backward=False), sets, CPU, tmp_path / "tb", steps=2,
-                           worker_name="mm")
+    result = capture_trace(aligner_step(aligner, backward=False), sets, CPU, tmp_path / "tb", steps=2, worker_name="mm")
     assert len(result.files) == 1 and result.files[0].name.endswith(".pt.trace.json")
     trace = load_trace(result.files[0])
     names = {e.get("name", "") for e in trace["traceEvents"]}
@@ -41,7 +40,8 @@ def test_load_trace_rejects_non_traces(tmp_path):
 def test_tables_and_scaling_plot_are_written(tmp_path):
     rows = [
         {"aligner": a, "axis": "n", "x": n, "latency_ms": c * n**2, "error": ""}
-        for a, c in (("a", 1.0), ("b", 0.1)) for n in (4, 8, 16)
+        for a, c in (("a", 1.0), ("b", 0.1))
+        for n in (4, 8, 16)
     ]
     csv_path, md_path = write_table(rows, tmp_path, "scaling")
     assert csv_path.read_text().splitlines()[0].startswith("aligner,")
@@ -51,12 +51,22 @@ def test_tables_and_scaling_plot_are_written(tmp_path):
 
 
 def test_recall_vs_latency_joins_on_aligner(tmp_path):
-    profile = [{"aligner": "hard", "latency_ms": 3.0, "error": ""},
-               {"aligner": "global", "latency_ms": 0.5, "error": ""},
-               {"aligner": "broken", "error": "boom"}]
+    profile = [
+        {"aligner": "hard", "latency_ms": 3.0, "error": ""},
+        {"aligner": "global", "latency_ms": 0.5, "error": ""},
+        {"aligner": "broken", "error": "boom"},
+    ]
     evals = tmp_path / "eval.json"
-    evals.write_text(json.dumps([{"aligner": "hard", "rsum": 400.0}, {"aligner": "global", "rsum": 350.0},
-                                 {"aligner": "hard", "rsum": 390.0}, {"aligner": "broken", "rsum": 1.0}]))
+    evals.write_text(
+        json.dumps(
+            [
+                {"aligner": "hard", "rsum": 400.0},
+                {"aligner": "global", "rsum": 350.0},
+                {"aligner": "hard", "rsum": 390.0},
+                {"aligner": "broken", "rsum": 1.0},
+            ]
+        )
+    )
     joined = join_eval(evals, profile).set_index("aligner")
     assert joined.loc["hard", "rsum"] == 400.0 and joined.loc["global", "latency_ms"] == 0.5
     assert "broken" not in joined.index
@@ -76,15 +86,29 @@ def _cli(argv):
 
 def test_cli_profiles_and_writes_reports(tmp_path, capsys):
     out = tmp_path / "runs"
-    code = _cli(["aligners=[global,mean_max]", "nv=4", "nt=20", "lv=4", "lt=3", "dim=8", "repeats=2",
-                 "warmup=0", "threads=1", "scaling=n", "n_values=[2,4]", "progress=false",
-                 f"out={out}", "mean_max.direction=both"])
+    code = _cli(
+        [
+            "aligners=[global,mean_max]",
+            "nv=4",
+            "nt=20",
+            "lv=4",
+            "lt=3",
+            "dim=8",
+            "repeats=2",
+            "warmup=0",
+            "threads=1",
+            "scaling=n",
+            "n_values=[2,4]",
+            "progress=false",
+            f"out={out}",
+            "mean_max.direction=both",
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
     assert "mean_max" in text and "global" in text and "torch:" in text
     (run_dir,) = [p for p in out.iterdir() if p.name != "traces"]
-    for name in ("profile.csv", "profile.md", "scaling.csv", "scaling_fits.csv", "latency_vs_n.png",
-                 "top_ops.csv"):
+    for name in ("profile.csv", "profile.md", "scaling.csv", "scaling_fits.csv", "latency_vs_n.png", "top_ops.csv"):
         assert (run_dir / name).is_file(), name
     traces = sorted((out / "traces").glob("*/*/*.pt.trace.json"))
     assert len(traces) == 2 and all(load_trace(p)["traceEvents"] for p in traces)

@@ -138,7 +138,9 @@ def test_a_parameter_the_config_lacks_is_refused_before_any_trial(tmp_path, monk
 
     monkeypatch.chdir(tmp_path)
     spec, extra = load_protocol(["protocol=toy"])
-    typo = MethodSpec("typo", ("aligner=mean_max",), (ParamSpec("aligner.wieght_head", "categorical", values=("mlp",)),))
+    typo = MethodSpec(
+        "typo", ("aligner=mean_max",), (ParamSpec("aligner.wieght_head", "categorical", values=("mlp",)),)
+    )
     with pytest.raises(ConfigError, match="method 'typo'"):
         check_methods_compose(dataclasses.replace(spec, methods=(typo,)), extra)
 

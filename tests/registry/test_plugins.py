@@ -56,15 +56,28 @@ def test_pip_installed_plugin_aligner_is_listed_and_scores(tmp_path):
     """Build and install the example plugin package for real, then use it from a fresh process."""
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(PLUGIN_SRC)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(PLUGIN_SRC),
+        ],
         check=True,
         capture_output=True,
     )
     env_path = f"{target}"
     listing = subprocess.run(
         [sys.executable, "-m", "finealign.cli.main", "list", "aligners"],
-        check=True, capture_output=True, text=True, env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"},
+        check=True,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"},
     ).stdout
     assert "max_max" in listing and "plugin:finealign-maxmax" in listing
     code = textwrap.dedent(

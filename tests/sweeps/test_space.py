@@ -42,10 +42,17 @@ def test_grid_points_multiply_conditional_params_only_within_their_option():
     assert len({point_key(p) for p in points}) == 21
     expected_aligner = [
         {"aligner": "hard"},
-        *({"aligner": "tokenflow", "aligner.epsilon": e, "aligner.iterations": i} for e, i in itertools.product([0.05, 0.1], [20, 50])),
+        *(
+            {"aligner": "tokenflow", "aligner.epsilon": e, "aligner.iterations": i}
+            for e, i in itertools.product([0.05, 0.1], [20, 50])
+        ),
         *({"aligner": "two_stage", "aligner.top_k": k} for k in [5, 10]),
     ]
-    expected_loss = [{"loss": "infonce"}, {"loss": "triplet", "loss.margin": 0.1}, {"loss": "triplet", "loss.margin": 0.2}]
+    expected_loss = [
+        {"loss": "infonce"},
+        {"loss": "triplet", "loss.margin": 0.1},
+        {"loss": "triplet", "loss.margin": 0.2},
+    ]
     expected = [{**a, **loss, "train.lr": 0.001} for a, loss in itertools.product(expected_aligner, expected_loss)]
     assert sorted(map(point_key, points)) == sorted(map(point_key, expected))
     for p in points:  # a param appears only with the option that owns it
@@ -84,7 +91,9 @@ def brute_force_front(values, directions):
     costs = np.asarray(values) * sign
     front = []
     for _i, a in enumerate(costs):
-        dominated = any(all(b[k] <= a[k] for k in range(len(a))) and any(b[k] < a[k] for k in range(len(a))) for b in costs)
+        dominated = any(
+            all(b[k] <= a[k] for k in range(len(a))) and any(b[k] < a[k] for k in range(len(a))) for b in costs
+        )
         front.append(not dominated)
     return np.array(front)
 
@@ -96,4 +105,8 @@ def test_pareto_mask_matches_brute_force_including_ties():
         values = rng.integers(0, 5, size=(n, k)).astype(float)  # small ints: many ties/duplicates
         directions = list(rng.choice(["maximize", "minimize"], size=k))
         np.testing.assert_array_equal(pareto_mask(values, directions), brute_force_front(values, directions))
-    assert pareto_mask(np.array([[1.0, 5.0], [2.0, 5.0], [2.0, 9.0]]), ["maximize", "minimize"]).tolist() == [False, True, False]
+    assert pareto_mask(np.array([[1.0, 5.0], [2.0, 5.0], [2.0, 9.0]]), ["maximize", "minimize"]).tolist() == [
+        False,
+        True,
+        False,
+    ]

@@ -55,7 +55,10 @@ def test_valid_spec_parses_every_field():
         ({"n_trials": 0}, "positive int"),
         ({"study": "a/b"}, "without slashes"),
         (
-            {"objectives": [{"metric": "rsum"}, {"metric": "score_latency_ms", "direction": "minimize"}], "pruner": "median"},
+            {
+                "objectives": [{"metric": "rsum"}, {"metric": "score_latency_ms", "direction": "minimize"}],
+                "pruner": "median",
+            },
             "prunes single-objective studies only",
         ),
         (

@@ -11,7 +11,17 @@ from finealign.sweeps.runner import trial_seed
 from finealign.sweeps.space import grid_points, point_key
 from tests.sweeps.conftest import FAKE, from_raw, toy, toy_raw
 
-ENGINE_METRICS = {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "score_latency_ms", "process_peak_rss_mb"}
+ENGINE_METRICS = {
+    "i2t_r1",
+    "i2t_r5",
+    "i2t_r10",
+    "t2i_r1",
+    "t2i_r5",
+    "t2i_r10",
+    "rsum",
+    "score_latency_ms",
+    "process_peak_rss_mb",
+}
 
 
 def test_grid_sweep_with_the_engine_then_report_reads_back_the_same_table(where, capsys):
@@ -116,7 +126,10 @@ def test_report_prints_latex_booktabs(where, capsys):
 
     run_sweep(toy(), **where)
     capsys.readouterr()
-    assert cli_main(["report", "toy", "--storage", where["storage"], "--out", str(where["out_dir"]), "--format", "latex"]) == 0
+    assert (
+        cli_main(["report", "toy", "--storage", where["storage"], "--out", str(where["out_dir"]), "--format", "latex"])
+        == 0
+    )
     tex = capsys.readouterr().out
     assert tex.count("\\toprule") == 1 and "\\midrule" in tex and "\\bottomrule" in tex and "mean\\_max" in tex
     body = tex.split("\\midrule")[1].split("\\bottomrule")[0].strip().splitlines()

@@ -102,14 +102,15 @@ def test_workers_opening_a_new_sqlite_storage_together_all_succeed(tmp_path):
     import subprocess
     import sys
 
-    code = (
-        "import sys; from finealign.sweeps.storage import open_storage; "
-        "open_storage(sys.argv[1], 60); print('ok')"
-    )
+    code = "import sys; from finealign.sweeps.storage import open_storage; open_storage(sys.argv[1], 60); print('ok')"
     for round_ in range(3):
         url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
-        procs = [subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for _ in range(4)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(4)
+        ]
         results = [p.communicate(timeout=120) for p in procs]
         for p, (out, err) in zip(procs, results):
             assert p.returncode == 0 and out.strip() == "ok", err

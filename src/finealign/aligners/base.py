@@ -205,9 +205,7 @@ class Aligner(nn.Module, Generic[C]):
         """Validate and prepare a single pair for `explain`."""
         check_pair(visual, text, need_pooled=self.needs_pooled)
         if len(visual) != 1 or len(text) != 1:
-            raise ConfigError(
-                f"explain() takes one visual and one text item, got {len(visual)} and {len(text)}"
-            )
+            raise ConfigError(f"explain() takes one visual and one text item, got {len(visual)} and {len(text)}")
         return self.prepare(visual), self.prepare(text)
 
 
@@ -225,7 +223,9 @@ def packed_word_best(visual: TokenBatch, text: TokenBatch) -> tuple[Tensor, Tens
     return sim.amax(dim=1), owner
 
 
-def best_region_alignment(aligner: Any, visual: TokenBatch, text: TokenBatch, word_weight: Tensor | float) -> TokenAlignment:
+def best_region_alignment(
+    aligner: Any, visual: TokenBatch, text: TokenBatch, word_weight: Tensor | float
+) -> TokenAlignment:
     """The alignment of token-wise max aligners (mean-max, hard, weighted mean-max): each real word
     keeps its most similar real region, with weight `word_weight` (a scalar, or one per real word);
     `visual`/`text` are one prepared item each. The score is the aligner's own for the pair."""

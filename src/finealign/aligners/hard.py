@@ -60,8 +60,15 @@ class HardAligner(KernelAligner[HardConfig]):
         # The kernels pool τ·LSE; CHAN's form is that divided by τ.
         pooling = "lse" if cfg.pooling == "lse_chan" else cfg.pooling
         scores = maxsim_scores(
-            visual.tokens, visual.mask, text.tokens, text.mask, pooling, cfg.direction, cfg.temperature,
-            backend="triton", pairs=pairs,
+            visual.tokens,
+            visual.mask,
+            text.tokens,
+            text.mask,
+            pooling,
+            cfg.direction,
+            cfg.temperature,
+            backend="triton",
+            pairs=pairs,
         )
         return scores / cfg.temperature if cfg.pooling == "lse_chan" else scores
 

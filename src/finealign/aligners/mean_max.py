@@ -56,8 +56,14 @@ class MeanMaxAligner(KernelAligner[MeanMaxConfig]):
 
     def kernel_scores(self, visual: TokenBatch, text: TokenBatch, pairs: Tensor | None) -> Tensor:
         scores = maxsim_scores(
-            visual.tokens, visual.mask, text.tokens, text.mask, "mean", self.config.direction,
-            backend="triton", pairs=pairs,
+            visual.tokens,
+            visual.mask,
+            text.tokens,
+            text.mask,
+            "mean",
+            self.config.direction,
+            backend="triton",
+            pairs=pairs,
         )
         if self.config.word_pooling == "sum":  # the kernel's mean times each caption's real words
             words = text.mask.sum(1).to(scores.dtype)

@@ -185,8 +185,14 @@ class TokenFlowAligner(KernelAligner[TokenFlowConfig]):
                                   marginal_temperature=cfg.marginal_temperature)  # fmt: skip
         self._record["fused"] += 1
         return sinkhorn_flow_scores(
-            visual.tokens, visual.mask, text.tokens, text.mask, pairs=pairs, options=options,
-            visual_pooled=visual.pooled if importance else None, text_pooled=text.pooled if importance else None,
+            visual.tokens,
+            visual.mask,
+            text.tokens,
+            text.mask,
+            pairs=pairs,
+            options=options,
+            visual_pooled=visual.pooled if importance else None,
+            text_pooled=text.pooled if importance else None,
         )
 
     @property
@@ -247,8 +253,15 @@ class TokenFlowAligner(KernelAligner[TokenFlowConfig]):
         # implicit_sinkhorn needs log_a: TokenFlowConfig allows it only two-sided (relax_visual=false).
         solve: Callable[..., SinkhornResult] = implicit_sinkhorn if self.implicit_gradient else sinkhorn
         result = solve(
-            1.0 - sim.to(dtype), log_a, log_b, vmask, tmask, cfg.epsilon, cfg.iterations,
-            tolerance=cfg.tolerance, domain=cfg.solver_domain,
+            1.0 - sim.to(dtype),
+            log_a,
+            log_b,
+            vmask,
+            tmask,
+            cfg.epsilon,
+            cfg.iterations,
+            tolerance=cfg.tolerance,
+            domain=cfg.solver_domain,
         )
         self._note(result)
         return result.plan

@@ -31,17 +31,13 @@ def check_batch(batch: TokenBatch, name: str, *, need_pooled: bool = False) -> N
     if m.dtype != torch.bool:
         raise ShapeError(f"{name}.mask must be a bool tensor (True = real token), got {m.dtype}")
     if m.shape != t.shape[:2]:
-        raise ShapeError(
-            f"{name}.mask must be (N, L) = {tuple(t.shape[:2])} to match the tokens, got {tuple(m.shape)}"
-        )
+        raise ShapeError(f"{name}.mask must be (N, L) = {tuple(t.shape[:2])} to match the tokens, got {tuple(m.shape)}")
     if m.device != t.device:
         raise ShapeError(f"{name}.mask is on {m.device} but the tokens are on {t.device}")
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise ShapeError(f"{name} is empty: tokens have shape {tuple(t.shape)}")
     if batch.pooled is not None and batch.pooled.shape != (t.shape[0], t.shape[2]):
-        raise ShapeError(
-            f"{name}.pooled must be (N, d) = {(t.shape[0], t.shape[2])}, got {tuple(batch.pooled.shape)}"
-        )
+        raise ShapeError(f"{name}.pooled must be (N, d) = {(t.shape[0], t.shape[2])}, got {tuple(batch.pooled.shape)}")
     if batch.pooled is None and need_pooled:
         raise ShapeError(f"{name}.pooled is required by this aligner but is None")
     with torch.no_grad():
@@ -58,8 +54,7 @@ def check_batch(batch: TokenBatch, name: str, *, need_pooled: bool = False) -> N
     if bool(empty.any()):
         rows = empty.nonzero().flatten()[:5].tolist()
         raise ShapeError(
-            f"{name}: item(s) {rows} have no real token (mask row all False); "
-            "drop them or unmask at least one token"
+            f"{name}: item(s) {rows} have no real token (mask row all False); drop them or unmask at least one token"
         )
     if bool(bad.any()):
         item = int(bad.any(-1).nonzero()[0])

@@ -106,8 +106,16 @@ class WeightedMeanMaxAligner(KernelAligner[WeightedMeanMaxConfig]):
         text_w = None if self.text_weight is None else self.token_weights(text, self.text_weight)
         visual_w = None if self.visual_weight is None else self.token_weights(visual, self.visual_weight)
         return maxsim_scores(
-            visual.tokens, visual.mask, text.tokens, text.mask, "weighted", self.config.direction,
-            text_weights=text_w, visual_weights=visual_w, backend="triton", pairs=pairs,
+            visual.tokens,
+            visual.mask,
+            text.tokens,
+            text.mask,
+            "weighted",
+            self.config.direction,
+            text_weights=text_w,
+            visual_weights=visual_w,
+            backend="triton",
+            pairs=pairs,
         )
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:

@@ -136,14 +136,28 @@ def build_feature_cache(
     try:
         seconds = {}
         start = time.perf_counter()
-        v = encode_items(vision, data.num_items, data.raw_item, batch_size=batch_size, device=device,
-                         num_workers=num_workers, desc=f"{dataset_name}/{split} {vision_name}")
+        v = encode_items(
+            vision,
+            data.num_items,
+            data.raw_item,
+            batch_size=batch_size,
+            device=device,
+            num_workers=num_workers,
+            desc=f"{dataset_name}/{split} {vision_name}",
+        )
         visual_info = _write_modality(tmp, "visual", *v)
         del v
         seconds["vision"] = time.perf_counter() - start
         start = time.perf_counter()
-        t = encode_items(text, data.num_captions, data.captions.__getitem__, batch_size=batch_size,
-                         device=device, num_workers=0, desc=f"{dataset_name}/{split} {text_name}")
+        t = encode_items(
+            text,
+            data.num_captions,
+            data.captions.__getitem__,
+            batch_size=batch_size,
+            device=device,
+            num_workers=0,
+            desc=f"{dataset_name}/{split} {text_name}",
+        )
         text_info = _write_modality(tmp, "text", *t)
         del t
         seconds["text"] = time.perf_counter() - start

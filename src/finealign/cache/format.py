@@ -118,7 +118,12 @@ def array_record(path: Path) -> dict[str, Any]:
     with open(path, "rb") as f:
         while chunk := f.read(1 << 24):
             digest.update(chunk)
-    return {"shape": list(arr.shape), "dtype": str(arr.dtype), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {
+        "shape": list(arr.shape),
+        "dtype": str(arr.dtype),
+        "bytes": path.stat().st_size,
+        "sha256": digest.hexdigest(),
+    }
 
 
 def quick_problems(entry: Path, meta: dict[str, Any]) -> list[str]:

@@ -41,6 +41,10 @@ class CacheBuildSettings(FeatureSource):
         super().__post_init__()
         if isinstance(self.splits, str):
             self.splits = [self.splits]
-        if not isinstance(self.splits, list) or not self.splits or not all(isinstance(s, str) and s for s in self.splits):
+        if (
+            not isinstance(self.splits, list)
+            or not self.splits
+            or not all(isinstance(s, str) and s for s in self.splits)
+        ):
             raise ConfigError(f"splits must be a non-empty list of split names, got {self.splits!r}")
         check_int("num_workers", self.num_workers, low=0)

@@ -23,9 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="Hydra overrides of configs/cache.yaml (see --cfg job), e.g. splits=[test,val] "
                              "dataset_options.root=/data/flickr8k")  # fmt: skip
-    parser.add_argument("--verify", action="store_true",
-                        help="check every entry in the cache folder (sizes, shapes, dtypes, SHA-256, finite "
-                             "tokens) instead of building; exit 1 if one is damaged")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every entry in the cache folder (sizes, shapes, dtypes, SHA-256, finite "
+        "tokens) instead of building; exit 1 if one is damaged",
+    )
     add_hydra_flags(parser)
 
 
@@ -38,7 +41,9 @@ def read_settings(overrides: list[str]):
     from finealign.registry import build_config
 
     cfg = compose(CONFIG_NAME, overrides)
-    return cfg, build_config(CacheBuildSettings, cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True)), "cache config")
+    return cfg, build_config(
+        CacheBuildSettings, cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True)), "cache config"
+    )
 
 
 def verify(cache_dir: Any) -> int:
@@ -72,7 +77,9 @@ def build(settings) -> dict[str, str]:
             num_workers=settings.num_workers,
         )  # fmt: skip
         meta = read_meta(entry) or {}
-        print(f"{settings.dataset}/{split}: {meta.get('num_items')} items, {meta.get('num_captions')} captions -> {entry}")
+        print(
+            f"{settings.dataset}/{split}: {meta.get('num_items')} items, {meta.get('num_captions')} captions -> {entry}"
+        )
         entries[split] = str(entry)
     return entries
 

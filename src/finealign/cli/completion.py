@@ -70,7 +70,7 @@ def _config_candidates(config_name: str, partial: str) -> list[str]:
     prefix = ""
     for mark in ("++", "+", "~"):
         if partial.startswith(mark):
-            prefix, partial = mark, partial[len(mark):]
+            prefix, partial = mark, partial[len(mark) :]
             break
     roots = config_roots()
     groups = {p.name: sorted({y.stem for r in roots for y in (r / p.name).glob("*.yaml")})

@@ -20,10 +20,17 @@ HEADLINE = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="ckpt=PATH (none: zero-shot), then overrides applied to the checkpoint's config")
-    parser.add_argument("--output-dir", default=None,
-                        help="where results go (default: a new <run dir>/eval/<timestamp>; never over earlier results)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="ckpt=PATH (none: zero-shot), then overrides applied to the checkpoint's config",
+    )
+    parser.add_argument(
+        "--output-dir",
+        default=None,
+        help="where results go (default: a new <run dir>/eval/<timestamp>; never over earlier results)",
+    )
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     add_hydra_flags(parser)
 
@@ -47,7 +54,9 @@ def _config(ckpt: str | None, overrides: list[str]):
 def _evaluate_one(job_overrides: list[str], output_dir: str | None, args: argparse.Namespace) -> dict:
     ckpts = [o.partition("=")[2] for o in job_overrides if o.startswith("ckpt=")]
     if len(ckpts) > 1 or (ckpts and not ckpts[0]):
-        raise ConfigError("finealign eval takes one ckpt=PATH (a model.pt or checkpoints/last.pt), or none for zero-shot")
+        raise ConfigError(
+            "finealign eval takes one ckpt=PATH (a model.pt or checkpoints/last.pt), or none for zero-shot"
+        )
     overrides = [o for o in job_overrides if not o.startswith("ckpt=")]
     ckpt = ckpts[0] if ckpts else None
     if args.cfg:

@@ -15,9 +15,13 @@ OWN = ("ckpt", "image", "caption", "aligners", "out")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="ckpt=PATH image=I (required), caption=J, aligners=a,b, out=FILE.png; "
-                             "other KEY=VALUE apply to the checkpoint's config (e.g. eval.split=val)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="ckpt=PATH image=I (required), caption=J, aligners=a,b, out=FILE.png; "
+        "other KEY=VALUE apply to the checkpoint's config (e.g. eval.split=val)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

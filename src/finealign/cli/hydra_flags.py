@@ -17,12 +17,21 @@ from finealign.overrides import expand_sweeps
 
 
 def add_hydra_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cfg", "-c", choices=("job", "hydra", "all"), default=None,
-                        help="print the composed config (job; hydra: the run/sweep directories; all: both) and exit")
+    parser.add_argument(
+        "--cfg",
+        "-c",
+        choices=("job", "hydra", "all"),
+        default=None,
+        help="print the composed config (job; hydra: the run/sweep directories; all: both) and exit",
+    )
     parser.add_argument("--resolve", action="store_true", help="with --cfg: resolve interpolations")
     parser.add_argument("--info", action="store_true", help="print config search path, groups and their options")
-    parser.add_argument("--multirun", "-m", action="store_true",
-                        help="run every combination of comma-separated values (aligner=global,hard seed=0,1)")
+    parser.add_argument(
+        "--multirun",
+        "-m",
+        action="store_true",
+        help="run every combination of comma-separated values (aligner=global,hard seed=0,1)",
+    )
 
 
 def run_dirs(overrides: list[str]) -> tuple[list[str], str | None, str | None]:

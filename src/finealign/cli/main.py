@@ -54,8 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark and ablate fine-grained cross-modal alignment for retrieval.",
     )
     parser.add_argument("--version", action="version", version=version_line())
-    parser.add_argument("--shell-completion", "-sc", metavar="install=bash",
-                        help='print the completion script: eval "$(finealign -sc install=bash)"')
+    parser.add_argument(
+        "--shell-completion",
+        "-sc",
+        metavar="install=bash",
+        help='print the completion script: eval "$(finealign -sc install=bash)"',
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -13,12 +13,18 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("study", help="protocol or sweep study name")
-    parser.add_argument("--storage", default=None,
-                        help="Optuna RDB URL (default: sqlite:///runs/bench/NAME.db or runs/sweeps/NAME.db)")
-    parser.add_argument("--format", choices=("md", "csv", "latex"), default="md",
-                        help="what to print (every format is written to the report folder either way)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="report folder (default: runs/bench/NAME or runs/sweeps/NAME)")
+    parser.add_argument(
+        "--storage", default=None, help="Optuna RDB URL (default: sqlite:///runs/bench/NAME.db or runs/sweeps/NAME.db)"
+    )
+    parser.add_argument(
+        "--format",
+        choices=("md", "csv", "latex"),
+        default="md",
+        help="what to print (every format is written to the report folder either way)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="report folder (default: runs/bench/NAME or runs/sweeps/NAME)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,8 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: runs/sweeps/STUDY)")
     parser.add_argument("--worker-id", type=int, default=0, help="give parallel workers distinct ids (sampler seeds)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--cfg", "-c", choices=("job",), default=None,
-                        help="print the validated sweep (search space, objectives, fixed overrides) and exit")
+    parser.add_argument(
+        "--cfg",
+        "-c",
+        choices=("job",),
+        default=None,
+        help="print the validated sweep (search space, objectives, fixed overrides) and exit",
+    )
     parser.add_argument("--info", action="store_true", help="print config search path, groups and their options")
     parser.add_argument("--multirun", "-m", action="store_true", help=argparse.SUPPRESS)
 

@@ -1,10 +1,10 @@
 """`finealign train [key=value ...]`: compose the Hydra config, train, evaluate, save results.
 
-    finealign train aligner=hard loss=triplet data=flickr30k encoder=vit_b16_bert train.epochs=20
-    finealign train --cfg job data=toy               # print the composed config and stop
-    finealign train -m aligner=global,mean_max seed=0,1    # 4 jobs in multirun/<date>/<time>/0..3
-    finealign train hydra.run.dir=runs/mine          # where this run writes
-    torchrun --nproc_per_node 4 -m finealign train ...  # DDP over 4 processes (train.batch_size is global)
+finealign train aligner=hard loss=triplet data=flickr30k encoder=vit_b16_bert train.epochs=20
+finealign train --cfg job data=toy               # print the composed config and stop
+finealign train -m aligner=global,mean_max seed=0,1    # 4 jobs in multirun/<date>/<time>/0..3
+finealign train hydra.run.dir=runs/mine          # where this run writes
+torchrun --nproc_per_node 4 -m finealign train ...  # DDP over 4 processes (train.batch_size is global)
 """
 
 from __future__ import annotations
@@ -22,8 +22,12 @@ HEADLINE = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="Hydra overrides: group choices (aligner=hard) or values (train.lr=1e-4)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="Hydra overrides: group choices (aligner=hard) or values (train.lr=1e-4)",
+    )
     parser.add_argument("--config-name", default="config", help="top-level config file (default: config)")
     parser.add_argument("--print-config", action="store_true", help="same as --cfg job --resolve")
     parser.add_argument("--json", action="store_true", help="print the result dict as JSON")

@@ -75,6 +75,4 @@ class ConfiguredSplits(Generic[C]):
         if name not in self.config.splits:
             from finealign.errors import ConfigError
 
-            raise ConfigError(
-                f"{type(self).__name__} has no split {name!r} (splits: {', '.join(self.config.splits)})"
-            )
+            raise ConfigError(f"{type(self).__name__} has no split {name!r} (splits: {', '.join(self.config.splits)})")

@@ -69,8 +69,15 @@ class CachedFeatureDataset(ConfiguredSplits[CachedConfig]):
 
         c = self.config
         entry = build_feature_cache(
-            c.dataset, dict(c.dataset_options), name,
-            c.vision, dict(c.vision_options), c.text, dict(c.text_options),
-            cache_dir=c.cache_dir, batch_size=c.batch_size, device=c.device,
+            c.dataset,
+            dict(c.dataset_options),
+            name,
+            c.vision,
+            dict(c.vision_options),
+            c.text,
+            dict(c.text_options),
+            cache_dir=c.cache_dir,
+            batch_size=c.batch_size,
+            device=c.device,
         )
         return first_items(load_feature_cache(entry, name), int(dict(c.max_items).get(name, 0) or 0))

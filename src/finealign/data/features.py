@@ -108,7 +108,9 @@ def write_feature_cache(
     }  # fmt: skip
     for stem, array in arrays.items():
         save_array(directory, stem, array)
-    finish_entry(directory, {**(meta or {}), "num_items": int(len(visual_tokens)), "num_captions": int(len(text_tokens))})
+    finish_entry(
+        directory, {**(meta or {}), "num_items": int(len(visual_tokens)), "num_captions": int(len(text_tokens))}
+    )
     return directory
 
 

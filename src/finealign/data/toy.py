@@ -42,8 +42,18 @@ class ToyConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for key in ("num_train", "num_val", "num_test", "captions_per_item", "concepts", "latent_dim",
-                    "regions", "words", "vision_dim", "text_dim"):
+        for key in (
+            "num_train",
+            "num_val",
+            "num_test",
+            "captions_per_item",
+            "concepts",
+            "latent_dim",
+            "regions",
+            "words",
+            "vision_dim",
+            "text_dim",
+        ):
             value = getattr(self, key)
             check_positive_int(key, value)
         if self.regions > self.concepts:

@@ -113,9 +113,7 @@ class MobileNetV2Encoder(BackboneEncoder[MobileNetV2Config]):
     def _build_transform(self):
         T = _torchvision().transforms
         size = self.config.image_size
-        return T.Compose(
-            [T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-        )
+        return T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def load(self, raw: Any) -> Tensor:
         return self.transform(as_rgb_image(raw))

@@ -70,9 +70,7 @@ def _create_timm_model(cfg: TimmVisionConfig) -> Any:
         # The classifier is dropped (num_classes=0): ignore its weights, require everything else.
         missing, _ = model.load_state_dict(state, strict=False)
         if missing:
-            raise DataError(
-                f"checkpoint {path} lacks {len(missing)} weights of {cfg.model_name}, e.g. {missing[:3]}"
-            )
+            raise DataError(f"checkpoint {path} lacks {len(missing)} weights of {cfg.model_name}, e.g. {missing[:3]}")
         return model
     try:
         return _build(cfg.model_name, cfg.pretrained, cfg.img_size)

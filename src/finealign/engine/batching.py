@@ -85,8 +85,16 @@ class PairCollator:
 
 
 def epoch_loader(
-    split: RetrievalSplit, model: Any, *, mode: str, batch_size: int, seed: int, epoch: int, num_workers: int = 0,
-    rank: int = 0, world_size: int = 1,
+    split: RetrievalSplit,
+    model: Any,
+    *,
+    mode: str,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """Batches of `batch_size` pairs; with world_size > 1, this rank's share of each global batch of
     `batch_size` pairs (batch_size / world_size of them, by a DistributedSampler), so the ranks

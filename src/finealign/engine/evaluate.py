@@ -35,8 +35,14 @@ def concat_token_batches(batches: Sequence[TokenBatch]) -> TokenBatch:
 
 
 def encode_all(
-    encoder: Any, raw_items: Sequence[Any], *, batch_size: int, device: torch.device, amp: str = "none",
-    progress: bool = False, desc: str = "encode",
+    encoder: Any,
+    raw_items: Sequence[Any],
+    *,
+    batch_size: int,
+    device: torch.device,
+    amp: str = "none",
+    progress: bool = False,
+    desc: str = "encode",
 ) -> TokenBatch:
     """Encode every raw item with `encoder` into one TokenBatch (fp32), by the shared loop."""
     batches = encoded_batches(encoder, len(raw_items), raw_items.__getitem__, batch_size=batch_size, device=device,
@@ -80,12 +86,21 @@ class _Slice(Sequence):
 
 
 def encode_sharded(
-    encoder: Any, raw_items: Sequence[Any], world: World, *, batch_size: int, device: torch.device, amp: str = "none",
-    progress: bool = False, desc: str = "encode",
+    encoder: Any,
+    raw_items: Sequence[Any],
+    world: World,
+    *,
+    batch_size: int,
+    device: torch.device,
+    amp: str = "none",
+    progress: bool = False,
+    desc: str = "encode",
 ) -> TokenBatch:
     """encode_all, each rank encoding a contiguous share of the items; every rank gets all of them."""
     if not world.distributed:
-        return encode_all(encoder, raw_items, batch_size=batch_size, device=device, amp=amp, progress=progress, desc=desc)
+        return encode_all(
+            encoder, raw_items, batch_size=batch_size, device=device, amp=amp, progress=progress, desc=desc
+        )
     lo, hi = shard_range(len(raw_items), world)
     # A rank without a share (fewer items than ranks) still encodes one item, for the feature
     # width and dtype, and contributes none.
@@ -129,8 +144,14 @@ class GalleryScores:
 
 @torch.no_grad()
 def score_gallery(
-    aligner: Any, visual: TokenBatch, text: TokenBatch, *, chunk_items: int, progress: bool = False,
-    device: torch.device | None = None, world: World = SINGLE,
+    aligner: Any,
+    visual: TokenBatch,
+    text: TokenBatch,
+    *,
+    chunk_items: int,
+    progress: bool = False,
+    device: torch.device | None = None,
+    world: World = SINGLE,
 ) -> GalleryScores:
     """Score the whole gallery for both query directions.
 
@@ -165,8 +186,16 @@ def gallery_metrics(scores: GalleryScores, caption_item: Tensor) -> dict[str, fl
 
 
 def fold_gallery_metrics(
-    aligner: Any, scores: GalleryScores, visual: TokenBatch, text: TokenBatch, caption_item: Tensor,
-    folds: int, fold_size: int, *, chunk_items: int, device: torch.device | None = None,
+    aligner: Any,
+    scores: GalleryScores,
+    visual: TokenBatch,
+    text: TokenBatch,
+    caption_item: Tensor,
+    folds: int,
+    fold_size: int,
+    *,
+    chunk_items: int,
+    device: torch.device | None = None,
 ) -> dict[str, float]:
     """Average metrics over consecutive folds of `fold_size` images (MS-COCO 1K: 5 × 1,000).
 
@@ -226,10 +255,23 @@ def warn_if_unconverged(solver: dict[str, float]) -> None:
 
 
 def evaluate(
-    model: Any, split: RetrievalSplit, *, device: torch.device, batch_size: int = 256, chunk_items: int = 256,
-    max_items: int = 0, coco_folds: int = 0, fold_size: int = 1000, amp: str = "none", progress: bool = False,
-    measure_memory: bool = True, cost_repeats: int = 0, cost_rows: int = 16, threads: int = 0,
-    ranks: dict[str, Any] | None = None, world: World = SINGLE,
+    model: Any,
+    split: RetrievalSplit,
+    *,
+    device: torch.device,
+    batch_size: int = 256,
+    chunk_items: int = 256,
+    max_items: int = 0,
+    coco_folds: int = 0,
+    fold_size: int = 1000,
+    amp: str = "none",
+    progress: bool = False,
+    measure_memory: bool = True,
+    cost_repeats: int = 0,
+    cost_rows: int = 16,
+    threads: int = 0,
+    ranks: dict[str, Any] | None = None,
+    world: World = SINGLE,
 ) -> dict[str, float]:
     """Metrics of `model` on `split` (+ score_latency_ms, score_peak_mem_mb unless `measure_memory`
     is off, and `folds_*` averages when coco_folds>0).
@@ -251,9 +293,22 @@ def evaluate(
 
 
 def _evaluate(
-    model: Any, split: RetrievalSplit, *, device: torch.device, batch_size: int, chunk_items: int, max_items: int,
-    coco_folds: int, fold_size: int, amp: str, progress: bool, measure_memory: bool, cost_repeats: int,
-    cost_rows: int, ranks: dict[str, Any] | None, world: World = SINGLE,
+    model: Any,
+    split: RetrievalSplit,
+    *,
+    device: torch.device,
+    batch_size: int,
+    chunk_items: int,
+    max_items: int,
+    coco_folds: int,
+    fold_size: int,
+    amp: str,
+    progress: bool,
+    measure_memory: bool,
+    cost_repeats: int,
+    cost_rows: int,
+    ranks: dict[str, Any] | None,
+    world: World = SINGLE,
 ) -> dict[str, float]:
     was_training = model.training
     progress = progress and world.is_main
@@ -268,7 +323,9 @@ def _evaluate(
             scores = score_gallery(model.aligner, visual, text, chunk_items=chunk_items, progress=progress, device=device,
                                    world=world)  # fmt: skip
             measure_memory, cost_repeats = (measure_memory, cost_repeats) if world.is_main else (False, 0)
-            solver: dict[str, float] = getattr(model.aligner, "diagnostics", dict)()  # read before the memory pass scores again
+            solver: dict[str, float] = getattr(
+                model.aligner, "diagnostics", dict
+            )()  # read before the memory pass scores again
             # A profiled extra pass: worth it for the reported test metrics, not for every validation.
             score_mem = (
                 scoring_peak_memory_mb(model.aligner, visual, text, chunk_items=chunk_items, device=device)
@@ -285,8 +342,15 @@ def _evaluate(
                 cost = scoring_cost(model.aligner, visual, text, rows=cost_rows, repeats=cost_repeats, device=device)
             if coco_folds:
                 folds = fold_gallery_metrics(
-                    model.aligner, scores, visual, text, caption_item, coco_folds, fold_size,
-                    chunk_items=chunk_items, device=device,
+                    model.aligner,
+                    scores,
+                    visual,
+                    text,
+                    caption_item,
+                    coco_folds,
+                    fold_size,
+                    chunk_items=chunk_items,
+                    device=device,
                 )
                 metrics.update({f"folds_{k}": v for k, v in folds.items()})
     finally:

@@ -90,7 +90,11 @@ def labels(spec: ExperimentSpec) -> dict[str, Any]:
 
 
 def _test_metrics(
-    model: RetrievalModel, spec: ExperimentSpec, split: Any, device: torch.device, output_dir: Path,
+    model: RetrievalModel,
+    spec: ExperimentSpec,
+    split: Any,
+    device: torch.device,
+    output_dir: Path,
     world: World = SINGLE,
 ) -> dict[str, float]:
     e = spec.eval
@@ -181,10 +185,21 @@ def _run_experiment(
     loss = build_loss(spec).to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    snapshot: dict[str, Any] = {"config": OmegaConf.to_container(cfg, resolve=True), "data_meta": _plain(train_split.meta)}
+    snapshot: dict[str, Any] = {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "data_meta": _plain(train_split.meta),
+    }
     trainer = Trainer(
-        model, loss, spec.train, device=device, seed=spec.seed, output_dir=spec.output_dir, eval_cfg=spec.eval,
-        config_snapshot=snapshot, progress=spec.train.progress, world=world,
+        model,
+        loss,
+        spec.train,
+        device=device,
+        seed=spec.seed,
+        output_dir=spec.output_dir,
+        eval_cfg=spec.eval,
+        config_snapshot=snapshot,
+        progress=spec.train.progress,
+        world=world,
     )
     result = trainer.fit(train_split, val_split, on_validation=on_validation)
     trained = {
@@ -265,7 +280,9 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
     return apply_config_overrides(cfg, overrides, group_node)
 
 
-def _restore_model(ckpt: str | Path, overrides: list[str]) -> tuple[RetrievalModel, ExperimentSpec, DictConfig, list[str]]:
+def _restore_model(
+    ckpt: str | Path, overrides: list[str]
+) -> tuple[RetrievalModel, ExperimentSpec, DictConfig, list[str]]:
     """(model, spec, config, aligner parameters the checkpoint lacks) of a saved model, built from
     its own config with `overrides` applied; a checkpoint that does not fit is a ConfigError."""
     state = load_checkpoint(ckpt)
@@ -310,8 +327,13 @@ def evaluate_untrained(cfg: DictConfig, *, overrides: Iterable[str] | None = Non
     metrics.update(memory_metrics(device))
     config = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))  # a DictConfig gives a dict
     write_hydra_record(out_dir, cfg, overrides)
-    save_results(out_dir, metrics, labels={**labels(spec), "trained": False}, config=config,
-                 extra={"trained": False, "output_dir": str(out_dir), "provenance": provenance(device, overrides)})
+    save_results(
+        out_dir,
+        metrics,
+        labels={**labels(spec), "trained": False},
+        config=config,
+        extra={"trained": False, "output_dir": str(out_dir), "provenance": provenance(device, overrides)},
+    )
     metrics["output_dir"] = str(out_dir)
     return metrics
 
@@ -338,9 +360,18 @@ def evaluate_checkpoint(
     write_hydra_record(target, cfg, [f"ckpt={ckpt}", *overrides])
     metrics: dict[str, Any] = _test_metrics(model, spec, split, device, target)
     metrics.update(memory_metrics(device))
-    save_results(target, metrics, labels=labels(spec), config=cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True)),
-                 extra={"checkpoint": str(ckpt), "new_aligner_params": missing, "output_dir": str(target),
-                        "provenance": provenance(device, overrides)})
+    save_results(
+        target,
+        metrics,
+        labels=labels(spec),
+        config=cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True)),
+        extra={
+            "checkpoint": str(ckpt),
+            "new_aligner_params": missing,
+            "output_dir": str(target),
+            "provenance": provenance(device, overrides),
+        },
+    )
     metrics["output_dir"] = str(target)
     return metrics
 

@@ -55,8 +55,11 @@ def word_labels(model: Any, data_options: dict[str, Any], caption: str | None, c
 
 
 def explain_pair(
-    ckpt: str | Path, image: int, caption: int | None = None,
-    aligners: Sequence[str] = ("mean_max", "hard", "tokenflow"), overrides: Iterable[str] = (),
+    ckpt: str | Path,
+    image: int,
+    caption: int | None = None,
+    aligners: Sequence[str] = ("mean_max", "hard", "tokenflow"),
+    overrides: Iterable[str] = (),
 ) -> PairExplanation:
     """Alignments of test image `image` with caption `caption` (default: its first) under each aligner.
     The checkpoint's own aligner keeps its trained parameters; other aligners use their defaults on

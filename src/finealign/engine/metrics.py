@@ -31,7 +31,9 @@ def _check(sim: Tensor, caption_item: Tensor) -> None:
     if sim.dim() != 2:
         raise ShapeError(f"similarity matrix must be (N_img, N_cap), got shape {tuple(sim.shape)}")
     if caption_item.shape != (sim.shape[1],):
-        raise ShapeError(f"caption_item {tuple(caption_item.shape)} must have one entry per column of {tuple(sim.shape)}")
+        raise ShapeError(
+            f"caption_item {tuple(caption_item.shape)} must have one entry per column of {tuple(sim.shape)}"
+        )
     if len(caption_item) and (int(caption_item.min()) < 0 or int(caption_item.max()) >= sim.shape[0]):
         raise ShapeError(f"caption_item holds image indices outside [0, {sim.shape[0]})")
     if not bool(torch.isfinite(sim).all()):
@@ -121,10 +123,12 @@ def fold_metrics(sim: Tensor, caption_item: Tensor, folds: int, fold_size: int) 
     """Average of `retrieval_metrics` over folds sliced from one gallery-independent matrix. (A
     gallery-dependent aligner must be scored on each fold alone: engine.evaluate does that.)"""
     caption_item = caption_item.long()
-    return mean_metrics([
-        retrieval_metrics(sim[lo:hi][:, columns.to(sim.device)], caption_item[columns] - lo)
-        for lo, hi, columns in fold_slices(caption_item, folds, fold_size, visual_count=sim.shape[0])
-    ])
+    return mean_metrics(
+        [
+            retrieval_metrics(sim[lo:hi][:, columns.to(sim.device)], caption_item[columns] - lo)
+            for lo, hi, columns in fold_slices(caption_item, folds, fold_size, visual_count=sim.shape[0])
+        ]
+    )
 
 
 def mean_metrics(per_fold: list[dict[str, float]]) -> dict[str, float]:

@@ -104,4 +104,6 @@ def enable_grad_checkpointing(model: nn.Module) -> None:
         if encoder is None or not list(encoder.backbone_parameters()):
             continue  # nothing pre-trained to checkpoint (small heads only)
         if not encoder.set_grad_checkpointing(True):
-            raise ConfigError(f"train.grad_checkpointing: the {side} encoder {type(encoder).__name__} has no switch for it")
+            raise ConfigError(
+                f"train.grad_checkpointing: the {side} encoder {type(encoder).__name__} has no switch for it"
+            )

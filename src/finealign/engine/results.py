@@ -33,8 +33,13 @@ def solver_label(name: str, metrics: Mapping[str, Any]) -> str:
 
 
 def save_results(
-    output_dir: str | Path, metrics: Mapping[str, Any], *, labels: Mapping[str, Any], config: Mapping[str, Any],
-    extra: Mapping[str, Any] | None = None, stem: str = "results",
+    output_dir: str | Path,
+    metrics: Mapping[str, Any],
+    *,
+    labels: Mapping[str, Any],
+    config: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
+    stem: str = "results",
 ) -> tuple[Path, Path]:
     """Write <output_dir>/<stem>.json ({labels, metrics, config, ...extra}) and <stem>.csv (one row:
     the labels — aligner, loss, encoder, data, seed — followed by the metrics)."""

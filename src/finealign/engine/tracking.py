@@ -83,7 +83,11 @@ class ScalarSinks:
 
 def mlflow_tracking_uri(cfg: TrainConfig, output_dir: Path) -> str:
     """train.mlflow_tracking_uri, else $MLFLOW_TRACKING_URI, else a SQLite store in the run dir."""
-    return cfg.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{output_dir.resolve() / 'mlflow.db'}"
+    return (
+        cfg.mlflow_tracking_uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{output_dir.resolve() / 'mlflow.db'}"
+    )
 
 
 def open_sinks(cfg: TrainConfig, output_dir: Path | None, params: Mapping[str, Any]) -> ScalarSinks:

@@ -179,8 +179,13 @@ class Trainer:
         steps_per_epoch = math.ceil(batches / cfg.accumulate)
         total = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
         schedule = LRSchedule(
-            total_steps=total, warmup_steps=cfg.warmup_steps, kind=cfg.schedule, steps_per_epoch=steps_per_epoch,
-            step_epochs=cfg.step_epochs, gamma=cfg.step_gamma, min_ratio=cfg.min_lr_ratio,
+            total_steps=total,
+            warmup_steps=cfg.warmup_steps,
+            kind=cfg.schedule,
+            steps_per_epoch=steps_per_epoch,
+            step_epochs=cfg.step_epochs,
+            gamma=cfg.step_gamma,
+            min_ratio=cfg.min_lr_ratio,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         result, start_epoch = TrainResult(), 0
@@ -208,7 +213,9 @@ class Trainer:
                 if result.best is None or metrics["rsum"] > result.best["rsum"]:
                     result.best = metrics
                     if cfg.select == "best":
-                        self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+                        self.best_state = {
+                            k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
+                        }
             result.train_time_s += time.perf_counter() - started
             started = time.perf_counter()
             if cfg.checkpoint and self.checkpoint_path is not None and self.world.is_main:
@@ -227,13 +234,22 @@ class Trainer:
         self.model.train()
         unfrozen = apply_backbone_schedule(self.model, cfg, epoch)
         if unfrozen and epoch == cfg.unfreeze_backbone_epoch and self.world.is_main:
-            log.info("epoch %d: backbones unfrozen (train.unfreeze_backbone_epoch), lr %.3g", epoch + 1, cfg.backbone_lr)
+            log.info(
+                "epoch %d: backbones unfrozen (train.unfreeze_backbone_epoch), lr %.3g", epoch + 1, cfg.backbone_lr
+            )
         self.loss.train()
         if hasattr(self.loss, "set_epoch"):
             self.loss.set_epoch(epoch)  # type: ignore[operator]  # duck-typed: a plugin loss need not derive from Loss
         loader = epoch_loader(
-            split, self.model, mode=cfg.pairs, batch_size=cfg.batch_size, seed=self.seed, epoch=epoch,
-            num_workers=cfg.num_workers, rank=self.world.rank, world_size=self.world.size,
+            split,
+            self.model,
+            mode=cfg.pairs,
+            batch_size=cfg.batch_size,
+            seed=self.seed,
+            epoch=epoch,
+            num_workers=cfg.num_workers,
+            rank=self.world.rank,
+            world_size=self.world.size,
         )
         total, count = 0.0, 0
         self.optimizer.zero_grad(set_to_none=True)
@@ -339,6 +355,14 @@ class Trainer:
     def _validate(self, split: RetrievalSplit) -> dict[str, float]:
         e = self.eval_cfg
         return evaluate(
-            self.model, split, device=self.device, batch_size=e.batch_size, chunk_items=e.chunk_items,
-            max_items=self.cfg.val_max_items, amp=self.cfg.amp, progress=False, measure_memory=False, world=self.world,
+            self.model,
+            split,
+            device=self.device,
+            batch_size=e.batch_size,
+            chunk_items=e.chunk_items,
+            max_items=self.cfg.val_max_items,
+            amp=self.cfg.amp,
+            progress=False,
+            measure_memory=False,
+            world=self.world,
         )

@@ -15,4 +15,12 @@ from finealign.kernels.api import SinkhornOptions, maxsim_scores, sinkhorn_flow_
 from finealign.kernels.dispatch import BACKENDS, check_backend, use_triton
 from finealign.kernels.tiles import Tiles
 
-__all__ = ["BACKENDS", "SinkhornOptions", "Tiles", "check_backend", "maxsim_scores", "sinkhorn_flow_scores", "use_triton"]
+__all__ = [
+    "BACKENDS",
+    "SinkhornOptions",
+    "Tiles",
+    "check_backend",
+    "maxsim_scores",
+    "sinkhorn_flow_scores",
+    "use_triton",
+]

@@ -26,10 +26,20 @@ from finealign.kernels.tiles import Tiles
 
 
 def maxsim_scores(
-    v: Tensor, vmask: Tensor, t: Tensor, tmask: Tensor,
-    pooling: str = "mean", direction: str = "text", temperature: float = 0.1,
-    *, text_weights: Tensor | None = None, visual_weights: Tensor | None = None,
-    backend: str = "auto", chunk_visual: int = 64, chunk_text: int = 256, tiles: Tiles | None = None,
+    v: Tensor,
+    vmask: Tensor,
+    t: Tensor,
+    tmask: Tensor,
+    pooling: str = "mean",
+    direction: str = "text",
+    temperature: float = 0.1,
+    *,
+    text_weights: Tensor | None = None,
+    visual_weights: Tensor | None = None,
+    backend: str = "auto",
+    chunk_visual: int = 64,
+    chunk_text: int = 256,
+    tiles: Tiles | None = None,
     pairs: Tensor | None = None,
 ) -> Tensor:
     """(Nv, Nt) token-wise max scores of every (image, caption) pair, or (P,) of the listed ones.
@@ -56,8 +66,12 @@ def maxsim_scores(
             from finealign.kernels.maxsim_triton import maxsim_pairs_triton
 
             v, t = _interpreter_safe(v), _interpreter_safe(t)
-            return maxsim_pairs_triton(v, vmask, t, tmask, pairs, pooling, direction, temperature, text_weights, visual_weights)
-        return maxsim_pairs_torch(v, vmask, t, tmask, pairs, pooling, direction, temperature, text_weights, visual_weights)
+            return maxsim_pairs_triton(
+                v, vmask, t, tmask, pairs, pooling, direction, temperature, text_weights, visual_weights
+            )
+        return maxsim_pairs_torch(
+            v, vmask, t, tmask, pairs, pooling, direction, temperature, text_weights, visual_weights
+        )
     if use_triton(backend, v):
         from finealign.kernels.maxsim_triton import maxsim_triton  # imports triton: only when used
 
@@ -127,10 +141,18 @@ class SinkhornOptions:
 
 
 def sinkhorn_flow_scores(
-    v: Tensor, vmask: Tensor, t: Tensor, tmask: Tensor,
-    *, log_visual: Tensor | None = None, log_text: Tensor | None = None,
-    visual_pooled: Tensor | None = None, text_pooled: Tensor | None = None, pairs: Tensor | None = None,
-    options: SinkhornOptions | None = None, **option_values: Any,
+    v: Tensor,
+    vmask: Tensor,
+    t: Tensor,
+    tmask: Tensor,
+    *,
+    log_visual: Tensor | None = None,
+    log_text: Tensor | None = None,
+    visual_pooled: Tensor | None = None,
+    text_pooled: Tensor | None = None,
+    pairs: Tensor | None = None,
+    options: SinkhornOptions | None = None,
+    **option_values: Any,
 ) -> Tensor:
     """(Nv, Nt) TokenFlow scores Σ_rw flow_rw · sim_rw, flow the entropic OT plan for cost 1 − sim,
     or (P,) scores of the listed (image, caption) `pairs` (two_stage's re-ranking).
@@ -160,12 +182,16 @@ def sinkhorn_flow_scores(
             raise ConfigError("give either log marginals or pooled vectors (importance), not both")
         for name, pooled, x in (("visual", visual_pooled, v), ("text", text_pooled, t)):
             if pooled.shape != (x.shape[0], x.shape[2]):
-                raise ShapeError(f"{name}_pooled must be (N, d) = {(x.shape[0], x.shape[2])}, got {tuple(pooled.shape)}")
+                raise ShapeError(
+                    f"{name}_pooled must be (N, d) = {(x.shape[0], x.shape[2])}, got {tuple(pooled.shape)}"
+                )
     epsilon, iterations, rows, one_sided = opts.epsilon, opts.iterations, opts.rows, opts.one_sided
     if visual_pooled is None:
         log_visual = uniform_log_marginal(vmask) if log_visual is None else log_visual
         log_text = uniform_log_marginal(tmask) if log_text is None else log_text
-    importance: dict[str, Any] = dict(visual_pooled=visual_pooled, text_pooled=text_pooled, marginal_temperature=opts.marginal_temperature)
+    importance: dict[str, Any] = dict(
+        visual_pooled=visual_pooled, text_pooled=text_pooled, marginal_temperature=opts.marginal_temperature
+    )
     if pairs is not None:
         check_pair_indices(pairs, v.shape[0], t.shape[0])
         pairs = pairs.to(v.device)
@@ -176,14 +202,38 @@ def sinkhorn_flow_scores(
 
         v, t = _interpreter_safe(v), _interpreter_safe(t)
         return sinkhorn_triton(
-            v, vmask, t, tmask, log_visual, log_text, epsilon, iterations, rows, one_sided, opts.captions_per_program,
-            pairs=pairs, domain=opts.domain, absorb_every=opts.absorb_every, **importance,
+            v,
+            vmask,
+            t,
+            tmask,
+            log_visual,
+            log_text,
+            epsilon,
+            iterations,
+            rows,
+            one_sided,
+            opts.captions_per_program,
+            pairs=pairs,
+            domain=opts.domain,
+            absorb_every=opts.absorb_every,
+            **importance,
         )
     if pairs is not None:
         return sinkhorn_pairs_torch(
             v, vmask, t, tmask, pairs, log_visual, log_text, epsilon, iterations, rows, one_sided, **importance
         )
     return sinkhorn_torch(
-        v, vmask, t, tmask, log_visual, log_text, epsilon, iterations, rows, one_sided, opts.chunk_visual,
-        opts.chunk_text, **importance,
+        v,
+        vmask,
+        t,
+        tmask,
+        log_visual,
+        log_text,
+        epsilon,
+        iterations,
+        rows,
+        one_sided,
+        opts.chunk_visual,
+        opts.chunk_text,
+        **importance,
     )

@@ -18,9 +18,7 @@ def check_tokens(v: Tensor, vmask: Tensor, t: Tensor, tmask: Tensor) -> None:
         if x.dim() != 3:
             raise ShapeError(f"{name} tokens must be (N, L, d), got shape {tuple(x.shape)}")
         if m.dtype != torch.bool or m.shape != x.shape[:2]:
-            raise ShapeError(
-                f"{name} mask must be bool (N, L) = {tuple(x.shape[:2])}, got {m.dtype} {tuple(m.shape)}"
-            )
+            raise ShapeError(f"{name} mask must be bool (N, L) = {tuple(x.shape[:2])}, got {m.dtype} {tuple(m.shape)}")
         if m.device != x.device:
             raise ShapeError(f"{name} mask is on {m.device} but its tokens are on {x.device}")
     if v.shape[2] != t.shape[2]:

@@ -30,8 +30,15 @@ def _pool(best: Tensor, mask: Tensor, weights: Tensor | None, pooling: str, temp
 
 
 def maxsim_block(
-    v: Tensor, vmask: Tensor, t: Tensor, tmask: Tensor, pooling: str, direction: str, temperature: float,
-    text_weights: Tensor | None, visual_weights: Tensor | None,
+    v: Tensor,
+    vmask: Tensor,
+    t: Tensor,
+    tmask: Tensor,
+    pooling: str,
+    direction: str,
+    temperature: float,
+    text_weights: Tensor | None,
+    visual_weights: Tensor | None,
 ) -> Tensor:
     """(nv, nt) scores of one block, fp32 (or fp64 for fp64 inputs)."""
     acc = torch.promote_types(v.dtype, torch.float32)
@@ -49,9 +56,17 @@ def maxsim_block(
 
 
 def maxsim_torch(
-    v: Tensor, vmask: Tensor, t: Tensor, tmask: Tensor, pooling: str, direction: str, temperature: float,
-    text_weights: Tensor | None = None, visual_weights: Tensor | None = None,
-    chunk_visual: int = 64, chunk_text: int = 256,
+    v: Tensor,
+    vmask: Tensor,
+    t: Tensor,
+    tmask: Tensor,
+    pooling: str,
+    direction: str,
+    temperature: float,
+    text_weights: Tensor | None = None,
+    visual_weights: Tensor | None = None,
+    chunk_visual: int = 64,
+    chunk_text: int = 256,
 ) -> Tensor:
     """(Nv, Nt) scores in blocks, so the largest temporary is (chunk_visual, chunk_text, Lv, Lt)."""
     if pooling == "mean":
@@ -60,19 +75,39 @@ def maxsim_torch(
     for i in range(0, v.shape[0], chunk_visual):
         vi = slice(i, i + chunk_visual)
         vw = None if visual_weights is None else visual_weights[vi]
-        rows.append(torch.cat([
-            maxsim_block(
-                v[vi], vmask[vi], t[j : j + chunk_text], tmask[j : j + chunk_text], pooling, direction,
-                temperature, None if text_weights is None else text_weights[j : j + chunk_text], vw,
+        rows.append(
+            torch.cat(
+                [
+                    maxsim_block(
+                        v[vi],
+                        vmask[vi],
+                        t[j : j + chunk_text],
+                        tmask[j : j + chunk_text],
+                        pooling,
+                        direction,
+                        temperature,
+                        None if text_weights is None else text_weights[j : j + chunk_text],
+                        vw,
+                    )
+                    for j in range(0, t.shape[0], chunk_text)
+                ],
+                1,
             )
-            for j in range(0, t.shape[0], chunk_text)
-        ], 1))
+        )
     return torch.cat(rows, 0)
 
 
 def maxsim_pairs_torch(
-    v: Tensor, vmask: Tensor, t: Tensor, tmask: Tensor, pairs: Tensor, pooling: str, direction: str,
-    temperature: float, text_weights: Tensor | None = None, visual_weights: Tensor | None = None,
+    v: Tensor,
+    vmask: Tensor,
+    t: Tensor,
+    tmask: Tensor,
+    pairs: Tensor,
+    pooling: str,
+    direction: str,
+    temperature: float,
+    text_weights: Tensor | None = None,
+    visual_weights: Tensor | None = None,
     chunk_pairs: int = 1024,
 ) -> Tensor:
     """(P,) scores of the listed (image, caption) pairs: item i's tokens against caption j's only,

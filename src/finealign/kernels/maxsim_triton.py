@@ -23,8 +23,9 @@ from finealign.kernels.tiles import Tiles, next_pow2
 
 
 @triton.jit
-def _dot_rows(a_base, b_base, a_in, b_in, s_ad, s_bd, D, RA: tl.constexpr, RB: tl.constexpr,
-              BK: tl.constexpr, PREC: tl.constexpr):
+def _dot_rows(
+    a_base, b_base, a_in, b_in, s_ad, s_bd, D, RA: tl.constexpr, RB: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr
+):
     """(RA, RB) fp32 dot products of the token rows at a_base / b_base (row pointers; masked
     rows read 0), accumulated over d in BK-wide steps."""
     acc = tl.zeros((RA, RB), dtype=tl.float32)
@@ -39,10 +40,29 @@ def _dot_rows(a_base, b_base, a_in, b_in, s_ad, s_bd, D, RA: tl.constexpr, RB: t
 
 @triton.jit
 def _sim_tile(
-    v_ptr, t_ptr, vm_ptr, tm_ptr, iv0, it0, Nv, Nt, Lv, Lt, D,
-    s_vn, s_vl, s_vd, s_tn, s_tl, s_td,
-    BV: tl.constexpr, LVP: tl.constexpr, BT: tl.constexpr, LTP: tl.constexpr,
-    BK: tl.constexpr, PREC: tl.constexpr,
+    v_ptr,
+    t_ptr,
+    vm_ptr,
+    tm_ptr,
+    iv0,
+    it0,
+    Nv,
+    Nt,
+    Lv,
+    Lt,
+    D,
+    s_vn,
+    s_vl,
+    s_vd,
+    s_tn,
+    s_tl,
+    s_td,
+    BV: tl.constexpr,
+    LVP: tl.constexpr,
+    BT: tl.constexpr,
+    LTP: tl.constexpr,
+    BK: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     """fp32 similarities of BV images × BT captions as a (BV·LVP, BT·LTP) tile, plus token masks."""
     rows = tl.arange(0, BV * LVP)
@@ -116,11 +136,37 @@ def _pool(best, mask, w, temperature, axis: tl.constexpr, LSE: tl.constexpr):
 
 @triton.jit
 def _maxsim_fwd(
-    v_ptr, t_ptr, vm_ptr, tm_ptr, tw_ptr, vw_ptr, out_ptr, pairs_ptr,
-    Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, temperature,
-    BV: tl.constexpr, LVP: tl.constexpr, BT: tl.constexpr, LTP: tl.constexpr, BK: tl.constexpr,
-    PREC: tl.constexpr, GROUP: tl.constexpr,
-    DO_TEXT: tl.constexpr, DO_VISUAL: tl.constexpr, LSE: tl.constexpr, PAIRS: tl.constexpr,
+    v_ptr,
+    t_ptr,
+    vm_ptr,
+    tm_ptr,
+    tw_ptr,
+    vw_ptr,
+    out_ptr,
+    pairs_ptr,
+    Nv,
+    Nt,
+    Lv,
+    Lt,
+    D,
+    s_vn,
+    s_vl,
+    s_vd,
+    s_tn,
+    s_tl,
+    s_td,
+    temperature,
+    BV: tl.constexpr,
+    LVP: tl.constexpr,
+    BT: tl.constexpr,
+    LTP: tl.constexpr,
+    BK: tl.constexpr,
+    PREC: tl.constexpr,
+    GROUP: tl.constexpr,
+    DO_TEXT: tl.constexpr,
+    DO_VISUAL: tl.constexpr,
+    LSE: tl.constexpr,
+    PAIRS: tl.constexpr,
 ):
     # The tile is computed transposed, words × regions: the max over an image's regions (the
     # common "text" direction) then runs along the accumulator's columns, mostly inside each
@@ -133,8 +179,29 @@ def _maxsim_fwd(
     else:
         iv0, it0 = _tile_ids(Nv, Nt, BV, BT, GROUP)
     acc_t, tm, vm = _sim_tile(
-        t_ptr, v_ptr, tm_ptr, vm_ptr, it0, iv0, Nt, Nv, Lt, Lv, D,
-        s_tn, s_tl, s_td, s_vn, s_vl, s_vd, BT, LTP, BV, LVP, BK, PREC,
+        t_ptr,
+        v_ptr,
+        tm_ptr,
+        vm_ptr,
+        it0,
+        iv0,
+        Nt,
+        Nv,
+        Lt,
+        Lv,
+        D,
+        s_tn,
+        s_tl,
+        s_td,
+        s_vn,
+        s_vl,
+        s_vd,
+        BT,
+        LTP,
+        BV,
+        LVP,
+        BK,
+        PREC,
     )
     s4 = tl.reshape(tl.where(tm[:, None] & vm[None, :], acc_t, float("-inf")), (BT, LTP, BV, LVP))
     iv = iv0 + tl.arange(0, BV)
@@ -142,18 +209,26 @@ def _maxsim_fwd(
     score = tl.zeros((BT, BV), dtype=tl.float32)
     if DO_TEXT:
         cols = tl.arange(0, BT * LTP)
-        tw = tl.load(tw_ptr + (it0 * Lt + (cols // LTP) * Lt + cols % LTP),
-                     mask=(it0 + cols // LTP < Nt) & (cols % LTP < Lt), other=0.0)
+        tw = tl.load(
+            tw_ptr + (it0 * Lt + (cols // LTP) * Lt + cols % LTP),
+            mask=(it0 + cols // LTP < Nt) & (cols % LTP < Lt),
+            other=0.0,
+        )
         best = tl.max(s4, axis=3)  # (BT, LTP, BV): each word's best region
-        score += _pool(best, tl.reshape(tm, (BT, LTP))[:, :, None], tl.reshape(tw, (BT, LTP))[:, :, None],
-                       temperature, 1, LSE)
+        score += _pool(
+            best, tl.reshape(tm, (BT, LTP))[:, :, None], tl.reshape(tw, (BT, LTP))[:, :, None], temperature, 1, LSE
+        )
     if DO_VISUAL:
         rows = tl.arange(0, BV * LVP)
-        vw = tl.load(vw_ptr + (iv0 * Lv + (rows // LVP) * Lv + rows % LVP),
-                     mask=(iv0 + rows // LVP < Nv) & (rows % LVP < Lv), other=0.0)
+        vw = tl.load(
+            vw_ptr + (iv0 * Lv + (rows // LVP) * Lv + rows % LVP),
+            mask=(iv0 + rows // LVP < Nv) & (rows % LVP < Lv),
+            other=0.0,
+        )
         best = tl.max(s4, axis=1)  # (BT, BV, LVP): each region's best word
-        score += _pool(best, tl.reshape(vm, (BV, LVP))[None, :, :], tl.reshape(vw, (BV, LVP))[None, :, :],
-                       temperature, 2, LSE)
+        score += _pool(
+            best, tl.reshape(vm, (BV, LVP))[None, :, :], tl.reshape(vw, (BV, LVP))[None, :, :], temperature, 2, LSE
+        )
     if DO_TEXT and DO_VISUAL:
         score = score * 0.5
     if PAIRS:
@@ -164,9 +239,28 @@ def _maxsim_fwd(
 
 @triton.jit
 def _packed_sim_tile(
-    v_ptr, t_ptr, vm_ptr, tm_ptr, iv0, it0, Nv, Nt, Lv, Lt, D,
-    s_vn, s_vl, s_vd, s_tn, s_tl, s_td,
-    BV: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, LTP: tl.constexpr, BK: tl.constexpr,
+    v_ptr,
+    t_ptr,
+    vm_ptr,
+    tm_ptr,
+    iv0,
+    it0,
+    Nv,
+    Nt,
+    Lv,
+    Lt,
+    D,
+    s_vn,
+    s_vl,
+    s_vd,
+    s_tn,
+    s_tl,
+    s_td,
+    BV: tl.constexpr,
+    NP: tl.constexpr,
+    BT: tl.constexpr,
+    LTP: tl.constexpr,
+    BK: tl.constexpr,
     PREC: tl.constexpr,
 ):
     """Words × regions tile whose columns are BV images' Lv regions back to back (NP ≥ BV·Lv,
@@ -192,24 +286,74 @@ def _packed_sim_tile(
 
 @triton.jit
 def _maxsim_packed_fwd(
-    v_ptr, t_ptr, vm_ptr, tm_ptr, tw_ptr, vw_ptr, out_ptr,
-    Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, temperature,
-    BV: tl.constexpr, NP: tl.constexpr, BT: tl.constexpr, LTP: tl.constexpr, BK: tl.constexpr,
-    PREC: tl.constexpr, GROUP: tl.constexpr,
-    DO_TEXT: tl.constexpr, DO_VISUAL: tl.constexpr, LSE: tl.constexpr, BVP: tl.constexpr, G: tl.constexpr,
+    v_ptr,
+    t_ptr,
+    vm_ptr,
+    tm_ptr,
+    tw_ptr,
+    vw_ptr,
+    out_ptr,
+    Nv,
+    Nt,
+    Lv,
+    Lt,
+    D,
+    s_vn,
+    s_vl,
+    s_vd,
+    s_tn,
+    s_tl,
+    s_td,
+    temperature,
+    BV: tl.constexpr,
+    NP: tl.constexpr,
+    BT: tl.constexpr,
+    LTP: tl.constexpr,
+    BK: tl.constexpr,
+    PREC: tl.constexpr,
+    GROUP: tl.constexpr,
+    DO_TEXT: tl.constexpr,
+    DO_VISUAL: tl.constexpr,
+    LSE: tl.constexpr,
+    BVP: tl.constexpr,
+    G: tl.constexpr,
 ):
     """The forward of _maxsim_fwd on packed tiles (_packed_sim_tile): an image's regions are a
     run of columns, not a power-of-two block, so each image's reductions are masked passes over
     the tile (one per image slot) instead of a reshape."""
     iv0, it0 = _tile_ids(Nv, Nt, BV, BT, GROUP)
     acc, slot, vm, tm = _packed_sim_tile(
-        v_ptr, t_ptr, vm_ptr, tm_ptr, iv0, it0, Nv, Nt, Lv, Lt, D,
-        s_vn, s_vl, s_vd, s_tn, s_tl, s_td, BV, NP, BT, LTP, BK, PREC,
+        v_ptr,
+        t_ptr,
+        vm_ptr,
+        tm_ptr,
+        iv0,
+        it0,
+        Nv,
+        Nt,
+        Lv,
+        Lt,
+        D,
+        s_vn,
+        s_vl,
+        s_vd,
+        s_tn,
+        s_tl,
+        s_td,
+        BV,
+        NP,
+        BT,
+        LTP,
+        BK,
+        PREC,
     )
     s = tl.where(tm[:, None] & vm[None, :], acc, float("-inf"))  # (BT·LTP, NP)
     rows = tl.arange(0, BT * LTP)
-    tw = tl.load(tw_ptr + (it0 * Lt + (rows // LTP) * Lt + rows % LTP),
-                 mask=(it0 + rows // LTP < Nt) & (rows % LTP < Lt), other=0.0)
+    tw = tl.load(
+        tw_ptr + (it0 * Lt + (rows // LTP) * Lt + rows % LTP),
+        mask=(it0 + rows // LTP < Nt) & (rows % LTP < Lt),
+        other=0.0,
+    )
     tm2, tw2 = tl.reshape(tm, (BT, LTP)), tl.reshape(tw, (BT, LTP))
     cols = tl.arange(0, NP)
     vw = tl.load(vw_ptr + iv0 * Lv + cols, mask=(slot < BV) & (iv0 + slot < Nv), other=0.0)
@@ -242,17 +386,69 @@ def _maxsim_packed_fwd(
 
 @triton.jit
 def _maxsim_bwd(
-    v_ptr, t_ptr, vm_ptr, tm_ptr, tw_ptr, vw_ptr, g_ptr, dv_ptr, dt_ptr, dtw_ptr, dvw_ptr,
-    Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, temperature,
-    BV: tl.constexpr, LVP: tl.constexpr, BT: tl.constexpr, LTP: tl.constexpr, BK: tl.constexpr,
-    PREC: tl.constexpr, GROUP: tl.constexpr,
-    DO_TEXT: tl.constexpr, DO_VISUAL: tl.constexpr, LSE: tl.constexpr,
-    NEED_DV: tl.constexpr, NEED_DT: tl.constexpr, NEED_DTW: tl.constexpr, NEED_DVW: tl.constexpr,
+    v_ptr,
+    t_ptr,
+    vm_ptr,
+    tm_ptr,
+    tw_ptr,
+    vw_ptr,
+    g_ptr,
+    dv_ptr,
+    dt_ptr,
+    dtw_ptr,
+    dvw_ptr,
+    Nv,
+    Nt,
+    Lv,
+    Lt,
+    D,
+    s_vn,
+    s_vl,
+    s_vd,
+    s_tn,
+    s_tl,
+    s_td,
+    temperature,
+    BV: tl.constexpr,
+    LVP: tl.constexpr,
+    BT: tl.constexpr,
+    LTP: tl.constexpr,
+    BK: tl.constexpr,
+    PREC: tl.constexpr,
+    GROUP: tl.constexpr,
+    DO_TEXT: tl.constexpr,
+    DO_VISUAL: tl.constexpr,
+    LSE: tl.constexpr,
+    NEED_DV: tl.constexpr,
+    NEED_DT: tl.constexpr,
+    NEED_DTW: tl.constexpr,
+    NEED_DVW: tl.constexpr,
 ):
     iv0, it0 = _tile_ids(Nv, Nt, BV, BT, GROUP)
     acc, vm, tm = _sim_tile(
-        v_ptr, t_ptr, vm_ptr, tm_ptr, iv0, it0, Nv, Nt, Lv, Lt, D,
-        s_vn, s_vl, s_vd, s_tn, s_tl, s_td, BV, LVP, BT, LTP, BK, PREC,
+        v_ptr,
+        t_ptr,
+        vm_ptr,
+        tm_ptr,
+        iv0,
+        it0,
+        Nv,
+        Nt,
+        Lv,
+        Lt,
+        D,
+        s_vn,
+        s_vl,
+        s_vd,
+        s_tn,
+        s_tl,
+        s_td,
+        BV,
+        LVP,
+        BT,
+        LTP,
+        BK,
+        PREC,
     )
     valid = vm[:, None] & tm[None, :]
     s4 = tl.reshape(tl.where(valid, acc, float("-inf")), (BV, LVP, BT, LTP))
@@ -268,8 +464,11 @@ def _maxsim_bwd(
     ds4 = tl.zeros((BV, LVP, BT, LTP), dtype=tl.float32)
     if DO_TEXT:
         tm3 = tl.reshape(tm, (BT, LTP))[None, :, :]
-        tw = tl.load(tw_ptr + (it0 * Lt + (cols // LTP) * Lt + cols % LTP),
-                     mask=(it0 + cols // LTP < Nt) & (cols % LTP < Lt), other=0.0)
+        tw = tl.load(
+            tw_ptr + (it0 * Lt + (cols // LTP) * Lt + cols % LTP),
+            mask=(it0 + cols // LTP < Nt) & (cols % LTP < Lt),
+            other=0.0,
+        )
         tw3 = tl.reshape(tw, (BT, LTP))[None, :, :]
         best, pooled = _pool_text(s4, tm3, tw3, temperature, LSE)
         if LSE:
@@ -283,12 +482,18 @@ def _maxsim_bwd(
         ds4 += tl.where(hot, (coef / ties)[:, None, :, :], 0.0)
         if NEED_DTW:
             dtw = tl.sum(tl.where(keep, best * g[:, :, None], 0.0), axis=0)  # (BT, LTP)
-            tl.atomic_add(dtw_ptr + (it0 * Lt + (cols // LTP) * Lt + cols % LTP), tl.reshape(dtw, (BT * LTP,)),
-                          mask=(it0 + cols // LTP < Nt) & (cols % LTP < Lt))
+            tl.atomic_add(
+                dtw_ptr + (it0 * Lt + (cols // LTP) * Lt + cols % LTP),
+                tl.reshape(dtw, (BT * LTP,)),
+                mask=(it0 + cols // LTP < Nt) & (cols % LTP < Lt),
+            )
     if DO_VISUAL:
         vm3 = tl.reshape(vm, (BV, LVP))[:, :, None]
-        vw = tl.load(vw_ptr + (iv0 * Lv + (rows // LVP) * Lv + rows % LVP),
-                     mask=(iv0 + rows // LVP < Nv) & (rows % LVP < Lv), other=0.0)
+        vw = tl.load(
+            vw_ptr + (iv0 * Lv + (rows // LVP) * Lv + rows % LVP),
+            mask=(iv0 + rows // LVP < Nv) & (rows % LVP < Lv),
+            other=0.0,
+        )
         vw3 = tl.reshape(vw, (BV, LVP))[:, :, None]
         best, pooled = _pool_visual(s4, vm3, vw3, temperature, LSE)
         if LSE:
@@ -302,8 +507,11 @@ def _maxsim_bwd(
         ds4 += tl.where(hot, (coef / ties)[:, :, :, None], 0.0)
         if NEED_DVW:
             dvw = tl.sum(tl.where(keep, best * g[:, None, :], 0.0), axis=2)  # (BV, LVP)
-            tl.atomic_add(dvw_ptr + (iv0 * Lv + (rows // LVP) * Lv + rows % LVP), tl.reshape(dvw, (BV * LVP,)),
-                          mask=(iv0 + rows // LVP < Nv) & (rows % LVP < Lv))
+            tl.atomic_add(
+                dvw_ptr + (iv0 * Lv + (rows // LVP) * Lv + rows % LVP),
+                tl.reshape(dvw, (BV * LVP,)),
+                mask=(iv0 + rows // LVP < Nv) & (rows % LVP < Lv),
+            )
     if NEED_DV or NEED_DT:
         ds = tl.reshape(ds4, (BV * LVP, BT * LTP))
         img = iv0 + rows // LVP
@@ -320,13 +528,19 @@ def _maxsim_bwd(
             if NEED_DV:
                 b = tl.load(b_base[:, None] + kk[None, :] * s_td, mask=col_in[:, None] & kin[None, :], other=0.0)
                 dv = tl.dot(ds.to(b.dtype), b, input_precision=PREC)  # (BV·LVP, BK)
-                tl.atomic_add(dv_ptr + (img.to(tl.int64) * Lv + rtok)[:, None] * D + kk[None, :], dv,
-                              mask=row_in[:, None] & kin[None, :])
+                tl.atomic_add(
+                    dv_ptr + (img.to(tl.int64) * Lv + rtok)[:, None] * D + kk[None, :],
+                    dv,
+                    mask=row_in[:, None] & kin[None, :],
+                )
             if NEED_DT:
                 a = tl.load(a_base[:, None] + kk[None, :] * s_vd, mask=row_in[:, None] & kin[None, :], other=0.0)
                 dt = tl.dot(tl.trans(ds).to(a.dtype), a, input_precision=PREC)  # (BT·LTP, BK)
-                tl.atomic_add(dt_ptr + (cap.to(tl.int64) * Lt + ctok)[:, None] * D + kk[None, :], dt,
-                              mask=col_in[:, None] & kin[None, :])
+                tl.atomic_add(
+                    dt_ptr + (cap.to(tl.int64) * Lt + ctok)[:, None] * D + kk[None, :],
+                    dt,
+                    mask=col_in[:, None] & kin[None, :],
+                )
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -351,13 +565,34 @@ def _launch(kernel, v, t, vmask8, tmask8, tw, vw, extra, pooling, direction, tem
         # One pair per program; tl.dot needs at least 16 rows and columns, the extra are masked.
         grid, lvp, ltp = (consts.pop("n_pairs"),), max(16, lvp), max(16, ltp)
     kernel[grid](
-        v, t, vmask8, tmask8, tw, vw, *extra,
-        nv, nt, lv, lt, d, *v.stride(), *t.stride(), float(temperature),
-        BV=tiles.items_visual, BT=tiles.items_text, LTP=ltp, BK=tiles.block_k,
+        v,
+        t,
+        vmask8,
+        tmask8,
+        tw,
+        vw,
+        *extra,
+        nv,
+        nt,
+        lv,
+        lt,
+        d,
+        *v.stride(),
+        *t.stride(),
+        float(temperature),
+        BV=tiles.items_visual,
+        BT=tiles.items_text,
+        LTP=ltp,
+        BK=tiles.block_k,
         **(dict(NP=np_) if tiles.packed else dict(LVP=lvp)),
-        PREC=_precision(v.dtype), GROUP=tiles.group,
-        DO_TEXT=direction in ("text", "both"), DO_VISUAL=direction in ("visual", "both"), LSE=pooling == "lse",
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages, **consts,
+        PREC=_precision(v.dtype),
+        GROUP=tiles.group,
+        DO_TEXT=direction in ("text", "both"),
+        DO_VISUAL=direction in ("visual", "both"),
+        LSE=pooling == "lse",
+        num_warps=tiles.num_warps,
+        num_stages=tiles.num_stages,
+        **consts,
     )
 
 
@@ -385,15 +620,30 @@ class _MaxSim(torch.autograd.Function):
         need_dtw = need_dtw and pooling == "weighted" and direction in ("text", "both")
         need_dvw = need_dvw and pooling == "weighted" and direction in ("visual", "both")
         dv, dt, dtw, dvw = torch.ops.finealign.maxsim_backward(
-            v, t, vmask8, tmask8, tw, vw, grad.float().contiguous(), pooling, direction, float(temperature),
-            tile_list(tiles), [int(need_dv), int(need_dt), int(need_dtw), int(need_dvw)],
+            v,
+            t,
+            vmask8,
+            tmask8,
+            tw,
+            vw,
+            grad.float().contiguous(),
+            pooling,
+            direction,
+            float(temperature),
+            tile_list(tiles),
+            [int(need_dv), int(need_dt), int(need_dtw), int(need_dvw)],
         )
         return (
             dv.to(v.dtype) if need_dv else None,
             dt.to(t.dtype) if need_dt else None,
             dtw.to(ctx.weight_dtypes[0]) if need_dtw else None,
             dvw.to(ctx.weight_dtypes[1]) if need_dvw else None,
-            None, None, None, None, None, None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
         )
 
 
@@ -408,8 +658,16 @@ def _kernel_weights(pooling, tmask, vmask, text_weights, visual_weights) -> tupl
 
 
 def maxsim_triton(
-    v: Tensor, vmask: Tensor, t: Tensor, tmask: Tensor, pooling: str, direction: str, temperature: float,
-    text_weights: Tensor | None = None, visual_weights: Tensor | None = None, tiles: Tiles | None = None,
+    v: Tensor,
+    vmask: Tensor,
+    t: Tensor,
+    tmask: Tensor,
+    pooling: str,
+    direction: str,
+    temperature: float,
+    text_weights: Tensor | None = None,
+    visual_weights: Tensor | None = None,
+    tiles: Tiles | None = None,
 ) -> Tensor:
     """(Nv, Nt) fp32 scores, differentiable in v, t and (pooling='weighted') in the weights."""
     text_weights, visual_weights = _kernel_weights(pooling, tmask, vmask, text_weights, visual_weights)
@@ -417,16 +675,32 @@ def maxsim_triton(
 
 
 def maxsim_pairs_triton(
-    v: Tensor, vmask: Tensor, t: Tensor, tmask: Tensor, pairs: Tensor, pooling: str, direction: str,
-    temperature: float, text_weights: Tensor | None = None, visual_weights: Tensor | None = None,
+    v: Tensor,
+    vmask: Tensor,
+    t: Tensor,
+    tmask: Tensor,
+    pairs: Tensor,
+    pooling: str,
+    direction: str,
+    temperature: float,
+    text_weights: Tensor | None = None,
+    visual_weights: Tensor | None = None,
 ) -> Tensor:
     """(P,) fp32 scores of the listed (image, caption) pairs, one pair per program (forward only:
     the re-ranking stage of two_stage). Only the listed pairs' tokens are read."""
     text_weights, visual_weights = _kernel_weights(pooling, tmask, vmask, text_weights, visual_weights)
     return torch.ops.finealign.maxsim_forward(
-        v, t, vmask.to(torch.int8).contiguous(), tmask.to(torch.int8).contiguous(),
-        text_weights.float().contiguous(), visual_weights.float().contiguous(), pairs.to(torch.int32).contiguous(),
-        pooling, direction, float(temperature), [],
+        v,
+        t,
+        vmask.to(torch.int8).contiguous(),
+        tmask.to(torch.int8).contiguous(),
+        text_weights.float().contiguous(),
+        visual_weights.float().contiguous(),
+        pairs.to(torch.int32).contiguous(),
+        pooling,
+        direction,
+        float(temperature),
+        [],
     )
 
 
@@ -434,14 +708,29 @@ def launch_forward(v, t, vmask8, tmask8, tw, vw, pairs, pooling, direction, temp
     """finealign::maxsim_forward: (Nv, Nt) scores, or (P,) for int32 `pairs` (one pair per program)."""
     if pairs is None:
         out = torch.empty(v.shape[0], t.shape[0], dtype=torch.float32, device=v.device)
-        _launch(_maxsim_fwd, v, t, vmask8, tmask8, tw, vw, (out, out), pooling, direction, temperature, tiles,
-                PAIRS=False)
+        _launch(
+            _maxsim_fwd, v, t, vmask8, tmask8, tw, vw, (out, out), pooling, direction, temperature, tiles, PAIRS=False
+        )
         return out
     out = torch.empty(pairs.shape[0], dtype=torch.float32, device=v.device)
     if pairs.shape[0]:
         one_pair = Tiles(1, 1, 32 if v.dtype == torch.float32 else 64, 4, 3)
-        _launch(_maxsim_fwd, v, t, vmask8, tmask8, tw, vw, (out, pairs), pooling, direction, temperature, one_pair,
-                PAIRS=True, n_pairs=pairs.shape[0])
+        _launch(
+            _maxsim_fwd,
+            v,
+            t,
+            vmask8,
+            tmask8,
+            tw,
+            vw,
+            (out, pairs),
+            pooling,
+            direction,
+            temperature,
+            one_pair,
+            PAIRS=True,
+            n_pairs=pairs.shape[0],
+        )
     return out
 
 
@@ -455,7 +744,21 @@ def launch_backward(v, t, vmask8, tmask8, tw, vw, grad, pooling, direction, temp
     dtw = torch.zeros_like(tw) if need_dtw else tw.new_empty(0)
     dvw = torch.zeros_like(vw) if need_dvw else vw.new_empty(0)
     _launch(
-        _maxsim_bwd, v, t, vmask8, tmask8, tw, vw, (grad, dv, dt, dtw, dvw), pooling, direction, temperature, tiles,
-        NEED_DV=need_dv, NEED_DT=need_dt, NEED_DTW=need_dtw, NEED_DVW=need_dvw,
+        _maxsim_bwd,
+        v,
+        t,
+        vmask8,
+        tmask8,
+        tw,
+        vw,
+        (grad, dv, dt, dtw, dvw),
+        pooling,
+        direction,
+        temperature,
+        tiles,
+        NEED_DV=need_dv,
+        NEED_DT=need_dt,
+        NEED_DTW=need_dtw,
+        NEED_DVW=need_dvw,
     )
     return dv, dt, dtw, dvw

@@ -23,8 +23,15 @@ def tile_list(tiles: Tiles | None) -> list[int]:
     """Tiles as the op's int list ([] = the default tiles for the inputs)."""
     if tiles is None:
         return []
-    return [tiles.items_visual, tiles.items_text, tiles.block_k, tiles.num_warps, tiles.num_stages, tiles.group,
-            int(tiles.packed)]
+    return [
+        tiles.items_visual,
+        tiles.items_text,
+        tiles.block_k,
+        tiles.num_warps,
+        tiles.num_stages,
+        tiles.group,
+        int(tiles.packed),
+    ]
 
 
 def _tiles_from(values: list[int], v: Tensor, t: Tensor) -> Tiles:
@@ -44,14 +51,24 @@ def token_pair_flops(v_shape, t_shape, pairs_shape=None) -> int:
 # -- MaxSim ---------------------------------------------------------------------------------------
 @torch.library.custom_op("finealign::maxsim_forward", mutates_args=())
 def maxsim_forward(
-    v: Tensor, t: Tensor, vmask8: Tensor, tmask8: Tensor, tw: Tensor, vw: Tensor, pairs: Tensor | None,
-    pooling: str, direction: str, temperature: float, tiles: list[int],
+    v: Tensor,
+    t: Tensor,
+    vmask8: Tensor,
+    tmask8: Tensor,
+    tw: Tensor,
+    vw: Tensor,
+    pairs: Tensor | None,
+    pooling: str,
+    direction: str,
+    temperature: float,
+    tiles: list[int],
 ) -> Tensor:
     """(Nv, Nt) fp32 MaxSim scores, or (P,) for int32 `pairs`."""
     from finealign.kernels.maxsim_triton import launch_forward
 
-    return launch_forward(v, t, vmask8, tmask8, tw, vw, pairs, pooling, direction, temperature,
-                          _tiles_from(tiles, v, t))
+    return launch_forward(
+        v, t, vmask8, tmask8, tw, vw, pairs, pooling, direction, temperature, _tiles_from(tiles, v, t)
+    )
 
 
 @maxsim_forward.register_fake
@@ -67,14 +84,25 @@ def _(v, t, vmask8, tmask8, tw, vw, pairs, *args, out_shape=None, **kwargs) -> i
 
 @torch.library.custom_op("finealign::maxsim_backward", mutates_args=())
 def maxsim_backward(
-    v: Tensor, t: Tensor, vmask8: Tensor, tmask8: Tensor, tw: Tensor, vw: Tensor, grad: Tensor,
-    pooling: str, direction: str, temperature: float, tiles: list[int], need: list[int],
+    v: Tensor,
+    t: Tensor,
+    vmask8: Tensor,
+    tmask8: Tensor,
+    tw: Tensor,
+    vw: Tensor,
+    grad: Tensor,
+    pooling: str,
+    direction: str,
+    temperature: float,
+    tiles: list[int],
+    need: list[int],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """fp32 gradients of v, t, text and visual weights; an empty tensor where `need` is 0."""
     from finealign.kernels.maxsim_triton import launch_backward
 
-    return launch_backward(v, t, vmask8, tmask8, tw, vw, grad, pooling, direction, temperature,
-                           _tiles_from(tiles, v, t), need)
+    return launch_backward(
+        v, t, vmask8, tmask8, tw, vw, grad, pooling, direction, temperature, _tiles_from(tiles, v, t), need
+    )
 
 
 @maxsim_backward.register_fake
@@ -92,17 +120,50 @@ def _(v, t, vmask8, tmask8, tw, vw, grad, pooling, direction, temperature, tiles
 # -- Sinkhorn flow --------------------------------------------------------------------------------
 @torch.library.custom_op("finealign::sinkhorn_forward", mutates_args=())
 def sinkhorn_forward(
-    v: Tensor, t: Tensor, vmask8: Tensor, tmask8: Tensor, la: Tensor, lb: Tensor, vp: Tensor, tp: Tensor,
-    pairs: Tensor | None, epsilon: float, marginal_temperature: float, iterations: int, text_first: bool,
-    one_sided: bool, importance: bool, scaling: bool, absorb_every: int, captions_per_program: int,
+    v: Tensor,
+    t: Tensor,
+    vmask8: Tensor,
+    tmask8: Tensor,
+    la: Tensor,
+    lb: Tensor,
+    vp: Tensor,
+    tp: Tensor,
+    pairs: Tensor | None,
+    epsilon: float,
+    marginal_temperature: float,
+    iterations: int,
+    text_first: bool,
+    one_sided: bool,
+    importance: bool,
+    scaling: bool,
+    absorb_every: int,
+    captions_per_program: int,
     num_warps: int,
 ) -> Tensor:
     """(Nv, Nt) fp32 Σ flow·sim, or (P,) for int32 `pairs` (NaN where the scaling domain gave up)."""
     from finealign.kernels.sinkhorn_triton import launch_sinkhorn
 
-    return launch_sinkhorn(v, t, vmask8, tmask8, la, lb, vp, tp, pairs, epsilon, marginal_temperature, iterations,
-                           text_first, one_sided, importance, scaling, absorb_every, captions_per_program,
-                           num_warps)[0]
+    return launch_sinkhorn(
+        v,
+        t,
+        vmask8,
+        tmask8,
+        la,
+        lb,
+        vp,
+        tp,
+        pairs,
+        epsilon,
+        marginal_temperature,
+        iterations,
+        text_first,
+        one_sided,
+        importance,
+        scaling,
+        absorb_every,
+        captions_per_program,
+        num_warps,
+    )[0]
 
 
 @sinkhorn_forward.register_fake
@@ -120,22 +181,73 @@ def _sinkhorn_flops(v, t, pairs, importance) -> int:
 
 
 @register_flop_formula(torch.ops.finealign.sinkhorn_forward)
-def _(v, t, vmask8, tmask8, la, lb, vp, tp, pairs, epsilon, tau, iterations, text_first, one_sided, importance,
-      *args, out_shape=None, **kwargs) -> int:
+def _(
+    v,
+    t,
+    vmask8,
+    tmask8,
+    la,
+    lb,
+    vp,
+    tp,
+    pairs,
+    epsilon,
+    tau,
+    iterations,
+    text_first,
+    one_sided,
+    importance,
+    *args,
+    out_shape=None,
+    **kwargs,
+) -> int:
     return _sinkhorn_flops(v, t, pairs, importance)
 
 
 @torch.library.custom_op("finealign::sinkhorn_forward_saving", mutates_args=())
 def sinkhorn_forward_saving(
-    v: Tensor, t: Tensor, vmask8: Tensor, tmask8: Tensor, la: Tensor, lb: Tensor, vp: Tensor, tp: Tensor,
-    epsilon: float, marginal_temperature: float, iterations: int, text_first: bool, one_sided: bool,
-    importance: bool, captions_per_program: int, num_warps: int,
+    v: Tensor,
+    t: Tensor,
+    vmask8: Tensor,
+    tmask8: Tensor,
+    la: Tensor,
+    lb: Tensor,
+    vp: Tensor,
+    tp: Tensor,
+    epsilon: float,
+    marginal_temperature: float,
+    iterations: int,
+    text_first: bool,
+    one_sided: bool,
+    importance: bool,
+    captions_per_program: int,
+    num_warps: int,
 ) -> tuple[Tensor, Tensor]:
     """Training forward (log domain, full matrix): the scores and every iteration's potentials."""
     from finealign.kernels.sinkhorn_triton import launch_sinkhorn
 
-    return launch_sinkhorn(v, t, vmask8, tmask8, la, lb, vp, tp, None, epsilon, marginal_temperature, iterations,
-                           text_first, one_sided, importance, False, 1, captions_per_program, num_warps, save=True)
+    return launch_sinkhorn(
+        v,
+        t,
+        vmask8,
+        tmask8,
+        la,
+        lb,
+        vp,
+        tp,
+        None,
+        epsilon,
+        marginal_temperature,
+        iterations,
+        text_first,
+        one_sided,
+        importance,
+        False,
+        1,
+        captions_per_program,
+        num_warps,
+        save=True,
+    )
 
 
 @sinkhorn_forward_saving.register_fake
@@ -150,28 +262,98 @@ def _(v, t, vmask8, tmask8, la, lb, vp, tp, epsilon, tau, iterations, text_first
 
 
 @register_flop_formula(torch.ops.finealign.sinkhorn_forward_saving)
-def _(v, t, vmask8, tmask8, la, lb, vp, tp, epsilon, tau, iterations, text_first, one_sided, importance,
-      *args, out_shape=None, **kwargs) -> int:
+def _(
+    v,
+    t,
+    vmask8,
+    tmask8,
+    la,
+    lb,
+    vp,
+    tp,
+    epsilon,
+    tau,
+    iterations,
+    text_first,
+    one_sided,
+    importance,
+    *args,
+    out_shape=None,
+    **kwargs,
+) -> int:
     return _sinkhorn_flops(v, t, None, importance)
 
 
 @torch.library.custom_op("finealign::sinkhorn_backward", mutates_args=())
 def sinkhorn_backward(
-    v: Tensor, t: Tensor, vmask8: Tensor, tmask8: Tensor, la: Tensor, lb: Tensor, vp: Tensor, tp: Tensor,
-    grad: Tensor, saved: Tensor, epsilon: float, marginal_temperature: float, iterations: int, text_first: bool,
-    one_sided: bool, importance: bool, captions_per_program: int, num_warps: int, need: list[int],
+    v: Tensor,
+    t: Tensor,
+    vmask8: Tensor,
+    tmask8: Tensor,
+    la: Tensor,
+    lb: Tensor,
+    vp: Tensor,
+    tp: Tensor,
+    grad: Tensor,
+    saved: Tensor,
+    epsilon: float,
+    marginal_temperature: float,
+    iterations: int,
+    text_first: bool,
+    one_sided: bool,
+    importance: bool,
+    captions_per_program: int,
+    num_warps: int,
+    need: list[int],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """fp32 gradients of v, t and the marginals' inputs (la/lb, or vp/tp for importance)."""
     from finealign.kernels.sinkhorn_triton import launch_sinkhorn_backward
 
-    return launch_sinkhorn_backward(v, t, vmask8, tmask8, la, lb, vp, tp, grad, saved, epsilon, marginal_temperature,
-                                    iterations, text_first, one_sided, importance, captions_per_program, num_warps,
-                                    need)
+    return launch_sinkhorn_backward(
+        v,
+        t,
+        vmask8,
+        tmask8,
+        la,
+        lb,
+        vp,
+        tp,
+        grad,
+        saved,
+        epsilon,
+        marginal_temperature,
+        iterations,
+        text_first,
+        one_sided,
+        importance,
+        captions_per_program,
+        num_warps,
+        need,
+    )
 
 
 @sinkhorn_backward.register_fake
-def _(v, t, vmask8, tmask8, la, lb, vp, tp, grad, saved, epsilon, tau, iterations, text_first, one_sided, importance,
-      bt, warps, need):
+def _(
+    v,
+    t,
+    vmask8,
+    tmask8,
+    la,
+    lb,
+    vp,
+    tp,
+    grad,
+    saved,
+    epsilon,
+    tau,
+    iterations,
+    text_first,
+    one_sided,
+    importance,
+    bt,
+    warps,
+    need,
+):
     marginals = (vp, tp) if importance else (la, lb)
     like = (v, t, *marginals)
     wanted = (need[0], need[1], need[2], need[2])
@@ -179,7 +361,28 @@ def _(v, t, vmask8, tmask8, la, lb, vp, tp, grad, saved, epsilon, tau, iteration
 
 
 @register_flop_formula(torch.ops.finealign.sinkhorn_backward)
-def _(v, t, vmask8, tmask8, la, lb, vp, tp, grad, saved, epsilon, tau, iterations, text_first, one_sided,
-      importance, bt, warps, need, out_shape=None, **kwargs) -> int:
+def _(
+    v,
+    t,
+    vmask8,
+    tmask8,
+    la,
+    lb,
+    vp,
+    tp,
+    grad,
+    saved,
+    epsilon,
+    tau,
+    iterations,
+    text_first,
+    one_sided,
+    importance,
+    bt,
+    warps,
+    need,
+    out_shape=None,
+    **kwargs,
+) -> int:
     # Similarities recomputed (and importance logits' dot products), then one matmul per token gradient.
     return _sinkhorn_flops(v, t, None, importance) + token_pair_flops(v, t) * (int(need[0]) + int(need[1]))

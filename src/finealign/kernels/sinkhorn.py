@@ -172,7 +172,10 @@ def sinkhorn(
             plan = plan.index_put((rows,), parts[-1].plan)
     worst = max(p.marginal_error for p in parts)
     return SinkhornResult(
-        plan, max(p.iterations for p in parts), worst, tolerance > 0 and worst <= tolerance,
+        plan,
+        max(p.iterations for p in parts),
+        worst,
+        tolerance > 0 and worst <= tolerance,
         sum(p.fallback for p in parts) + len(redo),
     )
 

@@ -74,8 +74,16 @@ class _ImplicitPlan(torch.autograd.Function):
 
 
 def implicit_sinkhorn(
-    cost: Tensor, log_a: Tensor, log_b: Tensor, mask_a: Tensor, mask_b: Tensor, epsilon: float, iterations: int,
-    *, tolerance: float = 0.0, domain: str = "log",
+    cost: Tensor,
+    log_a: Tensor,
+    log_b: Tensor,
+    mask_a: Tensor,
+    mask_b: Tensor,
+    epsilon: float,
+    iterations: int,
+    *,
+    tolerance: float = 0.0,
+    domain: str = "log",
 ) -> SinkhornResult:
     """`sinkhorn` (two-sided) whose plan is differentiated implicitly (see the module docstring):
     the iterations run without autograd, so training keeps no iterates and needs no recompute."""

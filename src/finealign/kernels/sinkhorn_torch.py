@@ -34,9 +34,21 @@ def _flow(sim: Tensor, mv: Tensor, mt: Tensor, la: Tensor, lb: Tensor, epsilon, 
 
 
 def sinkhorn_torch(
-    v: Tensor, vmask: Tensor, t: Tensor, tmask: Tensor, log_visual: Tensor | None, log_text: Tensor | None,
-    epsilon: float, iterations: int, rows: str, one_sided: bool, chunk_visual: int = 16, chunk_text: int = 64,
-    visual_pooled: Tensor | None = None, text_pooled: Tensor | None = None, marginal_temperature: float = 0.1,
+    v: Tensor,
+    vmask: Tensor,
+    t: Tensor,
+    tmask: Tensor,
+    log_visual: Tensor | None,
+    log_text: Tensor | None,
+    epsilon: float,
+    iterations: int,
+    rows: str,
+    one_sided: bool,
+    chunk_visual: int = 16,
+    chunk_text: int = 64,
+    visual_pooled: Tensor | None = None,
+    text_pooled: Tensor | None = None,
+    marginal_temperature: float = 0.1,
 ) -> Tensor:
     """(Nv, Nt) Σ flow·sim with cost = 1 − sim; the largest temporary is (cv·ct, Lv, Lt)."""
     acc = torch.promote_types(v.dtype, torch.float32)
@@ -55,23 +67,46 @@ def sinkhorn_torch(
             mt = tmask[tj][None, :, :].expand(cv, ct, lt).reshape(cv * ct, lt)
             if visual_pooled is None:
                 assert log_visual is not None and log_text is not None, "log masses or pooled vectors are needed"
-                la, lb = log_visual[vi].to(acc)[:, None, :].expand(cv, ct, lv), log_text[tj].to(acc)[None].expand(cv, ct, lt)
+                la, lb = (
+                    log_visual[vi].to(acc)[:, None, :].expand(cv, ct, lv),
+                    log_text[tj].to(acc)[None].expand(cv, ct, lt),
+                )
             else:
                 assert text_pooled is not None, "pooled vectors come in pairs (kernels/api.py checks)"
                 la, lb = _importance(
-                    v[vi].to(acc), t[tj].to(acc), vmask[vi], tmask[tj],
-                    visual_pooled[vi].to(acc), text_pooled[tj].to(acc), marginal_temperature, paired=False,
+                    v[vi].to(acc),
+                    t[tj].to(acc),
+                    vmask[vi],
+                    tmask[tj],
+                    visual_pooled[vi].to(acc),
+                    text_pooled[tj].to(acc),
+                    marginal_temperature,
+                    paired=False,
                 )
-            flow = _flow(sim, mv, mt, la.reshape(cv * ct, lv), lb.reshape(cv * ct, lt), epsilon, iterations, rows, one_sided)
+            flow = _flow(
+                sim, mv, mt, la.reshape(cv * ct, lv), lb.reshape(cv * ct, lt), epsilon, iterations, rows, one_sided
+            )
             row.append(flow.reshape(cv, ct))
         rows_out.append(torch.cat(row, 1))
     return torch.cat(rows_out, 0)
 
 
 def sinkhorn_pairs_torch(
-    v: Tensor, vmask: Tensor, t: Tensor, tmask: Tensor, pairs: Tensor, log_visual: Tensor | None,
-    log_text: Tensor | None, epsilon: float, iterations: int, rows: str, one_sided: bool, chunk_pairs: int = 1024,
-    visual_pooled: Tensor | None = None, text_pooled: Tensor | None = None, marginal_temperature: float = 0.1,
+    v: Tensor,
+    vmask: Tensor,
+    t: Tensor,
+    tmask: Tensor,
+    pairs: Tensor,
+    log_visual: Tensor | None,
+    log_text: Tensor | None,
+    epsilon: float,
+    iterations: int,
+    rows: str,
+    one_sided: bool,
+    chunk_pairs: int = 1024,
+    visual_pooled: Tensor | None = None,
+    text_pooled: Tensor | None = None,
+    marginal_temperature: float = 0.1,
 ) -> Tensor:
     """(P,) Σ flow·sim of the listed (image, caption) pairs; the largest temporary is (chunk_pairs, Lv, Lt)."""
     acc = torch.promote_types(v.dtype, torch.float32)

@@ -111,9 +111,30 @@ def _log_softmax(x, mask, axis: tl.constexpr):
 
 @triton.jit
 def _importance(
-    v_ptr, t_ptr, vp_ptr, tp_ptr, iv0, it0, Nt, Lv, Lt, D,
-    s_vn, s_vl, s_vd, s_tn, s_tl, s_td, s_vpn, s_vpd, s_tpn, s_tpd,
-    LVP: tl.constexpr, BT: tl.constexpr, LTP: tl.constexpr, BK: tl.constexpr,
+    v_ptr,
+    t_ptr,
+    vp_ptr,
+    tp_ptr,
+    iv0,
+    it0,
+    Nt,
+    Lv,
+    Lt,
+    D,
+    s_vn,
+    s_vl,
+    s_vd,
+    s_tn,
+    s_tl,
+    s_td,
+    s_vpn,
+    s_vpd,
+    s_tpn,
+    s_tpd,
+    LVP: tl.constexpr,
+    BT: tl.constexpr,
+    LTP: tl.constexpr,
+    BK: tl.constexpr,
 ):
     """Raw importance logits: region·caption-global (LVP, BT) and word·image-global (BT·LTP,)."""
     rows = tl.arange(0, LVP)
@@ -128,13 +149,22 @@ def _importance(
     for k in range(0, D, BK):
         kk = k + tl.arange(0, BK)
         kin = kk < D
-        a = tl.load(v_ptr + iv0.to(tl.int64) * s_vn + rows[:, None] * s_vl + kk[None, :] * s_vd,
-                    mask=row_in[:, None] & kin[None, :], other=0.0).to(tl.float32)
-        tg = tl.load(tp_ptr + caps[:, None].to(tl.int64) * s_tpn + kk[None, :] * s_tpd,
-                     mask=(caps[:, None] < Nt) & kin[None, :], other=0.0).to(tl.float32)
+        a = tl.load(
+            v_ptr + iv0.to(tl.int64) * s_vn + rows[:, None] * s_vl + kk[None, :] * s_vd,
+            mask=row_in[:, None] & kin[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        tg = tl.load(
+            tp_ptr + caps[:, None].to(tl.int64) * s_tpn + kk[None, :] * s_tpd,
+            mask=(caps[:, None] < Nt) & kin[None, :],
+            other=0.0,
+        ).to(tl.float32)
         region += tl.sum(a[:, None, :] * tg[None, :, :], axis=2)
-        b = tl.load(t_ptr + cap[:, None].to(tl.int64) * s_tn + ctok[:, None] * s_tl + kk[None, :] * s_td,
-                    mask=col_in[:, None] & kin[None, :], other=0.0).to(tl.float32)
+        b = tl.load(
+            t_ptr + cap[:, None].to(tl.int64) * s_tn + ctok[:, None] * s_tl + kk[None, :] * s_td,
+            mask=col_in[:, None] & kin[None, :],
+            other=0.0,
+        ).to(tl.float32)
         vg = tl.load(vp_ptr + iv0.to(tl.int64) * s_vpn + kk * s_vpd, mask=kin, other=0.0).to(tl.float32)
         word += tl.sum(b * vg[None, :], axis=1)
     return region, word
@@ -153,16 +183,66 @@ def _block_ids(pid, pairs_ptr, Nt, BT: tl.constexpr, PAIRS: tl.constexpr):
 
 @triton.jit
 def _problem(
-    v_ptr, t_ptr, vm_ptr, tm_ptr, la_ptr, lb_ptr, vp_ptr, tp_ptr, iv0, it0,
-    Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, s_vpn, s_vpd, s_tpn, s_tpd, inv_eps, inv_tau,
-    LVP: tl.constexpr, BT: tl.constexpr, LTP: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+    v_ptr,
+    t_ptr,
+    vm_ptr,
+    tm_ptr,
+    la_ptr,
+    lb_ptr,
+    vp_ptr,
+    tp_ptr,
+    iv0,
+    it0,
+    Nv,
+    Nt,
+    Lv,
+    Lt,
+    D,
+    s_vn,
+    s_vl,
+    s_vd,
+    s_tn,
+    s_tl,
+    s_td,
+    s_vpn,
+    s_vpd,
+    s_tpn,
+    s_tpd,
+    inv_eps,
+    inv_tau,
+    LVP: tl.constexpr,
+    BT: tl.constexpr,
+    LTP: tl.constexpr,
+    BK: tl.constexpr,
+    PREC: tl.constexpr,
     IMPORTANCE: tl.constexpr,
 ):
     """One image × BT captions: similarities s3 (LVP, BT, LTP), their validity, −cost/ε as logk,
     token masks, and the log2 marginals la2 (LVP, BT | 1) and lb3 (BT, LTP)."""
     acc, vm, tm = _sim_tile(
-        v_ptr, t_ptr, vm_ptr, tm_ptr, iv0, it0, Nv, Nt, Lv, Lt, D,
-        s_vn, s_vl, s_vd, s_tn, s_tl, s_td, 1, LVP, BT, LTP, BK, PREC,
+        v_ptr,
+        t_ptr,
+        vm_ptr,
+        tm_ptr,
+        iv0,
+        it0,
+        Nv,
+        Nt,
+        Lv,
+        Lt,
+        D,
+        s_vn,
+        s_vl,
+        s_vd,
+        s_tn,
+        s_tl,
+        s_td,
+        1,
+        LVP,
+        BT,
+        LTP,
+        BK,
+        PREC,
     )
     s3 = tl.reshape(acc, (LVP, BT, LTP))
     valid3 = tl.reshape(vm[:, None] & tm[None, :], (LVP, BT, LTP))
@@ -175,8 +255,30 @@ def _problem(
         # TokenFlow's marginals: softmax over real regions of region·(caption global)/τ, and over
         # real words of word·(image global)/τ — different for every pair, so made here.
         region, word = _importance(
-            v_ptr, t_ptr, vp_ptr, tp_ptr, iv0, it0, Nt, Lv, Lt, D,
-            s_vn, s_vl, s_vd, s_tn, s_tl, s_td, s_vpn, s_vpd, s_tpn, s_tpd, LVP, BT, LTP, BK,
+            v_ptr,
+            t_ptr,
+            vp_ptr,
+            tp_ptr,
+            iv0,
+            it0,
+            Nt,
+            Lv,
+            Lt,
+            D,
+            s_vn,
+            s_vl,
+            s_vd,
+            s_tn,
+            s_tl,
+            s_td,
+            s_vpn,
+            s_vpd,
+            s_tpn,
+            s_tpd,
+            LVP,
+            BT,
+            LTP,
+            BK,
         )
         scale = inv_tau * 1.4426950408889634
         la2 = tl.where(vm2, _log_softmax(region * scale, vm2, 0), 0.0)  # (LVP, BT)
@@ -204,19 +306,84 @@ def _saved_offsets(pid, iterations, LVP: tl.constexpr, BT: tl.constexpr, LTP: tl
 
 @triton.jit
 def _sinkhorn_fwd(
-    v_ptr, t_ptr, vm_ptr, tm_ptr, la_ptr, lb_ptr, vp_ptr, tp_ptr, out_ptr, pairs_ptr, save_ptr,
-    Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, s_vpn, s_vpd, s_tpn, s_tpd,
-    inv_eps, inv_tau, iterations,
-    LVP: tl.constexpr, BT: tl.constexpr, LTP: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
-    TEXT_FIRST: tl.constexpr, ONE_SIDED: tl.constexpr, IMPORTANCE: tl.constexpr,
-    PAIRS: tl.constexpr, SCALING: tl.constexpr, ABSORB: tl.constexpr, SAVE: tl.constexpr,
+    v_ptr,
+    t_ptr,
+    vm_ptr,
+    tm_ptr,
+    la_ptr,
+    lb_ptr,
+    vp_ptr,
+    tp_ptr,
+    out_ptr,
+    pairs_ptr,
+    save_ptr,
+    Nv,
+    Nt,
+    Lv,
+    Lt,
+    D,
+    s_vn,
+    s_vl,
+    s_vd,
+    s_tn,
+    s_tl,
+    s_td,
+    s_vpn,
+    s_vpd,
+    s_tpn,
+    s_tpd,
+    inv_eps,
+    inv_tau,
+    iterations,
+    LVP: tl.constexpr,
+    BT: tl.constexpr,
+    LTP: tl.constexpr,
+    BK: tl.constexpr,
+    PREC: tl.constexpr,
+    TEXT_FIRST: tl.constexpr,
+    ONE_SIDED: tl.constexpr,
+    IMPORTANCE: tl.constexpr,
+    PAIRS: tl.constexpr,
+    SCALING: tl.constexpr,
+    ABSORB: tl.constexpr,
+    SAVE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     iv0, it0 = _block_ids(pid, pairs_ptr, Nt, BT, PAIRS)
     s3, valid3, logk, vm, tm, vm2, tm3, la2, lb3 = _problem(
-        v_ptr, t_ptr, vm_ptr, tm_ptr, la_ptr, lb_ptr, vp_ptr, tp_ptr, iv0, it0,
-        Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, s_vpn, s_vpd, s_tpn, s_tpd, inv_eps, inv_tau,
-        LVP, BT, LTP, BK, PREC, IMPORTANCE,
+        v_ptr,
+        t_ptr,
+        vm_ptr,
+        tm_ptr,
+        la_ptr,
+        lb_ptr,
+        vp_ptr,
+        tp_ptr,
+        iv0,
+        it0,
+        Nv,
+        Nt,
+        Lv,
+        Lt,
+        D,
+        s_vn,
+        s_vl,
+        s_vd,
+        s_tn,
+        s_tl,
+        s_td,
+        s_vpn,
+        s_vpd,
+        s_tpn,
+        s_tpd,
+        inv_eps,
+        inv_tau,
+        LVP,
+        BT,
+        LTP,
+        BK,
+        PREC,
+        IMPORTANCE,
     )
     u = tl.zeros((LVP, BT), dtype=tl.float32)
     w = tl.zeros((BT, LTP), dtype=tl.float32)
@@ -255,13 +422,51 @@ def _sinkhorn_fwd(
 
 @triton.jit
 def _sinkhorn_bwd(
-    v_ptr, t_ptr, vm_ptr, tm_ptr, la_ptr, lb_ptr, vp_ptr, tp_ptr, g_ptr, save_ptr,
-    dv_ptr, dt_ptr, dla_ptr, dlb_ptr, dvp_ptr, dtp_ptr,
-    Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, s_vpn, s_vpd, s_tpn, s_tpd,
-    inv_eps, inv_tau, iterations,
-    LVP: tl.constexpr, BT: tl.constexpr, LTP: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
-    TEXT_FIRST: tl.constexpr, ONE_SIDED: tl.constexpr, IMPORTANCE: tl.constexpr,
-    NEED_DV: tl.constexpr, NEED_DT: tl.constexpr, NEED_DM: tl.constexpr,
+    v_ptr,
+    t_ptr,
+    vm_ptr,
+    tm_ptr,
+    la_ptr,
+    lb_ptr,
+    vp_ptr,
+    tp_ptr,
+    g_ptr,
+    save_ptr,
+    dv_ptr,
+    dt_ptr,
+    dla_ptr,
+    dlb_ptr,
+    dvp_ptr,
+    dtp_ptr,
+    Nv,
+    Nt,
+    Lv,
+    Lt,
+    D,
+    s_vn,
+    s_vl,
+    s_vd,
+    s_tn,
+    s_tl,
+    s_td,
+    s_vpn,
+    s_vpd,
+    s_tpn,
+    s_tpd,
+    inv_eps,
+    inv_tau,
+    iterations,
+    LVP: tl.constexpr,
+    BT: tl.constexpr,
+    LTP: tl.constexpr,
+    BK: tl.constexpr,
+    PREC: tl.constexpr,
+    TEXT_FIRST: tl.constexpr,
+    ONE_SIDED: tl.constexpr,
+    IMPORTANCE: tl.constexpr,
+    NEED_DV: tl.constexpr,
+    NEED_DT: tl.constexpr,
+    NEED_DM: tl.constexpr,
 ):
     """Reverse mode through the unrolled iterations, from the potentials the forward saved.
 
@@ -275,9 +480,39 @@ def _sinkhorn_bwd(
     pid = tl.program_id(0)
     iv0, it0 = _block_ids(pid, pid, Nt, BT, False)
     s3, valid3, logk, vm, tm, vm2, tm3, la2, lb3 = _problem(
-        v_ptr, t_ptr, vm_ptr, tm_ptr, la_ptr, lb_ptr, vp_ptr, tp_ptr, iv0, it0,
-        Nv, Nt, Lv, Lt, D, s_vn, s_vl, s_vd, s_tn, s_tl, s_td, s_vpn, s_vpd, s_tpn, s_tpd, inv_eps, inv_tau,
-        LVP, BT, LTP, BK, PREC, IMPORTANCE,
+        v_ptr,
+        t_ptr,
+        vm_ptr,
+        tm_ptr,
+        la_ptr,
+        lb_ptr,
+        vp_ptr,
+        tp_ptr,
+        iv0,
+        it0,
+        Nv,
+        Nt,
+        Lv,
+        Lt,
+        D,
+        s_vn,
+        s_vl,
+        s_vd,
+        s_tn,
+        s_tl,
+        s_td,
+        s_vpn,
+        s_vpd,
+        s_tpn,
+        s_tpd,
+        inv_eps,
+        inv_tau,
+        LVP,
+        BT,
+        LTP,
+        BK,
+        PREC,
+        IMPORTANCE,
     )
     caps = it0 + tl.arange(0, BT)
     g = tl.load(g_ptr + iv0 * Nt + caps, mask=caps < Nt, other=0.0)  # (BT,)
@@ -370,23 +605,35 @@ def _sinkhorn_bwd(
         dv = tl.dot(ds2.to(tb.dtype), tb, input_precision=PREC)  # (LVP, BK)
         dt = tl.dot(tl.trans(ds2).to(va.dtype), va, input_precision=PREC)  # (BT·LTP, BK)
         if IMPORTANCE:
-            tp = tl.load(tp_ptr + caps[:, None].to(tl.int64) * s_tpn + kk[None, :] * s_tpd,
-                         mask=(caps[:, None] < Nt) & kin[None, :], other=0.0).to(tl.float32)  # (BT, BK)
+            tp = tl.load(
+                tp_ptr + caps[:, None].to(tl.int64) * s_tpn + kk[None, :] * s_tpd,
+                mask=(caps[:, None] < Nt) & kin[None, :],
+                other=0.0,
+            ).to(tl.float32)  # (BT, BK)
             vp = tl.load(vp_ptr + iv0.to(tl.int64) * s_vpn + kk * s_vpd, mask=kin, other=0.0).to(tl.float32)
             dv += tl.sum(dregion[:, :, None] * tp[None, :, :], axis=1)
             dt += dword[:, None] * vp[None, :]
             if NEED_DM:
                 dtp = tl.sum(dregion[:, :, None] * va.to(tl.float32)[:, None, :], axis=0)  # (BT, BK)
-                tl.atomic_add(dtp_ptr + caps[:, None].to(tl.int64) * D + kk[None, :], dtp,
-                              mask=(caps[:, None] < Nt) & kin[None, :])
+                tl.atomic_add(
+                    dtp_ptr + caps[:, None].to(tl.int64) * D + kk[None, :],
+                    dtp,
+                    mask=(caps[:, None] < Nt) & kin[None, :],
+                )
                 dvp = tl.sum(dword[:, None] * tb.to(tl.float32), axis=0)  # (BK,)
                 tl.atomic_add(dvp_ptr + iv0.to(tl.int64) * D + kk, dvp, mask=kin)
         if NEED_DV:
-            tl.atomic_add(dv_ptr + (iv0.to(tl.int64) * Lv + rows)[:, None] * D + kk[None, :], dv,
-                          mask=row_in[:, None] & kin[None, :])
+            tl.atomic_add(
+                dv_ptr + (iv0.to(tl.int64) * Lv + rows)[:, None] * D + kk[None, :],
+                dv,
+                mask=row_in[:, None] & kin[None, :],
+            )
         if NEED_DT:
-            tl.atomic_add(dt_ptr + (cap.to(tl.int64) * Lt + ctok)[:, None] * D + kk[None, :], dt,
-                          mask=col_in[:, None] & kin[None, :])
+            tl.atomic_add(
+                dt_ptr + (cap.to(tl.int64) * Lt + ctok)[:, None] * D + kk[None, :],
+                dt,
+                mask=col_in[:, None] & kin[None, :],
+            )
 
 
 class _SinkhornFlow(torch.autograd.Function):
@@ -407,7 +654,17 @@ class _SinkhornFlow(torch.autograd.Function):
         need = ctx.needs_input_grad
         need_dm = any(need[4:6]) if importance else any(need[2:4])
         dv, dt, dmv, dmt = torch.ops.finealign.sinkhorn_backward(
-            v, t, vmask8, tmask8, la, lb, vp, tp, grad.float().contiguous(), saved, *ctx.options,
+            v,
+            t,
+            vmask8,
+            tmask8,
+            la,
+            lb,
+            vp,
+            tp,
+            grad.float().contiguous(),
+            saved,
+            *ctx.options,
             [int(need[0]), int(need[1]), int(need_dm)],
         )
         grads = [dv.to(v.dtype) if need[0] else None, dt.to(t.dtype) if need[1] else None, None, None, None, None]
@@ -418,10 +675,24 @@ class _SinkhornFlow(torch.autograd.Function):
 
 
 def sinkhorn_triton(
-    v: Tensor, vmask: Tensor, t: Tensor, tmask: Tensor, log_visual: Tensor | None, log_text: Tensor | None,
-    epsilon: float, iterations: int, rows: str, one_sided: bool, captions_per_program: int | None = None,
-    visual_pooled: Tensor | None = None, text_pooled: Tensor | None = None, marginal_temperature: float = 0.1,
-    num_warps: int | None = None, pairs: Tensor | None = None, domain: str = "log", absorb_every: int = 10,
+    v: Tensor,
+    vmask: Tensor,
+    t: Tensor,
+    tmask: Tensor,
+    log_visual: Tensor | None,
+    log_text: Tensor | None,
+    epsilon: float,
+    iterations: int,
+    rows: str,
+    one_sided: bool,
+    captions_per_program: int | None = None,
+    visual_pooled: Tensor | None = None,
+    text_pooled: Tensor | None = None,
+    marginal_temperature: float = 0.1,
+    num_warps: int | None = None,
+    pairs: Tensor | None = None,
+    domain: str = "log",
+    absorb_every: int = 10,
 ) -> Tensor:
     """(Nv, Nt) fp32 Σ flow·sim, or (P,) for the listed `pairs`. Marginals: the given (N, L) log
     masses (padding ignored), or, with pooled vectors, TokenFlow's per-pair importance softmax
@@ -438,18 +709,47 @@ def sinkhorn_triton(
     inputs = (v, t, log_visual, log_text, visual_pooled, text_pooled)
     if pairs is None and torch.is_grad_enabled() and any(x.requires_grad for x in inputs):
         # Training: the log-domain kernel saves its iterates and the backward kernel uses them.
-        options = (float(epsilon), float(marginal_temperature), int(iterations), rows == "text", bool(one_sided),
-                   importance, int(captions_per_program or 0), int(num_warps or 0))
+        options = (
+            float(epsilon),
+            float(marginal_temperature),
+            int(iterations),
+            rows == "text",
+            bool(one_sided),
+            importance,
+            int(captions_per_program or 0),
+            int(num_warps or 0),
+        )
         return _SinkhornFlow.apply(
-            v, t, log_visual.float().contiguous(), log_text.float().contiguous(), visual_pooled, text_pooled,
-            vmask.to(torch.int8).contiguous(), tmask.to(torch.int8).contiguous(), options,
+            v,
+            t,
+            log_visual.float().contiguous(),
+            log_text.float().contiguous(),
+            visual_pooled,
+            text_pooled,
+            vmask.to(torch.int8).contiguous(),
+            tmask.to(torch.int8).contiguous(),
+            options,
         )
     out = torch.ops.finealign.sinkhorn_forward(
-        v, t, vmask.to(torch.int8).contiguous(), tmask.to(torch.int8).contiguous(),
-        log_visual.float().contiguous(), log_text.float().contiguous(), visual_pooled, text_pooled,
+        v,
+        t,
+        vmask.to(torch.int8).contiguous(),
+        tmask.to(torch.int8).contiguous(),
+        log_visual.float().contiguous(),
+        log_text.float().contiguous(),
+        visual_pooled,
+        text_pooled,
         None if pairs is None else pairs.to(torch.int32).contiguous(),
-        float(epsilon), float(marginal_temperature), int(iterations), rows == "text", bool(one_sided), importance,
-        domain == "scaling", int(absorb_every), int(captions_per_program or 0), int(num_warps or 0),
+        float(epsilon),
+        float(marginal_temperature),
+        int(iterations),
+        rows == "text",
+        bool(one_sided),
+        importance,
+        domain == "scaling",
+        int(absorb_every),
+        int(captions_per_program or 0),
+        int(num_warps or 0),
     )
     if domain == "scaling" and not one_sided:
         flagged = torch.isnan(out)  # one device sync: the price of the fallback
@@ -458,8 +758,21 @@ def sinkhorn_triton(
             redo = index if pairs is None else pairs[index[:, 0]]
             marginals: dict[str, Any] = dict(visual_pooled=visual_pooled, text_pooled=text_pooled) if importance else {}
             out[flagged] = sinkhorn_triton(
-                v, vmask, t, tmask, log_visual, log_text, epsilon, iterations, rows, one_sided,
-                marginal_temperature=marginal_temperature, num_warps=num_warps, pairs=redo, domain="log", **marginals,
+                v,
+                vmask,
+                t,
+                tmask,
+                log_visual,
+                log_text,
+                epsilon,
+                iterations,
+                rows,
+                one_sided,
+                marginal_temperature=marginal_temperature,
+                num_warps=num_warps,
+                pairs=redo,
+                domain="log",
+                **marginals,
             )
     return out
 
@@ -484,8 +797,26 @@ def _strides(v, t, vp, tp):
 
 
 def launch_sinkhorn(
-    v, t, vmask8, tmask8, la, lb, vp, tp, pairs, epsilon, marginal_temperature, iterations, text_first, one_sided,
-    importance, scaling, absorb_every, captions_per_program, num_warps, save=False,
+    v,
+    t,
+    vmask8,
+    tmask8,
+    la,
+    lb,
+    vp,
+    tp,
+    pairs,
+    epsilon,
+    marginal_temperature,
+    iterations,
+    text_first,
+    one_sided,
+    importance,
+    scaling,
+    absorb_every,
+    captions_per_program,
+    num_warps,
+    save=False,
 ) -> tuple[Tensor, Tensor]:
     """finealign::sinkhorn_forward: one launch of the fused kernel (0 = default for the last two).
     Returns the scores and, with `save` (training), every iteration's potentials (else empty)."""
@@ -495,24 +826,70 @@ def launch_sinkhorn(
     shape = (nv, nt) if pairs is None else (pairs.shape[0],)
     out = torch.empty(shape, dtype=torch.float32, device=v.device)
     keep = save and not one_sided
-    saved = torch.empty(grid[0] * iterations * (lvp * bt + bt * ltp) if keep else 0, dtype=torch.float32,
-                        device=v.device)
+    saved = torch.empty(
+        grid[0] * iterations * (lvp * bt + bt * ltp) if keep else 0, dtype=torch.float32, device=v.device
+    )
     if grid[0] == 0:
         return out, saved
     _sinkhorn_fwd[grid](
-        v, t, vmask8, tmask8, la, lb, vp, tp, out, out if pairs is None else pairs, saved if keep else out,
-        nv, nt, lv, lt, d, *_strides(v, t, vp, tp), 1.0 / epsilon, 1.0 / marginal_temperature, iterations,
-        LVP=lvp, BT=bt, LTP=ltp, BK=32 if v.dtype == torch.float32 else 64, PREC=_precision(v.dtype),
-        TEXT_FIRST=text_first, ONE_SIDED=one_sided, IMPORTANCE=importance,
-        PAIRS=pairs is not None, SCALING=scaling and not keep, ABSORB=absorb_every, SAVE=keep,
-        num_warps=warps, num_stages=2,
+        v,
+        t,
+        vmask8,
+        tmask8,
+        la,
+        lb,
+        vp,
+        tp,
+        out,
+        out if pairs is None else pairs,
+        saved if keep else out,
+        nv,
+        nt,
+        lv,
+        lt,
+        d,
+        *_strides(v, t, vp, tp),
+        1.0 / epsilon,
+        1.0 / marginal_temperature,
+        iterations,
+        LVP=lvp,
+        BT=bt,
+        LTP=ltp,
+        BK=32 if v.dtype == torch.float32 else 64,
+        PREC=_precision(v.dtype),
+        TEXT_FIRST=text_first,
+        ONE_SIDED=one_sided,
+        IMPORTANCE=importance,
+        PAIRS=pairs is not None,
+        SCALING=scaling and not keep,
+        ABSORB=absorb_every,
+        SAVE=keep,
+        num_warps=warps,
+        num_stages=2,
     )
     return out, saved
 
 
 def launch_sinkhorn_backward(
-    v, t, vmask8, tmask8, la, lb, vp, tp, grad, saved, epsilon, marginal_temperature, iterations, text_first,
-    one_sided, importance, captions_per_program, num_warps, need,
+    v,
+    t,
+    vmask8,
+    tmask8,
+    la,
+    lb,
+    vp,
+    tp,
+    grad,
+    saved,
+    epsilon,
+    marginal_temperature,
+    iterations,
+    text_first,
+    one_sided,
+    importance,
+    captions_per_program,
+    num_warps,
+    need,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """finealign::sinkhorn_backward: fp32 gradients of v, t and the marginals' inputs — log
     marginals (la, lb) or, for importance marginals, the pooled vectors (vp, tp) — from the
@@ -529,14 +906,43 @@ def launch_sinkhorn_backward(
     if grid[0]:
         placeholder = dv if need_dv else torch.empty(1, device=v.device)
         _sinkhorn_bwd[grid](
-            v, t, vmask8, tmask8, la, lb, vp, tp, grad, saved if saved.numel() else placeholder,
-            dv if need_dv else placeholder, dt if need_dt else placeholder,
-            dmv if need_dm else placeholder, dmt if need_dm else placeholder,
-            dmv if need_dm else placeholder, dmt if need_dm else placeholder,
-            nv, nt, lv, lt, d, *_strides(v, t, vp, tp), 1.0 / epsilon, 1.0 / marginal_temperature, iterations,
-            LVP=lvp, BT=bt, LTP=ltp, BK=32 if v.dtype == torch.float32 else 64, PREC=_precision(v.dtype),
-            TEXT_FIRST=text_first, ONE_SIDED=one_sided, IMPORTANCE=importance,
-            NEED_DV=need_dv, NEED_DT=need_dt, NEED_DM=need_dm,
-            num_warps=warps, num_stages=2,
+            v,
+            t,
+            vmask8,
+            tmask8,
+            la,
+            lb,
+            vp,
+            tp,
+            grad,
+            saved if saved.numel() else placeholder,
+            dv if need_dv else placeholder,
+            dt if need_dt else placeholder,
+            dmv if need_dm else placeholder,
+            dmt if need_dm else placeholder,
+            dmv if need_dm else placeholder,
+            dmt if need_dm else placeholder,
+            nv,
+            nt,
+            lv,
+            lt,
+            d,
+            *_strides(v, t, vp, tp),
+            1.0 / epsilon,
+            1.0 / marginal_temperature,
+            iterations,
+            LVP=lvp,
+            BT=bt,
+            LTP=ltp,
+            BK=32 if v.dtype == torch.float32 else 64,
+            PREC=_precision(v.dtype),
+            TEXT_FIRST=text_first,
+            ONE_SIDED=one_sided,
+            IMPORTANCE=importance,
+            NEED_DV=need_dv,
+            NEED_DT=need_dt,
+            NEED_DM=need_dm,
+            num_warps=warps,
+            num_stages=2,
         )
     return dv, dt, dmv, dmt

@@ -42,9 +42,7 @@ class ProblemShape:
         return {"nv": self.nv, "nt": self.nt, "lv": self.lv, "lt": self.lt, "dim": self.dim}
 
 
-def random_batch(
-    n: int, length: int, dim: int, *, generator: torch.Generator, min_fraction: float = 0.5
-) -> TokenBatch:
+def random_batch(n: int, length: int, dim: int, *, generator: torch.Generator, min_fraction: float = 0.5) -> TokenBatch:
     """Gaussian tokens (never zero: an all-zero input can take fast paths, e.g. in sparse or
     early-exit kernels, and gives optimistic timings), a pooled vector, and a realistic mask where
     each item keeps between `min_fraction`·length and length real tokens."""

@@ -104,7 +104,11 @@ def profile_callable(
     (an encoder forward, an eval step), not only aligners."""
     row: dict[str, Any] = {"aligner": label}
     stats = measure_latency(
-        fn, input_sets, device, warmup=settings.warmup, repeats=_repeats(fn, input_sets, settings, device),
+        fn,
+        input_sets,
+        device,
+        warmup=settings.warmup,
+        repeats=_repeats(fn, input_sets, settings, device),
         timer=settings.timer,
     )
     row.update(stats.as_dict())

@@ -15,9 +15,24 @@ from finealign.errors import ConfigError, DataError
 
 # The columns a reader wants first; any others follow.
 LEAD_COLUMNS = [
-    "aligner", "device", "dtype", "nv", "nt", "lv", "lt", "dim", "mode",
-    "latency_ms", "latency_iqr_ms", "latency_min_ms", "latency_max_ms",
-    "peak_mem_mib", "gflop", "achieved_tflops", "frac_of_matmul_peak", "error",
+    "aligner",
+    "device",
+    "dtype",
+    "nv",
+    "nt",
+    "lv",
+    "lt",
+    "dim",
+    "mode",
+    "latency_ms",
+    "latency_iqr_ms",
+    "latency_min_ms",
+    "latency_max_ms",
+    "peak_mem_mib",
+    "gflop",
+    "achieved_tflops",
+    "frac_of_matmul_peak",
+    "error",
 ]
 
 
@@ -66,16 +81,25 @@ def plot_scaling(rows, path: str | Path, axis: str = "n", metric: str = "latency
     df = df[(df["axis"] == axis) & (df["error"].fillna("") == "")] if "error" in df else df[df["axis"] == axis]
     if df.empty:
         raise ConfigError(f"no successful rows on scaling axis {axis!r} to plot")
-    label = {"n": "gallery size N (N images × 5N captions)", "tokens": "visual tokens per item",
-             "dim": "embedding dim d"}.get(axis, axis)
+    label = {
+        "n": "gallery size N (N images × 5N captions)",
+        "tokens": "visual tokens per item",
+        "dim": "embedding dim d",
+    }.get(axis, axis)
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for aligner, group in df.groupby("aligner"):
         group = group.sort_values("x")
         (line,) = ax.plot(group["x"], group[metric], marker="o", label=aligner)
         if metric == "latency_ms" and {"latency_q25_ms", "latency_q75_ms"} <= set(group.columns):
             # the interquartile band: how much to trust each point
-            ax.fill_between(group["x"], group["latency_q25_ms"], group["latency_q75_ms"],
-                            color=line.get_color(), alpha=0.15, linewidth=0)
+            ax.fill_between(
+                group["x"],
+                group["latency_q25_ms"],
+                group["latency_q75_ms"],
+                color=line.get_color(),
+                alpha=0.15,
+                linewidth=0,
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     xs = sorted(df["x"].unique())
@@ -149,8 +173,7 @@ def plot_recall_vs_latency(eval_rows, profile_rows, path: str | Path, metric: st
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.scatter(joined["latency_ms"], joined[metric])
     for _, r in joined.iterrows():
-        ax.annotate(r["aligner"], (r["latency_ms"], r[metric]), textcoords="offset points", xytext=(4, 4),
-                    fontsize=8)
+        ax.annotate(r["aligner"], (r["latency_ms"], r[metric]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("latency (ms, median)")
     ax.set_ylabel(metric)

@@ -107,16 +107,18 @@ def trace_aligners(
     aligner and the trace files. An aligner that fails to trace is reported and skipped."""
     device = resolve_device(settings.device)
     dtype = parse_dtype(settings.dtype)
-    sets = random_input_sets(shape, min(2, settings.input_sets), device, dtype, seed=settings.seed,
-                             requires_grad=settings.backward)
+    sets = random_input_sets(
+        shape, min(2, settings.input_sets), device, dtype, seed=settings.seed, requires_grad=settings.backward
+    )
     tops, files = {}, []
     with pinned_threads(settings.threads if device.type == "cpu" else None):
         for name in names:
             try:
                 aligner = build_aligner(name, shape.dim, settings.aligner_options.get(name))
                 aligner = aligner.to(device=device, dtype=dtype).train(settings.backward)
-                result = capture_trace(aligner_step(aligner, settings.backward), sets, device,
-                                       Path(trace_dir) / name, worker_name=name)
+                result = capture_trace(
+                    aligner_step(aligner, settings.backward), sets, device, Path(trace_dir) / name, worker_name=name
+                )
             except Exception as exc:
                 log.warning("trace of %s failed: %s: %s", name, type(exc).__name__, exc)
                 continue

@@ -62,8 +62,15 @@ def _floor_reference(visual: TokenBatch, text: TokenBatch) -> Callable[[], Any]:
 
 
 def scoring_cost(
-    aligner: Any, visual: TokenBatch, text: TokenBatch, *, rows: int = 16, repeats: int = 5, warmup: int = 1,
-    threads: int | None = None, device: torch.device | None = None,
+    aligner: Any,
+    visual: TokenBatch,
+    text: TokenBatch,
+    *,
+    rows: int = 16,
+    repeats: int = 5,
+    warmup: int = 1,
+    threads: int | None = None,
+    device: torch.device | None = None,
 ) -> dict[str, float]:
     """Per-image-query scoring cost of `aligner` on this gallery (see the module docstring).
 

@@ -160,7 +160,12 @@ def _time_do_bench(fn, input_sets, repeats) -> LatencyStats:
     q = do_bench(step, warmup=25, rep=budget_ms, quantiles=[0.0, 0.25, 0.5, 0.75, 1.0])
     q = [float(x) for x in q]
     return LatencyStats(
-        median_ms=q[2], q25_ms=q[1], q75_ms=q[3], min_ms=q[0], max_ms=q[4], mean_ms=float("nan"),
+        median_ms=q[2],
+        q25_ms=q[1],
+        q75_ms=q[3],
+        min_ms=q[0],
+        max_ms=q[4],
+        mean_ms=float("nan"),
         repeats=counter["i"],  # every call do_bench made, its own warm-up included
         timer="do_bench",
     )

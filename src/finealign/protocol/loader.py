@@ -56,7 +56,9 @@ def load_protocol(args: Iterable[str] = ()) -> tuple[ProtocolSpec, tuple[str, ..
         known = ", ".join(available_protocols())
         raise ConfigError(f"no protocol config {name!r} in {config_dir() / 'protocol'} (available: {known})")
     cfg = compose(f"protocol/{name}", own)
-    raw = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True)).get("protocol", {})  # a DictConfig gives a dict
+    raw = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True)).get(
+        "protocol", {}
+    )  # a DictConfig gives a dict
     spec = ProtocolSpec.from_dict(raw)
     varied = {p.name for p in spec.shared} | {p.name for m in spec.methods for p in m.params}
     check_methods_compose(spec, extra)

@@ -96,8 +96,14 @@ def tune_overrides(spec: ProtocolSpec, method: MethodSpec, extra: Iterable[str] 
 
 
 def final_overrides(
-    spec: ProtocolSpec, method: MethodSpec, best: dict[str, Any], seed: int, directory: Path, extra: Iterable[str] = (),
-    *, with_costs: bool = False,
+    spec: ProtocolSpec,
+    method: MethodSpec,
+    best: dict[str, Any],
+    seed: int,
+    directory: Path,
+    extra: Iterable[str] = (),
+    *,
+    with_costs: bool = False,
 ) -> list[str]:
     base = [*spec.overrides, *extra, *method.overrides, *to_overrides(best), *spec.test_overrides]
     if with_costs:
@@ -122,8 +128,13 @@ def _check_same_protocol(out: Path, spec: ProtocolSpec, extra: tuple[str, ...]) 
 
 
 def tune_method(
-    spec: ProtocolSpec, method: MethodSpec, storage_url: str, out: Path, objective: Objective,
-    extra: tuple[str, ...] = (), progress: bool = True,
+    spec: ProtocolSpec,
+    method: MethodSpec,
+    storage_url: str,
+    out: Path,
+    objective: Objective,
+    extra: tuple[str, ...] = (),
+    progress: bool = True,
 ) -> TuneOutcome:
     sweep = tune_sweep_spec(spec, method)
     overrides = tune_overrides(spec, method, extra)
@@ -157,7 +168,11 @@ def read_final(directory: Path) -> dict[str, Any] | None:
 
 
 def run_finals(
-    spec: ProtocolSpec, method: MethodSpec, best: dict[str, Any], out: Path, objective: Objective,
+    spec: ProtocolSpec,
+    method: MethodSpec,
+    best: dict[str, Any],
+    out: Path,
+    objective: Objective,
     extra: tuple[str, ...] = (),
 ) -> list[FinalRun]:
     runs = []
@@ -210,8 +225,14 @@ def _exists(url: str) -> bool:
 
 
 def run_protocol(
-    spec: ProtocolSpec, extra: Iterable[str] = (), *, storage: str | None = None, out_dir: Path | None = None,
-    objective: Objective | None = None, methods: Iterable[str] | None = None, progress: bool = True,
+    spec: ProtocolSpec,
+    extra: Iterable[str] = (),
+    *,
+    storage: str | None = None,
+    out_dir: Path | None = None,
+    objective: Objective | None = None,
+    methods: Iterable[str] | None = None,
+    progress: bool = True,
 ) -> list[MethodOutcome]:
     """Tune, retrain with the shared seeds, and test each method in turn (a subset with `methods`);
     resumable. `extra`: command-line overrides added to every run of every method."""

@@ -101,8 +101,13 @@ def metric_value(runs: Sequence[QueryRanks], metric: str) -> float:
 
 
 def paired_bootstrap(
-    method: Mapping[int, QueryRanks], reference: Mapping[int, QueryRanks], metric: str = "rsum", *,
-    resamples: int = 9999, confidence: float = 0.95, seed: int = 0,
+    method: Mapping[int, QueryRanks],
+    reference: Mapping[int, QueryRanks],
+    metric: str = "rsum",
+    *,
+    resamples: int = 9999,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> Interval:
     """Interval of metric(method) − metric(reference), over the seeds both have (keys: seed)."""
     _check_metric(metric)

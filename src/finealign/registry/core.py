@@ -128,8 +128,7 @@ class Registry:
         if existing is not None and not override and existing.target is not target:
             where = existing.ref or getattr(existing.target, "__module__", "?")
             raise ConfigError(
-                f"{self.kind} {name!r} is already registered (by {where}); "
-                "pass override=True to replace it"
+                f"{self.kind} {name!r} is already registered (by {where}); pass override=True to replace it"
             )
         self._entries[name] = Entry(
             name=name,
@@ -203,8 +202,7 @@ class Registry:
             close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
             raise UnknownNameError(
-                f"unknown {self.singular} {name!r}.{hint} "
-                f"Registered: {', '.join(sorted(self._entries)) or '(none)'}"
+                f"unknown {self.singular} {name!r}.{hint} Registered: {', '.join(sorted(self._entries)) or '(none)'}"
             )
         return self._entries[name]
 

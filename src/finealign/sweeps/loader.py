@@ -75,10 +75,14 @@ def load_sweep(args: Iterable[str] = ()) -> LoadedSweep:
     own = config_dir() / "sweep" / f"{name}.yaml"
     if own.is_file():
         cfg = compose(f"sweep/{name}", sweep_overrides)
-        raw = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True)).get("sweep", {})  # a DictConfig gives a dict
+        raw = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True)).get(
+            "sweep", {}
+        )  # a DictConfig gives a dict
     else:  # a plugin's sweep file: Hydra finds primary configs in the main tree only
         path = next(r / "sweep" / f"{name}.yaml" for r in config_roots() if (r / "sweep" / f"{name}.yaml").is_file())
-        node = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist([o[len("sweep."):] for o in sweep_overrides]))
+        node = OmegaConf.merge(
+            OmegaConf.load(path), OmegaConf.from_dotlist([o[len("sweep.") :] for o in sweep_overrides])
+        )
         raw = OmegaConf.to_container(node, resolve=True)
     spec = SweepSpec.from_dict(raw)
     check_options_exist(spec, config_roots())

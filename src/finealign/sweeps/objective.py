@@ -14,7 +14,9 @@ from finealign.errors import ConfigError
 from finealign.sweeps.runner import Objective, ValidationHook
 
 
-def run_composed(overrides: list[str], on_validation: ValidationHook, *, experiment: str = "config") -> Mapping[str, Any]:
+def run_composed(
+    overrides: list[str], on_validation: ValidationHook, *, experiment: str = "config"
+) -> Mapping[str, Any]:
     from finealign.config import compose
     from finealign.engine.experiment import run_experiment
 

@@ -73,7 +73,7 @@ def load_report(study_name: str, storage: str | None = None, out_dir: Path | Non
     check_study_name(study_name)
     url = with_available_driver(storage or f"sqlite:///{(DEFAULT_ROOT / f'{study_name}.db').resolve()}")
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
-        raise ConfigError(f"no sweep database at {url[len('sqlite:///'):]}; pass --storage URL")
+        raise ConfigError(f"no sweep database at {url[len('sqlite:///') :]}; pass --storage URL")
     from sqlalchemy.exc import SQLAlchemyError
 
     try:

@@ -187,7 +187,9 @@ class SweepWorker:
     def run(self) -> WorkerStats:
         from finealign.progress import bar as progress_bar
 
-        bar = progress_bar(total=self.target(), progress=self.progress, desc=f"sweep {self.study.study_name}", unit="trial")
+        bar = progress_bar(
+            total=self.target(), progress=self.progress, desc=f"sweep {self.study.study_name}", unit="trial"
+        )
         try:
             bar.update(self._counts()["done"])
             while (trial := self.next_trial()) is not None:

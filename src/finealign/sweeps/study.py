@@ -32,7 +32,10 @@ SAMPLERS: dict[str, Callable[[SweepSpec, int], optuna.samplers.BaseSampler]] = {
     "random": lambda spec, seed: optuna.samplers.RandomSampler(seed=seed),
     # constant_liar: parallel workers don't all propose the point next to the current best
     "tpe": lambda spec, seed: optuna.samplers.TPESampler(
-        seed=seed, multivariate=True, group=True, constant_liar=True,
+        seed=seed,
+        multivariate=True,
+        group=True,
+        constant_liar=True,
         n_startup_trials=min(10, max(2, (spec.n_trials or 10) // 4)),
     ),  # fmt: skip
     "nsga2": lambda spec, seed: optuna.samplers.NSGAIISampler(
