@@ -15,11 +15,12 @@ from finealign.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 1}} → {"train.lr": 1}: a nested config as dotted keys."""
     if isinstance(node, Mapping):
         out: dict[str, Any] = {}
         for k, v in node.items():
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: node}
 
@@ -52,7 +53,7 @@ class MLflowSink:
         self.run = mlflow.start_run(run_name=run_name)
         self.run_id = self.run.info.run_id
         # MLflow caps a param value at a few thousand characters; long lists are recorded truncated
-        mlflow.log_params({k: str(v)[:500] for k, v in _flat(params).items()})
+        mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
 
     def log(self, scalars: Mapping[str, float], step: int) -> None:
         self.mlflow.log_metrics({k.replace("/", "_"): float(v) for k, v in scalars.items()}, step=step)

@@ -33,7 +33,7 @@ from finealign.engine.evaluate import evaluate
 from finealign.engine.model import RetrievalModel, loss_extras
 from finealign.engine.optim import apply_backbone_schedule, build_optimizer, enable_grad_checkpointing
 from finealign.engine.schedule import LRSchedule
-from finealign.engine.tracking import ScalarSinks, open_sinks
+from finealign.engine.tracking import ScalarSinks, flatten, open_sinks
 from finealign.errors import ConfigError
 from finealign.progress import bar as progress_bar
 
@@ -47,22 +47,13 @@ log = logging.getLogger(__name__)
 VAL_SCALARS = ("rsum", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: node}
-
-
 def check_same_run(saved: dict | None, current: dict | None, path: Path) -> None:
     """A resumed run must be the run that wrote the checkpoint: a changed schedule, model, loss,
     data or seed would silently continue the old one (the saved LR schedule is restored) while
     results.json records the new settings. Refuse, listing every difference."""
     if not saved or not current:
         return  # a checkpoint from outside the engine: nothing to compare
-    old, new = _flat(saved), _flat(current)
+    old, new = flatten(saved), flatten(current)
     free = lambda key: any(key == f or key.startswith(f + ".") for f in RESUME_FREE)  # noqa: E731
     changed = sorted(k for k in set(old) | set(new) if not free(k) and old.get(k, "<unset>") != new.get(k, "<unset>"))
     if changed:
