@@ -274,24 +274,27 @@ class Gallery:
     def rerank_scores(self, queries: TokenBatch, vectors: np.ndarray, ids: np.ndarray, rerank: Aligner) -> np.ndarray:
         """(nq, s) scores of each query's shortlisted items `ids` by `rerank` (-inf where id is -1).
 
-        Only the shortlisted items' tokens are read from the memory map. Pairs go through the
-        aligner's public `score_pairs` (visual first, whichever side the gallery holds).
+        Only the shortlisted items' tokens are read from the memory map. Each query is scored
+        against its own shortlist with the aligner's public call (one (1, s) row; the aligner
+        contract makes these entries equal to `score_pairs` of the same pairs, which is what
+        two_stage uses), never against the other queries' shortlists.
         """
-        found = ids >= 0
-        rows, cols = np.nonzero(found)
-        items = self.store.read(ids[found], dtype=queries.tokens.dtype)  # item p belongs to query rows[p]
-        pairs = torch.from_numpy(np.stack([rows, np.arange(len(rows))], 1))
         local_aligner = rerank.local if isinstance(rerank, TwoStageAligner) else rerank
-        with torch.no_grad():
-            if self.modality == "text":
-                local = local_aligner.score_pairs(queries, items, pairs)
-            else:
-                local = local_aligner.score_pairs(items, queries, pairs.flip(1))
-            if isinstance(rerank, TwoStageAligner):
-                # The exact global score of each pair, as two_stage's global matrix holds it.
-                glob = (torch.from_numpy(vectors[rows]) * torch.from_numpy(self.globals[ids[found]])).sum(1)
-                local = rerank.mix(glob, local)
         final = np.full(ids.shape, -np.inf, dtype=np.float32)
-        final[rows, cols] = local.float().numpy()
+        with torch.no_grad():
+            for row, row_ids in enumerate(ids):
+                found = row_ids[row_ids >= 0]
+                if not len(found):
+                    continue
+                items = self.store.read(found, dtype=queries.tokens.dtype)
+                query = queries[row]
+                if self.modality == "text":
+                    local = local_aligner(query, items)[0]
+                else:
+                    local = local_aligner(items, query)[:, 0]
+                if isinstance(rerank, TwoStageAligner):
+                    # The exact global score of each pair, as two_stage's global matrix holds it.
+                    glob = torch.from_numpy(np.ascontiguousarray(self.globals[found])) @ torch.from_numpy(vectors[row])
+                    local = rerank.mix(glob, local)
+                final[row, row_ids >= 0] = local.float().numpy()
         return final
-
