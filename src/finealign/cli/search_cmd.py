@@ -114,8 +114,8 @@ def query(args: argparse.Namespace) -> int:
     ids = np.asarray(args.ids if args.ids is not None else range(min(5, len(tokens))), dtype=np.int64)
     if len(ids) and (ids.min() < 0 or ids.max() >= len(tokens)):
         raise ConfigError(f"--ids must lie in [0, {len(tokens)}), got {ids.tolist()}")
-    batch = TokenBatch(torch.from_numpy(np.asarray(tokens[ids], dtype=np.float32)), torch.from_numpy(np.asarray(mask[ids])),
-                       None if pooled is None else torch.from_numpy(np.asarray(pooled[ids], dtype=np.float32)))  # fmt: skip
+    batch = TokenBatch(torch.from_numpy(np.array(tokens[ids], dtype=np.float32)), torch.from_numpy(np.array(mask[ids], dtype=bool)),
+                       None if pooled is None else torch.from_numpy(np.array(pooled[ids], dtype=np.float32)))  # fmt: skip
     aligner = create_aligner(args.rerank) if args.rerank else None
     result = gallery.query(batch, args.top_k, rerank=aligner, shortlist=args.shortlist, feature_source=source)
     rows = [{"query": int(q), "rank": r + 1, "item": int(result.ids[i, r]), "score": float(result.scores[i, r]),

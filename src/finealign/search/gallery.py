@@ -102,8 +102,9 @@ class GalleryWriter:
         """Append (n, L, d) tokens, their (n, L) mask and optional (n, d) pooled vectors (else the token mean)."""
         first = self.store.items
         self.store.add(tokens, mask)
-        batch = TokenBatch(torch.from_numpy(np.asarray(tokens, dtype=np.float32)), torch.from_numpy(np.asarray(mask)),
-                           None if pooled is None else torch.from_numpy(np.asarray(pooled, dtype=np.float32)))  # fmt: skip
+        # Copies (np.array): memory-mapped inputs are read-only, torch wants writable arrays.
+        batch = TokenBatch(torch.from_numpy(np.array(tokens, dtype=np.float32)), torch.from_numpy(np.array(mask, dtype=bool)),
+                           None if pooled is None else torch.from_numpy(np.array(pooled, dtype=np.float32)))  # fmt: skip
         vectors = global_vectors(batch)
         if self.meta["normalized"]:
             vectors = l2_normalize(vectors)
