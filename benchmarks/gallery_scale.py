@@ -15,7 +15,10 @@ method's resident memory is its own:
 * rerank <index> <aligner>: the index's top-100 re-ranked by mean_max or hard, tokens read from
   the memory map for the shortlisted items only.
 
-Latency is per query (median and IQR over --queries queries after --warmup); RSS from
+Latency is per query (median and IQR over --queries queries after --warmup), one query at a time
+as a serving process sees them, with torch on --torch-threads threads (default 1: on 2 busy shared
+cores, a 100-item re-rank with 2 torch threads measured 4-7x slower than with 1, the OpenMP workers
+waiting on each other); FAISS searches one query on one thread. RSS from
 /proc/self/status (VmRSS after the queries, VmHWM peak). Results of all sizes measured so far are
 kept in <out>/gallery_scale.csv; the table (with log-log exponents of latency vs N over the sizes
 present) goes to <out>/gallery_scale.md and stdout. Galleries are deleted after measuring unless
@@ -95,17 +98,18 @@ def make_queries(folder: Path, count: int, path: Path, seed: int = 1) -> None:
 
 
 # -- measuring (in a subprocess per method) -----------------------------------------------------
-def measure(folder: Path, method: str, queries_path: Path, warmup: int, ids_path: Path) -> dict:
+def measure(folder: Path, method: str, queries_path: Path, warmup: int, ids_path: Path, threads: int) -> dict:
     import torch
 
     from finealign.registry import create_aligner
     from finealign.search import Gallery
     from finealign.tokens import TokenBatch
 
+    torch.set_num_threads(threads)
     base = status_mb()
     all_queries = torch.from_numpy(np.load(queries_path))
     batches = [TokenBatch(q[None], torch.ones(1, REGIONS, dtype=torch.bool)) for q in all_queries]
-    kind, _, aligner_name = method.partition(":")
+    kind, _, aligner_name = method.split("@")[0].partition(":")
     if kind == "brute":
         glob = torch.from_numpy(np.load(folder / "global.npy"))  # every global vector in RAM
 
@@ -138,10 +142,12 @@ def measure(folder: Path, method: str, queries_path: Path, warmup: int, ids_path
             "threads_torch": torch.get_num_threads()}  # fmt: skip
 
 
-def run_method(folder: Path, method: str, queries_path: Path, warmup: int, work: Path) -> dict:
-    ids_path = work / f"ids-{method.replace(':', '-')}.npy"
+def run_method(folder: Path, method: str, queries_path: Path, warmup: int, work: Path, threads: int) -> dict:
+    method, _, own_threads = method.partition("@")  # "ivf:mean_max@2": this row with 2 torch threads
+    threads = int(own_threads or threads)
+    ids_path = work / f"ids-{method.replace(':', '-')}-{threads}.npy"
     cmd = [sys.executable, __file__, "--measure", method, "--gallery", str(folder), "--queries-file",
-           str(queries_path), "--warmup", str(warmup), "--ids-file", str(ids_path)]  # fmt: skip
+           str(queries_path), "--warmup", str(warmup), "--ids-file", str(ids_path), "--torch-threads", str(threads)]  # fmt: skip
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["ids"] = np.load(ids_path)
@@ -169,9 +175,10 @@ def measure_size(count: int, args: argparse.Namespace) -> list[dict]:
     make_queries(folder, args.queries + args.warmup, queries_path)
     methods = ["brute", "flat", "ivf"] + (["hnsw"] if count <= args.hnsw_max else [])
     methods += [f"{index}:{aligner}" for index in ("flat", "ivf") for aligner in ("mean_max", "hard")]
+    methods.append("ivf:mean_max@2")  # the same row with 2 torch threads: why the default is 1
     results = {}
     for method in methods:
-        results[method] = run_method(folder, method, queries_path, args.warmup, work)
+        results[method] = run_method(folder, method, queries_path, args.warmup, work, args.torch_threads)
         print(f"[{count}] {method}: median {np.median(results[method]['times_ms']):.2f} ms", flush=True)
     rows = []
     for method, res in results.items():
@@ -179,7 +186,8 @@ def measure_size(count: int, args: argparse.Namespace) -> list[dict]:
         row = {"gallery": count, "method": method, "median_ms": stats.median_ms, "q25_ms": stats.q25_ms,
                "q75_ms": stats.q75_ms, "iqr_ms": stats.iqr_ms, "queries": stats.repeats,
                "rss_mb": res["rss_mb"], "rss_peak_mb": res["rss_peak_mb"], "rss_file_mb": res["rss_file_mb"],
-               "rss_loaded_mb": res["rss_loaded_mb"], "rss_base_mb": res["rss_base_mb"]}  # fmt: skip
+               "rss_loaded_mb": res["rss_loaded_mb"], "rss_base_mb": res["rss_base_mb"],
+               "torch_threads": res["threads_torch"]}  # fmt: skip
         if method in ("ivf", "hnsw"):
             row["recall@10_vs_flat"] = recall(res["ids"], results["flat"]["ids"], 10)
             row["recall@100_vs_flat"] = recall(res["ids"], results["flat"]["ids"], SHORTLIST)
@@ -226,6 +234,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=30, help="timed queries per method (>= 20)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--hnsw-max", type=int, default=100_000, help="build HNSW only up to this size (slow build)")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads while timing queries")
     parser.add_argument("--keep", action="store_true", help="keep the galleries in --scratch")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--gallery", type=Path, help=argparse.SUPPRESS)
@@ -233,7 +242,7 @@ def main() -> None:
     parser.add_argument("--ids-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.gallery, args.measure, args.queries_file, args.warmup, args.ids_file)))
+        print(json.dumps(measure(args.gallery, args.measure, args.queries_file, args.warmup, args.ids_file, args.torch_threads)))
         return
     args.out.mkdir(parents=True, exist_ok=True)
     csv = args.out / "gallery_scale.csv"
