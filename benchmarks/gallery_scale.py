@@ -13,7 +13,9 @@ method's resident memory is its own:
 * brute: the global matrix as two_stage computes it — every global vector in RAM, q · Gᵀ, top-100;
 * flat / ivf / hnsw: the index's top-100 (recall@10 and @100 of the approximate ones vs Flat);
 * rerank <index> <aligner>: the index's top-100 re-ranked by mean_max or hard, tokens read from
-  the memory map for the shortlisted items only.
+  the memory map for the shortlisted items only — timed twice: "cold" (the token file's pages
+  evicted from the page cache first, POSIX_FADV_DONTNEED on that file only) and "warm" (the same
+  queries again); `#noprefetch` reads by page faults alone (no POSIX_FADV_WILLNEED).
 
 Latency is per query (median and IQR over --queries queries after --warmup), one query at a time
 as a serving process sees them, with torch on --torch-threads threads (default 1: on 2 busy shared
@@ -98,6 +100,12 @@ def make_queries(folder: Path, count: int, path: Path, seed: int = 1) -> None:
 
 
 # -- measuring (in a subprocess per method) -----------------------------------------------------
+def evict(path: Path) -> None:
+    """Drop this one file's pages from the page cache (POSIX_FADV_DONTNEED): the next reads come from disk."""
+    with open(path, "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
 def measure(folder: Path, method: str, queries_path: Path, warmup: int, ids_path: Path, threads: int) -> dict:
     import torch
 
@@ -109,7 +117,8 @@ def measure(folder: Path, method: str, queries_path: Path, warmup: int, ids_path
     base = status_mb()
     all_queries = torch.from_numpy(np.load(queries_path))
     batches = [TokenBatch(q[None], torch.ones(1, REGIONS, dtype=torch.bool)) for q in all_queries]
-    kind, _, aligner_name = method.split("@")[0].partition(":")
+    method, _, variant = method.partition("#")
+    kind, _, aligner_name = method.partition(":")
     if kind == "brute":
         glob = torch.from_numpy(np.load(folder / "global.npy"))  # every global vector in RAM
 
@@ -120,6 +129,7 @@ def measure(folder: Path, method: str, queries_path: Path, warmup: int, ids_path
             return (l2_normalize(global_vectors(q)) @ glob.T).topk(SHORTLIST, dim=1).indices.numpy()
     else:
         gallery = Gallery(folder, index=kind)
+        gallery.store.prefetch = variant != "noprefetch"
         aligner = create_aligner(aligner_name) if aligner_name else None
 
         def run(q):
@@ -127,25 +137,32 @@ def measure(folder: Path, method: str, queries_path: Path, warmup: int, ids_path
                 return gallery.query(q, SHORTLIST).ids
             return gallery.query(q, 10, rerank=aligner, shortlist=SHORTLIST).ids
     loaded = status_mb()
+    passes = {}
     with torch.inference_mode():
         for q in batches[:warmup]:
             run(q)
-        times, ids = [], []
-        for q in batches[warmup:]:
-            start = time.perf_counter()
-            ids.append(run(q))
-            times.append((time.perf_counter() - start) * 1e3)
+        # Re-ranking reads tokens from the memory map: time it from disk (this file's pages evicted
+        # from the page cache first), then the same queries again from the page cache.
+        for name in (("cold", "warm") if aligner_name else ("ram",)):
+            if name == "cold":
+                evict(folder / "tokens.npy")
+            times, ids = [], []
+            for q in batches[warmup:]:
+                start = time.perf_counter()
+                ids.append(run(q))
+                times.append((time.perf_counter() - start) * 1e3)
+            passes[name] = times
     np.save(ids_path, np.concatenate(ids))
     end = status_mb()
-    return {"times_ms": times, "rss_base_mb": base["VmRSS"], "rss_loaded_mb": loaded["VmRSS"],
+    return {"passes": passes, "rss_base_mb": base["VmRSS"], "rss_loaded_mb": loaded["VmRSS"],
             "rss_mb": end["VmRSS"], "rss_peak_mb": end["VmHWM"], "rss_file_mb": end["RssFile"],
-            "threads_torch": torch.get_num_threads()}  # fmt: skip
+            "threads_torch": torch.get_num_threads(), "loadavg_1min": os.getloadavg()[0]}  # fmt: skip
 
 
 def run_method(folder: Path, method: str, queries_path: Path, warmup: int, work: Path, threads: int) -> dict:
     method, _, own_threads = method.partition("@")  # "ivf:mean_max@2": this row with 2 torch threads
     threads = int(own_threads or threads)
-    ids_path = work / f"ids-{method.replace(':', '-')}-{threads}.npy"
+    ids_path = work / f"ids-{method.replace(':', '-').replace('#', '-')}-{threads}.npy"
     cmd = [sys.executable, __file__, "--measure", method, "--gallery", str(folder), "--queries-file",
            str(queries_path), "--warmup", str(warmup), "--ids-file", str(ids_path), "--torch-threads", str(threads)]  # fmt: skip
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -176,26 +193,32 @@ def measure_size(count: int, args: argparse.Namespace) -> list[dict]:
     methods = ["brute", "flat", "ivf"] + (["hnsw"] if count <= args.hnsw_max else [])
     methods += [f"{index}:{aligner}" for index in ("flat", "ivf") for aligner in ("mean_max", "hard")]
     methods.append("ivf:mean_max@2")  # the same row with 2 torch threads: why the default is 1
+    methods.append("ivf:mean_max#noprefetch")  # the same row reading by page faults alone
     results = {}
     for method in methods:
         results[method] = run_method(folder, method, queries_path, args.warmup, work, args.torch_threads)
-        print(f"[{count}] {method}: median {np.median(results[method]['times_ms']):.2f} ms", flush=True)
+        medians = ", ".join(f"{k} {np.median(v):.2f}" for k, v in results[method]["passes"].items())
+        print(f"[{count}] {method}: median ms {medians}", flush=True)
     rows = []
     for method, res in results.items():
-        stats = summarize(res["times_ms"], "perf_counter")
-        row = {"gallery": count, "method": method, "median_ms": stats.median_ms, "q25_ms": stats.q25_ms,
-               "q75_ms": stats.q75_ms, "iqr_ms": stats.iqr_ms, "queries": stats.repeats,
-               "rss_mb": res["rss_mb"], "rss_peak_mb": res["rss_peak_mb"], "rss_file_mb": res["rss_file_mb"],
-               "rss_loaded_mb": res["rss_loaded_mb"], "rss_base_mb": res["rss_base_mb"],
-               "torch_threads": res["threads_torch"]}  # fmt: skip
-        if method in ("ivf", "hnsw"):
-            row["recall@10_vs_flat"] = recall(res["ids"], results["flat"]["ids"], 10)
-            row["recall@100_vs_flat"] = recall(res["ids"], results["flat"]["ids"], SHORTLIST)
-        if method == "brute":  # Flat must agree with the brute-force matrix (ties aside)
-            row["recall@100_vs_flat"] = recall(res["ids"], results["flat"]["ids"], SHORTLIST)
-        row.update({k: v for k, v in built.items()})
-        row["build_wall_s"] = build_wall
-        rows.append(row)
+        for name, times in res["passes"].items():
+            stats = summarize(times, "perf_counter")
+            row = {"gallery": count, "method": method, "tokens_from": name, "median_ms": stats.median_ms,
+                   "q25_ms": stats.q25_ms, "q75_ms": stats.q75_ms, "iqr_ms": stats.iqr_ms, "queries": stats.repeats,
+                   "rss_mb": res["rss_mb"], "rss_peak_mb": res["rss_peak_mb"], "rss_file_mb": res["rss_file_mb"],
+                   "rss_loaded_mb": res["rss_loaded_mb"], "rss_base_mb": res["rss_base_mb"],
+                   "torch_threads": res["threads_torch"], "loadavg_1min": res["loadavg_1min"]}  # fmt: skip
+            if method in ("ivf", "hnsw", "brute"):  # brute must agree with Flat (ties aside)
+                row["recall@10_vs_flat"] = recall(res["ids"], results["flat"]["ids"], 10)
+                row["recall@100_vs_flat"] = recall(res["ids"], results["flat"]["ids"], SHORTLIST)
+            index, _, rest = method.partition(":")
+            exact = "flat:" + rest.split("@")[0].split("#")[0]
+            if index != "flat" and rest and exact in results:
+                # the final top-10 after re-ranking, against re-ranking Flat's exact shortlist
+                row["recall@10_vs_flat"] = recall(res["ids"], results[exact]["ids"], 10)
+            row.update(built)
+            row["build_wall_s"] = build_wall
+            rows.append(row)
     if not args.keep:
         shutil.rmtree(folder)
     shutil.rmtree(work)
@@ -205,16 +228,16 @@ def measure_size(count: int, args: argparse.Namespace) -> list[dict]:
 def exponents(table: pd.DataFrame) -> pd.Series:
     """Slope of log(median latency) vs log(gallery size) per method, over the sizes present."""
     out = {}
-    for method, group in table.groupby("method"):
+    for (method, source), group in table.groupby(["method", "tokens_from"]):
         if group["gallery"].nunique() >= 2:
-            out[method] = float(np.polyfit(np.log(group["gallery"]), np.log(group["median_ms"]), 1)[0])
+            out[f"{method} ({source})"] = float(np.polyfit(np.log(group["gallery"]), np.log(group["median_ms"]), 1)[0])
     return pd.Series(out, name="latency_exponent")
 
 
 def report(csv: Path, md: Path) -> str:
-    table = pd.read_csv(csv).sort_values(["gallery", "method"])
-    shown = table[["gallery", "method", "median_ms", "q25_ms", "q75_ms", "queries", "rss_mb", "rss_peak_mb",
-                   "recall@10_vs_flat", "recall@100_vs_flat"]]  # fmt: skip
+    table = pd.read_csv(csv).sort_values(["gallery", "method", "tokens_from"])
+    shown = table[["gallery", "method", "tokens_from", "median_ms", "q25_ms", "q75_ms", "queries", "rss_mb",
+                   "rss_peak_mb", "recall@10_vs_flat", "recall@100_vs_flat", "loadavg_1min"]]  # fmt: skip
     builds = table.groupby("gallery").first()[[c for c in table.columns if c.startswith(("build_", "generate",
                                                                                           "store_", "ivf_lists"))]]  # fmt: skip
     text = "\n\n".join([

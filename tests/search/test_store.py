@@ -22,9 +22,10 @@ def write_store(folder: Path, n: int, length: int, dim: int, seed: int = 0, chun
     return tokens, mask
 
 
-def test_read_gives_each_items_real_tokens_in_order(tmp_path):
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_read_gives_each_items_real_tokens_in_order(tmp_path, prefetch):
     tokens, mask = write_store(tmp_path, 40, 9, 6)
-    store = TokenStore(tmp_path)
+    store = TokenStore(tmp_path, prefetch=prefetch)
     ids = np.array([5, 0, 39, 5, 17])  # any order, repeats allowed
     batch = store.read(ids)
     for row, i in enumerate(ids):
