@@ -83,6 +83,8 @@ def test_query_with_another_dimension_or_feature_source_names_both(tmp_path, gen
         gallery.query(random_batch(2, 3, 10, generator=gen), 3)
     with pytest.raises(ConfigError, match=r"'other-towers'.*'test-towers'"):
         gallery.query(random_batch(2, 3, 8, generator=gen), 3, feature_source="other-towers")
+    with pytest.raises(ConfigError, match="normalize=False .* L2-normalised"):
+        gallery.query(random_batch(2, 3, 8, generator=gen), 3, rerank=create_aligner("two_stage", normalize=False))
     with pytest.raises(ConfigError, match="shortlist"):
         gallery.query(random_batch(2, 3, 8, generator=gen), 5, rerank=create_aligner("mean_max"), shortlist=3)
 

@@ -58,7 +58,7 @@ from finealign.aligners.base import (
 )
 from finealign.aligners.validation import check_pair
 from finealign.errors import ConfigError
-from finealign.kernels.ann import IndexSpec, build_index, search
+from finealign.kernels.ann import IndexSpec, build_index, require_faiss, search
 from finealign.kernels.normalize import l2_normalize
 from finealign.registry import ALIGNERS, build_config, config_class, ensure_builtins
 from finealign.tokens import TokenBatch
@@ -132,7 +132,8 @@ class TwoStageConfig(AlignerConfig):
                 f"first_stage_options {sorted(self.first_stage_options)} apply to a FAISS first stage, "
                 "but first_stage is 'exact'"
             )
-        self.index_spec()  # unknown or bad knobs fail here
+        if self.index_spec() is not None:  # unknown or bad knobs fail here, and a missing faiss
+            require_faiss()
         # Fail at config time (e.g. inside a sweep) on an unknown name (UnknownNameError) or a bad option.
         ensure_builtins("aligners")
         local_config = config_class(ALIGNERS.get(self.local))

@@ -254,6 +254,12 @@ class Gallery:
         if rerank is None:
             scores, ids = search(self.index, vectors, top_k)
             return SearchResult(ids, scores, scores)
+        if isinstance(rerank, TwoStageAligner) and rerank.config.normalize != self.manifest["normalized"]:
+            raise ConfigError(
+                f"two_stage has normalize={rerank.config.normalize} but gallery {self.folder} holds "
+                f"{'L2-normalised' if self.manifest['normalized'] else 'raw'} global vectors: its global "
+                "scores would not be two_stage's"
+            )
         shortlist = self._shortlist_length(rerank, shortlist, top_k)
         first_scores, ids = search(self.index, vectors, shortlist)
         final = self.rerank_scores(queries, vectors, ids, rerank)
