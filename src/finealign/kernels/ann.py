@@ -142,8 +142,8 @@ def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     faiss = require_faiss()
     threads = faiss.omp_get_max_threads()
     # FAISS spreads a search over its queries: with fewer queries than threads the spare OpenMP
-    # workers only spin afterwards, stealing cores from the re-ranking that follows (measured on
-    # 2 cores: a 100-item mean_max re-rank 2-4x slower). Wake no more workers than queries.
+    # workers have nothing to do but spin afterwards, taking cores from the re-ranking that
+    # follows. Wake no more workers than queries.
     faiss.omp_set_num_threads(max(1, min(threads, len(queries))))
     try:
         scores, ids = index.search(queries, min(want + TIE_MARGIN, index.ntotal))
