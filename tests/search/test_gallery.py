@@ -119,3 +119,11 @@ def test_unfinished_damaged_or_existing_galleries_are_refused(tmp_path, gen):
     with pytest.raises(DataError, match="manifest.json"):
         Gallery(gallery.folder)
     assert not list(tmp_path.glob(".g.tmp-*")), "no temporary build folder is left behind"
+
+
+def test_a_killed_builds_temporary_folder_is_removed_by_the_next_build(tmp_path, gen):
+    stale = tmp_path / ".g.tmp-4194999-deadbeef"  # a pid above Linux's pid_max: that process is gone
+    stale.mkdir()
+    (stale / "tokens.npy").write_bytes(b"partial")
+    store(tmp_path, random_batch(10, 3, 8, generator=gen), "text")
+    assert not stale.exists() and (tmp_path / "g" / "manifest.json").is_file()

@@ -32,6 +32,7 @@ import torch
 
 from finealign.aligners.base import Aligner, global_vectors
 from finealign.aligners.two_stage import TwoStageAligner
+from finealign.cache.build import _remove_stale_temporaries as remove_stale_temporaries
 from finealign.cache.format import quick_problems
 from finealign.errors import ConfigError, DataError, ShapeError
 from finealign.kernels.ann import IndexSpec, build_index, read_index, search, write_index
@@ -90,6 +91,7 @@ class GalleryWriter:
         if self.folder.exists():
             raise ConfigError(f"{self.folder} already exists: choose a new folder for the gallery")
         self.folder.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.folder.parent, self.folder.name)  # left by killed builds
         self.tmp = self.folder.parent / f".{self.folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.tmp.mkdir()
         self.meta = {"format": FORMAT_VERSION, "modality": modality, "feature_source": feature_source,
