@@ -14,6 +14,7 @@ LAYERS = [
     {"kernels"},
     {"aligners", "losses"},
     {"data", "encoders", "cache", "profiling"},
+    {"search"},
     {"config", "overrides"},
     {"engine"},
     {"sweeps", "testing"},

@@ -27,6 +27,12 @@ bug is not reproduced). Such an entry gets
 which is finite, strictly below every shortlisted score, and keeps the global order among
 non-shortlisted candidates.
 
+The first stage is the exact global matrix's top-K (`first_stage: exact`, the default) or a FAISS
+index built over the gallery side's global vectors for each call (`faiss_flat`: exact up to float
+rounding of near-ties; `faiss_ivf`, `faiss_hnsw`: approximate, knobs in `first_stage_options`,
+see `finealign.kernels.ann.IndexSpec`). Either way the shortlisted pairs' mixed scores and the
+out-of-shortlist rule use the exact global matrix; only which pairs are shortlisted changes.
+
 Training scores every pair of the batch (the shortlist is an inference procedure): the mixed
 score (`train_score: mixed`), or the local score alone (`train_score: local`), which with the
 `cmc` loss gives TGDT's training — each branch has its own hinge (cmc adds the global one).
@@ -53,12 +59,15 @@ from finealign.aligners.base import (
 from finealign.aligners.validation import check_pair
 from finealign.checks import check_positive_int
 from finealign.errors import ConfigError
+from finealign.kernels.ann import IndexSpec, build_index, require_faiss, search
 from finealign.kernels.normalize import l2_normalize
 from finealign.registry import ALIGNERS, build_config, config_class, ensure_builtins
 from finealign.tokens import TokenBatch
 
 MIXES = ("convex", "sum")
 TRAIN_SCORES = ("mixed", "local")
+#: first_stage → the FAISS index kind it builds (None: the exact global matrix's top-K)
+FIRST_STAGES = {"exact": None, "faiss_flat": "flat", "faiss_ivf": "ivf", "faiss_hnsw": "hnsw"}
 
 
 def _check_top_k(key: str, value: object, optional: bool) -> None:
@@ -76,6 +85,8 @@ class TwoStageConfig(AlignerConfig):
     mix: str = "convex"  # "convex": α·G + (1−α)·L; "sum": G + L (TGDT; α unused)
     train_score: str = "mixed"  # training scores every batch pair by: "mixed" or "local" (TGDT)
     direction: str = "i2t"  # whose shortlists `forward` uses; evaluation scores both directions
+    first_stage: str = "exact"  # shortlist from: "exact" global top-K, "faiss_flat", "faiss_ivf", "faiss_hnsw"
+    first_stage_options: dict = field(default_factory=dict)  # FAISS knobs (kernels.ann.IndexSpec), e.g. ivf_probe
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -108,11 +119,29 @@ class TwoStageConfig(AlignerConfig):
             raise ConfigError("local cannot be 'two_stage' itself; name a token-level aligner")
         if not isinstance(self.local_options, dict):
             raise ConfigError(f"local_options must be a dict, got {type(self.local_options).__name__}")
+        if self.first_stage not in FIRST_STAGES:
+            raise ConfigError(f"first_stage must be one of {tuple(FIRST_STAGES)}, got {self.first_stage!r}")
+        if not isinstance(self.first_stage_options, dict):
+            raise ConfigError(f"first_stage_options must be a dict, got {type(self.first_stage_options).__name__}")
+        if self.first_stage == "exact" and self.first_stage_options:
+            raise ConfigError(
+                f"first_stage_options {sorted(self.first_stage_options)} apply to a FAISS first stage, "
+                "but first_stage is 'exact'"
+            )
+        if self.index_spec() is not None:  # unknown or bad knobs fail here, and a missing faiss
+            require_faiss()
         # Fail at config time (e.g. inside a sweep) on an unknown name (UnknownNameError) or a bad option.
         ensure_builtins("aligners")
         local_config = config_class(ALIGNERS.get(self.local))
         if local_config is not None:
             build_config(local_config, self.local_options, f"two_stage local aligner {self.local!r}")
+
+    def index_spec(self) -> IndexSpec | None:
+        """The FAISS index the first stage builds, or None for the exact global top-K."""
+        kind = FIRST_STAGES[self.first_stage]
+        if kind is None:
+            return None
+        return IndexSpec.from_options(kind, self.first_stage_options, f"two_stage first_stage {self.first_stage!r}")
 
     def shortlist_length(self, queries: str) -> int:
         """How many candidates a query of this direction shortlists."""
@@ -151,8 +180,11 @@ class TwoStageAligner(Aligner[TwoStageConfig]):
         queries ("t2i", per-column shortlists) rank them; see the module docstring."""
         check_query_direction(queries)
         check_pair(visual, text)
-        glob = self.global_similarity(visual, text)
-        pairs = self.shortlist(glob, queries).nonzero()  # (P, 2) shortlisted (image, caption) pairs
+        v, t = self.global_pair(visual, text)
+        glob = v @ t.T
+        spec = self.config.index_spec()
+        keep = self.shortlist(glob, queries) if spec is None else self.index_shortlist(v, t, queries, spec)
+        pairs = keep.nonzero()  # (P, 2) shortlisted (image, caption) pairs
         local = self.local.score_pairs(visual, text, pairs)
         mixed = self.mix(glob[pairs[:, 0], pairs[:, 1]], local)
         # Outside the shortlist: strictly below every shortlisted score, global order kept.
@@ -179,10 +211,31 @@ class TwoStageAligner(Aligner[TwoStageConfig]):
 
     def global_similarity(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         """(Nv, Nt) global similarity: cosine of the pooled (or masked-mean) vectors when `normalize`."""
+        v, t = self.global_pair(visual, text)
+        return v @ t.T
+
+    def global_pair(self, visual: TokenBatch, text: TokenBatch) -> tuple[Tensor, Tensor]:
+        """The (Nv, d) and (Nt, d) global vectors the first stage compares (L2-normalised when `normalize`)."""
         v, t = global_vectors(visual), global_vectors(text)
         if self.config.normalize:
             v, t = l2_normalize(v), l2_normalize(t)
-        return v @ t.T
+        return v, t
+
+    def index_shortlist(self, v: Tensor, t: Tensor, queries: str, spec: IndexSpec) -> Tensor:
+        """`shortlist` from a FAISS index over the gallery side's global vectors (captions for
+        "i2t", images for "t2i"), searched with the query side's. An approximate index may return
+        fewer than K candidates for a query; the missing ones are simply not shortlisted."""
+        check_query_direction(queries)
+        query_vecs, gallery = (v, t) if queries == "i2t" else (t, v)
+        index = build_index(gallery.detach().float().cpu().numpy(), spec)
+        k = min(self.config.shortlist_length(queries), len(gallery))
+        ids = torch.from_numpy(search(index, query_vecs.detach().float().cpu().numpy(), k)[1])
+        rows = torch.arange(len(query_vecs)).unsqueeze(1).expand_as(ids)
+        found = ids >= 0
+        keep = torch.zeros(len(query_vecs), len(gallery), dtype=torch.bool)
+        keep[rows[found], ids[found]] = True
+        keep = keep.to(v.device)
+        return keep if queries == "i2t" else keep.T
 
     def shortlist(self, glob: Tensor, queries: str) -> Tensor:
         """(Nv, Nt) bool: True where a pair is in its query's global top-K — per image row for

@@ -63,7 +63,7 @@ def _raw_options(options: dict[str, Any] | None) -> dict[str, Any]:
     return options
 
 
-def _remove_stale_temporaries(cache_dir: Path, key: str) -> None:
+def remove_stale_temporaries(cache_dir: Path, key: str) -> None:
     """Drop temporary folders of this key left by killed builds (their process is gone)."""
     for tmp in cache_dir.glob(f".{key}.tmp-*"):
         try:
@@ -130,7 +130,7 @@ def build_feature_cache(
         shutil.rmtree(entry)
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(cache_dir, key)
+    remove_stale_temporaries(cache_dir, key)
     tmp = cache_dir / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:

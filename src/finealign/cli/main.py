@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("finealign.cli.report_cmd", "rebuild a sweep's or a protocol's tables and plot from storage"),
     "download": ("finealign.cli.download_cmd", "download a dataset's public files; say where the rest goes"),
     "cache": ("finealign.cli.cache_cmd", "encode a dataset split once with frozen encoders into a feature cache"),
+    "search": ("finealign.cli.search_cmd", "build a stored gallery (FAISS index + token memory map) and query it"),
 }
 
 

@@ -1,0 +1,141 @@
+"""`finealign search build|query`: a stored gallery with a FAISS first stage, queried from the shell.
+
+    finealign search build GALLERY --cache ENTRY [--modality text] [--index flat] [--index ivf:ivf_probe=32]
+    finealign search build GALLERY --tokens t.npy [--mask m.npy] [--pooled p.npy] --source NAME
+    finealign search query GALLERY --cache ENTRY --ids 0 1 [--rerank mean_max] [--top-k 10] [--index ivf]
+    finealign search query GALLERY --tokens q.npy [--mask qm.npy] [--source NAME]
+
+A cache gallery holds one modality of the entry (captions by default); its queries are items of
+the other modality (of any cache entry made by the same encoders). Index specs are
+`name` or `name:key=value,...` with name flat|ivf|hnsw and the knobs of finealign.kernels.ann.IndexSpec.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from finealign.errors import ConfigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    build = sub.add_parser("build", help="write a gallery (token memory map + FAISS indexes)")
+    build.add_argument("gallery", type=Path, help="new folder for the gallery")
+    _add_feature_arguments(build)
+    build.add_argument(
+        "--modality",
+        default="text",
+        choices=("text", "visual"),
+        help="with --cache: which side becomes the gallery (default: captions)",
+    )
+    build.add_argument(
+        "--index", action="append", metavar="KIND[:KEY=VALUE,...]", help="an index to build (repeatable; default: flat)"
+    )
+    build.add_argument(
+        "--no-normalize", action="store_true", help="index raw global vectors (inner product, not cosine)"
+    )
+    query = sub.add_parser("query", help="rank queries against a gallery and print the top-K")
+    query.add_argument("gallery", type=Path)
+    _add_feature_arguments(query)
+    query.add_argument("--ids", type=int, nargs="+", help="with --cache: which items query (default: the first 5)")
+    query.add_argument("--index", help="which of the gallery's indexes (default: the first built)")
+    query.add_argument(
+        "--knob",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="query-time index knob, e.g. ivf_probe=64 or hnsw_ef_search=256",
+    )
+    query.add_argument("--top-k", type=int, default=10)
+    query.add_argument("--rerank", help="registered aligner that re-ranks the shortlist (mean_max, hard, two_stage)")
+    query.add_argument("--shortlist", type=int, help="first-stage candidates re-ranked per query (default 100)")
+
+
+def _add_feature_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache", type=Path, help="a feature cache entry folder (finealign cache)")
+    parser.add_argument("--tokens", type=Path, help="(N, L, d) tokens .npy")
+    parser.add_argument("--mask", type=Path, help="(N, L) bool mask .npy (default: all real)")
+    parser.add_argument("--pooled", type=Path, help="(N, d) pooled vectors .npy (default: token mean)")
+    parser.add_argument("--source", help="with --tokens: name of the features (model) they come from")
+
+
+def _value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def parse_index(text: str) -> tuple[str, Any]:
+    """`ivf:ivf_lists=64,ivf_probe=8` → ("ivf", IndexSpec)."""
+    from finealign.kernels.ann import IndexSpec
+
+    kind, _, knobs = text.partition(":")
+    return kind, IndexSpec.from_options(kind, _pairs(knobs.split(",") if knobs else []), f"--index {text!r}")
+
+
+def _pairs(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected KEY=VALUE, got {item!r}")
+        out[key] = _value(raw)
+    return out
+
+
+def _features(args: argparse.Namespace, modality: str):
+    """(tokens, mask, pooled, source) from --cache (one modality) or --tokens/--mask/--pooled."""
+    from finealign.search.sources import array_side, cache_side
+
+    if (args.cache is None) == (args.tokens is None):
+        raise ConfigError("give exactly one of --cache ENTRY or --tokens FILE")
+    if args.cache is not None:
+        return cache_side(args.cache, modality)
+    return (*array_side(args.tokens, args.mask, args.pooled), args.source)
+
+
+def build(args: argparse.Namespace) -> int:
+    from finealign.search import read_manifest, write_gallery
+
+    tokens, mask, pooled, source = _features(args, args.modality)
+    if source is None:
+        raise ConfigError("--tokens needs --source NAME: the features' origin, checked against every query")
+    indexes = dict(parse_index(spec) for spec in (args.index or ["flat"]))
+    folder = write_gallery(args.gallery, tokens, mask, pooled, modality=args.modality, feature_source=source,
+                           indexes=indexes, normalize=not args.no_normalize)  # fmt: skip
+    manifest = read_manifest(folder)
+    print(f"{folder}: {manifest['count']} {args.modality} items, d={manifest['dim']}, "
+          f"{manifest['total_tokens']} tokens, indexes {sorted(manifest['indexes'])}, from {source}")  # fmt: skip
+    return 0
+
+
+def query(args: argparse.Namespace) -> int:
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from finealign.registry import create_aligner
+    from finealign.search import Gallery
+    from finealign.tokens import TokenBatch
+
+    gallery = Gallery(args.gallery, index=args.index, knobs=_pairs(args.knob))
+    side = "visual" if gallery.modality == "text" else "text"
+    tokens, mask, pooled, source = _features(args, side)
+    ids = np.asarray(args.ids if args.ids is not None else range(min(5, len(tokens))), dtype=np.int64)
+    if len(ids) and (ids.min() < 0 or ids.max() >= len(tokens)):
+        raise ConfigError(f"--ids must lie in [0, {len(tokens)}), got {ids.tolist()}")
+    batch = TokenBatch(torch.from_numpy(np.array(tokens[ids], dtype=np.float32)), torch.from_numpy(np.array(mask[ids], dtype=bool)),
+                       None if pooled is None else torch.from_numpy(np.array(pooled[ids], dtype=np.float32)))  # fmt: skip
+    aligner = create_aligner(args.rerank) if args.rerank else None
+    result = gallery.query(batch, args.top_k, rerank=aligner, shortlist=args.shortlist, feature_source=source)
+    rows = [{"query": int(q), "rank": r + 1, "item": int(result.ids[i, r]), "score": float(result.scores[i, r]),
+             "global": float(result.global_scores[i, r])}
+            for i, q in enumerate(ids) for r in range(result.ids.shape[1]) if result.ids[i, r] >= 0]  # fmt: skip
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return build(args) if args.action == "build" else query(args)

@@ -1,0 +1,65 @@
+"""`finealign search build|query` over a feature cache entry and over plain .npy arrays."""
+
+import json
+
+import numpy as np
+import pytest
+
+from finealign.cache.format import ARRAY_FILES, META_FILE
+from finealign.cli.main import main
+
+pytest.importorskip("faiss")
+
+
+def fake_cache_entry(folder, items=6, captions_per_item=2, dim=16, seed=0):
+    """A complete cache entry whose caption j describes image j // captions_per_item (tokens nearby)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    visual = rng.standard_normal((items, 5, dim)).astype(np.float16)
+    owner = np.repeat(np.arange(items), captions_per_item)
+    text = (visual[owner][:, :4] + 0.05 * rng.standard_normal((len(owner), 4, dim))).astype(np.float16)
+    arrays = {"visual_tokens": visual, "visual_mask": np.ones((items, 5), bool),
+              "visual_pooled": visual.mean(1), "text_tokens": text, "text_mask": np.ones((len(owner), 4), bool),
+              "text_pooled": text.mean(1), "caption_item": owner.astype(np.int64)}  # fmt: skip
+    assert set(f"{k}.npy" for k in arrays) == set(ARRAY_FILES)
+    for name, arr in arrays.items():
+        np.save(folder / f"{name}.npy", arr)
+    meta = {"complete": True, "key": "fake", "vision": {"name": "tiny_vit", "options": {}, "weights": {}},
+            "text": {"name": "tiny_bert", "options": {}, "weights": {}}}  # fmt: skip
+    (folder / META_FILE).write_text(json.dumps(meta))
+    return owner
+
+
+def test_build_and_query_a_caption_gallery_from_a_feature_cache(tmp_path, capsys):
+    owner = fake_cache_entry(tmp_path / "entry")
+    gallery = tmp_path / "gallery"
+    assert main(["search", "build", str(gallery), "--cache", str(tmp_path / "entry"), "--index", "flat",
+                 "--index", "ivf:ivf_lists=2,ivf_probe=2"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "12 text items, d=16, 48 tokens, indexes ['flat', 'ivf']" in out and "cache:tiny_vit+tiny_bert:" in out
+    assert main(["search", "query", str(gallery), "--cache", str(tmp_path / "entry"), "--ids", "0", "4",
+                 "--rerank", "mean_max", "--top-k", "2", "--index", "ivf"]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["query", "rank", "item", "score", "global"]
+    rows = [line.split() for line in lines[1:]]
+    assert len(rows) == 4
+    for query, rank, item, _, _ in rows:  # each image's two best captions are its own two
+        assert owner[int(item)] == int(query) and rank in ("1", "2")
+
+
+def test_arrays_need_a_source_and_queries_must_match_the_gallery(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "t.npy", rng.standard_normal((10, 3, 8)).astype(np.float16))
+    np.save(tmp_path / "q.npy", rng.standard_normal((2, 4, 6)).astype(np.float32))
+    gallery = str(tmp_path / "g")
+    assert main(["search", "build", gallery, "--tokens", str(tmp_path / "t.npy")]) == 2
+    assert "--source" in capsys.readouterr().err
+    assert main(["search", "build", gallery, "--tokens", str(tmp_path / "t.npy"), "--source", "bigru-d8"]) == 0
+    capsys.readouterr()
+    assert main(["search", "query", gallery, "--tokens", str(tmp_path / "q.npy"), "--source", "bigru-d8"]) == 2
+    err = capsys.readouterr().err
+    assert "d=6" in err and "d=8" in err
+    np.save(tmp_path / "q8.npy", rng.standard_normal((2, 4, 8)).astype(np.float32))
+    assert main(["search", "query", gallery, "--tokens", str(tmp_path / "q8.npy"), "--source", "minilm"]) == 2
+    err = capsys.readouterr().err
+    assert "'minilm'" in err and "'bigru-d8'" in err
