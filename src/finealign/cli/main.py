@@ -47,6 +47,10 @@ def setup_logging() -> None:
             level = "WARNING"
         logging.basicConfig(level=level if isinstance(logging.getLevelName(level), int) else "INFO",
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")  # fmt: skip
+    # Libraries that log their own start-up at INFO (faiss names the SIMD build it tried and failed
+    # to load before the one it loads): keep our INFO lines readable.
+    for noisy in ("faiss.loader",):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def build_parser() -> argparse.ArgumentParser:
