@@ -124,10 +124,11 @@ def _begin_run(cfg: DictConfig, world: World = SINGLE) -> tuple[ExperimentSpec, 
     pick the device, seed, and open the dataset. With several ranks, rank 0 claims the directory
     and tells the others."""
     validate(cfg)
-    out_dir = claim_output_dir(cfg) if world.is_main else None
+    claimed: Path | None = None
     if world.is_main:
-        check_writable(out_dir)  # type: ignore[arg-type]
-    out_dir = Path(broadcast_object(str(out_dir), world))
+        claimed = claim_output_dir(cfg)
+        check_writable(claimed)
+    out_dir = Path(broadcast_object(str(claimed), world))
     cfg.output_dir = str(out_dir)
     spec = validate(cfg)  # again: output_dir is now fixed
     device = rank_device(resolve_device(spec.device)) if world.distributed else resolve_device(spec.device)
