@@ -61,12 +61,6 @@ def _add_feature_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", help="with --tokens: name of the features (model) they come from")
 
 
-def _value(text: str) -> Any:
-    import yaml
-
-    return yaml.safe_load(text)
-
-
 def parse_index(text: str) -> tuple[str, Any]:
     """`ivf:ivf_lists=64,ivf_probe=8` → ("ivf", IndexSpec)."""
     from finealign.kernels.ann import IndexSpec
@@ -76,12 +70,14 @@ def parse_index(text: str) -> tuple[str, Any]:
 
 
 def _pairs(items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE knobs, values read by Hydra's grammar like every other finealign override."""
+    from finealign.overrides import parse
+
     out = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"expected KEY=VALUE, got {item!r}")
-        out[key] = _value(raw)
+    for override in parse(items):
+        if override.is_sweep_override() or override.is_delete() or override.is_add() or override.is_force_add():
+            raise ConfigError(f"expected a plain KEY=VALUE knob, got {override.input_line!r}")
+        out[override.key_or_group] = override.value()
     return out
 
 
