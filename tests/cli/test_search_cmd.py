@@ -63,3 +63,48 @@ def test_arrays_need_a_source_and_queries_must_match_the_gallery(tmp_path, capsy
     assert main(["search", "query", gallery, "--tokens", str(tmp_path / "q8.npy"), "--source", "minilm"]) == 2
     err = capsys.readouterr().err
     assert "'minilm'" in err and "'bigru-d8'" in err
+
+
+def test_a_trained_checkpoint_searches_as_evaluation_ranks(tmp_path, capsys):
+    """Gallery of a toy model's test captions (its own towers, --ckpt) re-ranked by its own aligner:
+    the scores are the model's, the order is evaluation's (ranks.npz, up to fp16 storage)."""
+    import torch
+
+    from finealign.config import compose
+    from finealign.devices import resolve_device
+    from finealign.engine.experiment import load_trained_model, run_experiment
+    from finealign.engine.export import split_features
+    from finealign.registry import create_dataset
+    from finealign.search import Gallery
+    from finealign.tokens import TokenBatch
+
+    run = tmp_path / "run"
+    run_experiment(compose(overrides=["train=quick", f"output_dir={run}", "train.progress=false", "device=cpu",
+                                      "eval.progress=false", "data.num_train=96", "data.num_val=16",
+                                      "data.num_test=24", "encoder.embed_dim=16", "train.epochs=1"]))  # fmt: skip
+    ckpt = run / "model.pt"
+    gallery = tmp_path / "gallery"
+    assert main(["search", "build", str(gallery), "--ckpt", str(ckpt), "--split", "test"]) == 0
+    assert "ckpt:model.pt:" in capsys.readouterr().out
+    assert main(["search", "query", str(gallery), "--ckpt", str(ckpt), "--ids", "0", "--rerank", "model"]) == 0
+    assert "query" in capsys.readouterr().out
+
+    model, spec = load_trained_model(ckpt, ["device=cpu"])
+    split = create_dataset(spec.data[0], **spec.data[1]).split("test")
+    cpu = resolve_device("cpu")
+    v = [torch.from_numpy(a.astype(np.float32)) for a in split_features(model, split, "visual", device=cpu)]
+    t = [torch.from_numpy(a.astype(np.float32)) for a in split_features(model, split, "text", device=cpu)]
+    images, captions = TokenBatch(v[0], v[1].bool(), v[2]), TokenBatch(t[0], t[1].bool(), t[2])
+    with torch.no_grad():
+        scores = model.aligner.eval()(images, captions).numpy()
+    g = Gallery(gallery)
+    everything = captions.tokens.shape[0]
+    result = g.query(
+        images, everything, rerank=model.aligner, shortlist=everything, feature_source=g.manifest["feature_source"]
+    )
+    np.testing.assert_allclose(result.scores, np.take_along_axis(scores, result.ids, 1), rtol=1e-4, atol=1e-5)
+    assert (np.diff(result.scores, axis=1) <= 1e-6).all()  # best first
+    owner = split.caption_item.numpy()
+    search_rank = 1 + np.array([np.flatnonzero(owner[result.ids[q]] == q).min() for q in range(len(result.ids))])
+    evaluated = np.load(run / "ranks.npz")["i2t"]
+    assert (search_rank == evaluated).mean() >= 0.9, (search_rank, evaluated)  # fp16 storage may swap near-ties

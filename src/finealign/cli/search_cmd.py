@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="query-time index knob, e.g. ivf_probe=64 or hnsw_ef_search=256",
     )
     query.add_argument("--top-k", type=int, default=10)
-    query.add_argument("--rerank", help="registered aligner that re-ranks the shortlist (mean_max, hard, two_stage)")
+    query.add_argument("--rerank", help="registered aligner that re-ranks the shortlist (mean_max, hard, two_stage), "
+                       "or `model`: the --ckpt model's own trained aligner")  # fmt: skip
     query.add_argument("--shortlist", type=int, help="first-stage candidates re-ranked per query (default 100)")
 
 
@@ -59,6 +60,8 @@ def _add_feature_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask", type=Path, help="(N, L) bool mask .npy (default: all real)")
     parser.add_argument("--pooled", type=Path, help="(N, d) pooled vectors .npy (default: token mean)")
     parser.add_argument("--source", help="with --tokens: name of the features (model) they come from")
+    parser.add_argument("--ckpt", type=Path, help="a trained model.pt: encode --split with its own towers")
+    parser.add_argument("--split", default="test", help="with --ckpt: which split of the model's dataset")
 
 
 def parse_index(text: str) -> tuple[str, Any]:
@@ -82,14 +85,42 @@ def _pairs(items: list[str]) -> dict[str, Any]:
 
 
 def _features(args: argparse.Namespace, modality: str):
-    """(tokens, mask, pooled, source) from --cache (one modality) or --tokens/--mask/--pooled."""
+    """(tokens, mask, pooled, source) from --cache (one modality), --ckpt (a trained model's towers
+    over --split) or --tokens/--mask/--pooled."""
     from finealign.search.sources import array_side, cache_side
 
-    if (args.cache is None) == (args.tokens is None):
-        raise ConfigError("give exactly one of --cache ENTRY or --tokens FILE")
+    given = [name for name in ("cache", "ckpt", "tokens") if getattr(args, name) is not None]
+    if len(given) != 1:
+        raise ConfigError(
+            f"give exactly one of --cache ENTRY, --ckpt MODEL.pt or --tokens FILE (got {given or 'none'})"
+        )
     if args.cache is not None:
         return cache_side(args.cache, modality)
+    if args.ckpt is not None:
+        from finealign.devices import resolve_device
+        from finealign.engine.experiment import load_trained_model
+        from finealign.engine.export import checkpoint_feature_source, split_features
+        from finealign.registry import create_dataset
+
+        model, spec = load_trained_model(args.ckpt, ["device=cpu"])
+        dname, doptions = spec.data
+        split = create_dataset(dname, **doptions).split(args.split)
+        arrays = split_features(model, split, modality, device=resolve_device("cpu"))
+        args._model, args._captions = model, _caption_texts(spec.data, split, args.split)
+        return (*arrays, checkpoint_feature_source(args.ckpt))
     return (*array_side(args.tokens, args.mask, args.pooled), args.source)
+
+
+def _caption_texts(data: tuple[str, dict], split: Any, name: str) -> list[str] | None:
+    """The split's captions as text: its own, or — for a feature-cached dataset, whose captions are
+    feature rows — those of the raw dataset it wraps. None when neither is text."""
+    from finealign.registry import create_dataset
+
+    captions = split.captions
+    if data[0] == "cached":
+        options = data[1]
+        captions = create_dataset(options["dataset"], **dict(options.get("dataset_options") or {})).split(name).captions
+    return [str(c) for c in captions] if len(captions) and isinstance(captions[0], str) else None
 
 
 def build(args: argparse.Namespace) -> int:
@@ -124,11 +155,20 @@ def query(args: argparse.Namespace) -> int:
         raise ConfigError(f"--ids must lie in [0, {len(tokens)}), got {ids.tolist()}")
     batch = TokenBatch(torch.from_numpy(np.array(tokens[ids], dtype=np.float32)), torch.from_numpy(np.array(mask[ids], dtype=bool)),
                        None if pooled is None else torch.from_numpy(np.array(pooled[ids], dtype=np.float32)))  # fmt: skip
-    aligner = create_aligner(args.rerank) if args.rerank else None
+    model = getattr(args, "_model", None)
+    aligner = create_aligner(args.rerank) if args.rerank and args.rerank != "model" else None
+    if args.rerank == "model":
+        if model is None:
+            raise ConfigError("--rerank model re-ranks with a checkpoint's own aligner: give --ckpt")
+        aligner = model.aligner.eval()
     result = gallery.query(batch, args.top_k, rerank=aligner, shortlist=args.shortlist, feature_source=source)
     rows = [{"query": int(q), "rank": r + 1, "item": int(result.ids[i, r]), "score": float(result.scores[i, r]),
              "global": float(result.global_scores[i, r])}
             for i, q in enumerate(ids) for r in range(result.ids.shape[1]) if result.ids[i, r] >= 0]  # fmt: skip
+    captions = getattr(args, "_captions", None)
+    if captions is not None and gallery.modality == "text":
+        for row in rows:  # a gallery of this split's captions: show what was retrieved
+            row["caption"] = captions[row["item"]][:70]
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     return 0
 

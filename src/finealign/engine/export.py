@@ -1,0 +1,45 @@
+"""A trained model's features of one dataset split, as arrays a stored gallery takes: what lets
+`finealign search` rank with the same towers (and aligner) that `finealign eval` scores with."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from finealign.cache.encode import encode_items, pad_stack
+from finealign.data.base import RetrievalSplit
+from finealign.engine.model import RetrievalModel
+from finealign.errors import ConfigError
+
+MODALITIES = ("visual", "text")
+
+
+def checkpoint_feature_source(ckpt: str | Path) -> str:
+    """`ckpt:<file name>:<sha256 prefix>`: queries must come from the very same weights."""
+    digest = hashlib.sha256()
+    with open(ckpt, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return f"ckpt:{Path(ckpt).name}:{digest.hexdigest()[:12]}"
+
+
+def split_features(
+    model: RetrievalModel, split: RetrievalSplit, modality: str, *, batch_size: int = 64, device: torch.device
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens (N, L, d) float16, mask (N, L) bool, pooled (N, d) float16) of every image
+    (`visual`) or caption (`text`) of `split`, encoded by the model's own (trained) tower."""
+    if modality not in MODALITIES:
+        raise ConfigError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    encoder = model.vision if modality == "visual" else model.text
+    count = split.num_items if modality == "visual" else split.num_captions
+    read = split.raw_item if modality == "visual" else split.captions.__getitem__
+    tokens, masks, pooled = encode_items(encoder, count, read, batch_size=batch_size, device=device, desc=modality)
+    length = max(t.shape[1] for t in tokens)
+    out_tokens = np.zeros((count, length, tokens[0].shape[2]), dtype=np.float16)
+    out_mask = np.zeros((count, length), dtype=bool)
+    pad_stack(tokens, length, out_tokens)
+    pad_stack(masks, length, out_mask)
+    return out_tokens, out_mask, pooled
