@@ -79,8 +79,7 @@ def run(args: argparse.Namespace) -> int:
         print_info("config")
         return 0
     overrides, run_dir, sweep_dir = run_dirs(list(args.overrides))
-    run_dir = run_dir or args.output_dir
-    planned = [(overrides, run_dir)] if not args.multirun else jobs(overrides, True, sweep_dir)
+    planned = jobs(overrides, args.multirun, sweep_dir, run_dir or args.output_dir)
     for job_overrides, out in planned:
         if len(planned) > 1 and not args.cfg:
             print(f"[job] {' '.join(job_overrides)}")

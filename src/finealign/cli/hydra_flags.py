@@ -52,10 +52,13 @@ def run_dirs(overrides: list[str]) -> tuple[list[str], str | None, str | None]:
     return rest, run_dir, sweep_dir
 
 
-def jobs(overrides: list[str], multirun: bool, sweep_dir: str | None) -> list[tuple[list[str], str | None]]:
-    """(overrides, output dir or None) per job: one job, or the cartesian product of comma lists."""
+def jobs(
+    overrides: list[str], multirun: bool, sweep_dir: str | None, run_dir: str | None = None
+) -> list[tuple[list[str], str | None]]:
+    """(overrides, output dir or None) per job: one job (in `run_dir`, hydra.run.dir, if given), or
+    the cartesian product of comma lists, each in a numbered directory of the sweep dir."""
     if not multirun:
-        return [(overrides, None)]
+        return [(overrides, run_dir)]
     combos = expand_sweeps(overrides)
     root = Path(sweep_dir or Path("multirun") / _dt.datetime.now().strftime("%Y-%m-%d/%H-%M-%S"))
     return [(list(combo), str(root / str(i))) for i, combo in enumerate(combos)]

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if any(o.partition("=")[0].lstrip("+~") == "aligner" for o in overrides):
         raise ConfigError("profile picks aligners with aligners=NAME or aligners=[A,B] (plural: `aligner` is "
                           "the group of aligner configs, composed in under each name)")  # fmt: skip
-    planned = [(overrides, run_dir)] if run_dir and not args.multirun else jobs(overrides, args.multirun, sweep_dir)
+    planned = jobs(overrides, args.multirun, sweep_dir, run_dir)
     _, node_names = aligner_node_overrides()
     failed = False
     for job_overrides, out_dir in planned:

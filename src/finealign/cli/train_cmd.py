@@ -39,9 +39,7 @@ def run(args: argparse.Namespace) -> int:
         print_info(args.config_name)
         return 0
     overrides, run_dir, sweep_dir = run_dirs(list(args.overrides))
-    planned = jobs(overrides, args.multirun, sweep_dir)
-    if run_dir and not args.multirun:
-        planned = [(overrides, run_dir)]
+    planned = jobs(overrides, args.multirun, sweep_dir, run_dir)
     show = "job" if args.print_config else args.cfg
     for job_overrides, out in planned:
         cfg = compose(args.config_name, [*job_overrides, *([f"output_dir={out}"] if out else [])])
