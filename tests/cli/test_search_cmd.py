@@ -95,6 +95,10 @@ def test_a_trained_checkpoint_searches_as_evaluation_ranks(tmp_path, capsys):
     v = [torch.from_numpy(a.astype(np.float32)) for a in split_features(model, split, "visual", device=cpu)]
     t = [torch.from_numpy(a.astype(np.float32)) for a in split_features(model, split, "text", device=cpu)]
     images, captions = TokenBatch(v[0], v[1].bool(), v[2]), TokenBatch(t[0], t[1].bool(), t[2])
+    picked = split_features(model, split, "visual", only=[3, 1], device=cpu)  # what `query --ids 3 1` encodes
+    width = picked[0].shape[1]
+    # (a batch of 2 vs 24 may round differently in BLAS: fp16 storage tolerance)
+    np.testing.assert_allclose(picked[0].astype(np.float32), v[0][[3, 1], :width].numpy(), atol=2e-3, rtol=2e-3)
     with torch.no_grad():
         scores = model.aligner.eval()(images, captions).numpy()
     g = Gallery(gallery)

@@ -84,9 +84,9 @@ def _pairs(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _features(args: argparse.Namespace, modality: str):
+def _features(args: argparse.Namespace, modality: str, only: list[int] | None = None):
     """(tokens, mask, pooled, source) from --cache (one modality), --ckpt (a trained model's towers
-    over --split) or --tokens/--mask/--pooled."""
+    over --split: every item, or the `only` ones in that order) or --tokens/--mask/--pooled."""
     from finealign.search.sources import array_side, cache_side
 
     given = [name for name in ("cache", "ckpt", "tokens") if getattr(args, name) is not None]
@@ -105,7 +105,7 @@ def _features(args: argparse.Namespace, modality: str):
         model, spec = load_trained_model(args.ckpt, ["device=cpu"])
         dname, doptions = spec.data
         split = create_dataset(dname, **doptions).split(args.split)
-        arrays = split_features(model, split, modality, device=resolve_device("cpu"))
+        arrays = split_features(model, split, modality, only=only, device=resolve_device("cpu"))
         args._model, args._captions = model, _caption_texts(spec.data, split, args.split)
         return (*arrays, checkpoint_feature_source(args.ckpt))
     return (*array_side(args.tokens, args.mask, args.pooled), args.source)
@@ -149,12 +149,17 @@ def query(args: argparse.Namespace) -> int:
 
     gallery = Gallery(args.gallery, index=args.index, knobs=_pairs(args.knob))
     side = "visual" if gallery.modality == "text" else "text"
-    tokens, mask, pooled, source = _features(args, side)
-    ids = np.asarray(args.ids if args.ids is not None else range(min(5, len(tokens))), dtype=np.int64)
-    if len(ids) and (ids.min() < 0 or ids.max() >= len(tokens)):
-        raise ConfigError(f"--ids must lie in [0, {len(tokens)}), got {ids.tolist()}")
-    batch = TokenBatch(torch.from_numpy(np.array(tokens[ids], dtype=np.float32)), torch.from_numpy(np.array(mask[ids], dtype=bool)),
-                       None if pooled is None else torch.from_numpy(np.array(pooled[ids], dtype=np.float32)))  # fmt: skip
+    if args.ckpt is not None and args.ids is not None:  # encode only the queries asked for
+        tokens, mask, pooled, source = _features(args, side, only=args.ids)
+        ids, rows_of = np.asarray(args.ids, dtype=np.int64), np.arange(len(args.ids))
+    else:
+        tokens, mask, pooled, source = _features(args, side)
+        ids = np.asarray(args.ids if args.ids is not None else range(min(5, len(tokens))), dtype=np.int64)
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(tokens)):
+            raise ConfigError(f"--ids must lie in [0, {len(tokens)}), got {ids.tolist()}")
+        rows_of = ids
+    batch = TokenBatch(torch.from_numpy(np.array(tokens[rows_of], dtype=np.float32)), torch.from_numpy(np.array(mask[rows_of], dtype=bool)),
+                       None if pooled is None else torch.from_numpy(np.array(pooled[rows_of], dtype=np.float32)))  # fmt: skip
     model = getattr(args, "_model", None)
     aligner = create_aligner(args.rerank) if args.rerank and args.rerank != "model" else None
     if args.rerank == "model":

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,19 +28,30 @@ def checkpoint_feature_source(ckpt: str | Path) -> str:
 
 
 def split_features(
-    model: RetrievalModel, split: RetrievalSplit, modality: str, *, batch_size: int = 64, device: torch.device
+    model: RetrievalModel,
+    split: RetrievalSplit,
+    modality: str,
+    *,
+    only: Sequence[int] | None = None,
+    batch_size: int = 64,
+    device: torch.device,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(tokens (N, L, d) float16, mask (N, L) bool, pooled (N, d) float16) of every image
-    (`visual`) or caption (`text`) of `split`, encoded by the model's own (trained) tower."""
+    (`visual`) or caption (`text`) of `split` — or of the `only` ones, in that order — encoded by
+    the model's own (trained) tower."""
     if modality not in MODALITIES:
         raise ConfigError(f"modality must be one of {MODALITIES}, got {modality!r}")
     encoder = model.vision if modality == "visual" else model.text
-    count = split.num_items if modality == "visual" else split.num_captions
-    read = split.raw_item if modality == "visual" else split.captions.__getitem__
-    tokens, masks, pooled = encode_items(encoder, count, read, batch_size=batch_size, device=device, desc=modality)
+    total = split.num_items if modality == "visual" else split.num_captions
+    read_all = split.raw_item if modality == "visual" else split.captions.__getitem__
+    picked = list(range(total)) if only is None else [int(i) for i in only]
+    if any(not 0 <= i < total for i in picked):
+        raise ConfigError(f"ids must lie in [0, {total}) ({split.name} {modality} items), got {picked}")
+    tokens, masks, pooled = encode_items(encoder, len(picked), lambda i: read_all(picked[i]), batch_size=batch_size,
+                                         device=device, desc=modality)  # fmt: skip
     length = max(t.shape[1] for t in tokens)
-    out_tokens = np.zeros((count, length, tokens[0].shape[2]), dtype=np.float16)
-    out_mask = np.zeros((count, length), dtype=bool)
+    out_tokens = np.zeros((len(picked), length, tokens[0].shape[2]), dtype=np.float16)
+    out_mask = np.zeros((len(picked), length), dtype=bool)
     pad_stack(tokens, length, out_tokens)
     pad_stack(masks, length, out_mask)
     return out_tokens, out_mask, pooled
