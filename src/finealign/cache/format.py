@@ -111,19 +111,23 @@ def open_arrays(entry: Path, mmap: bool = True) -> dict[str, np.ndarray]:
     return {f[:-4]: np.load(entry / f, mmap_mode="r" if mmap else None) for f in ARRAY_FILES}
 
 
-def array_record(path: Path) -> dict[str, Any]:
-    """Shape, dtype, size and SHA-256 of one .npy file (what meta.json's "arrays" holds)."""
-    arr = np.load(path, mmap_mode="r")
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's content, read in chunks (files here reach tens of GB)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 24):
             digest.update(chunk)
-    return {
-        "shape": list(arr.shape),
-        "dtype": str(arr.dtype),
-        "bytes": path.stat().st_size,
-        "sha256": digest.hexdigest(),
-    }
+    return digest.hexdigest()
+
+
+def array_record(path: Path, *, checksum: bool = True) -> dict[str, Any]:
+    """Shape, dtype, size and (unless `checksum=False`) SHA-256 of one .npy file: what meta.json's
+    "arrays" holds and `quick_problems` checks."""
+    arr = np.load(path, mmap_mode="r")
+    record: dict[str, Any] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "bytes": Path(path).stat().st_size}
+    if checksum:
+        record["sha256"] = file_sha256(path)
+    return record
 
 
 def quick_problems(entry: Path, meta: dict[str, Any]) -> list[str]:
@@ -161,7 +165,7 @@ def verify_entry(entry: Path) -> tuple[str, list[str]]:
         path = entry / name
         if any(str(path) in p for p in problems):
             continue
-        if array_record(path)["sha256"] != want["sha256"]:
+        if file_sha256(path) != want["sha256"]:
             problems.append(f"{path}: SHA-256 differs from meta.json (the file changed after it was written)")
         elif name.endswith(("_tokens.npy", "_pooled.npy")):
             arr = np.load(path, mmap_mode="r")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from finealign.cache.format import file_sha256
 from finealign.errors import DataError
 
 
@@ -24,8 +24,4 @@ def read_json(path: Path, what: str) -> Any:
 def file_fingerprint(path: Path) -> dict[str, Any]:
     """Name, size and SHA-256 of the content: a changed annotation file gives a different feature
     cache, while a fresh copy of the same file (new mtime, e.g. data re-synced) reuses it."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return {"name": Path(path).name, "size": os.stat(path).st_size, "sha256": digest.hexdigest()}
+    return {"name": Path(path).name, "size": os.stat(path).st_size, "sha256": file_sha256(path)}

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 
 from finealign.cache.encode import encode_items, pad_stack
+from finealign.cache.format import file_sha256
 from finealign.data.base import RetrievalSplit
 from finealign.engine.model import RetrievalModel
 from finealign.errors import ConfigError
@@ -20,11 +20,7 @@ MODALITIES = ("visual", "text")
 
 def checkpoint_feature_source(ckpt: str | Path) -> str:
     """`ckpt:<file name>:<sha256 prefix>`: queries must come from the very same weights."""
-    digest = hashlib.sha256()
-    with open(ckpt, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return f"ckpt:{Path(ckpt).name}:{digest.hexdigest()[:12]}"
+    return f"ckpt:{Path(ckpt).name}:{file_sha256(ckpt)[:12]}"
 
 
 def split_features(

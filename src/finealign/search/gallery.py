@@ -33,7 +33,7 @@ import torch
 from finealign.aligners.base import Aligner, global_vectors
 from finealign.aligners.two_stage import TwoStageAligner
 from finealign.cache.build import remove_stale_temporaries
-from finealign.cache.format import quick_problems
+from finealign.cache.format import array_record, quick_problems
 from finealign.checks import check_int, check_positive_int
 from finealign.errors import ConfigError, DataError, ShapeError
 from finealign.kernels.ann import IndexSpec, build_index, read_index, search, write_index
@@ -67,12 +67,6 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1)
     os.replace(tmp, Path(folder) / MANIFEST_FILE)
-
-
-def _array_record(path: Path) -> dict[str, Any]:
-    """Shape, dtype and byte size (checked on every open; no checksum: stores reach tens of GB)."""
-    arr = np.load(path, mmap_mode="r")
-    return {"shape": list(arr.shape), "dtype": str(arr.dtype), "bytes": path.stat().st_size}
 
 
 class GalleryWriter:
@@ -120,7 +114,9 @@ class GalleryWriter:
             self.globals.flush()
             del self.globals
             self.meta["seconds_store"] = time.perf_counter() - self.start
-            self.meta["arrays"] = {n: _array_record(self.tmp / n) for n in (GLOBAL_FILE, TOKENS_FILE, OFFSETS_FILE)}
+            # shape, dtype, size: checked on every open; no checksum, stores reach tens of GB
+            files = (GLOBAL_FILE, TOKENS_FILE, OFFSETS_FILE)
+            self.meta["arrays"] = {n: array_record(self.tmp / n, checksum=False) for n in files}
             self.meta["indexes"] = {name: _build_index_file(self.tmp, name, spec) for name, spec in indexes.items()}
             self.meta["complete"] = True  # written last: a manifest without it is no gallery
             _write_manifest(self.tmp, self.meta)
