@@ -13,6 +13,7 @@ the other modality (of any cache entry made by the same encoders). Index specs a
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +85,22 @@ def _pairs(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _features(args: argparse.Namespace, modality: str, only: list[int] | None = None):
-    """(tokens, mask, pooled, source) from --cache (one modality), --ckpt (a trained model's towers
-    over --split: every item, or the `only` ones in that order) or --tokens/--mask/--pooled."""
+@dataclass
+class Features:
+    """One side's features and where they come from; with --ckpt also the model (its aligner can
+    re-rank) and the split's caption texts (to print what was retrieved)."""
+
+    tokens: Any
+    mask: Any
+    pooled: Any
+    source: str | None
+    model: Any = None
+    captions: list[str] | None = None
+
+
+def _features(args: argparse.Namespace, modality: str, only: list[int] | None = None) -> Features:
+    """Features from --cache (one modality), --ckpt (a trained model's towers over --split: every
+    item, or the `only` ones in that order) or --tokens/--mask/--pooled."""
     from finealign.search.sources import array_side, cache_side
 
     given = [name for name in ("cache", "ckpt", "tokens") if getattr(args, name) is not None]
@@ -95,7 +109,7 @@ def _features(args: argparse.Namespace, modality: str, only: list[int] | None = 
             f"give exactly one of --cache ENTRY, --ckpt MODEL.pt or --tokens FILE (got {given or 'none'})"
         )
     if args.cache is not None:
-        return cache_side(args.cache, modality)
+        return Features(*cache_side(args.cache, modality))
     if args.ckpt is not None:
         from finealign.devices import resolve_device
         from finealign.engine.experiment import load_trained_model
@@ -106,9 +120,9 @@ def _features(args: argparse.Namespace, modality: str, only: list[int] | None = 
         dname, doptions = spec.data
         split = create_dataset(dname, **doptions).split(args.split)
         arrays = split_features(model, split, modality, only=only, device=resolve_device("cpu"))
-        args._model, args._captions = model, _caption_texts(spec.data, split, args.split)
-        return (*arrays, checkpoint_feature_source(args.ckpt))
-    return (*array_side(args.tokens, args.mask, args.pooled), args.source)
+        source = checkpoint_feature_source(args.ckpt)
+        return Features(*arrays, source, model=model, captions=_caption_texts(spec.data, split, args.split))
+    return Features(*array_side(args.tokens, args.mask, args.pooled), args.source)
 
 
 def _caption_texts(data: tuple[str, dict], split: Any, name: str) -> list[str] | None:
@@ -126,7 +140,8 @@ def _caption_texts(data: tuple[str, dict], split: Any, name: str) -> list[str] |
 def build(args: argparse.Namespace) -> int:
     from finealign.search import read_manifest, write_gallery
 
-    tokens, mask, pooled, source = _features(args, args.modality)
+    features = _features(args, args.modality)
+    tokens, mask, pooled, source = features.tokens, features.mask, features.pooled, features.source
     if source is None:
         raise ConfigError("--tokens needs --source NAME: the features' origin, checked against every query")
     indexes = dict(parse_index(spec) for spec in (args.index or ["flat"]))
@@ -150,30 +165,28 @@ def query(args: argparse.Namespace) -> int:
     gallery = Gallery(args.gallery, index=args.index, knobs=_pairs(args.knob))
     side = "visual" if gallery.modality == "text" else "text"
     if args.ckpt is not None and args.ids is not None:  # encode only the queries asked for
-        tokens, mask, pooled, source = _features(args, side, only=args.ids)
+        f = _features(args, side, only=args.ids)
         ids, rows_of = np.asarray(args.ids, dtype=np.int64), np.arange(len(args.ids))
     else:
-        tokens, mask, pooled, source = _features(args, side)
-        ids = np.asarray(args.ids if args.ids is not None else range(min(5, len(tokens))), dtype=np.int64)
-        if len(ids) and (ids.min() < 0 or ids.max() >= len(tokens)):
-            raise ConfigError(f"--ids must lie in [0, {len(tokens)}), got {ids.tolist()}")
+        f = _features(args, side)
+        ids = np.asarray(args.ids if args.ids is not None else range(min(5, len(f.tokens))), dtype=np.int64)
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(f.tokens)):
+            raise ConfigError(f"--ids must lie in [0, {len(f.tokens)}), got {ids.tolist()}")
         rows_of = ids
-    batch = TokenBatch(torch.from_numpy(np.array(tokens[rows_of], dtype=np.float32)), torch.from_numpy(np.array(mask[rows_of], dtype=bool)),
-                       None if pooled is None else torch.from_numpy(np.array(pooled[rows_of], dtype=np.float32)))  # fmt: skip
-    model = getattr(args, "_model", None)
+    batch = TokenBatch(torch.from_numpy(np.array(f.tokens[rows_of], dtype=np.float32)), torch.from_numpy(np.array(f.mask[rows_of], dtype=bool)),
+                       None if f.pooled is None else torch.from_numpy(np.array(f.pooled[rows_of], dtype=np.float32)))  # fmt: skip
     aligner = create_aligner(args.rerank) if args.rerank and args.rerank != "model" else None
     if args.rerank == "model":
-        if model is None:
+        if f.model is None:
             raise ConfigError("--rerank model re-ranks with a checkpoint's own aligner: give --ckpt")
-        aligner = model.aligner.eval()
-    result = gallery.query(batch, args.top_k, rerank=aligner, shortlist=args.shortlist, feature_source=source)
+        aligner = f.model.aligner.eval()
+    result = gallery.query(batch, args.top_k, rerank=aligner, shortlist=args.shortlist, feature_source=f.source)
     rows = [{"query": int(q), "rank": r + 1, "item": int(result.ids[i, r]), "score": float(result.scores[i, r]),
              "global": float(result.global_scores[i, r])}
             for i, q in enumerate(ids) for r in range(result.ids.shape[1]) if result.ids[i, r] >= 0]  # fmt: skip
-    captions = getattr(args, "_captions", None)
-    if captions is not None and gallery.modality == "text":
+    if f.captions is not None and gallery.modality == "text":
         for row in rows:  # a gallery of this split's captions: show what was retrieved
-            row["caption"] = captions[row["item"]][:70]
+            row["caption"] = f.captions[int(row["item"])][:70]
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     return 0
 
