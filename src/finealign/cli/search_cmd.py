@@ -181,7 +181,7 @@ def query(args: argparse.Namespace) -> int:
             raise ConfigError("--rerank model re-ranks with a checkpoint's own aligner: give --ckpt")
         aligner = f.model.aligner.eval()
     result = gallery.query(batch, args.top_k, rerank=aligner, shortlist=args.shortlist, feature_source=f.source)
-    rows = [{"query": int(q), "rank": r + 1, "item": int(result.ids[i, r]), "score": float(result.scores[i, r]),
+    rows: list[dict[str, Any]] = [{"query": int(q), "rank": r + 1, "item": int(result.ids[i, r]), "score": float(result.scores[i, r]),
              "global": float(result.global_scores[i, r])}
             for i, q in enumerate(ids) for r in range(result.ids.shape[1]) if result.ids[i, r] >= 0]  # fmt: skip
     if f.captions is not None and gallery.modality == "text":
