@@ -81,6 +81,23 @@ def config_roots() -> list[Path]:
     return roots
 
 
+def group_options(group: str) -> dict[str, Path]:
+    """Option name → its file for one config group (`aligner` → {"hard": .../aligner/hard.yaml, ...}),
+    over finealign's tree and every plugin's config folder; the first root holding a name wins, as
+    on Hydra's search path."""
+    found: dict[str, Path] = {}
+    for root in config_roots():
+        for path in sorted((root / group).glob("*.yaml")):
+            found.setdefault(path.stem, path)
+    return found
+
+
+def config_groups() -> dict[str, dict[str, Path]]:
+    """Every top-level config group (a folder of *.yaml in any root) with its options."""
+    names = {p.name for r in config_roots() for p in r.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
+    return {name: options for name in sorted(names) if (options := group_options(name))}
+
+
 def compose(config_name: str = "config", overrides: Iterable[str] = ()) -> DictConfig:
     """Compose the config like `finealign train key=value ...` would, via Hydra's compose API.
 

@@ -65,20 +65,18 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def _config_candidates(config_name: str, partial: str) -> list[str]:
     from omegaconf import OmegaConf
 
-    from finealign.config import compose, config_roots
+    from finealign.config import compose, config_groups
 
     prefix = ""
     for mark in ("++", "+", "~"):
         if partial.startswith(mark):
             prefix, partial = mark, partial[len(mark) :]
             break
-    roots = config_roots()
-    groups = {p.name: sorted({y.stem for r in roots for y in (r / p.name).glob("*.yaml")})
-              for r in roots for p in r.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}  # fmt: skip
+    groups = config_groups()
     key, sep, value = partial.partition("=")
     if sep:
         if key in groups and config_name == "config":
-            return [f"{prefix}{key}={o}" for o in groups[key] if o.startswith(value)]
+            return [f"{prefix}{key}={o}" for o in sorted(groups[key]) if o.startswith(value)]
         return []
     try:
         extra = []

@@ -65,17 +65,12 @@ def jobs(
 
 
 def print_info(config_name: str) -> None:
-    from finealign.config import config_roots, plugin_config_packages
+    from finealign.config import config_groups, config_roots, plugin_config_packages
 
-    roots = config_roots()
     print(f"Config search path (primary config {config_name!r}):")
-    for r in roots:
+    for r in config_roots():
         print(f"  {r}")
     print("Config groups (group: options):")
-    groups: dict[str, set[str]] = {}
-    for r in roots:
-        for folder in sorted(p for p in r.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
-            groups.setdefault(folder.name, set()).update(p.stem for p in folder.glob("*.yaml"))
-    for name, options in sorted(groups.items()):
+    for name, options in config_groups().items():
         print(f"  {name}: {', '.join(sorted(options))}")
     print(f"Plugin config packages: {', '.join(plugin_config_packages()) or '(none)'}")

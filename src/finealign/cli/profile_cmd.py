@@ -31,9 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def aligner_node_overrides() -> tuple[list[str], set[str]]:
     """Hydra overrides that compose every aligner config file (finealign's and plugins') into the
     profile config under its own name, and those names."""
-    from finealign.config import config_roots
+    from finealign.config import group_options
 
-    names = sorted({p.stem for root in config_roots() for p in (root / "aligner").glob("*.yaml")})
+    names = sorted(group_options("aligner"))
     return [f"+aligner@{name}={name}" for name in names], set(names)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from finealign.config import ExperimentSpec, config_roots, validate
+from finealign.config import ExperimentSpec, group_options, validate
 from finealign.devices import resolve_device
 from finealign.engine.checkpoint import load_checkpoint, save_checkpoint
 from finealign.engine.distributed import (
@@ -271,10 +271,10 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
     def group_node(key: str, value: str) -> DictConfig | None:
         if key not in GROUPS:
             return None
-        found = [r / key / f"{value}.yaml" for r in config_roots() if (r / key / f"{value}.yaml").is_file()]
-        if not found:
+        path = group_options(key).get(value)
+        if path is None:
             return None
-        node = cast(DictConfig, OmegaConf.load(found[0]))  # a group file is a mapping
+        node = cast(DictConfig, OmegaConf.load(path))  # a group file is a mapping
         node.pop("defaults", None)
         return node
 

@@ -57,14 +57,14 @@ def merge_overrides(base: Iterable[str], extra: Iterable[str]) -> tuple[str, ...
 
 
 def available_sweeps() -> list[str]:
-    from finealign.config import config_roots
+    from finealign.config import group_options
 
-    return sorted({p.stem for root in config_roots() for p in (root / "sweep").glob("*.yaml")})
+    return sorted(group_options("sweep"))
 
 
 def load_sweep(args: Iterable[str] = ()) -> LoadedSweep:
     """Compose a sweep file with its overrides, validate it, and check that every option exists."""
-    from finealign.config import compose, config_dir, config_roots
+    from finealign.config import compose, config_dir, config_roots, group_options
 
     name, sweep_overrides, extra = split_overrides(args)
     if name not in available_sweeps():
@@ -79,7 +79,7 @@ def load_sweep(args: Iterable[str] = ()) -> LoadedSweep:
             "sweep", {}
         )  # a DictConfig gives a dict
     else:  # a plugin's sweep file: Hydra finds primary configs in the main tree only
-        path = next(r / "sweep" / f"{name}.yaml" for r in config_roots() if (r / "sweep" / f"{name}.yaml").is_file())
+        path = group_options("sweep")[name]
         node = OmegaConf.merge(
             OmegaConf.load(path), OmegaConf.from_dotlist([o[len("sweep.") :] for o in sweep_overrides])
         )
