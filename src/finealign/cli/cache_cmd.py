@@ -66,16 +66,11 @@ def verify(cache_dir: Any) -> int:
 
 
 def build(settings) -> dict[str, str]:
-    from finealign.cache import build_feature_cache, read_meta
+    from finealign.cache import read_meta
 
     entries = {}
     for split in settings.splits:
-        entry = build_feature_cache(
-            settings.dataset, dict(settings.dataset_options), split,
-            settings.vision, dict(settings.vision_options), settings.text, dict(settings.text_options),
-            cache_dir=settings.cache_dir, batch_size=settings.batch_size, device=settings.device,
-            num_workers=settings.num_workers,
-        )  # fmt: skip
+        entry = settings.entry(split, num_workers=settings.num_workers)
         meta = read_meta(entry) or {}
         print(
             f"{settings.dataset}/{split}: {meta.get('num_items')} items, {meta.get('num_captions')} captions -> {entry}"

@@ -65,19 +65,6 @@ class CachedFeatureDataset(ConfiguredSplits[CachedConfig]):
 
     def split(self, name: str) -> RetrievalSplit:
         self.require_split(name)
-        from finealign.cache import build_feature_cache  # the encoders load only when a cache is built
-
         c = self.config
-        entry = build_feature_cache(
-            c.dataset,
-            dict(c.dataset_options),
-            name,
-            c.vision,
-            dict(c.vision_options),
-            c.text,
-            dict(c.text_options),
-            cache_dir=c.cache_dir,
-            batch_size=c.batch_size,
-            device=c.device,
-        )
+        entry = c.entry(name)
         return first_items(load_feature_cache(entry, name), int(dict(c.max_items).get(name, 0) or 0))
