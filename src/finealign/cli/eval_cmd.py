@@ -37,15 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _config(ckpt: str | None, overrides: list[str]):
     """The config that would be evaluated: a checkpoint's own with `overrides`, or a composed one."""
-    from omegaconf import OmegaConf
-
     if ckpt:
-        from finealign.engine.checkpoint import load_checkpoint
-        from finealign.engine.experiment import apply_overrides
+        from finealign.engine.experiment import checkpoint_config
 
-        state = load_checkpoint(ckpt)
-        snapshot = state["config"] if "data_meta" not in state else state
-        return apply_overrides(OmegaConf.create(snapshot["config"]), overrides)
+        return checkpoint_config(ckpt, overrides)[2]
     from finealign.config import compose
 
     return compose("config", overrides)

@@ -281,16 +281,23 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
     return apply_config_overrides(cfg, overrides, group_node)
 
 
+def checkpoint_config(ckpt: str | Path, overrides: Iterable[str] = ()) -> tuple[dict, dict, DictConfig]:
+    """(checkpoint state, its config snapshot, the saved config with `overrides` applied); a file
+    that is not a finealign checkpoint is a ConfigError. model.pt keeps the snapshot at the top
+    level (with data_meta), checkpoints/last.pt under "config"."""
+    state = load_checkpoint(ckpt)
+    if "config" not in state or "model" not in state:
+        raise ConfigError(f"{ckpt} is not a finealign checkpoint (no config/model inside)")
+    snapshot = state["config"] if "data_meta" not in state else state
+    return state, snapshot, apply_overrides(OmegaConf.create(snapshot["config"]), overrides)
+
+
 def _restore_model(
     ckpt: str | Path, overrides: list[str]
 ) -> tuple[RetrievalModel, ExperimentSpec, DictConfig, list[str]]:
     """(model, spec, config, aligner parameters the checkpoint lacks) of a saved model, built from
     its own config with `overrides` applied; a checkpoint that does not fit is a ConfigError."""
-    state = load_checkpoint(ckpt)
-    if "config" not in state or "model" not in state:
-        raise ConfigError(f"{ckpt} is not a finealign checkpoint (no config/model inside)")
-    snapshot = state["config"] if "data_meta" not in state else state
-    cfg = apply_overrides(OmegaConf.create(snapshot["config"]), overrides)
+    state, snapshot, cfg = checkpoint_config(ckpt, overrides)
     spec = validate(cfg)
     seed_everything(spec.seed)
     model = build_model(spec, snapshot.get("data_meta", {})).to(resolve_device(spec.device))
