@@ -37,16 +37,10 @@ def aligner_node_overrides() -> tuple[list[str], set[str]]:
     return [f"+aligner@{name}={name}" for name in names], set(names)
 
 
-def compose_profile(overrides: list[str]):
-    from finealign.config import compose
-
-    nodes, _ = aligner_node_overrides()
-    return compose(CONFIG_NAME, [*nodes, *overrides])
-
-
 def run(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
+    from finealign.config import compose
     from finealign.profiling.pipeline import render, run_profile
     from finealign.profiling.run_config import read_profile_config
 
@@ -58,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("profile picks aligners with aligners=NAME or aligners=[A,B] (plural: `aligner` is "
                           "the group of aligner configs, composed in under each name)")  # fmt: skip
     planned = jobs(overrides, args.multirun, sweep_dir, run_dir)
-    _, node_names = aligner_node_overrides()
+    nodes, node_names = aligner_node_overrides()
     failed = False
     for job_overrides, out_dir in planned:
-        cfg = compose_profile(job_overrides)
+        cfg = compose(CONFIG_NAME, [*nodes, *job_overrides])
         container = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=False))  # a DictConfig gives a dict
         for name in node_names & set(container):
             # `dim: ${encoder.embed_dim}` refers to the training config; the profile's `dim` applies
