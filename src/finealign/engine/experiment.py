@@ -212,7 +212,8 @@ def _run_experiment(
         "params_trainable": sum(p.numel() for p in [*model.parameters(), *loss.parameters()] if p.requires_grad),
     }
     extra = {
-        "history": result.history, "epoch_losses": result.epoch_losses, "device": str(device),
+        "history": result.history, "epoch_losses": result.epoch_losses, "curves": result.curves,
+        "device": str(device),
         "output_dir": str(out_dir), "provenance": provenance(device, overrides),
         **({"world_size": world.size} if world.distributed else {}),
     }  # fmt: skip

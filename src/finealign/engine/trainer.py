@@ -21,6 +21,7 @@ from finealign.data.base import RetrievalSplit
 from finealign.encoders.batches import autocast_context
 from finealign.engine.batching import epoch_loader, epoch_pairs, to_device
 from finealign.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from finealign.engine.curves import CURVE_KEYS, EpochCurves, batch_curves
 from finealign.engine.distributed import (
     SINGLE,
     GlobalBatchObjective,
@@ -72,6 +73,8 @@ class TrainResult:
     final_loss: float = float("nan")  # mean loss of the last epoch
     epoch_losses: list[float] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)  # validation metrics per epoch
+    # per epoch: positive vs hardest-negative score and embedding spread (engine/curves.py)
+    curves: list[dict[str, float]] = field(default_factory=list)
     best: dict[str, float] | None = None  # best validation metrics (by rsum)
     train_time_s: float = 0.0  # wall time of this process's training (resumed runs: this part only)
 
@@ -191,8 +194,9 @@ class Trainer:
         for epoch in range(start_epoch, cfg.epochs):
             if cfg.max_steps and result.steps >= cfg.max_steps:
                 break
-            epoch_loss = self._train_epoch(train_split, epoch, result)
+            epoch_loss, curves = self._train_epoch(train_split, epoch, result)
             result.epoch_losses.append(epoch_loss)
+            result.curves.append({"epoch": float(epoch), "loss": epoch_loss, **curves.means()})
             result.final_loss = epoch_loss
             result.epochs_run = epoch + 1
             metrics = None
@@ -211,7 +215,7 @@ class Trainer:
             started = time.perf_counter()
             if cfg.checkpoint and self.checkpoint_path is not None and self.world.is_main:
                 save_checkpoint(self.checkpoint_path, self._state(epoch, result))
-            self._log_epoch(epoch, epoch_loss, metrics, sinks)
+            self._log_epoch(epoch, epoch_loss, metrics, sinks, result.curves[-1])
             if metrics is not None and on_validation is not None:
                 on_validation(epoch, metrics)
         sinks.close()
@@ -220,7 +224,7 @@ class Trainer:
             self.model.load_state_dict(self.best_state)
         return result
 
-    def _train_epoch(self, split: RetrievalSplit, epoch: int, result: TrainResult) -> float:
+    def _train_epoch(self, split: RetrievalSplit, epoch: int, result: TrainResult) -> tuple[float, EpochCurves]:
         cfg = self.cfg
         self.model.train()
         unfrozen = apply_backbone_schedule(self.model, cfg, epoch)
@@ -242,7 +246,7 @@ class Trainer:
             rank=self.world.rank,
             world_size=self.world.size,
         )
-        total, count = 0.0, 0
+        total, count, curves = 0.0, 0, EpochCurves()
         self.optimizer.zero_grad(set_to_none=True)
         bar = progress_bar(loader, progress=self.progress, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
         for i, batch in enumerate(bar):
@@ -256,7 +260,9 @@ class Trainer:
                     extras = loss_extras(visual, text)  # once: the divergence check and the loss read it
                     self._check_embeddings(visual, text, extras, epoch, i, result.steps)
                     sim = self.model.aligner(visual, text)
-                    loss = self.loss(sim, batch.positives.to(self.device), extras)
+                    positives = batch.positives.to(self.device)
+                    loss = self.loss(sim, positives, extras)
+                    curves.add(batch_curves(sim, positives, extras["image_global"], extras["text_global"]))
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"loss became {float(loss)} at epoch {epoch}, batch {i} (after {result.steps} optimiser steps, "
@@ -272,7 +278,7 @@ class Trainer:
                     break
             if (i + 1) % cfg.log_every == 0:
                 bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
-        return total / max(count, 1)
+        return total / max(count, 1), curves
 
     def _global_batch_loss(self, batch: Any, epoch: int, i: int, steps: int) -> torch.Tensor:
         """The loss of the global batch, computed on this rank from every rank's gathered tokens,
@@ -290,9 +296,13 @@ class Trainer:
             )  # fmt: skip
 
     # -- logs ---------------------------------------------------------------------------------
-    def _log_epoch(self, epoch: int, loss: float, val: dict[str, float] | None, sinks: ScalarSinks) -> None:
-        """One console line per epoch (loss, lr, temperature, validation recall) and the same as scalars."""
+    def _log_epoch(
+        self, epoch: int, loss: float, val: dict[str, float] | None, sinks: ScalarSinks, curves: dict[str, float]
+    ) -> None:
+        """One console line per epoch (loss, lr, temperature, validation recall) and the same as scalars
+        (with the training curves: positive vs hardest-negative score, embedding spread)."""
         scalars = {"train/loss": loss, "train/lr": self._lr()}
+        scalars.update({f"train/{k}": v for k, v in curves.items() if k in CURVE_KEYS and math.isfinite(v)})
         temperature = getattr(self.loss, "temperature", None)
         if isinstance(temperature, (int, float)):
             scalars["train/temperature"] = float(temperature)
