@@ -21,7 +21,7 @@ from finealign.registry import create_aligner, create_loss
 from tests.aligners.reference import real_tokens
 from tests.conftest import random_batch
 
-PRESETS = ["chan", "tgdt", "tokenflow", "drl_ti", "drl_wti", "scan", "clip_global"]
+PRESETS = ["chan", "chan_lse", "tgdt", "tokenflow", "drl_ti", "drl_wti", "scan", "clip_global"]
 DIM = 8
 
 
@@ -73,8 +73,7 @@ def test_print_config_shows_the_chan_settings(capsys):
     out = capsys.readouterr().out
     for line in (
         "name: hard",
-        "pooling: lse_chan",
-        "temperature: 0.1",
+        "pooling: mean",
         "name: triplet",
         "margin: 0.05",
         "reduction: sum",
@@ -85,8 +84,10 @@ def test_print_config_shows_the_chan_settings(capsys):
 def test_an_override_that_contradicts_the_preset_names_both():
     with pytest.raises(ConfigError, match=r"method=chan fixes aligner.name='hard'.*'mean_max'"):
         validate(compose("config", ["method=chan", "aligner=mean_max"]))
-    with pytest.raises(ConfigError, match=r"aligner.pooling='lse_chan'.*'mean'"):
-        validate(compose("config", ["method=chan", "aligner.pooling=mean"]))
+    with pytest.raises(ConfigError, match=r"aligner.pooling='mean'.*'lse_chan'"):
+        validate(compose("config", ["method=chan", "aligner.pooling=lse_chan"]))
+    with pytest.raises(ConfigError, match=r"method=chan_lse fixes aligner.pooling='lse_chan'.*'mean'"):
+        validate(compose("config", ["method=chan_lse", "aligner.pooling=mean"]))
     with pytest.raises(ConfigError, match=r"loss.consistency='tgdt'"):
         validate(compose("config", ["method=tgdt", "loss.consistency=l2"]))
     # Tuning a number the preset does not fix is fine.
@@ -101,19 +102,24 @@ def test_an_unknown_preset_lists_close_matches():
 # -- CHAN ------------------------------------------------------------------------------------
 
 
-def chan_pair(v, t, i, j, beta=0.1) -> float:
-    """VHACoding (each word's max cosine over regions, padding filled with -1) + LSEPooling
-    log Σ_w exp(s_w / β), lib/coding.py."""
+def chan_pair(v, t, i, j, pooling: str, beta=0.1) -> float:
+    """VHACoding (each word's max cosine over regions, padding filled with -1), then MeanPooling
+    (Σ over the real words / their count: the BERT recipe) or LSEPooling log Σ_w exp(s_w / β)
+    (the GRU recipe), lib/coding.py."""
     regions, words = real_tokens(v, i), real_tokens(t, j)
     best = [max(float(w @ r) for r in regions) for w in words]
+    if pooling == "mean":
+        return sum(best) / len(best)
     return math.log(sum(math.exp(s / beta) for s in best))
 
 
-def test_chan_score_and_loss_equal_the_original(gen):
-    aligner, loss, _ = preset("chan")
+@pytest.mark.parametrize(("name", "pooling"), [("chan", "mean"), ("chan_lse", "lse")])
+def test_chan_score_and_loss_equal_the_original(gen, name, pooling):
+    aligner, loss, spec = preset(name)
+    assert spec.train.batch_size == (128 if name == "chan" else 384)  # BERT / GRU recipe
     v, t = batches(gen, 5, 5)
     got = aligner(v, t)
-    ref = matrix(v, t, lambda i, j: chan_pair(v, t, i, j))
+    ref = matrix(v, t, lambda i, j: chan_pair(v, t, i, j, pooling))
     torch.testing.assert_close(got, ref, atol=1e-9, rtol=1e-9)
     positives = torch.eye(5, dtype=torch.bool)
     for epoch, hardest in ((0, False), (1, True)):  # vse_mean_warmup_epochs = 1
