@@ -12,7 +12,7 @@ For each size (images × captions, Lv × Lt tokens, d, bf16 on CUDA) it times on
   fused          finealign.kernels (Triton), raw and through the aligner (backend="triton").
   peers          late-interaction-kernels `maxsim` and flash-maxsim `flash_maxsim_batched`, when
                  importable (they return sums over words: divided by the word count here).
-  hard / lse     CHAN hard alignment (LogSumExp pooling, τ = 0.1): fused vs chunked torch.
+  hard / lse     CHAN-style hard alignment (τ·LSE pooling, τ = 0.1): fused vs chunked torch.
   shortlist      two_stage's re-ranking: the pair kernels (mean-max, Sinkhorn) on the union of
                  each image's and each caption's top-K captions/images by global similarity
                  (--top-k, 20), and the whole two_stage aligner; compared with the full matrix.
@@ -257,7 +257,7 @@ def bench_size(name, nv, nt, lv, lt, d, repeats, args):
             lambda: maxsim_scores(v, vm, t, tm, "mean", "text", backend="triton", tiles=tiles),
             ref_mean,
         )
-    # -- hard alignment (CHAN, LSE pooling) --------------------------------------------------------
+    # -- hard alignment (CHAN-style, τ·LSE) ---------------------------------------------------------
     hard = create_aligner("hard", pooling="lse", temperature=0.1, direction="text")
     add("hard_lse", "hard aligner (backend auto: fused on CUDA)", lambda: hard(visual, text), ref_lse, reps=slow_reps)
     add("hard_lse", "fused triton", lambda: maxsim_scores(v, vm, t, tm, "lse", "text", 0.1, backend="triton"), ref_lse)

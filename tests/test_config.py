@@ -76,6 +76,8 @@ def test_required_group_files_exist():
         (["encoder.vision.head=lstm"], r"encoder\.vision: .*head"),
         (["data.concepts=0"], r"data: .*concepts"),
         (["eval.chunk_items=0"], r"eval\.chunk_items"),
+        (["train.warmup_fraction=1.0", "train.warmup_steps=0"], r"train\.warmup_fraction must be in \[0, 1\)"),
+        (["train.warmup_fraction=0.1"], r"train\.warmup_fraction must be 0 when warmup_steps is set \(200\)"),
     ],
 )
 def test_bad_values_raise_config_error_naming_the_key(overrides, pattern):
@@ -115,3 +117,9 @@ def test_string_booleans_and_infinite_lr_are_refused():
         validate(compose("config", ["aligner.normalize='no'"]))
     with pytest.raises(ConfigError, match="lr must be a (positive )?finite number"):
         validate(compose("config", ["train.lr=inf"]))
+
+
+def test_warmup_is_given_in_steps_or_as_a_fraction_of_the_run():
+    steps = validate(compose(overrides=["train.warmup_steps=30"])).train
+    fraction = validate(compose(overrides=["train.warmup_steps=0", "train.warmup_fraction=0.1"])).train
+    assert (steps.warmup_for(1000), fraction.warmup_for(1000), fraction.warmup_for(44)) == (30, 100, 4)

@@ -1,8 +1,12 @@
 """Method presets against literal ports of the originals.
 
 Each preset (configs/method/NAME.yaml) is composed and validated like `finealign train method=NAME`;
-its aligner and loss are then checked against a per-pair float64 loop written from the paper and
-the original code (the file named in each preset), on random inputs with padded tokens.
+its aligner and loss are then checked against a per-pair float64 loop written from the original
+code (the file named in each preset's `method.source`) in the original's own conventions (DRL's
+fixed-length zero padding and raw-token weight head; CHAN's -1 padding fill, equal to dropping
+padding for cosines; TGDT's 0 fill, on full region sets), on random inputs with padded tokens, so a
+preset that followed finealign's convention instead would fail. TokenFlow has no code: its test
+checks finealign's reading (converged OT) against POT.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch.nn.functional as F
 from finealign.config import compose, validate
 from finealign.errors import ConfigError, UnknownNameError
 from finealign.registry import create_aligner, create_loss
+from finealign.tokens import TokenBatch
 from tests.aligners.reference import real_tokens
 from tests.conftest import random_batch
 
@@ -169,6 +174,12 @@ def test_tgdt_scores_loss_and_two_stage_inference_equal_the_original(gen):
 # -- TokenFlow -------------------------------------------------------------------------------
 
 
+# TokenFlow has no official code: converged entropic OT between importance marginals is finealign's
+# reading of the paper, so it is checked against POT. (The one public port, ppanzx/ConfuSAN
+# itr/lib/aggr/tokenflow.py, weights tokens by a one-shot softmax without transport iterations and,
+# as written, overwrites those weights: its score is Σ sim², NaN on padding; nothing to port.)
+
+
 def tokenflow_pair(v, t, i, j, eps=0.05, tau=0.1) -> float:
     """Σ P·S with P the converged entropic OT plan (POT, to 1e-9) between importance marginals."""
     regions, words = real_tokens(v, i), real_tokens(t, j)
@@ -193,34 +204,124 @@ def test_tokenflow_is_converged_optimal_transport(gen):
 
 
 # -- DRL -------------------------------------------------------------------------------------
+# Literal ports of foolwood/DRL tvr/models/modeling.py `wti_interaction` (commit 696c75c): every
+# caption zero-padded to max_words slots and every video to max_frames slots (real tokens first,
+# padded slots holding whatever the encoder emits there), tokens L2-normalised, the similarities
+# multiplied by both masks, each token's max taken over ALL slots of the other side (a padded slot
+# gives 0), t2v summed over the caption's slots / its real count, v2t over the video's / its count.
+
+MAX_WORDS, MAX_FRAMES = 32, 12  # scripts/msrvtt.sh --max_words 32 --max_frames 12
+
+
+def items_of_lengths(lengths: list[int], length: int, gen) -> TokenBatch:
+    """Items with these real lengths at random positions, token norms spread over [0.5, 3.5] (so a
+    head reading raw tokens sees something else than one reading unit vectors), junk padding."""
+    n = len(lengths)
+    scale = 0.5 + 3.0 * torch.rand(n, length, 1, generator=gen, dtype=torch.float64)
+    tokens = scale * torch.randn(n, length, DIM, generator=gen, dtype=torch.float64)
+    mask = torch.zeros(n, length, dtype=torch.bool)
+    for i, real in enumerate(lengths):
+        mask[i, torch.randperm(length, generator=gen)[:real]] = True
+    tokens = torch.where(
+        mask[..., None], tokens, 40.0 + 10.0 * torch.rand(n, length, 1, generator=gen, dtype=torch.float64)
+    )
+    return TokenBatch(tokens, mask, torch.randn(n, DIM, generator=gen, dtype=torch.float64))
+
+
+def drl_batches(gen) -> tuple[TokenBatch, TokenBatch]:
+    """Videos with 12 frames (unpadded, as MSR-VTT's mostly are) and fewer; captions of 32 tokens
+    (unpadded) and fewer: both sides have padded and unpadded items."""
+    v = items_of_lengths([MAX_FRAMES, 7, MAX_FRAMES, 2], MAX_FRAMES, gen)
+    t = items_of_lengths([MAX_WORDS, 5, 17, 3, MAX_WORDS], MAX_WORDS, gen)
+    return v, t
+
+
+def drl_slots(batch: TokenBatch, i: int, length: int) -> tuple[list[np.ndarray], list[float]]:
+    """DRL's fixed-length input of item i: its real tokens first, then padded slots up to `length`
+    (junk features, mask 0), as its dataloader builds them."""
+    real = [x.numpy() for x in batch.tokens[i][batch.mask[i]]]
+    junk = [x.numpy() for x in batch.tokens[i][~batch.mask[i]]]
+    feats = (real + junk)[:length]
+    return feats, [1.0] * len(real) + [0.0] * (length - len(real))
+
+
+def drl_logits(t_feat, t_mask, v_feat, v_mask) -> list[list[float]]:
+    """retrieve_logits[t][v] of one (caption, video) pair: cosine × text_mask × video_mask."""
+    unit = [[x / np.linalg.norm(x) for x in side] for side in (t_feat, v_feat)]
+    return [[float(a @ b) * tm * vm for b, vm in zip(unit[1], v_mask)] for a, tm in zip(unit[0], t_mask)]
 
 
 def drl_ti_pair(v, t, i, j) -> float:
-    regions, words = real_tokens(v, i), real_tokens(t, j)
-    t2v = sum(max(float(w @ r) for r in regions) for w in words) / len(words)
-    v2t = sum(max(float(w @ r) for w in words) for r in regions) / len(regions)
+    (t_feat, t_mask), (v_feat, v_mask) = drl_slots(t, j, MAX_WORDS), drl_slots(v, i, MAX_FRAMES)
+    logits = drl_logits(t_feat, t_mask, v_feat, v_mask)
+    t2v = sum(max(row) for row in logits) / sum(t_mask)
+    v2t = sum(max(row[k] for row in logits) for k in range(MAX_FRAMES)) / sum(v_mask)
     return 0.5 * (t2v + v2t)
 
 
+def exact_masking_matrix(v, t) -> torch.Tensor:
+    """finealign's own convention (padding masked exactly), for checking that the case tells them apart."""
+    return create_aligner("mean_max", direction="both")(v, t)
+
+
 def test_drl_ti_equals_the_original(gen):
-    aligner, _, _ = preset("drl_ti")
-    v, t = batches(gen)
-    torch.testing.assert_close(aligner(v, t), matrix(v, t, lambda i, j: drl_ti_pair(v, t, i, j)), atol=1e-9, rtol=0)
+    aligner, loss, spec = preset("drl_ti")
+    v, t = drl_batches(gen)
+    ref = matrix(v, t, lambda i, j: drl_ti_pair(v, t, i, j))
+    torch.testing.assert_close(aligner(v, t), ref, atol=1e-9, rtol=0)
+    # The case sees DRL's zero padding: finealign's exact masking scores it differently.
+    assert float((exact_masking_matrix(v, t) - ref).abs().max()) > 1e-2
+    # CLIP's CrossEn on logit_scale · sim, both directions averaged (modeling.py forward).
+    square = (100.0 * ref[:, :4]).numpy()
+
+    def cross_entropy(rows: np.ndarray) -> float:
+        return float(np.mean([-(r[k] - np.log(np.exp(r - r.max()).sum()) - r.max()) for k, r in enumerate(rows)]))
+
+    expected = 0.5 * (cross_entropy(square) + cross_entropy(square.T))
+    assert float(loss(ref[:, :4], torch.eye(4, dtype=torch.bool)).detach()) == pytest.approx(expected, rel=1e-6)
 
 
-def mlp_logit(mlp, x: torch.Tensor) -> float:
+def test_drl_presets_train_as_the_script():
+    """scripts/msrvtt.sh + main.py: 5 epochs, batch 128, lr 1e-4 (CLIP × coef_lr 1e-3), weight decay
+    0.2, 10 % warm-up then cosine, grad clip 1.0; CLIP's logit scale 100 trained at 1e-7."""
+    for name in ("drl_ti", "drl_wti"):
+        _, _, spec = preset(name)
+        train = spec.train
+        got = (train.epochs, train.batch_size, train.lr, train.backbone_lr, train.temperature_lr, train.weight_decay)
+        assert got == (5, 128, 1e-4, 1e-7, 1e-7, 0.2), name
+        assert (train.schedule, train.warmup_steps, train.warmup_fraction, train.grad_clip) == ("cosine", 0, 0.1, 1.0)
+        assert spec.loss[1]["temperature"] == 0.01
+        assert spec.aligner[1]["zero_pad_text"] == MAX_WORDS and spec.aligner[1]["zero_pad_visual"] == MAX_FRAMES
+
+
+def preset_options(name: str) -> dict:
+    """The aligner options a preset composes (weighted_mean_max's dim set to the toy DIM)."""
+    spec = validate(compose("config", [f"method={name}"]))
+    return {**spec.aligner[1], "dim": DIM}
+
+
+def mlp_logit(mlp, x: np.ndarray) -> float:
     """wti_arch 2: Linear → ReLU → Linear, evaluated by hand."""
-    w1, b1, w2, b2 = (p.detach().double() for p in (mlp[0].weight, mlp[0].bias, mlp[2].weight, mlp[2].bias))
-    hidden = torch.clamp(w1 @ x + b1, min=0)
+    w1, b1, w2, b2 = (p.detach().double().numpy() for p in (mlp[0].weight, mlp[0].bias, mlp[2].weight, mlp[2].bias))
+    hidden = np.maximum(w1 @ x + b1, 0.0)
     return float(w2[0] @ hidden + b2[0])
 
 
+def masked_softmax_list(logits: list[float], mask: list[float]) -> list[float]:
+    """softmax after masked_fill(-inf) on the padded slots."""
+    top = max(x for x, m in zip(logits, mask) if m)
+    exps = [math.exp(x - top) if m else 0.0 for x, m in zip(logits, mask)]
+    return [e / sum(exps) for e in exps]
+
+
 def drl_wti_pair(aligner, v, t, i, j) -> float:
-    regions, words = real_tokens(v, i), real_tokens(t, j)
-    tw = torch.softmax(torch.tensor([mlp_logit(aligner.text_weight, w) for w in words], dtype=torch.float64), 0)
-    vw = torch.softmax(torch.tensor([mlp_logit(aligner.visual_weight, r) for r in regions], dtype=torch.float64), 0)
-    t2v = sum(float(tw[k]) * max(float(w @ r) for r in regions) for k, w in enumerate(words))
-    v2t = sum(float(vw[k]) * max(float(w @ r) for w in words) for k, r in enumerate(regions))
+    (t_feat, t_mask), (v_feat, v_mask) = drl_slots(t, j, MAX_WORDS), drl_slots(v, i, MAX_FRAMES)
+    # The weight heads read the features before their L2 normalisation.
+    text_weight = masked_softmax_list([mlp_logit(aligner.text_weight, x) for x in t_feat], t_mask)
+    video_weight = masked_softmax_list([mlp_logit(aligner.visual_weight, x) for x in v_feat], v_mask)
+    logits = drl_logits(t_feat, t_mask, v_feat, v_mask)
+    t2v = sum(max(row) * a for row, a in zip(logits, text_weight))
+    v2t = sum(max(row[k] for row in logits) * b for k, b in enumerate(video_weight))
     return 0.5 * (t2v + v2t)
 
 
@@ -229,9 +330,21 @@ def test_drl_wti_equals_the_original_with_its_mlp_head(gen):
     for mlp in (aligner.text_weight, aligner.visual_weight):
         assert isinstance(mlp[1], torch.nn.ReLU) and mlp[0].out_features == DIM
         assert 0.01 < float(mlp[0].weight.detach().std()) < 0.03  # N(0, 0.02)
-    v, t = batches(gen)
+    with torch.no_grad():  # a trained head: weights far from uniform, so what the head reads matters
+        for p in aligner.parameters():
+            p.copy_(0.7 * torch.randn(p.shape, generator=gen))
+    v, t = drl_batches(gen)
     ref = matrix(v, t, lambda i, j: drl_wti_pair(aligner, v, t, i, j))
     torch.testing.assert_close(aligner(v, t), ref, atol=1e-9, rtol=0)
+    # The case sees both DRL differences: the head on raw tokens, and the zero padding.
+    prepared_head = create_aligner("weighted_mean_max", **{**preset_options("drl_wti"), "weight_input": "prepared"})
+    prepared_head.load_state_dict(aligner.state_dict())
+    assert float((prepared_head(v, t) - ref).abs().max().detach()) > 1e-2
+    exact = create_aligner(
+        "weighted_mean_max", **{**preset_options("drl_wti"), "zero_pad_text": None, "zero_pad_visual": None}
+    )
+    exact.load_state_dict(aligner.state_dict())
+    assert float((exact(v, t) - ref).abs().max().detach()) > 1e-2
 
 
 # -- SCAN ------------------------------------------------------------------------------------

@@ -239,6 +239,7 @@ class TrainConfig:
     grad_checkpointing: bool = False  # recompute backbone activations in backward (timm, transformers, open_clip)
     weight_decay: float = 1e-4
     warmup_steps: int = 0  # linear warm-up, in optimiser steps
+    warmup_fraction: float = 0.0  # or as a fraction of all optimiser steps (DRL: 0.1); one of the two is 0
     schedule: str = "cosine"  # cosine | step | constant (after warm-up)
     step_epochs: int = 10  # step schedule: multiply the lr by step_gamma every step_epochs epochs
     step_gamma: float = 0.1
@@ -266,6 +267,11 @@ class TrainConfig:
     distributed: str = "auto"
     dist_timeout_s: float = 1800.0  # a collective waiting longer (a rank died or hangs) stops every rank
 
+    def warmup_for(self, total_steps: int) -> int:
+        """Warm-up steps of a run with `total_steps` optimiser steps: warmup_steps, or
+        warmup_fraction of the total (DRL's --warmup_proportion)."""
+        return self.warmup_steps or round(self.warmup_fraction * total_steps)
+
     def __post_init__(self) -> None:
         positive_ints = ("epochs", "batch_size", "accumulate", "step_epochs", "log_every")
         for key in positive_ints:
@@ -286,6 +292,9 @@ class TrainConfig:
                  "0 when freeze_backbone is true (a frozen backbone is never unfrozen)", self)  # fmt: skip
         _require(_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0", self)
         _require(_number(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a number >= 0", self)
+        _require(_number(self.warmup_fraction) and 0 <= self.warmup_fraction < 1, "warmup_fraction", "in [0, 1)", self)
+        _require(not (self.warmup_fraction and self.warmup_steps), "warmup_fraction",
+                 f"0 when warmup_steps is set ({self.warmup_steps}): give the warm-up one way", self)  # fmt: skip
         _require(_number(self.step_gamma) and 0 < self.step_gamma <= 1, "step_gamma", "in (0, 1]", self)
         _require(_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]", self)
         _require(self.schedule in ("cosine", "step", "constant"), "schedule", "cosine, step or constant", self)

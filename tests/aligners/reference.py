@@ -102,3 +102,39 @@ def cross_attention_pair(v, t, lambda_softmax=9.0, scan_norm=True, pooling="mean
         attended = sum(a * r for a, r in zip(alphas, v))
         relevance.append(float(F.cosine_similarity(w, attended, dim=0)))
     return pool_scores(relevance, pooling, temperature)
+
+
+def best_with_zero_slots(scores: list[float], padded: bool) -> float:
+    """A token's best similarity over the other item; DRL's padded slots add a candidate 0."""
+    return max([*scores, 0.0]) if padded else max(scores)
+
+
+def zero_padded_mean_max_pair(v, t, direction="both", pad_visual=None, pad_text=None, word_pooling="mean") -> float:
+    """mean_max as DRL computes it: an item with fewer real tokens than its fixed length has
+    padded slots, whose similarity 0 joins every max taken over that item."""
+    visual_padded = pad_visual is not None and len(v) < pad_visual
+    text_padded = pad_text is not None and len(t) < pad_text
+    word_scores = [best_with_zero_slots([float(w @ r) for r in v], visual_padded) for w in t]
+    score = sum(word_scores) / (len(word_scores) if word_pooling == "mean" else 1)
+    if direction == "both":
+        region_scores = [best_with_zero_slots([float(r @ w) for w in t], text_padded) for r in v]
+        score = 0.5 * (score + sum(region_scores) / len(region_scores))
+    return score
+
+
+def zero_padded_weighted_pair(v, t, v_head_in, t_head_in, w_text, w_visual, direction, pad_visual, pad_text) -> float:
+    """weighted_mean_max with DRL's zero padding; the weights come from `*_head_in` (the tokens the
+    heads read: raw or the same unit vectors), the similarities from the unit vectors v, t.
+    w_text / w_visual: (weight vector, bias) of each side's Linear(d, 1), or None."""
+    visual_padded = pad_visual is not None and len(v) < pad_visual
+    text_padded = pad_text is not None and len(t) < pad_text
+    parts = []
+    if direction in ("text", "both"):
+        weights = softmax_list([float(x @ w_text[0]) + float(w_text[1]) for x in t_head_in])
+        best = [best_with_zero_slots([float(w @ r) for r in v], visual_padded) for w in t]
+        parts.append(sum(a * b for a, b in zip(weights, best)))
+    if direction in ("visual", "both"):
+        weights = softmax_list([float(x @ w_visual[0]) + float(w_visual[1]) for x in v_head_in])
+        best = [best_with_zero_slots([float(r @ w) for w in t], text_padded) for r in v]
+        parts.append(sum(a * b for a, b in zip(weights, best)))
+    return sum(parts) / len(parts)

@@ -1,4 +1,4 @@
-"""Hard alignment (CHAN): each word keeps only its most relevant region; the rest is dropped.
+"""Hard alignment, CHAN-style: each word keeps only its most relevant region; the rest is dropped.
 
 score(text direction) = pool over real words w of max over real regions r of s(w, r)
 score(visual direction) = pool over real regions r of max over real words w of s(w, r)
@@ -51,7 +51,7 @@ class HardConfig(KernelConfig):
 
 @ALIGNERS.register("hard")
 class HardAligner(KernelAligner[HardConfig]):
-    """Hard alignment (CHAN): each word keeps only its best region, pooled by mean or LogSumExp."""
+    """Each word keeps only its best region, pooled by mean or τ·LSE (CHAN-style; CHAN's own form is method=chan)."""
 
     Config = HardConfig
 

@@ -1,8 +1,11 @@
-"""Token-wise interaction (ColBERT MaxSim / FILIP / DRL "TI"; TGDT's local similarity).
+"""Token-wise interaction (ColBERT MaxSim / FILIP; with options DRL's "TI" and TGDT's local similarity).
 
 score = scale · pool over real words of (max over real regions of s(word, region)), pool = mean
 (ColBERT/FILIP/DRL) or sum (TGDT: 10 · Σ_words max_regions, `word_pooling: sum`, `scale: 10`).
 direction "both" averages with the region → word direction (DRL's bidirectional TI).
+Padding is masked exactly unless `zero_pad_text` / `zero_pad_visual` ask for DRL's fixed-length
+zero padding, under which a max over a padded item is max(best real, 0) (aligners/zero_padding.py);
+`method=drl_ti` selects both directions and that padding.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from finealign.aligners.base import (
 )
 from finealign.aligners.kernel_backed import KernelAligner, KernelConfig
 from finealign.aligners.pooling import segment_pool
+from finealign.aligners.zero_padding import check_zero_padding, floor_at_zero_padding, has_zero_slots
 from finealign.errors import ConfigError
 from finealign.kernels import maxsim_scores
 from finealign.registry import ALIGNERS
@@ -35,6 +39,11 @@ class MeanMaxConfig(KernelConfig):
     direction: str = "text"
     word_pooling: str = "mean"  # "mean" over real words, or "sum" (TGDT's local score; text direction)
     scale: float = 1.0  # multiplies the score (TGDT: 10)
+    # DRL's fixed-length zero padding (aligners/zero_padding.py; null: exact masking): each caption
+    # counts as padded to zero_pad_text slots and each visual item to zero_pad_visual slots, and a
+    # max over an item with padded slots includes their similarity 0 (DRL: max_words 32, max_frames 12).
+    zero_pad_text: int | None = None
+    zero_pad_visual: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -46,13 +55,22 @@ class MeanMaxConfig(KernelConfig):
             raise ConfigError("word_pooling='sum' (TGDT's local score) is defined for direction='text' only")
         if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not self.scale > 0:
             raise ConfigError(f"scale must be a positive number, got {self.scale!r}")
+        check_zero_padding(self.zero_pad_visual, self.zero_pad_text, self.direction)
 
 
 @ALIGNERS.register("mean_max")
 class MeanMaxAligner(KernelAligner[MeanMaxConfig]):
-    """Mean over words of the max over regions (ColBERT/FILIP/DRL token-wise interaction)."""
+    """Mean over words of the max over regions (ColBERT/FILIP MaxSim; DRL's TI is method=drl_ti)."""
 
     Config = MeanMaxConfig
+
+    def _kernel_applies(self, visual: TokenBatch, text: TokenBatch, has_backward: bool) -> bool:
+        # The fused kernel masks padding exactly: DRL's zero slots, when some item has them, take
+        # the torch path.
+        cfg = self.config
+        if has_zero_slots(visual, cfg.zero_pad_visual) or has_zero_slots(text, cfg.zero_pad_text):
+            return False
+        return super()._kernel_applies(visual, text, has_backward)
 
     def kernel_scores(self, visual: TokenBatch, text: TokenBatch, pairs: Tensor | None) -> Tensor:
         scores = maxsim_scores(
@@ -81,6 +99,7 @@ class MeanMaxAligner(KernelAligner[MeanMaxConfig]):
         every region with every *real* word (no padded word positions multiplied), the max over
         regions, then each caption's words summed back by index. Same scores as the padded path."""
         best, owner = packed_word_best(visual, text)
+        best = floor_at_zero_padding(best, visual.mask, self.config.zero_pad_visual)
         scores = segment_pool(best, owner, len(text), self.config.word_pooling, 1.0)
         return (self.config.scale * scores).to(best.dtype)
 
@@ -92,11 +111,13 @@ class MeanMaxAligner(KernelAligner[MeanMaxConfig]):
     def _reduce(self, sim: Tensor, visual_mask: Tensor, text_mask: Tensor) -> Tensor:
         """Scores from masked similarities (..., Lv, Lt) (padding = -inf); masks broadcast to (..., L)."""
         word_best = sim.amax(dim=-2)  # (..., Lt): best region per word
+        word_best = floor_at_zero_padding(word_best, visual_mask, self.config.zero_pad_visual)
         score = masked_mean(word_best, text_mask, dim=-1)
         if self.config.word_pooling == "sum":
             score = score * text_mask.expand_as(word_best).sum(-1).to(score.dtype)
         if self.config.direction == "both":
             region_best = sim.amax(dim=-1)  # (..., Lv): best word per region
+            region_best = floor_at_zero_padding(region_best, text_mask, self.config.zero_pad_text)
             score = 0.5 * (score + masked_mean(region_best, visual_mask, dim=-1))
         return self.config.scale * score
 

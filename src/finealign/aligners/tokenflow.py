@@ -1,5 +1,9 @@
 """TokenFlow: optimal-transport flow between visual and text tokens.
 
+The paper (arXiv 2209.13822) has no official code; the converged OT plan below is finealign's
+reading of it. (The one public port, ppanzx/ConfuSAN, uses a one-shot softmax flow and is broken:
+its weights are overwritten, so the score becomes Σ sim², and padding gives NaN.)
+
 For one (image, caption) pair with token similarities S (Lv × Lt, cosines when `normalize`):
 
 * Marginals. `importance`: a region's mass is softmax over the image's real regions of
@@ -128,7 +132,7 @@ class TokenFlowConfig(KernelConfig):
 
 @ALIGNERS.register("tokenflow")
 class TokenFlowAligner(KernelAligner[TokenFlowConfig]):
-    """Optimal-transport flow between visual and text tokens; score = Σ flow · similarity (TokenFlow)."""
+    """Optimal-transport flow between visual and text tokens; score = Σ flow · similarity (TokenFlow, converged OT: finealign's reading)."""
 
     Config = TokenFlowConfig
 

@@ -1,4 +1,4 @@
-"""Two-stage retrieval (TGDT inference): a global shortlist, re-ranked by a mixed global/local score.
+"""Two-stage retrieval (TGDT-style inference): a global shortlist, re-ranked by a mixed global/local score.
 
 Retrieval with this aligner is directional, and each query sees only its own shortlist:
 
@@ -151,7 +151,7 @@ class TwoStageConfig(AlignerConfig):
 
 @ALIGNERS.register("two_stage")
 class TwoStageAligner(Aligner[TwoStageConfig]):
-    """Global top-K shortlist, re-ranked by α·global + (1−α)·local on shortlisted pairs only (TGDT)."""
+    """Global top-K shortlist, re-ranked by α·global + (1−α)·local on shortlisted pairs only (TGDT-style; TGDT's is method=tgdt)."""
 
     Config = TwoStageConfig
     gallery_dependent = True  # a pair's score depends on whether it made its query's shortlist

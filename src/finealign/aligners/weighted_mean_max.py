@@ -1,20 +1,25 @@
 """Weighted token-wise interaction (DRL "WTI"): mean_max with learned per-token weights.
 
-text → visual:  Σ_w  a_w · max_r s(w, r),   a = softmax over real words of Linear(d, 1)(word)
-visual → text:  Σ_r  b_r · max_w s(w, r),   b = softmax over real regions of Linear(d, 1)(region)
-"both" averages the two directions. The weights are computed from the prepared tokens (unit
-vectors when `normalize` is on) by a weight head per side:
+text → visual:  Σ_w  a_w · max_r s(w, r),   a = softmax over real words of head(word)
+visual → text:  Σ_r  b_r · max_w s(w, r),   b = softmax over real regions of head(region)
+"both" averages the two directions. A weight head per side:
 
 * `weight_head: linear` (finealign's default): one Linear(d, 1), zero-initialised, so an untrained
-  aligner gives uniform weights, i.e. exactly `mean_max`, and learns away from it;
+  aligner gives uniform weights, i.e. exactly `mean_max`, and learns away from it — finealign's
+  form, not DRL's;
 * `weight_head: mlp` (DRL's `wti_arch 2`, tvr/models/modeling.py): Linear(d, d) → ReLU →
-  Linear(d, 1), weights drawn from N(0, 0.02), biases zero. DRL feeds the tokens before their
-  L2 normalisation; here the head sees the prepared tokens (identical with normalize=false).
+  Linear(d, 1), weights drawn from N(0, 0.02), biases zero.
+
+`weight_input` says what the head reads: `prepared` (default) the tokens the similarities use
+(unit vectors when `normalize` is on); `raw` the tokens before L2 normalisation, as DRL feeds its
+head (identical with normalize=false). `zero_pad_text` / `zero_pad_visual`: DRL's fixed-length
+zero padding (aligners/zero_padding.py). `method=drl_wti` selects the MLP head, raw input and
+that padding.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -28,10 +33,12 @@ from finealign.aligners.base import (
 )
 from finealign.aligners.kernel_backed import KernelAligner, KernelConfig
 from finealign.aligners.pooling import accumulation_dtype, masked_softmax
+from finealign.aligners.zero_padding import check_zero_padding, floor_at_zero_padding, has_zero_slots
 from finealign.checks import check_positive_int
 from finealign.errors import ConfigError, ShapeError
 from finealign.kernels import maxsim_scores
 from finealign.kernels.checks import DIRECTIONS  # "text", "visual", "both": the kernels' directions
+from finealign.kernels.normalize import l2_normalize
 from finealign.registry import ALIGNERS
 from finealign.tokens import TokenBatch
 
@@ -42,6 +49,12 @@ class WeightedMeanMaxConfig(KernelConfig):
     # "text": weighted words → best region; "visual": weighted regions → best word; "both": mean.
     direction: str = "both"
     weight_head: str = "linear"  # "linear" (zero-initialised) or "mlp" (DRL wti_arch 2, N(0, 0.02))
+    # What the weight head reads: "prepared" (the tokens the similarities use) or "raw" (before L2
+    # normalisation, as DRL's head does; the same as "prepared" when normalize is off).
+    weight_input: str = "prepared"
+    # DRL's fixed-length zero padding (aligners/zero_padding.py; null: exact masking).
+    zero_pad_text: int | None = None
+    zero_pad_visual: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -52,11 +65,14 @@ class WeightedMeanMaxConfig(KernelConfig):
             raise ConfigError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
         if self.weight_head not in ("linear", "mlp"):
             raise ConfigError(f"weight_head must be 'linear' or 'mlp', got {self.weight_head!r}")
+        if self.weight_input not in ("prepared", "raw"):
+            raise ConfigError(f"weight_input must be 'prepared' or 'raw', got {self.weight_input!r}")
+        check_zero_padding(self.zero_pad_visual, self.zero_pad_text, self.direction)
 
 
 @ALIGNERS.register("weighted_mean_max")
 class WeightedMeanMaxAligner(KernelAligner[WeightedMeanMaxConfig]):
-    """Weighted mean of per-word max (DRL WTI): learned softmax token weights instead of a mean."""
+    """Mean-max with learned softmax token weights (DRL-WTI-style; DRL's own form is method=drl_wti)."""
 
     Config = WeightedMeanMaxConfig
 
@@ -85,6 +101,33 @@ class WeightedMeanMaxAligner(KernelAligner[WeightedMeanMaxConfig]):
             nn.init.zeros_(layer.bias)
         return mlp
 
+    @property
+    def _raw_head_input(self) -> bool:
+        """Whether the weight heads read other tokens (raw) than the similarities (unit vectors)."""
+        return self.config.weight_input == "raw" and self.config.normalize
+
+    def prepare(self, batch: TokenBatch) -> TokenBatch:
+        if not self._raw_head_input:
+            return super().prepare(batch)
+        # DRL's head reads the tokens before L2 normalisation: they stay raw here (padding zeroed,
+        # as Aligner.prepare does) and `_unit` normalises them where the similarities are taken.
+        return TokenBatch(batch.tokens.masked_fill(~batch.mask.unsqueeze(-1), 0.0), batch.mask, batch.pooled)
+
+    def _unit(self, batch: TokenBatch) -> TokenBatch:
+        """The tokens the similarities use: `batch` itself, or its L2-normalised tokens when the
+        heads read raw ones (see prepare)."""
+        if not self._raw_head_input:
+            return batch
+        return TokenBatch(l2_normalize(batch.tokens), batch.mask, batch.pooled)
+
+    def _kernel_applies(self, visual: TokenBatch, text: TokenBatch, has_backward: bool) -> bool:
+        # The fused kernel masks padding exactly: DRL's zero slots, when some item has them, take
+        # the torch path.
+        cfg = self.config
+        if has_zero_slots(visual, cfg.zero_pad_visual) or has_zero_slots(text, cfg.zero_pad_text):
+            return False
+        return super()._kernel_applies(visual, text, has_backward)
+
     def token_weights(self, batch: TokenBatch, head: nn.Module) -> Tensor:
         """(n, L) softmax weights over each item's real tokens (0 on padding), in ≥ fp32."""
         layers = list(head) if isinstance(head, nn.Sequential) else [head]
@@ -106,9 +149,9 @@ class WeightedMeanMaxAligner(KernelAligner[WeightedMeanMaxConfig]):
         text_w = None if self.text_weight is None else self.token_weights(text, self.text_weight)
         visual_w = None if self.visual_weight is None else self.token_weights(visual, self.visual_weight)
         return maxsim_scores(
-            visual.tokens,
+            self._unit(visual).tokens,
             visual.mask,
-            text.tokens,
+            self._unit(text).tokens,
             text.mask,
             "weighted",
             self.config.direction,
@@ -119,24 +162,28 @@ class WeightedMeanMaxAligner(KernelAligner[WeightedMeanMaxConfig]):
         )
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
-        sim = masked_fill_pairs(token_similarities(visual, text), visual.mask, text.mask, float("-inf"))
+        sim = token_similarities(self._unit(visual), self._unit(text))
+        sim = masked_fill_pairs(sim, visual.mask, text.mask, float("-inf"))
         return self._reduce(sim, visual, text, lambda x: x[:, None, :], lambda x: x[None, :, :])
 
     def score_pair_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         # Item p with item p only: (c, Lv, Lt) instead of the c × c block.
-        sim = paired_token_similarities(visual, text, float("-inf"))
+        sim = paired_token_similarities(self._unit(visual), self._unit(text), float("-inf"))
         return self._reduce(sim, visual, text, lambda x: x, lambda x: x)
 
     def _reduce(self, sim: Tensor, visual: TokenBatch, text: TokenBatch, as_visual, as_text) -> Tensor:
         """Scores from masked similarities (..., Lv, Lt) (padding = -inf). `as_visual`/`as_text`
         reshape per-item (n, L) weights and masks to broadcast against (..., L)."""
+        cfg = self.config
         parts = []
         if self.text_weight is not None:
             word_best = sim.amax(dim=-2)  # (..., Lt): best region per word
+            word_best = floor_at_zero_padding(word_best, as_visual(visual.mask), cfg.zero_pad_visual)
             weights = self.token_weights(text, self.text_weight)
             parts.append(_weighted_sum(word_best, as_text(weights), as_text(text.mask)))
         if self.visual_weight is not None:
             region_best = sim.amax(dim=-1)  # (..., Lv): best word per region
+            region_best = floor_at_zero_padding(region_best, as_text(text.mask), cfg.zero_pad_text)
             weights = self.token_weights(visual, self.visual_weight)
             parts.append(_weighted_sum(region_best, as_visual(weights), as_visual(visual.mask)))
         score = parts[0] if len(parts) == 1 else 0.5 * (parts[0] + parts[1])
@@ -150,7 +197,10 @@ class WeightedMeanMaxAligner(KernelAligner[WeightedMeanMaxConfig]):
             word_weight = self.token_weights(text, self.text_weight)[0][text.mask[0]]
         else:
             word_weight = 1.0 / int(text.mask[0].sum())
-        return best_region_alignment(self, visual, text, word_weight)
+        alignment = best_region_alignment(self, self._unit(visual), self._unit(text), word_weight)
+        if self._raw_head_input:  # the score from the raw tokens, whose weights the heads give
+            alignment = replace(alignment, score=float(self.score_block(visual, text)[0, 0].detach()))
+        return alignment
 
 
 def _weighted_sum(values: Tensor, weights: Tensor, mask: Tensor) -> Tensor:

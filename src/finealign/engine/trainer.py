@@ -174,7 +174,7 @@ class Trainer:
         total = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
         schedule = LRSchedule(
             total_steps=total,
-            warmup_steps=cfg.warmup_steps,
+            warmup_steps=cfg.warmup_for(total),
             kind=cfg.schedule,
             steps_per_epoch=steps_per_epoch,
             step_epochs=cfg.step_epochs,

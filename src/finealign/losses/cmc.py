@@ -1,4 +1,7 @@
-"""TGDT's Consistent Multimodal Contrastive (CMC) loss.
+"""The Consistent Multimodal Contrastive (CMC) loss, TGDT-style.
+
+The defaults (`consistency: l2`, weight 0.1, `reduction: mean`) are finealign's form; TGDT's own
+(`consistency: tgdt`, weight 1, `reduction: sum`, with two_stage `train_score: local`) is method=tgdt.
 
     L = global_weight      · H(S_global)               hinge on the global similarities
       + local_weight       · H(S)                      hinge on the aligner's (local) similarities
@@ -57,7 +60,7 @@ class CMCConfig:
 
 @LOSSES.register("cmc")
 class CMCLoss(Loss[CMCConfig]):
-    """TGDT consistent multimodal contrastive loss: global + local hinge + intra-modal consistency."""
+    """CMC, TGDT-style: global + local hinge + intra-modal consistency (default L2 term; TGDT's own is method=tgdt)."""
 
     Config = CMCConfig
 
