@@ -125,6 +125,10 @@ class GalleryWriter:
             vectors = l2_normalize(vectors)
         self.globals[first : first + len(tokens)] = vectors.numpy()
 
+    def abort(self) -> None:
+        """Drop the half-built gallery (the temporary folder)."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
     def finish(self, indexes: dict[str, IndexSpec]) -> Path:
         """Close the arrays, build each named index over the global vectors, move the gallery into place."""
         try:
@@ -198,11 +202,15 @@ def write_gallery(folder: Path, tokens: np.ndarray, mask: np.ndarray, pooled: np
         raise ShapeError(f"pooled must be (N, d) = {(tokens.shape[0], tokens.shape[2])}, got {pooled.shape}")
     writer = GalleryWriter(folder, count=len(tokens), total_tokens=int(np.asarray(mask).sum()), dim=tokens.shape[2],
                            modality=modality, feature_source=feature_source, normalize=normalize)  # fmt: skip
-    for start in range(0, len(tokens), chunk):
-        part = slice(start, start + chunk)
-        writer.add(
-            np.asarray(tokens[part]), np.asarray(mask[part]), None if pooled is None else np.asarray(pooled[part])
-        )
+    try:
+        for start in range(0, len(tokens), chunk):
+            part = slice(start, start + chunk)
+            writer.add(
+                np.asarray(tokens[part]), np.asarray(mask[part]), None if pooled is None else np.asarray(pooled[part])
+            )
+    except BaseException:
+        writer.abort()  # a refused item or a full disk leaves no half-built folder
+        raise
     return writer.finish(indexes)
 
 
