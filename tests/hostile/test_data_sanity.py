@@ -129,3 +129,19 @@ def test_an_entry_built_before_the_record_is_adopted_not_rebuilt(tmp_path, encod
     monkeypatch.setattr(build_module, "encode_items", lambda *a, **k: pytest.fail("rebuilt an existing entry"))
     assert _build(root, tmp_path / "cache", encoders) == entry  # same key: existing caches stay valid
     assert len(read_meta(entry)["item_files"]) == 3
+
+
+def test_a_plain_cache_rerun_rebuilds_an_entry_whose_bytes_changed(tmp_path, encoders):
+    root = make_fake_karpathy(tmp_path / "flickr8k")
+    entry = _build(root, tmp_path / "cache", encoders)
+    pooled = np.load(entry / "visual_pooled.npy", mmap_mode="r+")
+    good = np.array(pooled)
+    pooled[0] = 0  # same size, shape and dtype: training's cheap check cannot see it
+    pooled.flush()
+    del pooled
+    assert _build(root, tmp_path / "cache", encoders) == entry  # training reuses it (no checksums per run)
+    rebuild = dict(cache_dir=tmp_path / "cache", batch_size=4, verify=True)  # what `finealign cache` does
+    with pytest.warns(RuntimeWarning, match="damaged or stale .*SHA-256 differs"):
+        build_feature_cache("flickr8k", {"root": str(root)}, "test", "timm", encoders[0], "hf_text", encoders[1],
+                            **rebuild)  # fmt: skip
+    np.testing.assert_array_equal(np.load(entry / "visual_pooled.npy"), good)

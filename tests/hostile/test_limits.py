@@ -135,3 +135,20 @@ def test_a_cache_build_that_fills_the_disk_leaves_no_half_entry(tmp_path, monkey
                                          {"modality": "vision", "in_dim": 8}, "precomputed",
                                          {"modality": "text", "in_dim": 8}, cache_dir=tmp_path / "cache")  # fmt: skip
     assert list((tmp_path / "cache").iterdir()) == []  # no entry, no temporary folder
+
+
+def test_a_checkpoint_that_fills_the_disk_keeps_the_last_good_one_and_no_half_file(tmp_path, monkeypatch):
+    from finealign.engine import checkpoint
+
+    path = checkpoint.save_checkpoint(tmp_path / "last.pt", {"epoch": 1})
+
+    def full(state, target):
+        open(target, "wb").write(b"half")  # what a write that ran out of space leaves
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")  # fmt: skip
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    with pytest.raises(DiskFullError, match="the disk filled while writing the checkpoint last.pt"):
+        checkpoint.save_checkpoint(path, {"epoch": 2})
+    monkeypatch.undo()
+    assert checkpoint.load_checkpoint(path)["epoch"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]

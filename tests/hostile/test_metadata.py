@@ -200,3 +200,18 @@ def test_search_verify_on_a_good_gallery_and_a_missing_folder(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("ok")
     assert cli_main(["search", "verify", str(tmp_path / "nowhere")]) == 2
     assert "is not a gallery folder (missing)" in capsys.readouterr().err
+
+
+# -- datasets ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("video_id", ["../../etc", "/etc", "frames/../../x"])
+def test_a_video_id_that_would_leave_the_media_folder_is_refused(tmp_path, video_id):
+    from finealign.registry import create_dataset
+    from tests.data.test_msrvtt import make_msrvtt
+
+    root = make_msrvtt(tmp_path / "m", with_lists=False)
+    data = json.loads((root / "MSRVTT_data.json").read_text())
+    data["videos"][5]["video_id"] = video_id
+    data["sentences"].append({"video_id": video_id, "caption": "a caption"})
+    (root / "MSRVTT_data.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"is not a plain name inside"):
+        create_dataset("msrvtt", root=str(root)).split("test")
