@@ -24,7 +24,8 @@ GIB = 2**30
 
 
 def test_the_memory_a_machine_has_is_known_and_can_be_set():
-    assert available_memory("cpu") > 0  # /proc/meminfo here
+    known = available_memory("cpu")  # /proc/meminfo (and a cgroup limit) on Linux
+    assert known is None or known > 0
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FINEALIGN_MEMORY_BYTES", "1e6")
         assert available_memory("cpu") == 1_000_000

@@ -4,6 +4,9 @@ same second); a tracking sink that fails warns, is recorded in results.json and 
 
 import json
 import multiprocessing
+import os
+import socket
+import subprocess
 import threading
 import time
 
@@ -52,6 +55,23 @@ def toy_default():
     from finealign.config import compose
 
     return compose(overrides=["data=toy", "encoder=toy", "train=quick"])
+
+
+def _claimed_by(directory, pid):
+    directory.mkdir(parents=True)
+    (directory / CLAIM_FILE).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": 1.0}))
+
+
+def test_a_directory_whose_claimant_died_without_results_is_taken_over_by_one_rerun(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer exists: a run killed (or failed) before writing results
+    _claimed_by(tmp_path / "killed", dead.pid)
+    got = _claim_many(tmp_path / "killed", 4)  # four re-runs at once: exactly one takes its place
+    assert got.count(tmp_path / "killed") == 1 and len(set(got)) == 4
+    _claimed_by(tmp_path / "live", os.getppid())  # a claimant still running keeps its directory
+    cfg = OmegaConf.create({"output_dir": str(tmp_path / "live"), "train": {"resume": None}})
+    with pytest.warns(UserWarning):
+        assert claim_output_dir(cfg) == tmp_path / "live-1"
 
 
 def test_a_resumed_run_keeps_its_claimed_directory(tmp_path):
@@ -131,8 +151,6 @@ def test_an_unwritable_or_absent_mlflow_store_does_not_stop_training(tmp_path, s
 def test_mlflow_http_limits_are_set_while_a_sink_talks_and_a_users_own_win(monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "77")
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
-    import os
-
     with tracking.mlflow_http_limits():
         assert (
             os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "77"

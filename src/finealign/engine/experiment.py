@@ -74,8 +74,11 @@ def claim_output_dir(cfg: DictConfig) -> Path:
     directory is claimed by creating CLAIM_FILE exclusively (O_EXCL), so two runs — given one
     output_dir, or started in the same second with the default timestamped one — never share a
     directory: the one that loses moves to `<dir>-1`, `<dir>-2`, ... and says so. A directory
-    with results from before claims existed counts as taken. A run that resumes (train.resume
-    set) keeps its directory. An unwritable directory is a ConfigError."""
+    that holds results is never reused; one whose claimant is gone (its process on this host no
+    longer exists: killed, or failed and exited) without results is taken over, so a re-run of a
+    killed run (a protocol's final, a sweep's re-queued trial) writes where the first one would
+    have. A run that resumes (train.resume set) keeps its directory. An unwritable directory is a
+    ConfigError."""
     target = Path(str(cfg.output_dir))
     resuming = OmegaConf.select(cfg, "train.resume") is not None
     claimed, n = target, 0
@@ -91,15 +94,20 @@ def claim_output_dir(cfg: DictConfig) -> Path:
 
 def _claim(directory: Path, *, exclusive: bool) -> bool:
     """Create `directory` and its claim file; False when another run owns it."""
-    if exclusive and any((directory / name).exists() for name in ("results.json", "train.json")):
-        return False  # finished (or trained) before claims existed
-    flags = os.O_CREAT | os.O_WRONLY | (os.O_EXCL if exclusive else os.O_TRUNC)
+    if exclusive and (directory / "results.json").exists():
+        return False
+    claim = directory / CLAIM_FILE
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / CLAIM_FILE, flags, 0o644)
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_WRONLY | (os.O_EXCL if exclusive else os.O_TRUNC), 0o644)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+            if not _take_over(directory):
+                return False
+            fd = os.open(claim, os.O_WRONLY | os.O_TRUNC)
     except FileExistsError:
-        if exclusive and directory.is_dir():
-            return False
         raise ConfigError(
             f"output_dir {directory} is not writable (a file is in the way); set output_dir=..."
         ) from None
@@ -109,6 +117,37 @@ def _claim(directory: Path, *, exclusive: bool) -> bool:
         ) from exc
     with os.fdopen(fd, "w") as f:
         json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, f)
+    return True
+
+
+def _take_over(directory: Path) -> bool:
+    """True when the run that claimed `directory` is gone (its process on this host no longer
+    exists) and this run won the right to take its place (one exclusive marker per dead claimant,
+    so two re-runs never both take it)."""
+    try:
+        claim = json.loads((directory / CLAIM_FILE).read_text())
+    except (OSError, ValueError):
+        return False  # being written this instant, or unreadable: leave it to its owner
+    pid = claim.get("pid")
+    if claim.get("host") != socket.gethostname() or not isinstance(pid, int) or _alive(pid):
+        return False
+    marker = directory / f"{CLAIM_FILE}.taken-{pid}-{claim.get('started')}"
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
     return True
 
 
@@ -410,6 +449,7 @@ def evaluate_checkpoint(
     device = resolve_device(spec.device)
     dname, doptions = spec.data
     split = create_dataset(dname, **doptions).split(spec.eval.split)
+    check_splits({spec.eval.split: split}, allow_shared_images=spec.allow_shared_images)
     run_dir = Path(ckpt).resolve().parent
     run_dir = run_dir.parent if run_dir.name == "checkpoints" else run_dir
     target = Path(output_dir) if output_dir is not None else run_dir / "eval" / _timestamp()
