@@ -9,7 +9,7 @@ import finealign
 
 # lowest first; a module's layer is its top-level name under finealign/
 LAYERS = [
-    {"errors", "checks", "tokens", "progress", "tables", "devices", "__init__"},
+    {"errors", "checks", "tokens", "progress", "tables", "devices", "safe_paths", "resources", "kept", "__init__"},
     {"registry"},
     {"kernels"},
     {"aligners", "losses"},

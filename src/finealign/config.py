@@ -372,6 +372,7 @@ class ExperimentSpec:
     device: str
     output_dir: str
     method: str | None = None  # the method preset the config was composed from, if any
+    allow_shared_images: bool = False  # splits may share images (finealign.data.sanity logs instead of refusing)
 
 
 REQUIRED_KEYS = ("encoder", "aligner", "loss", "data", "train", "seed", "output_dir", "device")
@@ -428,6 +429,9 @@ def validate(cfg: DictConfig) -> ExperimentSpec:
     evaluation = _typed(EvalConfig, cfg.get("eval", {}), "eval")
     if not isinstance(cfg.seed, int):
         raise ConfigError(f"seed must be an int, got {cfg.seed!r}")
+    shared = cfg.get("allow_shared_images", False)  # a config saved before the key existed: the default
+    if not isinstance(shared, bool):
+        raise ConfigError(f"allow_shared_images must be true or false, got {shared!r}")
     return ExperimentSpec(
         vision=vision,
         text=text,
@@ -441,6 +445,7 @@ def validate(cfg: DictConfig) -> ExperimentSpec:
         device=str(cfg.device),
         output_dir=str(cfg.output_dir),
         method=method,
+        allow_shared_images=shared,
     )
 
 

@@ -28,3 +28,20 @@ class PluginError(FinealignError, ImportError):
 
 class DataError(FinealignError, FileNotFoundError):
     """A dataset file is missing or corrupt; the message names the path."""
+
+
+class DivergenceError(FinealignError, FloatingPointError):
+    """Training diverged (NaN/inf or runaway loss, embeddings, scores or temperature): a failure
+    with the step it happened at and what to change, never a result."""
+
+
+class ResourceError(FinealignError, MemoryError):
+    """An estimate made from the shapes says the work needs more memory than the machine has."""
+
+
+class DiskFullError(FinealignError, OSError):
+    """A writer found (or ran into) too little free disk space; nothing half-written is left.
+    Raised as DiskFullError(errno.ENOSPC, message)."""
+
+    def __str__(self) -> str:  # OSError would prefix "[Errno 28]"
+        return str(self.strerror) if self.strerror else super().__str__()

@@ -12,7 +12,7 @@ from finealign.config import compose
 from finealign.data.download import RemoteFile, _extract
 from finealign.engine import experiment
 from finealign.engine.experiment import run_experiment
-from finealign.errors import ConfigError, DataError, ShapeError, UnknownNameError
+from finealign.errors import ConfigError, DataError, DivergenceError, ShapeError, UnknownNameError
 from finealign.registry import create_aligner, create_dataset
 from finealign.sweeps import load_report, run_sweep
 from finealign.tokens import TokenBatch
@@ -27,11 +27,11 @@ def toy(out, *extra):
 
 # -- training runs ------------------------------------------------------------------------------
 def test_a_huge_learning_rate_stops_at_the_step_it_breaks_and_names_the_lr(tmp_path):
-    # Cosine scores are scale-free, so the exploding weights (×~100 per step) train on until they
-    # overflow; the trainer stops at that step and names the learning rate.
+    # The first step drives InfoNCE's learnable scale to 0 (temperature inf): every logit is flat and
+    # nothing would learn again. The trainer stops at that step and names the learning rate.
     with pytest.raises(
-        FloatingPointError,
-        match=r"NaN/inf at epoch \d, batch \d \(after \d+ optimiser steps, lr [0-9.e+]+\).*lower train.lr",
+        DivergenceError,
+        match=r"became (NaN/)?inf at epoch \d, batch \d \(after \d+ optimiser steps, lr [0-9.e+]+\).*lower train.lr",
     ):
         run_experiment(toy(tmp_path, "train.lr=1e6", "train.epochs=6", "train.warmup_steps=0"))
 

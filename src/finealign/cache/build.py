@@ -3,7 +3,10 @@
 Encoders run once, with no projection (embed_dim=0: raw backbone features), so learned heads live
 downstream and many experiments share one cache. The entry's key hashes everything the features
 depend on: encoder names, complete options and weight-file identities, the data files' identity,
-the split and max_items. A changed option, checkpoint or annotation file gives a new key.
+the split and max_items. A changed option, checkpoint or annotation file gives a new key; a
+replaced image file makes the entry stale (cache.freshness: meta.json records every item file),
+and it is rebuilt. Writing checks the free disk space first and reserves every memory-mapped file,
+so a full disk is a DiskFullError that leaves no half entry, never a SIGBUS.
 """
 
 from __future__ import annotations
@@ -28,11 +31,14 @@ from finealign.cache.format import (
     quick_problems,
     read_meta,
     save_array,
+    verify_entry,
 )
+from finealign.cache.freshness import RECORD, changed_items, item_records, write_record
 from finealign.cache.keys import cache_key, default_cache_dir
 from finealign.checks import check_positive_int
 from finealign.errors import ConfigError
 from finealign.registry import create_dataset, create_encoder
+from finealign.resources import check_disk, disk_full_error, is_disk_full, preallocate
 
 
 def _options_of(component: Any, given: dict[str, Any]) -> dict[str, Any]:
@@ -79,8 +85,12 @@ def _write_modality(tmp: Path, prefix: str, tokens, masks, pooled) -> dict[str, 
     n = sum(len(t) for t in tokens)
     length = max(t.shape[1] for t in tokens)
     dim = tokens[0].shape[2]
+    # tokens, mask and pooled vectors, plus a margin for the headers and meta.json
+    check_disk(tmp, n * length * dim * 2 + n * length + n * dim * 2 + (1 << 20), f"the {prefix} features ({n} items)")
     out_tokens = np.lib.format.open_memmap(tmp / f"{prefix}_tokens.npy", "w+", np.float16, (n, length, dim))
     out_mask = np.lib.format.open_memmap(tmp / f"{prefix}_mask.npy", "w+", np.bool_, (n, length))
+    for name in ("tokens", "mask"):  # reserve the blocks: a full disk is ENOSPC here, not SIGBUS below
+        preallocate(tmp / f"{prefix}_{name}.npy")
     # A new memmap file starts zero-filled, so padding stays 0 / False without a write.
     pad_stack(tokens, length, out_tokens)
     pad_stack(masks, length, out_mask)
@@ -103,8 +113,11 @@ def build_feature_cache(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
+    verify: bool = False,
 ) -> Path:
-    """Encode one split once and return its cache entry folder (reused when already complete)."""
+    """Encode one split once and return its cache entry folder (reused when already complete, not
+    damaged and built from the same image files; `verify`: the full check of `verify_entry`, with
+    checksums, before reusing — what `finealign cache` does)."""
     check_positive_int("batch_size", batch_size)
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     device = torch.device(device)
@@ -123,10 +136,11 @@ def build_feature_cache(
     key = cache_key(identity)
     entry = cache_dir / key
     if is_complete(entry):
-        damaged = quick_problems(entry, read_meta(entry) or {})
+        damaged = _reuse_problems(entry, data.items, verify)
         if not damaged:
             return entry
-        warnings.warn(f"feature cache {entry} is damaged ({damaged[0]}); rebuilding it", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"feature cache {entry} is damaged or stale ({damaged[0]}); rebuilding it", RuntimeWarning,
+                      stacklevel=2)  # fmt: skip
         shutil.rmtree(entry)
 
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -172,14 +186,37 @@ def build_feature_cache(
             "num_items": data.num_items,
             "num_captions": data.num_captions,
             "items": [str(x) for x in data.items],
+            RECORD: item_records(data.items),  # the image files encoded (cache.freshness)
             "seconds": seconds,
             "device": str(device),
         })  # fmt: skip
         _move_into_place(tmp, entry)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(cache_dir, f"the feature cache entry {key}") from exc
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return entry
+
+
+def _reuse_problems(entry: Path, items: Any, verify: bool) -> list[str]:
+    """Why a complete entry cannot be reused ([] when it can): damaged (sizes, shapes, dtypes;
+    with `verify` also checksums and finite tokens) or built from image files that changed since."""
+    meta = read_meta(entry) or {}
+    damaged = quick_problems(entry, meta)
+    if not damaged and verify:
+        status, problems = verify_entry(entry)
+        damaged = problems if status == "damaged" else []  # "unverifiable" (written before checksums): kept
+    if damaged:
+        return damaged
+    changed, record = changed_items(meta, items)
+    if changed:
+        return [f"{len(changed)} image file(s) changed since it was built, e.g. {changed[0]}"]
+    if record is not None:
+        write_record(entry, meta, record)
+    return []
 
 
 def _move_into_place(tmp: Path, entry: Path) -> None:

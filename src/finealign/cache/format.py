@@ -9,7 +9,9 @@ Padding positions hold zeros. An entry is valid only when meta.json says "comple
 written last, inside a temporary folder that is then renamed into place. meta.json's "arrays"
 records each file's shape, dtype, byte size and SHA-256 (`verify_entry` recomputes them; loading
 checks the cheap part — shapes, dtypes, sizes — every time). Entries written before checksums
-existed have no "arrays" and verify as "unverifiable", never as fine.
+existed have no "arrays" and verify as "unverifiable", never as fine. A file name read from
+meta.json must stay inside the entry (finealign.safe_paths): a meta.json that lists /etc/passwd or
+../other/file is damaged, and that file is never opened.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from finealign.errors import DataError
+from finealign.safe_paths import escapes
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -69,7 +72,7 @@ def open_checked(entry: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         raise DataError(f"corrupt feature cache meta file {meta_path}: {exc}") from exc
     if meta.get("complete") is not True:
         raise DataError(f"feature cache {entry} is incomplete (meta.json complete != true); rebuild it")
-    damaged = quick_problems(entry, meta)
+    damaged = quick_problems(entry, meta, ARRAY_FILES if meta.get("arrays") else ())
     if damaged:
         raise DataError(f"feature cache {entry} is damaged: {'; '.join(damaged)} — delete it and rebuild")
     arrays = {f[:-4]: load_array(entry / f) for f in ARRAY_FILES}
@@ -130,9 +133,27 @@ def array_record(path: Path, *, checksum: bool = True) -> dict[str, Any]:
     return record
 
 
-def quick_problems(entry: Path, meta: dict[str, Any]) -> list[str]:
-    """What a cheap look finds wrong (sizes, shapes, dtypes against meta.json): run on every load."""
-    problems = []
+def outside_names(entry: Path, meta: dict[str, Any], expected: tuple[str, ...] = ()) -> list[str]:
+    """Problems of the file names meta.json's "arrays" records: a name that leaves the folder (never
+    opened), a record that is no mapping, and — when `expected` is given — an expected file without
+    a record (its size and checksum would go unchecked)."""
+    arrays = meta.get("arrays") or {}
+    if not isinstance(arrays, dict):
+        return [f"{Path(entry)}: the metadata's 'arrays' is not a mapping of file records"]
+    problems = [f"{Path(entry)}: the metadata names {name!r}, a file outside its folder (not opened)"
+                for name in arrays if escapes(name) or Path(str(name)).name != name]  # fmt: skip
+    problems += [f"{Path(entry)}: the metadata records nothing for {name}" for name in expected if name not in arrays]
+    problems += [f"{Path(entry)}: the record of {name} is not a mapping of shape, dtype and bytes"
+                 for name, want in arrays.items() if not isinstance(want, dict)]  # fmt: skip
+    return problems
+
+
+def quick_problems(entry: Path, meta: dict[str, Any], expected: tuple[str, ...] = ()) -> list[str]:
+    """What a cheap look finds wrong (names inside the folder, sizes, shapes, dtypes against the
+    metadata): run on every load. `expected`: the files that must have a record."""
+    problems = outside_names(entry, meta, expected)
+    if problems:
+        return problems
     for name, want in (meta.get("arrays") or {}).items():
         path = Path(entry) / name
         if not path.is_file():
@@ -160,12 +181,14 @@ def verify_entry(entry: Path) -> tuple[str, list[str]]:
         return "damaged", [f"{entry / META_FILE} is missing, unreadable or not marked complete"]
     if not meta.get("arrays"):
         return "unverifiable", [f"{entry} was written before checksums were recorded: rebuild it to verify it"]
-    problems = quick_problems(entry, meta)
+    problems = quick_problems(entry, meta, ARRAY_FILES)
+    if outside_names(entry, meta, ARRAY_FILES):
+        return "damaged", problems
     for name, want in meta["arrays"].items():
         path = entry / name
         if any(str(path) in p for p in problems):
             continue
-        if file_sha256(path) != want["sha256"]:
+        if file_sha256(path) != want.get("sha256"):
             problems.append(f"{path}: SHA-256 differs from meta.json (the file changed after it was written)")
         elif name.endswith(("_tokens.npy", "_pooled.npy")):
             arr = np.load(path, mmap_mode="r")

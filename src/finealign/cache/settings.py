@@ -32,14 +32,16 @@ class FeatureSource:
                 raise ConfigError(f"{key} must be a mapping of options, got {getattr(self, key)!r}")
         check_positive_int("batch_size", self.batch_size)
 
-    def entry(self, split: str, *, num_workers: int = 0) -> Path:
-        """This split's cache entry: built once, then reused (`cache.build.build_feature_cache`)."""
+    def entry(self, split: str, *, num_workers: int = 0, verify: bool = False) -> Path:
+        """This split's cache entry: built once, then reused (`cache.build.build_feature_cache`;
+        `verify`: checksums too before reusing it)."""
         from finealign.cache.build import build_feature_cache  # loads the encoders: only when asked
 
         return build_feature_cache(
             self.dataset, dict(self.dataset_options), split,
             self.vision, dict(self.vision_options), self.text, dict(self.text_options),
             cache_dir=self.cache_dir, batch_size=self.batch_size, device=self.device, num_workers=num_workers,
+            verify=verify,
         )  # fmt: skip
 
 

@@ -50,10 +50,18 @@ def verify(cache_dir: Any) -> int:
     from pathlib import Path
 
     from finealign.cache import default_cache_dir
-    from finealign.cache.format import verify_entry
+    from finealign.cache.format import META_FILE, verify_entry
 
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    entries = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+    if not root.exists():
+        link = f" (a symlink to {root.readlink()}, which does not exist)" if root.is_symlink() else ""
+        raise ConfigError(f"cache_dir {root} does not exist{link}: nothing to verify; set cache_dir=DIR")
+    if not root.is_dir():
+        raise ConfigError(f"cache_dir {root} is a file, not a feature cache folder; set cache_dir=DIR")
+    if (root / META_FILE).exists():  # one entry given as the folder: verify it
+        entries = [root]
+    else:
+        entries = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not entries:
         print(f"no cache entries in {root}")
         return 0
@@ -70,7 +78,8 @@ def build(settings) -> dict[str, str]:
 
     entries = {}
     for split in settings.splits:
-        entry = settings.entry(split, num_workers=settings.num_workers)
+        # verify: a damaged entry (changed bytes) is rebuilt, not reused
+        entry = settings.entry(split, num_workers=settings.num_workers, verify=True)
         meta = read_meta(entry) or {}
         print(
             f"{settings.dataset}/{split}: {meta.get('num_items')} items, {meta.get('num_captions')} captions -> {entry}"

@@ -56,7 +56,13 @@ def jobs(
     overrides: list[str], multirun: bool, sweep_dir: str | None, run_dir: str | None = None
 ) -> list[tuple[list[str], str | None]]:
     """(overrides, output dir or None) per job: one job (in `run_dir`, hydra.run.dir, if given), or
-    the cartesian product of comma lists, each in a numbered directory of the sweep dir."""
+    the cartesian product of comma lists, each in a numbered directory of the sweep dir. A directory
+    flag that this mode would ignore is a ConfigError (never a run written somewhere else)."""
+    if multirun and run_dir:
+        raise ConfigError("hydra.run.dir names one run's directory; with -m every job gets a numbered directory "
+                          "under hydra.sweep.dir: use hydra.sweep.dir=DIR")  # fmt: skip
+    if not multirun and sweep_dir:
+        raise ConfigError("hydra.sweep.dir applies to -m/--multirun only; for one run use hydra.run.dir=DIR")
     if not multirun:
         return [(overrides, run_dir)]
     combos = expand_sweeps(overrides)

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
 import sys
+import traceback
 
-from finealign.errors import FinealignError
+from finealign.errors import DiskFullError, DivergenceError, FinealignError, ResourceError
 
 # subcommand → (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -25,6 +27,37 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cache": ("finealign.cli.cache_cmd", "encode a dataset split once with frozen encoders into a feature cache"),
     "search": ("finealign.cli.search_cmd", "build a stored gallery (FAISS index + token memory map) and query it"),
 }
+
+
+# Exit codes of a failure the code can name (one line on stderr, no traceback; --debug shows it).
+EXIT_CONFIG = 2  # a finealign error: config, data, shapes, names (the message says what to change)
+EXIT_DIVERGED = 3  # training diverged (DivergenceError / FloatingPointError from a divergence check)
+EXIT_RESOURCES = 4  # not enough memory or disk, or an OS error on a path the user gave
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as a shell reports it)
+
+
+def failure(command: str, exc: BaseException) -> tuple[int, str] | None:
+    """(exit code, one-line message) for an error whose cause the code can name, else None (a bug:
+    its traceback is the useful report)."""
+    from finealign.kept import kept
+
+    where = f"finealign {command}"
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, f"{where}: stopped; kept: {', '.join(kept()) or 'nothing finished yet'}"
+    if isinstance(exc, (DivergenceError, FloatingPointError)):
+        return EXIT_DIVERGED, f"{where}: diverged: {exc}"
+    if isinstance(exc, (ResourceError, DiskFullError)):
+        return EXIT_RESOURCES, f"{where}: error: {exc}"
+    if isinstance(exc, FinealignError):
+        return EXIT_CONFIG, f"{where}: error: {exc}"
+    if isinstance(exc, MemoryError):
+        return EXIT_RESOURCES, f"{where}: error: out of memory ({exc or 'an allocation failed'})"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return EXIT_RESOURCES, f"{where}: error: the disk is full ({exc})"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        target = exc.filename if exc.filename2 is None else f"{exc.filename} → {exc.filename2}"
+        return EXIT_RESOURCES, f"{where}: error: {target}: {exc.strerror or exc}"
+    return None
 
 
 def version_line() -> str:
@@ -59,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark and ablate fine-grained cross-modal alignment for retrieval.",
     )
     parser.add_argument("--version", action="version", version=version_line())
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (after any command)")
     parser.add_argument(
         "--shell-completion",
         "-sc",
@@ -69,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
+        # also accepted after the command; SUPPRESS keeps `finealign --debug CMD` working
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         importlib.import_module(module).add_arguments(p)
     return parser
 
@@ -96,12 +132,19 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from finealign.kept import forget
+
+    forget()
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
-    except FinealignError as exc:
-        # Our own errors already name the problem: print them without a traceback.
-        print(f"finealign {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as exc:
+        named = failure(args.command, exc)
+        if named is None:
+            raise  # not a cause the code can name: the traceback is the report
+        if args.debug or os.environ.get("FINEALIGN_DEBUG") == "1":
+            traceback.print_exc()
+        print(named[1], file=sys.stderr)
+        return named[0]
 
 
 if __name__ == "__main__":  # pragma: no cover

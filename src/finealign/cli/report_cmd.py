@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from finealign.errors import ConfigError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("study", help="protocol or sweep study name")
@@ -27,20 +29,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_database(url: str, what: str) -> None:
+    """ConfigError when a SQLite storage names no file or an empty one: opening it would create an
+    empty database (SQLite makes one on connect) and the report would be an empty table."""
+    if not url.startswith("sqlite:///"):
+        return  # a database server: the storage itself says whether it holds the study
+    path = Path(url[len("sqlite:///") :])
+    if not path.is_file():
+        raise ConfigError(f"no database at {path} ({what}); pass --storage URL")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"{path} is empty (0 bytes): no {what} was stored in it; pass --storage URL")
+
+
 def run(args: argparse.Namespace) -> int:
     from finealign.protocol.run import DEFAULT_ROOT, SPEC_FILE, default_storage
+    from finealign.sweeps.storage import DEFAULT_ROOT as SWEEP_ROOT
 
     protocol_dir = args.out or DEFAULT_ROOT / args.study
     if (protocol_dir / SPEC_FILE).is_file():
         from finealign.protocol.outputs import write_protocol_report
 
-        report = write_protocol_report(protocol_dir, args.storage or default_storage(args.study, protocol_dir.parent))
+        storage = args.storage or default_storage(args.study, protocol_dir.parent)
+        check_database(storage, f"the protocol {args.study!r} of {protocol_dir}")
+        report = write_protocol_report(protocol_dir, storage)
         print({"md": report.markdown, "csv": report.csv.read_text(), "latex": report.tex.read_text()}[args.format])
         print(f"\ntables: {report.csv}  {report.md}  {report.tex}\nplot: {report.plot or '(no plot yet)'}")
         return 0
-    from finealign.errors import ConfigError
     from finealign.sweeps import load_report
 
+    if args.storage is not None or (SWEEP_ROOT / f"{args.study}.db").exists():
+        check_database(args.storage or f"sqlite:///{(SWEEP_ROOT / f'{args.study}.db').resolve()}", "sweep")
     try:
         sweep = load_report(args.study, storage=args.storage, out_dir=args.out)
     except ConfigError as exc:

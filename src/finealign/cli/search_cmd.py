@@ -4,6 +4,7 @@
     finealign search build GALLERY --tokens t.npy [--mask m.npy] [--pooled p.npy] --source NAME
     finealign search query GALLERY --cache ENTRY --ids 0 1 [--rerank mean_max] [--top-k 10] [--index ivf]
     finealign search query GALLERY --tokens q.npy [--mask qm.npy] [--source NAME]
+    finealign search verify GALLERY [GALLERY ...]      # sizes, SHA-256, offsets, finite vectors; exit 1 if damaged
 
 A cache gallery holds one modality of the entry (captions by default); its queries are items of
 the other modality (of any cache entry made by the same encoders). Index specs are
@@ -53,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     query.add_argument("--rerank", help="registered aligner that re-ranks the shortlist (mean_max, hard, two_stage), "
                        "or `model`: the --ckpt model's own trained aligner")  # fmt: skip
     query.add_argument("--shortlist", type=int, help="first-stage candidates re-ranked per query (default 100)")
+    verify = sub.add_parser("verify", help="check galleries against their manifests (sizes, SHA-256, finite vectors)")
+    verify.add_argument("galleries", type=Path, nargs="+")
 
 
 def _add_feature_arguments(parser: argparse.ArgumentParser) -> None:
@@ -191,5 +194,23 @@ def query(args: argparse.Namespace) -> int:
     return 0
 
 
+def verify(args: argparse.Namespace) -> int:
+    """Every gallery's status ("ok", "damaged", "unverifiable") and problems; exit 1 if one is damaged."""
+    from finealign.errors import DataError
+    from finealign.search import verify_gallery
+
+    damaged = 0
+    for folder in args.galleries:
+        if not folder.is_dir():
+            raise ConfigError(f"{folder} is not a gallery folder ({'a file' if folder.exists() else 'missing'})")
+        try:
+            status, problems = verify_gallery(folder)
+        except DataError as exc:  # no finished manifest
+            status, problems = "damaged", [str(exc)]
+        damaged += status == "damaged"
+        print(f"{status:12s} {folder}" + "".join(f"\n             {p}" for p in problems))
+    return 1 if damaged else 0
+
+
 def run(args: argparse.Namespace) -> int:
-    return build(args) if args.action == "build" else query(args)
+    return {"build": build, "query": query, "verify": verify}[args.action](args)

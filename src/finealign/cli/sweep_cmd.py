@@ -39,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
 
         print_info("config")
         return 0
+    ignored = [o for o in args.overrides if o.lstrip("+~").startswith(("hydra.run.", "hydra.sweep.", "hydra.job."))]
+    if ignored:
+        raise ConfigError(f"{', '.join(ignored)}: a sweep writes each trial to <--out>/trial_NNNN (default "
+                          "runs/sweeps/STUDY/); Hydra's directory settings do nothing here")  # fmt: skip
     if args.multirun:
         raise ConfigError("a sweep is already many runs (Optuna trials): drop -m; list choices in the sweep's "
                           "search space, or use finealign train -m for a plain grid")  # fmt: skip

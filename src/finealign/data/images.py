@@ -18,6 +18,8 @@ def open_rgb_image(path: str | Path) -> Any:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
+    except Image.DecompressionBombError as exc:  # a small file that would decode to gigabytes
+        raise DataError(f"image {path} is a decompression bomb, not decoded: {exc}") from exc
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"cannot decode image {path}: {exc}") from exc
 

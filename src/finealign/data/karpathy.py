@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,18 +18,12 @@ from finealign.data.base import RetrievalSplit
 from finealign.data.images import open_rgb_image
 from finealign.data.json_files import file_fingerprint, read_json
 from finealign.data.paths import ENV_DATA_ROOT, candidate_roots, default_root
+from finealign.data.sanity import has_word
 from finealign.errors import ConfigError, DataError
 from finealign.registry import DATASETS
+from finealign.safe_paths import escapes
 
 SPLITS = ("train", "val", "test", "restval")
-
-
-def _unsafe_relative(path: Any) -> bool:
-    """True unless `path` is a relative path that stays inside its folder (no '..', not absolute)."""
-    if not isinstance(path, str) or not path:
-        return True
-    pure = PurePosixPath(path.replace("\\", "/"))
-    return pure.is_absolute() or ".." in pure.parts or bool(PureWindowsPath(path).drive)
 
 
 def annotation_problem(image: Any) -> str:
@@ -40,16 +34,16 @@ def annotation_problem(image: Any) -> str:
     split = image.get("split")
     if split not in SPLITS:
         return f"has split {split!r} (needs one of {', '.join(SPLITS)}); it would be silently dropped"
-    if _unsafe_relative(image.get("filename")):
+    if escapes(image.get("filename")):
         return f"has filename {image.get('filename')!r}: it must be a relative path inside the image folder"
-    if image.get("filepath") and _unsafe_relative(image["filepath"]):
+    if image.get("filepath") and escapes(image["filepath"]):
         return f"has filepath {image['filepath']!r}: it must be a relative path inside the image folder"
     sentences = image.get("sentences")
     if not isinstance(sentences, list) or not sentences:
         return "has no sentences (every image needs at least one caption)"
     for s in sentences:
-        if not isinstance(s, dict) or not isinstance(s.get("raw"), str) or not s["raw"].strip():
-            return f"has an empty or malformed caption {s!r:.80} (each needs a non-empty 'raw' string)"
+        if not isinstance(s, dict) or not has_word(s.get("raw")):
+            return f"has an empty or malformed caption {s!r:.80} (each needs a 'raw' string with a word in it)"
     return ""
 
 

@@ -26,6 +26,7 @@ from finealign.data.json_files import file_fingerprint, read_json
 from finealign.data.paths import candidate_roots, default_root
 from finealign.errors import ConfigError, DataError
 from finealign.registry import DATASETS
+from finealign.safe_paths import escapes
 
 _SOURCES = ("frames", "features")
 _FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -135,6 +136,9 @@ class MSRVTT:
             videos = videos[: self.config.max_items]
         if not videos:
             raise DataError(f"no videos in MSR-VTT split {name!r} ({self.json_path})")
+        outside = next((v for v in videos if escapes(v) or Path(v).name != v), None)
+        if outside is not None:  # an id names a file or folder under media_root: never a path out of it
+            raise DataError(f"video id {outside!r} of split {name!r} is not a plain name inside {self.media_root}")
         _, all_captions = self.annotations
         captions, owners = [], []
         for index, vid in enumerate(videos):

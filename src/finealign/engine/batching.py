@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from finealign.data.base import RetrievalSplit
 from finealign.devices import to_device  # noqa: F401  (one home: finealign.devices; the engine imports it from here)
+from finealign.resources import check_memory
 
 
 def epoch_pairs(split: RetrievalSplit, mode: str, seed: int, epoch: int) -> Tensor:
@@ -114,4 +115,18 @@ def epoch_loader(
         drop_last=len(pairs) > batch_size,  # a tiny last batch gives a noisy contrastive step
         num_workers=num_workers,
         collate_fn=PairCollator(model.vision, model.text),
+    )
+
+
+def check_batch_fits(images: int, captions: int, device: Any, amp: str = "none") -> None:
+    """ResourceError before training when one step's score matrix cannot fit: every loss reads the
+    (B_img, B_txt) scores and backward makes their gradient, so two such matrices are a lower
+    bound of a step's memory (tokens, activations and the loss's temporaries come on top)."""
+    itemsize = 2 if amp in ("bf16", "fp16") else 4
+    matrix = images * captions * itemsize
+    check_memory(
+        f"a training step on a batch of {images} images × {captions} captions",
+        {"scores": matrix, "their gradient": matrix},
+        device,
+        "lower train.batch_size (train.accumulate keeps the optimiser step's size, not the contrastive batch)",
     )

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from finealign.errors import DataError
+from finealign.resources import disk_full_error, is_disk_full
 
 
 def rng_state() -> dict[str, Any]:
@@ -39,8 +40,14 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    try:
+        torch.save(state, tmp)
+        tmp.replace(path)
+    except (OSError, RuntimeError) as exc:  # torch reports a full disk as RuntimeError("... file write failed")
+        tmp.unlink(missing_ok=True)  # no half file beside the last good one
+        if is_disk_full(exc) or "write failed" in str(exc):
+            raise disk_full_error(path.parent, f"the checkpoint {path.name}") from exc
+        raise
     return path
 
 

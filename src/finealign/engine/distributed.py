@@ -232,6 +232,37 @@ def first_occurrences(ids: Tensor) -> Tensor:
     return order[seen]
 
 
+# Settings that may differ between ranks: rank 0 claims the run directory and tells the others (a
+# `${now:...}` in it may resolve a second apart).
+RANK_FREE = ("output_dir",)
+
+
+def check_ranks_agree(config: Any, world: World) -> None:
+    """Every rank was started with the same resolved config (seed included), or every rank raises
+    the same ConfigError naming the keys that differ and each rank's value. Without this, a rank
+    given another lr, aligner or seed trains its share differently and results.json records only
+    rank 0's settings."""
+    if not world.distributed:
+        return
+    from finealign.engine.tracking import flatten
+
+    mine = {
+        k: repr(v) for k, v in flatten(config).items() if not any(k == f or k.startswith(f + ".") for f in RANK_FREE)
+    }
+    everyone: list[Any] = [None] * world.size
+    dist.all_gather_object(everyone, mine)
+    keys = sorted({k for flat in everyone for k in flat})
+    differ = [k for k in keys if len({flat.get(k, "<unset>") for flat in everyone}) > 1]
+    if differ:
+        values = lambda k: ", ".join(f"rank {r}: {flat.get(k, '<unset>')}" for r, flat in enumerate(everyone))  # noqa: E731
+        listed = "; ".join(f"{k} ({values(k)})" for k in differ[:8])
+        more = f" (+{len(differ) - 8} more)" if len(differ) > 8 else ""
+        raise ConfigError(
+            f"the {world.size} ranks were started with different settings — {listed}{more}. Every rank must run "
+            "the same command with the same overrides (torchrun --nproc_per_node N -m finealign train ...)"
+        )
+
+
 def broadcast_object(obj: Any, world: World, src: int = 0) -> Any:
     """`obj` from rank `src` on every rank (a run directory, a metrics dict)."""
     if not world.distributed:

@@ -18,6 +18,7 @@ from finealign.encoders.batches import autocast_context, encoded_batches
 from finealign.engine.distributed import SINGLE, World, broadcast_object, gather_rows, gather_token_batch, shard_range
 from finealign.engine.metrics import fold_slices, mean_metrics, query_ranks, retrieval_metrics
 from finealign.progress import bar as progress_bar
+from finealign.resources import check_memory
 from finealign.tokens import TokenBatch
 
 
@@ -180,6 +181,33 @@ def score_gallery(
     return GalleryScores(i2t, t2i, 1000.0 * (time.perf_counter() - start))
 
 
+def check_scoring_fits(aligner: Any, n_img: int, n_cap: int, *, chunk_items: int, device: torch.device,
+                       tokens: tuple[TokenBatch, TokenBatch] | None = None) -> None:  # fmt: skip
+    """ResourceError before scoring a gallery that cannot fit (a lower bound from the shapes): the
+    (N_img, N_cap) fp32 scores are kept on the CPU (one matrix per query direction for a
+    gallery-dependent aligner), one row chunk's scores are made on `device`, and — once the encoded
+    `tokens` are there — an aligner scoring token blocks on the CPU holds the token similarities of
+    its first block: the first chunk_visual images × the chunk_text shortest captions."""
+    from finealign.aligners.base import Aligner
+
+    matrix = n_img * n_cap * 4
+    parts = {f"score matrix {n_img}×{n_cap}": matrix * (2 if gallery_dependent(aligner) else 1)}
+    on_device = {f"one chunk's scores {min(chunk_items, n_img)}×{n_cap}": min(chunk_items, n_img) * n_cap * 4}
+    config = getattr(aligner, "config", None)
+    if tokens is not None and device.type == "cpu" and type(aligner).forward is Aligner.forward and config:
+        cv, ct = min(config.chunk_visual, n_img, chunk_items), min(config.chunk_text, n_cap)
+        lv = int(tokens[0].mask[:cv].sum(1).max()) if cv else 0
+        lt = int(tokens[1].mask.sum(1).sort().values[ct - 1]) if ct else 0
+        # 2 bytes: bf16 under autocast is the least it can take
+        on_device[f"a token block {cv}×{ct}×{lv}×{lt}"] = cv * ct * lv * lt * 2
+    advice = "evaluate fewer items (eval.max_items, eval.coco_folds) or lower eval.chunk_items"
+    if device.type == "cpu":
+        check_memory("scoring the gallery", {**parts, **on_device}, "cpu", advice)
+    else:
+        check_memory("scoring the gallery", parts, "cpu", advice)
+        check_memory("scoring the gallery", on_device, device, advice)
+
+
 def gallery_metrics(scores: GalleryScores, caption_item: Tensor) -> dict[str, float]:
     """Retrieval metrics with each direction ranked from its own matrix."""
     return retrieval_metrics(scores.i2t, caption_item, t2i_sim=scores.t2i)
@@ -315,9 +343,12 @@ def _evaluate(
     model.eval()
     try:
         items, captions, caption_item = subset(split, max_items)
+        check_scoring_fits(model.aligner, len(items), len(captions), chunk_items=chunk_items, device=device)
         encode: dict[str, Any] = dict(batch_size=batch_size, device=device, amp=amp, progress=progress)
         visual = encode_sharded(model.vision, items, world, **encode, desc="images")
         text = encode_sharded(model.text, captions, world, **encode, desc="captions")
+        check_scoring_fits(model.aligner, len(items), len(captions), chunk_items=chunk_items, device=device,
+                           tokens=(visual, text))  # fmt: skip
         with autocast_context(device, amp):
             getattr(model.aligner, "reset_diagnostics", lambda: None)()
             scores = score_gallery(model.aligner, visual, text, chunk_items=chunk_items, progress=progress, device=device,

@@ -3,9 +3,13 @@ evaluation of a saved model (`finealign eval ckpt=...`)."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import resource
+import socket
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -16,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from finealign.config import ExperimentSpec, group_options, validate
+from finealign.data.sanity import check_splits
 from finealign.devices import resolve_device
 from finealign.engine.checkpoint import load_checkpoint, save_checkpoint
 from finealign.engine.distributed import (
@@ -23,6 +28,7 @@ from finealign.engine.distributed import (
     World,
     broadcast_object,
     check_global_batch,
+    check_ranks_agree,
     env_world_size,
     failures_named,
     init_world,
@@ -35,6 +41,7 @@ from finealign.engine.results import save_results
 from finealign.engine.tracking import log_final_metrics
 from finealign.engine.trainer import Trainer
 from finealign.errors import ConfigError
+from finealign.kept import keep
 from finealign.overrides import apply as apply_config_overrides
 from finealign.registry import create_dataset
 
@@ -59,21 +66,89 @@ def memory_metrics(device: torch.device) -> dict[str, float]:
     }
 
 
+CLAIM_FILE = ".finealign-run"  # created exclusively by the run that owns the directory
+
+
 def claim_output_dir(cfg: DictConfig) -> Path:
-    """Fix the run's directory once (a `${now:...}` in it resolves at this moment) and never reuse
-    one that already holds results: such a run moves to `<dir>-1`, `<dir>-2`, ... and says so.
-    A run that resumes (train.resume set) keeps its directory."""
+    """Fix the run's directory once (a `${now:...}` in it resolves at this moment) and own it: the
+    directory is claimed by creating CLAIM_FILE exclusively (O_EXCL), so two runs — given one
+    output_dir, or started in the same second with the default timestamped one — never share a
+    directory: the one that loses moves to `<dir>-1`, `<dir>-2`, ... and says so. A directory
+    that holds results is never reused; one whose claimant is gone (its process on this host no
+    longer exists: killed, or failed and exited) without results is taken over, so a re-run of a
+    killed run (a protocol's final, a sweep's re-queued trial) writes where the first one would
+    have. A run that resumes (train.resume set) keeps its directory. An unwritable directory is a
+    ConfigError."""
     target = Path(str(cfg.output_dir))
     resuming = OmegaConf.select(cfg, "train.resume") is not None
-    if not resuming and (target / "results.json").exists():
-        n = 1
-        while target.with_name(f"{target.name}-{n}").exists():
-            n += 1
-        moved = target.with_name(f"{target.name}-{n}")
-        warnings.warn(f"{target} already holds results; this run writes to {moved}", UserWarning, stacklevel=3)
-        target = moved
-    cfg.output_dir = str(target)
-    return target
+    claimed, n = target, 0
+    while not _claim(claimed, exclusive=not resuming):
+        n += 1
+        claimed = target.with_name(f"{target.name}-{n}")
+    if claimed != target:
+        warnings.warn(f"{target} already holds results or belongs to another run; this run writes to {claimed}",
+                      UserWarning, stacklevel=3)  # fmt: skip
+    cfg.output_dir = str(claimed)
+    return claimed
+
+
+def _claim(directory: Path, *, exclusive: bool) -> bool:
+    """Create `directory` and its claim file; False when another run owns it."""
+    if exclusive and (directory / "results.json").exists():
+        return False
+    claim = directory / CLAIM_FILE
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_WRONLY | (os.O_EXCL if exclusive else os.O_TRUNC), 0o644)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+            if not _take_over(directory):
+                return False
+            fd = os.open(claim, os.O_WRONLY | os.O_TRUNC)
+    except FileExistsError:
+        raise ConfigError(
+            f"output_dir {directory} is not writable (a file is in the way); set output_dir=..."
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"output_dir {directory} is not writable ({exc.strerror or exc}); set output_dir=..."
+        ) from exc
+    with os.fdopen(fd, "w") as f:
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, f)
+    return True
+
+
+def _take_over(directory: Path) -> bool:
+    """True when the run that claimed `directory` is gone (its process on this host no longer
+    exists) and this run won the right to take its place (one exclusive marker per dead claimant,
+    so two re-runs never both take it)."""
+    try:
+        claim = json.loads((directory / CLAIM_FILE).read_text())
+    except (OSError, ValueError):
+        return False  # being written this instant, or unreadable: leave it to its owner
+    pid = claim.get("pid")
+    if claim.get("host") != socket.gethostname() or not isinstance(pid, int) or _alive(pid):
+        return False
+    marker = directory / f"{CLAIM_FILE}.taken-{pid}-{claim.get('started')}"
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def labels(spec: ExperimentSpec) -> dict[str, Any]:
@@ -128,6 +203,7 @@ def _begin_run(cfg: DictConfig, world: World = SINGLE) -> tuple[ExperimentSpec, 
     if world.is_main:
         claimed = claim_output_dir(cfg)
         check_writable(claimed)
+        keep("run", f"run directory {claimed}")
     out_dir = Path(broadcast_object(str(claimed), world))
     cfg.output_dir = str(out_dir)
     spec = validate(cfg)  # again: output_dir is now fixed
@@ -168,7 +244,10 @@ def _start_world(cfg: DictConfig) -> World:
         return init_world("off", spec.train.dist_timeout_s, torch.device("cpu"))
     check_global_batch(spec.train.batch_size, env_world_size())
     # the rank's own GPU before the group is made: nccl binds each rank to the device it is given
-    return init_world(spec.train.distributed, spec.train.dist_timeout_s, rank_device(resolve_device(spec.device)))
+    world = init_world(spec.train.distributed, spec.train.dist_timeout_s, rank_device(resolve_device(spec.device)))
+    with failures_named(world):
+        check_ranks_agree(OmegaConf.to_container(cfg, resolve=True), world)
+    return world
 
 
 def _run_experiment(
@@ -179,6 +258,8 @@ def _run_experiment(
     has_val = getattr(dataset, "has_split", lambda name: True)("val")
     val_split = dataset.split("val") if has_val and spec.train.eval_every else None
     test_split = dataset.split(spec.eval.split)
+    used = {"train": train_split, **({"val": val_split} if val_split is not None else {}), spec.eval.split: test_split}
+    check_splits(used, allow_shared_images=spec.allow_shared_images)
 
     model = build_model(spec, train_split.meta)
     fit_to_training_data(model, train_split)
@@ -211,19 +292,22 @@ def _run_experiment(
         "best_val_rsum": result.best["rsum"] if result.best else float("nan"),
         "params_trainable": sum(p.numel() for p in [*model.parameters(), *loss.parameters()] if p.requires_grad),
     }
-    extra = {
+    extra: dict[str, Any] = {
         "history": result.history, "epoch_losses": result.epoch_losses, "curves": result.curves,
         "device": str(device),
         "output_dir": str(out_dir), "provenance": provenance(device, overrides),
         **({"world_size": world.size} if world.distributed else {}),
+        "tracking_failures": trainer.tracking_failures,  # sinks that failed and were dropped (training went on)
     }  # fmt: skip
     # The trained model and what training measured are kept before the test evaluation runs, so a
     # failing evaluation costs the evaluation, never the training.
     if world.is_main:
         if spec.train.save_model:
             save_checkpoint(out_dir / "model.pt", {"model": model.state_dict(), **snapshot})
+            keep("model", f"trained model {out_dir / 'model.pt'}")
         write_hydra_record(out_dir, cfg, overrides)
         save_results(out_dir, trained, labels=labels(spec), config=snapshot["config"], extra=extra, stem="train")
+        keep("train", f"training record {out_dir / 'train.json'}")
     try:
         metrics = _test_metrics(model, spec, test_split, device, out_dir, world)
     except Exception as exc:  # under torchrun, a failed collective here becomes RankFailure (run_experiment)
@@ -236,7 +320,10 @@ def _run_experiment(
     out = {**metrics, **memory_metrics(device), **trained}
     if world.is_main:
         save_results(out_dir, out, labels=labels(spec), config=snapshot["config"], extra=extra)
-        log_final_metrics(trainer.mlflow_run, out)
+        failed = log_final_metrics(trainer.mlflow_run, out)  # after the results are safe on disk
+        if failed is not None:  # recorded: results.json says which tracking is incomplete
+            extra["tracking_failures"] = [*extra["tracking_failures"], failed]
+            save_results(out_dir, out, labels=labels(spec), config=snapshot["config"], extra=extra)
     return out
 
 
@@ -330,6 +417,7 @@ def evaluate_untrained(cfg: DictConfig, *, overrides: Iterable[str] | None = Non
     to a fresh run directory like a training run's and carry `trained: false`."""
     spec, out_dir, device, dataset = _begin_run(cfg)
     split = dataset.split(spec.eval.split)
+    check_splits({spec.eval.split: split}, allow_shared_images=spec.allow_shared_images)
     meta = dataset.split("train").meta if getattr(dataset, "has_split", lambda n: True)("train") else split.meta
     model = build_model(spec, meta).to(device)
     metrics: dict[str, Any] = _test_metrics(model, spec, split, device, out_dir)
@@ -362,6 +450,7 @@ def evaluate_checkpoint(
     device = resolve_device(spec.device)
     dname, doptions = spec.data
     split = create_dataset(dname, **doptions).split(spec.eval.split)
+    check_splits({spec.eval.split: split}, allow_shared_images=spec.allow_shared_images)
     run_dir = Path(ckpt).resolve().parent
     run_dir = run_dir.parent if run_dir.name == "checkpoints" else run_dir
     target = Path(output_dir) if output_dir is not None else run_dir / "eval" / _timestamp()

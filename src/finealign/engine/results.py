@@ -47,6 +47,14 @@ def save_results(
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = output_dir / f"{stem}.json", output_dir / f"{stem}.csv"
     payload = {"labels": dict(labels), "metrics": dict(metrics), "config": dict(config), **dict(extra or {})}
-    json_path.write_text(json.dumps(_clean(payload), indent=2, default=str))
-    pd.DataFrame([{**labels, **metrics}]).to_csv(csv_path, index=False)
+    # temporary files renamed into place: a full disk never leaves a half results.json
+    tmp_json, tmp_csv = json_path.with_suffix(".json.tmp"), csv_path.with_suffix(".csv.tmp")
+    try:
+        tmp_json.write_text(json.dumps(_clean(payload), indent=2, default=str))
+        pd.DataFrame([{**labels, **metrics}]).to_csv(tmp_csv, index=False)
+        tmp_json.replace(json_path)
+        tmp_csv.replace(csv_path)
+    finally:
+        tmp_json.unlink(missing_ok=True)
+        tmp_csv.unlink(missing_ok=True)
     return json_path, csv_path

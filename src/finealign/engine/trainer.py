@@ -19,7 +19,7 @@ from torch import nn
 from finealign.config import EvalConfig, TrainConfig
 from finealign.data.base import RetrievalSplit
 from finealign.encoders.batches import autocast_context
-from finealign.engine.batching import epoch_loader, epoch_pairs, to_device
+from finealign.engine.batching import check_batch_fits, epoch_loader, epoch_pairs, to_device
 from finealign.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from finealign.engine.curves import CURVE_KEYS, EpochCurves, batch_curves
 from finealign.engine.distributed import (
@@ -35,7 +35,8 @@ from finealign.engine.model import RetrievalModel, loss_extras
 from finealign.engine.optim import apply_backbone_schedule, build_optimizer, enable_grad_checkpointing
 from finealign.engine.schedule import LRSchedule
 from finealign.engine.tracking import ScalarSinks, flatten, open_sinks
-from finealign.errors import ConfigError
+from finealign.errors import ConfigError, DivergenceError
+from finealign.kept import keep
 from finealign.progress import bar as progress_bar
 
 # Settings a resumed run may change: they do not alter what is trained or how (where results go,
@@ -43,9 +44,16 @@ from finealign.progress import bar as progress_bar
 RESUME_FREE = ("train.resume", "train.progress", "train.log_every", "train.num_workers", "train.checkpoint",
                "train.save_model", "train.tensorboard", "train.mlflow", "train.mlflow_tracking_uri",
                "train.mlflow_experiment", "train.distributed", "train.dist_timeout_s", "eval", "output_dir", "device",
-               "ckpt")  # fmt: skip
+               "ckpt", "allow_shared_images")  # fmt: skip
 log = logging.getLogger(__name__)
 VAL_SCALARS = ("rsum", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
+# Runaway, not just non-finite: a temperature this many times its value at the start of training
+# (the logits are then ~0: the loss is flat, every gradient ~0, and training silently stops — what
+# train.lr=1e3 does to InfoNCE's learnable scale), or a loss this many times its first value.
+RUNAWAY_TEMPERATURE = 1e4
+RUNAWAY_LOSS = 1e6
+# the keys a training checkpoint (checkpoints/last.pt) holds and a saved model (model.pt) lacks
+CHECKPOINT_KEYS = ("model", "loss", "optimizer", "scheduler", "scaler", "epoch", "result", "rng")
 
 
 def check_same_run(saved: dict | None, current: dict | None, path: Path) -> None:
@@ -114,6 +122,9 @@ class Trainer:
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self.best_state: dict[str, Any] | None = None
         self.mlflow_run: tuple[str, str] | None = None  # (tracking URI, run id) once fit opened one
+        self.tracking_failures: list[str] = []  # sinks that failed and were dropped (results.json records them)
+        self._start_temperature: float | None = None  # the loss's temperature when this fit started
+        self._first_loss: float | None = None
 
     # -- checkpoints --------------------------------------------------------------------------
     @property
@@ -145,6 +156,13 @@ class Trainer:
 
     def _restore(self, path: Path) -> tuple[int, TrainResult]:
         state = load_checkpoint(path)
+        missing = [k for k in CHECKPOINT_KEYS if k not in state]
+        if missing:
+            what = "a saved model (weights and config only)" if "model" in state else "not a training checkpoint"
+            raise ConfigError(
+                f"train.resume={path} is {what}: it lacks {', '.join(missing)}. Resume from a run's "
+                "checkpoints/last.pt (written with train.checkpoint=true); to test a model.pt use `finealign eval ckpt=...`"
+            )
         check_same_run(state.get("config", {}).get("config"), self.config_snapshot.get("config"), path)
         self.model.load_state_dict(state["model"])
         self.loss.load_state_dict(state["loss"])
@@ -169,7 +187,8 @@ class Trainer:
         after each validation (after the checkpoint is written, so a run stopped by `report` can
         still be resumed). Leaves the model with the selected (best or last) weights."""
         cfg = self.cfg
-        batches = len(epoch_pairs(train_split, cfg.pairs, self.seed, 0)) // cfg.batch_size or 1
+        pairs = len(epoch_pairs(train_split, cfg.pairs, self.seed, 0))
+        batches = pairs // cfg.batch_size or 1
         steps_per_epoch = math.ceil(batches / cfg.accumulate)
         total = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
         schedule = LRSchedule(
@@ -187,14 +206,33 @@ class Trainer:
         resume = broadcast_object(self._resume_path(), self.world)
         if resume is not None:
             start_epoch, result = self._restore(resume)
+        batch = min(cfg.batch_size, pairs)
+        check_batch_fits(min(batch, train_split.num_items), batch, self.device, cfg.amp)
         started = time.perf_counter()
         # rank 0 alone writes scalars (TensorBoard, MLflow)
         sinks = open_sinks(cfg, self.output_dir if self.world.is_main else None, self.config_snapshot.get("config", {}))
         self.mlflow_run = sinks.mlflow_run
+        temperature = getattr(self.loss, "temperature", None)
+        self._start_temperature = float(temperature) if isinstance(temperature, (int, float)) else None
+        try:
+            self._epochs(train_split, val_split, on_validation, start_epoch, result, sinks, started)
+        finally:
+            sinks.close()  # also when training stops with an error: an MLflow run is ended, not left running
+            self.mlflow_run = sinks.mlflow_run  # None when the MLflow sink failed and was dropped
+            self.tracking_failures = sinks.failures
+        if cfg.select == "best" and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        return result
+
+    def _epochs(self, train_split: RetrievalSplit, val_split: RetrievalSplit | None,
+                on_validation: Callable[[int, dict], None] | None, start_epoch: int, result: TrainResult,
+                sinks: ScalarSinks, started: float) -> None:  # fmt: skip
+        cfg = self.cfg
         for epoch in range(start_epoch, cfg.epochs):
             if cfg.max_steps and result.steps >= cfg.max_steps:
                 break
             epoch_loss, curves = self._train_epoch(train_split, epoch, result)
+            self._check_parameters(epoch, result.steps)
             result.epoch_losses.append(epoch_loss)
             result.curves.append({"epoch": float(epoch), "loss": epoch_loss, **curves.means()})
             result.final_loss = epoch_loss
@@ -215,14 +253,12 @@ class Trainer:
             started = time.perf_counter()
             if cfg.checkpoint and self.checkpoint_path is not None and self.world.is_main:
                 save_checkpoint(self.checkpoint_path, self._state(epoch, result))
+                keep("checkpoint", f"checkpoint {self.checkpoint_path} after epoch {epoch + 1} "
+                     f"(go on with train.resume={self.checkpoint_path})")  # fmt: skip
             self._log_epoch(epoch, epoch_loss, metrics, sinks, result.curves[-1])
             if metrics is not None and on_validation is not None:
                 on_validation(epoch, metrics)
-        sinks.close()
         result.train_time_s += time.perf_counter() - started
-        if cfg.select == "best" and self.best_state is not None:
-            self.model.load_state_dict(self.best_state)
-        return result
 
     def _train_epoch(self, split: RetrievalSplit, epoch: int, result: TrainResult) -> tuple[float, EpochCurves]:
         cfg = self.cfg
@@ -260,14 +296,11 @@ class Trainer:
                     extras = loss_extras(visual, text)  # once: the divergence check and the loss read it
                     self._check_embeddings(visual, text, extras, epoch, i, result.steps)
                     sim = self.model.aligner(visual, text)
+                    self._check_scores(sim, epoch, i, result.steps)
                     positives = batch.positives.to(self.device)
                     loss = self.loss(sim, positives, extras)
                     curves.add(batch_curves(sim, positives, extras["image_global"], extras["text_global"]))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss became {float(loss)} at epoch {epoch}, batch {i} (after {result.steps} optimiser steps, "
-                    f"lr {self._lr():.3g}): training diverged; lower train.lr"
-                )
+            self._check_loss(loss, epoch, i, result.steps)
             with self._ddp.no_sync() if self.world.distributed and not last_of_step else contextlib.nullcontext():
                 self.scaler.scale(loss / cfg.accumulate).backward()
             total, count = total + float(loss.detach()), count + 1
@@ -288,7 +321,10 @@ class Trainer:
             # DDP fixes its parameter set when built: rebuild it when backbones are (un)frozen.
             self._ddp = wrap_ddp(GlobalBatchObjective(self.model, self.loss, self.world), self.device)
             self._ddp_params = trainable
-        check = lambda visual, text, extras: self._check_embeddings(visual, text, extras, epoch, i, steps)  # noqa: E731
+
+        def check(visual: Any, text: Any, extras: dict[str, Any]) -> None:
+            self._check_embeddings(visual, text, extras, epoch, i, steps)
+
         with autocast_context(self.device, self.cfg.amp):
             return self._ddp(
                 to_device(batch.images, self.device), to_device(batch.texts, self.device),
@@ -319,25 +355,78 @@ class Trainer:
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
+    def _where(self, epoch: int, batch: int, steps: int) -> str:
+        return f"at epoch {epoch}, batch {batch} (after {steps} optimiser steps, lr {self._lr():.3g})"
+
+    def _check_scores(self, sim: torch.Tensor, epoch: int, batch: int, steps: int) -> None:
+        with torch.no_grad():
+            if not bool(torch.isfinite(sim).all()):
+                raise DivergenceError(
+                    f"the aligner's scores became NaN/inf {self._where(epoch, batch, steps)}: training diverged; "
+                    "lower train.lr"
+                )
+
+    def _check_loss(self, loss: torch.Tensor, epoch: int, batch: int, steps: int) -> None:
+        """Stop when the loss is non-finite or ran away, or the loss's temperature did: a learnable
+        temperature driven to inf (or 1e4× its start) flattens every logit, the loss stops
+        changing and training would end at chance recall with exit 0."""
+        where = self._where(epoch, batch, steps)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise DivergenceError(f"loss became {value} {where}: training diverged; lower train.lr")
+        if self._first_loss is None:
+            self._first_loss = abs(value)
+        elif abs(value) > RUNAWAY_LOSS * max(self._first_loss, 1.0):
+            raise DivergenceError(
+                f"loss ran away to {value:.3g} {where} (it started at {self._first_loss:.3g}): training diverged; "
+                "lower train.lr"
+            )
+        temperature = getattr(self.loss, "temperature", None)
+        if not isinstance(temperature, (int, float)):
+            return
+        start = self._start_temperature
+        if not math.isfinite(temperature) or temperature <= 0:
+            raise DivergenceError(
+                f"the loss's temperature became {temperature} {where}: its learnable scale diverged and every "
+                "logit is flat; lower train.lr (or train.temperature_lr)"
+            )
+        if start is not None and start > 0 and temperature > RUNAWAY_TEMPERATURE * start:
+            raise DivergenceError(
+                f"the loss's temperature ran away to {temperature:.3g} {where} (it started at {start:.3g}): every "
+                "logit is flat and training has stopped learning; lower train.lr (or train.temperature_lr)"
+            )
+
+    def _check_parameters(self, epoch: int, steps: int) -> None:
+        """After each epoch: every trained weight is finite (a step may have broken them after the
+        last batch was checked)."""
+        with torch.no_grad():
+            named = [*self.model.named_parameters(), *(("loss." + k, p) for k, p in self.loss.named_parameters())]
+            for name, param in named:
+                if param.requires_grad and not bool(torch.isfinite(param).all()):
+                    raise DivergenceError(
+                        f"parameter {name} became NaN/inf in epoch {epoch} (after {steps} optimiser steps, "
+                        f"lr {self._lr():.3g}): training diverged; lower train.lr"
+                    )
+
     def _check_embeddings(
         self, visual: Any, text: Any, extras: dict[str, Any], epoch: int, batch: int, steps: int
     ) -> None:
         """Stop at the step where training breaks, naming the cause: non-finite embeddings (the
         weights diverged), or every item of the batch mapped to one point (collapse)."""
-        where = f"at epoch {epoch}, batch {batch} (after {steps} optimiser steps, lr {self._lr():.3g})"
+        where = self._where(epoch, batch, steps)
         with torch.no_grad():
             for name, tokens, key in (("image", visual, "image_global"), ("caption", text, "text_global")):
                 # a NaN/inf anywhere in a token makes its fp32 sum non-finite: (N, L) work, not (N, L, d)
                 real_sums = tokens.tokens.sum(-1, dtype=torch.float32)[tokens.mask]
                 if not bool(torch.isfinite(real_sums).all()):
-                    raise FloatingPointError(
+                    raise DivergenceError(
                         f"{name} embeddings became NaN/inf {where}: training diverged; lower train.lr"
                     )
                 pooled = extras[key].float()
                 if len(pooled) > 1 and steps > 0:
                     spread = float((pooled - pooled.mean(0)).abs().max())
                     if spread <= 1e-6 * float(pooled.abs().max()) + 1e-30:
-                        raise FloatingPointError(
+                        raise DivergenceError(
                             f"{name} embeddings collapsed to one point {where}: every item looks the same; "
                             "lower train.lr"
                         )

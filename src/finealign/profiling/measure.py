@@ -159,6 +159,22 @@ def aligner_step(aligner: torch.nn.Module, backward: bool) -> Callable[..., Any]
     return forward_backward
 
 
+def check_profile_fits(shape: ProblemShape, settings: ProfileSettings) -> None:
+    """ResourceError before a profile whose inputs cannot fit (a lower bound from the shapes): every
+    input set's tokens, masks and pooled vectors, one scores matrix, and with `backward` the tokens'
+    gradients."""
+    from finealign.resources import check_memory
+
+    device, dtype = resolve_device(settings.device), parse_dtype(settings.dtype)
+    size = torch.empty((), dtype=dtype).element_size()
+    one_set = (shape.nv * shape.lv + shape.nt * shape.lt) * shape.dim * size + shape.nv * shape.lv + shape.nt * shape.lt
+    parts = {f"{settings.input_sets} input set(s) of {shape.nv}×{shape.lv} and {shape.nt}×{shape.lt} tokens, d={shape.dim}":
+             settings.input_sets * one_set, f"scores {shape.nv}×{shape.nt}": shape.nv * shape.nt * size}  # fmt: skip
+    if settings.backward:
+        parts["the tokens' gradients"] = one_set
+    check_memory("this profile", parts, device, "lower nv, nt, lv, lt, dim (or the scaling values) or input_sets")
+
+
 def profile_aligners(
     names: Sequence[str],
     shape: ProblemShape,
@@ -169,6 +185,7 @@ def profile_aligners(
     """One row per aligner at one problem size; a failure becomes a row with `error` set."""
     device = resolve_device(settings.device)
     dtype = parse_dtype(settings.dtype)
+    check_profile_fits(shape, settings)
     with pinned_threads(settings.threads if device.type == "cpu" else None) as threads:
         peak = _peak_or_none(device, dtype) if settings.flops else None
         sets = random_input_sets(

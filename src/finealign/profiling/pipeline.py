@@ -11,7 +11,13 @@ from typing import Any
 
 from finealign.profiling.device import environment, parse_dtype, pinned_threads, resolve_device
 from finealign.profiling.inputs import ProblemShape, random_input_sets
-from finealign.profiling.measure import ProfileSettings, aligner_step, build_aligner, profile_aligners
+from finealign.profiling.measure import (
+    ProfileSettings,
+    aligner_step,
+    build_aligner,
+    check_profile_fits,
+    profile_aligners,
+)
 from finealign.profiling.outputs import (
     header,
     markdown,
@@ -58,6 +64,10 @@ def run_profile(
     tables, PNG plots under out_root/<timestamp>/ and TensorBoard traces under
     out_root/traces/<timestamp>/ — or everything under `out_dir` exactly (hydra.run.dir)."""
     device = resolve_device(settings.device)
+    # every size this run will reach, refused before the first is measured
+    for axis in scaling_axes:
+        for value in (scaling_values or {}).get(axis) or default_values(axis, shape):
+            check_profile_fits(shape.scaled(axis, value), settings)
     stamp = timestamp()
     trace_root = Path(out_dir) / "traces" if out_dir is not None else Path(out_root) / "traces" / stamp
     out_dir = Path(out_dir) if out_dir is not None else Path(out_root) / stamp

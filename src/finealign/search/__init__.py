@@ -9,7 +9,8 @@ memory map read only for the shortlisted items, re-ranked by a registered aligne
 
 from finealign.kernels.ann import IndexSpec
 from finealign.search.gallery import Gallery, GalleryWriter, SearchResult, add_index, read_manifest, write_gallery
+from finealign.search.integrity import verify_gallery
 from finealign.search.store import TokenStore
 
 __all__ = ["Gallery", "GalleryWriter", "IndexSpec", "SearchResult", "TokenStore", "add_index", "read_manifest",
-           "write_gallery"]  # fmt: skip
+           "verify_gallery", "write_gallery"]  # fmt: skip

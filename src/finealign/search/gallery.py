@@ -8,6 +8,11 @@ One folder per gallery (the feature cache's conventions: .npy arrays plus a JSON
     tokens.npy, offsets.npy   the packed token store (finealign.search.store)
     index-<name>.faiss one file per index; manifest["indexes"][name] = kind, knobs, build time
 
+Integrity (finealign.search.integrity): the manifest records each file's size and SHA-256, opening
+checks them (hashes up to a size), `verify_gallery` / `finealign search verify` checks everything;
+every item is checked when it is added (finite, >= 1 real token), and a build checks the free disk
+space first and reserves its memory maps (a full disk is a DiskFullError, never a SIGBUS).
+
 `Gallery.query` ranks queries of the other modality (images against a caption gallery, or
 captions against an image gallery): the first stage searches an index for each query's shortlist,
 and with `rerank=` the shortlisted items' tokens are read from the memory map and scored by a
@@ -33,20 +38,22 @@ import torch
 from finealign.aligners.base import Aligner, global_vectors
 from finealign.aligners.two_stage import TwoStageAligner
 from finealign.cache.build import remove_stale_temporaries
-from finealign.cache.format import array_record, quick_problems
+from finealign.cache.format import array_record
 from finealign.checks import check_int, check_positive_int
 from finealign.errors import ConfigError, DataError, ShapeError
 from finealign.kernels.ann import IndexSpec, build_index, read_index, search, write_index
 from finealign.kernels.normalize import l2_normalize
-from finealign.search.store import OFFSETS_FILE, TOKENS_FILE, TokenStore, TokenStoreWriter
+from finealign.resources import check_disk, disk_full_named, preallocate
+from finealign.search.integrity import ARRAY_FILES, GLOBAL_FILE, file_record, gallery_problems, index_path
+from finealign.search.store import TokenStore, TokenStoreWriter
 from finealign.tokens import TokenBatch
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
-GLOBAL_FILE = "global.npy"
 MODALITIES = ("visual", "text")
+QUERY_KNOBS = ("ivf_probe", "hnsw_ef_search")  # what a query may change; the rest is fixed by the build
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -87,17 +94,28 @@ class GalleryWriter:
             raise ConfigError(f"{self.folder} already exists: choose a new folder for the gallery")
         self.folder.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.folder.parent, self.folder.name)  # left by killed builds
+        # tokens (float16), global vectors (float32) and offsets, and a flat index's copy of the vectors
+        check_disk(self.folder.parent, total_tokens * dim * 2 + 2 * count * dim * 4 + 8 * (count + 1) + (1 << 20),
+                   f"gallery {self.folder} ({count} items, {total_tokens} tokens, d={dim})")  # fmt: skip
         self.tmp = self.folder.parent / f".{self.folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.tmp.mkdir()
         self.meta = {"format": FORMAT_VERSION, "modality": modality, "feature_source": feature_source,
                      "dim": dim, "count": count, "total_tokens": total_tokens, "normalized": normalize}  # fmt: skip
-        self.store = TokenStoreWriter(self.tmp, count, total_tokens, dim)
-        self.globals = np.lib.format.open_memmap(self.tmp / GLOBAL_FILE, "w+", np.float32, (count, dim))
+        try:
+            with disk_full_named(self.folder.parent, f"gallery {self.folder}"):
+                self.store = TokenStoreWriter(self.tmp, count, total_tokens, dim)
+                self.globals = np.lib.format.open_memmap(self.tmp / GLOBAL_FILE, "w+", np.float32, (count, dim))
+                preallocate(self.tmp / GLOBAL_FILE)  # a full disk: ENOSPC now, not SIGBUS at a write
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
         self.start = time.perf_counter()
 
     def add(self, tokens: np.ndarray, mask: np.ndarray, pooled: np.ndarray | None = None) -> None:
-        """Append (n, L, d) tokens, their (n, L) mask and optional (n, d) pooled vectors (else the token mean)."""
+        """Append (n, L, d) tokens, their (n, L) mask and optional (n, d) pooled vectors (else the
+        token mean); an item without a real token or with a NaN/inf is refused (DataError)."""
         first = self.store.items
+        _check_items(tokens, mask, pooled, first)
         self.store.add(tokens, mask)
         # Copies (np.array): memory-mapped inputs are read-only, torch wants writable arrays.
         batch = TokenBatch(torch.from_numpy(np.array(tokens, dtype=np.float32)), torch.from_numpy(np.array(mask, dtype=bool)),
@@ -107,6 +125,10 @@ class GalleryWriter:
             vectors = l2_normalize(vectors)
         self.globals[first : first + len(tokens)] = vectors.numpy()
 
+    def abort(self) -> None:
+        """Drop the half-built gallery (the temporary folder)."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
     def finish(self, indexes: dict[str, IndexSpec]) -> Path:
         """Close the arrays, build each named index over the global vectors, move the gallery into place."""
         try:
@@ -114,17 +136,32 @@ class GalleryWriter:
             self.globals.flush()
             del self.globals
             self.meta["seconds_store"] = time.perf_counter() - self.start
-            # shape, dtype, size: checked on every open; no checksum, stores reach tens of GB
-            files = (GLOBAL_FILE, TOKENS_FILE, OFFSETS_FILE)
-            self.meta["arrays"] = {n: array_record(self.tmp / n, checksum=False) for n in files}
-            self.meta["indexes"] = {name: _build_index_file(self.tmp, name, spec) for name, spec in indexes.items()}
-            self.meta["complete"] = True  # written last: a manifest without it is no gallery
-            _write_manifest(self.tmp, self.meta)
-            os.rename(self.tmp, self.folder)
+            with disk_full_named(self.folder.parent, f"gallery {self.folder}"):
+                # shape, dtype, size and SHA-256 (finealign.search.integrity checks them)
+                self.meta["arrays"] = {n: array_record(self.tmp / n) for n in ARRAY_FILES}
+                self.meta["indexes"] = {name: _build_index_file(self.tmp, name, spec) for name, spec in indexes.items()}
+                self.meta["complete"] = True  # written last: a manifest without it is no gallery
+                _write_manifest(self.tmp, self.meta)
+                os.rename(self.tmp, self.folder)
         finally:
             if self.tmp.exists():
                 shutil.rmtree(self.tmp, ignore_errors=True)
         return self.folder
+
+
+def _check_items(tokens: np.ndarray, mask: np.ndarray, pooled: np.ndarray | None, first: int) -> None:
+    """Every item has >= 1 real token, and its real tokens and pooled vector are finite."""
+    mask = np.asarray(mask, dtype=bool)
+    empty = np.flatnonzero(mask.sum(1) == 0)
+    if len(empty):
+        raise DataError(f"gallery item {first + int(empty[0])} has no real token (mask all False): "
+                        f"{len(empty)} such item(s) in this chunk; every item needs >= 1 token")  # fmt: skip
+    bad = np.flatnonzero(~np.isfinite(np.where(mask[..., None], tokens, 0)).all(axis=(1, 2)))
+    if pooled is not None:
+        bad = np.union1d(bad, np.flatnonzero(~np.isfinite(pooled).all(axis=1)))
+    if len(bad):
+        raise DataError(f"gallery item {first + int(bad[0])} holds NaN or inf features ({len(bad)} such item(s) "
+                        "in this chunk): a gallery stores finite vectors only")  # fmt: skip
 
 
 def _check_index_name(name: str) -> None:
@@ -136,10 +173,11 @@ def _build_index_file(folder: Path, name: str, spec: IndexSpec) -> dict[str, Any
     _check_index_name(name)
     start = time.perf_counter()
     index = build_index(np.load(Path(folder) / GLOBAL_FILE, mmap_mode="r"), spec)
-    write_index(index, str(Path(folder) / f"index-{name}.faiss"))
+    path = Path(folder) / f"index-{name}.faiss"
+    write_index(index, str(path))
     seconds = time.perf_counter() - start
     log.info("built index %r (%s) over %d vectors in %.1f s", name, spec.kind, index.ntotal, seconds)
-    return {"kind": spec.kind, "knobs": spec.knobs(), "file": f"index-{name}.faiss", "build_seconds": seconds}
+    return {"kind": spec.kind, "knobs": spec.knobs(), "file": path.name, "build_seconds": seconds, **file_record(path)}
 
 
 def add_index(folder: Path, name: str, spec: IndexSpec) -> dict[str, Any]:
@@ -164,11 +202,15 @@ def write_gallery(folder: Path, tokens: np.ndarray, mask: np.ndarray, pooled: np
         raise ShapeError(f"pooled must be (N, d) = {(tokens.shape[0], tokens.shape[2])}, got {pooled.shape}")
     writer = GalleryWriter(folder, count=len(tokens), total_tokens=int(np.asarray(mask).sum()), dim=tokens.shape[2],
                            modality=modality, feature_source=feature_source, normalize=normalize)  # fmt: skip
-    for start in range(0, len(tokens), chunk):
-        part = slice(start, start + chunk)
-        writer.add(
-            np.asarray(tokens[part]), np.asarray(mask[part]), None if pooled is None else np.asarray(pooled[part])
-        )
+    try:
+        for start in range(0, len(tokens), chunk):
+            part = slice(start, start + chunk)
+            writer.add(
+                np.asarray(tokens[part]), np.asarray(mask[part]), None if pooled is None else np.asarray(pooled[part])
+            )
+    except BaseException:
+        writer.abort()  # a refused item or a full disk leaves no half-built folder
+        raise
     return writer.finish(indexes)
 
 
@@ -185,13 +227,25 @@ class SearchResult:
     global_scores: np.ndarray
 
 
+def _check_query_knobs(knobs: dict[str, Any], record: dict[str, Any], name: str) -> None:
+    """A query may change the query-time knobs of its index's kind only: a build-time knob (ivf_lists,
+    hnsw_m, ...) or another kind's knob would be silently ignored."""
+    fixed = sorted(k for k in knobs if k not in QUERY_KNOBS)
+    if fixed:
+        raise ConfigError(f"{', '.join(fixed)}: fixed when index {name!r} was built ({record.get('knobs')}); "
+                          f"a query may set {' or '.join(QUERY_KNOBS)} only (build another index for others)")  # fmt: skip
+    foreign = sorted(k for k in knobs if k not in record.get("knobs", {}))
+    if foreign:
+        raise ConfigError(f"{', '.join(foreign)}: index {name!r} is {record.get('kind')!r} and has no such knob")
+
+
 class Gallery:
     """A finished gallery opened for queries with one of its indexes (tokens memory-mapped)."""
 
     def __init__(self, folder: Path, index: str | None = None, knobs: dict[str, Any] | None = None):
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
-        problems = quick_problems(self.folder, self.manifest)
+        problems = gallery_problems(self.folder, self.manifest)
         if problems:
             raise DataError(f"gallery {self.folder} is damaged: " + "; ".join(problems))
         indexes = self.manifest["indexes"]
@@ -202,10 +256,16 @@ class Gallery:
             raise ConfigError(f"gallery {self.folder} has no index {self.index_name!r}; it has {sorted(indexes)}")
         record = indexes[self.index_name]
         # Query-time knobs (ivf_probe, hnsw_ef_search) may be changed at open; build-time ones are fixed.
+        _check_query_knobs(knobs or {}, record, self.index_name)
         self.spec = IndexSpec.from_options(
             record["kind"], {**record["knobs"], **(knobs or {})}, f"index {self.index_name!r}"
         )
-        self.index = read_index(self.folder / record["file"], self.spec)
+        try:
+            self.index = read_index(str(index_path(self.folder, record, self.index_name)), self.spec)
+        except RuntimeError as exc:  # FAISS's reader on damaged bytes
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"gallery {self.folder}: index {self.index_name!r} cannot be read ({first}); "
+                            "rebuild the gallery (finealign search verify names what changed)") from exc  # fmt: skip
         self.store = TokenStore(self.folder)
         self.globals = np.load(self.folder / GLOBAL_FILE, mmap_mode="r")  # read only at shortlisted rows
 
@@ -221,8 +281,13 @@ class Gallery:
         return int(self.manifest["count"])
 
     def check_queries(self, queries: TokenBatch, feature_source: str | None) -> None:
-        """ShapeError / ConfigError naming both sides when the queries cannot be ranked against this gallery."""
+        """ShapeError / ConfigError naming both sides when the queries cannot be ranked against this
+        gallery (including a query with NaN/inf features, which would silently drop out of the results)."""
         source = self.manifest["feature_source"]
+        real = queries.tokens.float().sum(-1)[queries.mask]
+        pooled_ok = queries.pooled is None or bool(torch.isfinite(queries.pooled).all())
+        if not bool(torch.isfinite(real).all()) or not pooled_ok or not bool(queries.mask.any(1).all()):
+            raise ShapeError("a query holds NaN/inf features or no real token: it cannot be ranked")
         if queries.dim != self.dim:
             raise ShapeError(
                 f"query features have d={queries.dim} but gallery {self.folder} holds d={self.dim} "

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from finealign.errors import DataError, ShapeError
+from finealign.resources import preallocate
 from finealign.tokens import TokenBatch
 
 TOKENS_FILE = "tokens.npy"
@@ -31,6 +32,7 @@ class TokenStoreWriter:
     def __init__(self, folder: Path, count: int, total_tokens: int, dim: int):
         self.folder = Path(folder)
         self.tokens = np.lib.format.open_memmap(self.folder / TOKENS_FILE, "w+", np.float16, (total_tokens, dim))
+        preallocate(self.folder / TOKENS_FILE)  # a full disk: ENOSPC now, not SIGBUS at a write through the map
         self.offsets = np.zeros(count + 1, dtype=np.int64)
         self.items = 0
 

@@ -162,6 +162,8 @@ class SweepWorker:
                 raise
             except Exception as exc:  # any failure of one combination must not end the study
                 trial.set_user_attr(ERROR_ATTR, f"{type(exc).__name__}: {exc}"[:2000])
+                if isinstance(exc, FloatingPointError):  # DivergenceError too: a diverged run is no result
+                    trial.set_user_attr("diverged", True)
                 trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
                 self.study.tell(trial, state=TrialState.FAIL)
                 self.stats.failed += 1
