@@ -161,7 +161,7 @@ def test_bench_and_report_commands_with_one_seed_say_ci_na(tmp_path, monkeypatch
     assert again.split("\n\n")[0] == printed.split("\n\n")[0]  # the same table, rebuilt from storage
 
 
-@pytest.mark.parametrize("name", ["toy", "flickr8k", "flickr8k_presets"])
+@pytest.mark.parametrize("name", ["toy", "toy_ablation", "flickr8k", "flickr8k_presets"])
 def test_every_shipped_protocol_composes_every_method(name):
     spec, _ = load_protocol([f"protocol={name}"])  # composes and validates each method once
     assert spec.reference in {m.name for m in spec.methods}

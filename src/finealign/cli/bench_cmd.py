@@ -7,12 +7,17 @@ the same command again after a stop.
     finealign bench                                   # configs/protocol/flickr8k.yaml
     finealign bench protocol=toy                      # seconds, on synthetic data
     finealign bench --methods global,hard             # a subset now, the rest later
+    finealign bench --factors none                    # the bases only; --factors head,loss: those cells
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from finealign.protocol.outputs import ProtocolReport
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", default=None, help="Optuna RDB URL (default: sqlite:///runs/bench/STUDY.db)")
     parser.add_argument("--out", type=Path, default=None, help="protocol folder (default: runs/bench/STUDY)")
     parser.add_argument("--methods", default=None, help="comma-separated subset of the protocol's methods to run now")
+    parser.add_argument(
+        "--factors", default=None,
+        help="comma-separated factors whose levels to run now (the bases always run); 'none': the bases only",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -32,13 +41,29 @@ def run(args: argparse.Namespace) -> int:
     from finealign.protocol.run import DEFAULT_ROOT, default_storage, run_protocol
 
     spec, extra = load_protocol(args.overrides)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    methods = _names(args.methods)
+    factors = None if args.factors is None else [] if args.factors.strip() == "none" else _names(args.factors)
     out = args.out or DEFAULT_ROOT / spec.study
     storage = args.storage or default_storage(spec.study, out.parent)
-    run_protocol(spec, extra, storage=storage, out_dir=out, methods=methods, progress=not args.no_progress)
+    run_protocol(spec, extra, storage=storage, out_dir=out, methods=methods, factors=factors,
+                 progress=not args.no_progress)  # fmt: skip
     from finealign.protocol.outputs import write_protocol_report  # noqa: PLC0415  (after the long part)
 
     report = write_protocol_report(out, storage)
     print(report.markdown)
-    print(f"\ntables: {report.csv}  {report.md}  {report.tex}\nplot: {report.plot or '(no plot yet)'}")
+    print(report_files(report))
     return 0
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [m.strip() for m in text.split(",") if m.strip()] if text else None
+
+
+def report_files(report: ProtocolReport) -> str:
+    """The lines naming what the report wrote (bench and report print them)."""
+    lines = [f"\ntables: {report.csv}  {report.md}  {report.tex}", f"plot: {report.plot or '(no plot yet)'}",
+             f"tuning curves: {report.tuning or '(no trial yet)'}"]  # fmt: skip
+    if report.ablation is not None:
+        a = report.ablation
+        lines += [f"ablation: {a.csv}  {a.md}  {a.tex}", f"forest plot: {a.forest or '(nothing to compare yet)'}"]
+    return "\n".join(lines)

@@ -47,13 +47,20 @@ def run(args: argparse.Namespace) -> int:
 
     protocol_dir = args.out or DEFAULT_ROOT / args.study
     if (protocol_dir / SPEC_FILE).is_file():
+        from finealign.cli.bench_cmd import report_files
         from finealign.protocol.outputs import write_protocol_report
 
         storage = args.storage or default_storage(args.study, protocol_dir.parent)
         check_database(storage, f"the protocol {args.study!r} of {protocol_dir}")
         report = write_protocol_report(protocol_dir, storage)
-        print({"md": report.markdown, "csv": report.csv.read_text(), "latex": report.tex.read_text()}[args.format])
-        print(f"\ntables: {report.csv}  {report.md}  {report.tex}\nplot: {report.plot or '(no plot yet)'}")
+        abl = report.ablation
+        printed = {
+            "md": report.markdown,
+            "csv": report.csv.read_text() + (f"\n{abl.csv.read_text()}" if abl else ""),
+            "latex": report.tex.read_text() + (f"\n{abl.tex.read_text()}" if abl else ""),
+        }
+        print(printed[args.format])
+        print(report_files(report))
         return 0
     from finealign.sweeps import load_report
 

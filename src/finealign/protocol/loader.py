@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, cast
 
 from omegaconf import OmegaConf
@@ -32,11 +33,13 @@ def _sample(p: ParamSpec) -> Any:
 
 
 def check_methods_compose(spec: ProtocolSpec, extra: Iterable[str] = ()) -> None:
-    """Compose and validate every method once, with one value of each of its parameters, before
-    anything runs: a key that does not exist (or a bad value) is one ConfigError naming the
-    method, not a whole tuning budget of failed trials."""
+    """Compose and validate every method once, with one value of each of its parameters, and every
+    factor level of every method as its final runs will be, before anything runs: a key that does
+    not exist (or a bad value) is one ConfigError naming the method (and factor and level), not a
+    whole tuning budget of failed trials."""
     from finealign.config import compose, validate
-    from finealign.protocol.run import tune_overrides
+    from finealign.protocol.cells import level_cells, level_overrides
+    from finealign.protocol.run import final_overrides, tune_overrides
     from finealign.sweeps.space import to_overrides
 
     for method in spec.methods:
@@ -45,6 +48,16 @@ def check_methods_compose(spec: ProtocolSpec, extra: Iterable[str] = ()) -> None
             validate(compose(spec.experiment, [*tune_overrides(spec, method, extra), *to_overrides(params)]))
         except ConfigError as exc:
             raise ConfigError(f"protocol {spec.study!r}, method {method.name!r}: {exc}") from exc
+    for cell in level_cells(spec):
+        method = spec.method(cell.method)
+        params = {p.name: _sample(p) for p in (*spec.shared, *method.params)}
+        overrides = final_overrides(spec, method, params, 0, Path("unused"), extra, level=level_overrides(spec, cell))
+        try:
+            validate(compose(spec.experiment, overrides))
+        except ConfigError as exc:
+            raise ConfigError(
+                f"protocol {spec.study!r}, method {method.name!r}, factor {cell.factor!r}, level {cell.level!r}: {exc}"
+            ) from exc
 
 
 def load_protocol(args: Iterable[str] = ()) -> tuple[ProtocolSpec, tuple[str, ...]]:

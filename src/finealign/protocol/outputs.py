@@ -1,39 +1,47 @@
 """Write a protocol's outputs from storage alone: protocol.csv (every number), protocol.md,
-protocol.tex (booktabs) and tradeoff.png (RSUM over seeds vs scoring cost, Pareto front)."""
+protocol.tex (booktabs), tradeoff.png (RSUM over seeds vs scoring cost, Pareto front),
+tuning.png (best-so-far validation metric per tuning study); with factors also ablation.csv,
+ablation.md, ablation.tex and forest.png."""
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import optuna
 import pandas as pd
+from optuna.storages import RDBStorage
 
 from finealign.errors import ConfigError
-from finealign.protocol.plot import plot_protocol
-from finealign.protocol.run import SPEC_FILE, stored_outcomes
-from finealign.protocol.spec import BootstrapSpec, MethodSpec, ProtocolSpec, TuneSpec
+from finealign.protocol import ablation
+from finealign.protocol.cells import cells, study_name, tuning_cell
+from finealign.protocol.plot import plot_forest, plot_protocol, plot_tuning
+from finealign.protocol.run import SPEC_FILE, MethodOutcome, existing_storage, stored_cell_outcomes, write_atomic
+from finealign.protocol.spec import ProtocolSpec
 from finealign.protocol.table import protocol_frame, to_latex, to_markdown
-from finealign.sweeps.spec import ParamSpec
-from finealign.sweeps.storage import with_available_driver
 
 
 @dataclass
-class ProtocolReport:
+class AblationReport:
     frame: pd.DataFrame
     markdown: str
     csv: Path
     md: Path
     tex: Path
+    forest: Path | None
+
+
+@dataclass
+class ProtocolReport:
+    frame: pd.DataFrame
+    markdown: str  # the main table, its legend, and the ablation's tables when the protocol has factors
+    csv: Path
+    md: Path
+    tex: Path
     plot: Path | None
-
-
-def _params(raw: list[dict[str, Any]]) -> tuple[ParamSpec, ...]:
-    return tuple(
-        ParamSpec(**{**p, "values": tuple(p.get("values") or ()), "grid": tuple(p.get("grid") or ())}) for p in raw
-    )
+    tuning: Path | None = None
+    ablation: AblationReport | None = None
 
 
 def stored_spec(out_dir: Path) -> ProtocolSpec:
@@ -41,41 +49,67 @@ def stored_spec(out_dir: Path) -> ProtocolSpec:
     path = Path(out_dir) / SPEC_FILE
     if not path.is_file():
         raise ConfigError(f"{out_dir} is not a protocol directory (no {SPEC_FILE}); run `finealign bench` first")
-    d = json.loads(path.read_text())["spec"]
-    return ProtocolSpec(
-        study=d["study"],
-        methods=tuple(MethodSpec(m["name"], tuple(m["overrides"]), _params(m["params"])) for m in d["methods"]),
-        shared=_params(d["shared"]),
-        tune=TuneSpec(**{**d["tune"], "overrides": tuple(d["tune"]["overrides"])}),
-        seeds=tuple(d["seeds"]), reference=d["reference"], overrides=tuple(d["overrides"]),
-        test_overrides=tuple(d["test_overrides"]), cost_overrides=tuple(d["cost_overrides"]),
-        experiment=d["experiment"], objective=d["objective"], bootstrap=BootstrapSpec(**d["bootstrap"]),
-        heartbeat_s=d["heartbeat_s"],
-    )  # fmt: skip
+    return ProtocolSpec.from_record(json.loads(path.read_text())["spec"])
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def tuning_curves(spec: ProtocolSpec, storage: str | RDBStorage) -> dict[str, list[tuple[int, float]]]:
+    """(trial number, validation value) of every complete trial, per tuning study that exists."""
+    rdb = existing_storage(storage)
+    if rdb is None:
+        return {}
+    present = {s.study_name for s in optuna.get_all_study_summaries(rdb)}
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for cell in dict.fromkeys(tuning_cell(spec, c) for c in cells(spec)):
+        name = study_name(spec, cell)
+        if name in present:
+            trials = optuna.load_study(study_name=name, storage=rdb).get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
+            )
+            curves[cell.label] = [(t.number, float(t.value)) for t in trials if t.value is not None]
+    return curves
+
+
+def _sampler(spec: ProtocolSpec) -> str:
+    t = spec.tune
+    return f"tpe, the first {min(t.n_startup_trials, t.n_trials)} random" if t.sampler == "tpe" else t.sampler
+
+
+def write_ablation_report(spec: ProtocolSpec, outcomes: list[MethodOutcome], out_dir: Path) -> AblationReport:
+    frame = ablation.ablation_frame(spec, outcomes)
+    markdown = ablation.to_markdown(frame, spec.reference)
+    csv, md, tex = out_dir / "ablation.csv", out_dir / "ablation.md", out_dir / "ablation.tex"
+    frame.to_csv(csv, index=False)
+    legend = ablation.legend(spec)
+    write_atomic(md, f"# Ablation {spec.study}\n\n{markdown}\n\n{legend}\n")
+    write_atomic(tex, ablation.to_latex(frame, spec.reference, caption=legend))
+    forest = plot_forest(frame, out_dir / "forest.png", spec.reference, title=f"ablation {spec.study}")
+    return AblationReport(frame=frame, markdown=markdown + "\n\n" + legend, csv=csv, md=md, tex=tex, forest=forest)
 
 
 def write_protocol_report(out_dir: Path, storage: str) -> ProtocolReport:
     out_dir = Path(out_dir)
     spec = stored_spec(out_dir)
-    frame = protocol_frame(spec, stored_outcomes(spec, with_available_driver(storage), out_dir))
+    rdb = existing_storage(storage)
+    outcomes = stored_cell_outcomes(spec, rdb if rdb is not None else storage, out_dir)
+    frame = protocol_frame(spec, [o for o in outcomes if o.cell is None or o.cell.is_base])
     markdown = to_markdown(frame, spec.reference)
     csv, md, tex = out_dir / "protocol.csv", out_dir / "protocol.md", out_dir / "protocol.tex"
     frame.to_csv(csv, index=False)
     b = spec.bootstrap
     legend = (
-        f"{spec.tune.n_trials} tuning trials per method ({spec.tune.sampler}, validation {spec.tune.metric}); "
+        f"{spec.tune.n_trials} tuning trials per method ({_sampler(spec)}, validation {spec.tune.metric}); "
         f"seeds {list(spec.seeds)} for every method; test metrics mean ± std over seeds; Δ = paired bootstrap "
         f"{100 * b.confidence:.0f}% CI vs {spec.reference} ({b.resamples} resamples of test images with their "
         "captions, seeds pooled; * = excludes 0); costs: median [IQR] per image query over the first seed's "
         "repeats, × global / × floor = ratio to the pooled matmul / the all-token-pairs BLAS product timed alongside."
     )
-    _write(md, f"# Protocol {spec.study}\n\n{markdown}\n\n{legend}\n")
-    _write(tex, to_latex(frame, spec.reference, caption=f"{spec.study}: {legend}"))
+    write_atomic(md, f"# Protocol {spec.study}\n\n{markdown}\n\n{legend}\n")
+    write_atomic(tex, to_latex(frame, spec.reference, caption=f"{spec.study}: {legend}"))
     plot = plot_protocol(frame, out_dir / "tradeoff.png", title=f"protocol {spec.study}")
-    return ProtocolReport(frame=frame, markdown=markdown + "\n\n" + legend, csv=csv, md=md, tex=tex, plot=plot)
+    tuning = plot_tuning(tuning_curves(spec, rdb) if rdb is not None else {}, out_dir / "tuning.png", spec.tune.metric,
+                         title=f"tuning {spec.study}: {spec.tune.n_trials} trials per study ({_sampler(spec)})")  # fmt: skip
+    text = markdown + "\n\n" + legend
+    abl = write_ablation_report(spec, outcomes, out_dir) if spec.factors else None
+    if abl is not None:
+        text += "\n\n## Ablation\n\n" + abl.markdown
+    return ProtocolReport(frame=frame, markdown=text, csv=csv, md=md, tex=tex, plot=plot, tuning=tuning, ablation=abl)

@@ -37,3 +37,78 @@ def plot_protocol(frame: pd.DataFrame, path: Path, title: str = "") -> Path | No
         ax.set_xscale("log")
     return finish_figure(fig, ax, "scoring latency per image query, ms (median, IQR)",
                          "test RSUM (mean ± std over seeds)", title, path)  # fmt: skip
+
+
+def plot_forest(frame: pd.DataFrame, path: Path, reference: str, title: str = "") -> Path | None:
+    """The ablation's forest plot: one row per factor level × method; left, the change of test
+    RSUM against the method's base level; right, the difference to the reference at that level;
+    each a point with its paired-bootstrap interval, a vertical line at 0. None when nothing is
+    comparable yet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not len(frame):
+        return None
+    # the reference's base rows compare nothing; "= base" rows are the base runs again
+    shown = frame[(~frame["base_level"] | (frame["method"] != reference)) & ~frame["same_as_base"]]
+    shown = shown.reset_index(drop=True)
+    panels = (("base_d_rsum", "Δ test RSUM vs the method's base level"), ("ref_d_rsum", f"Δ test RSUM vs {reference}"))
+    if not any(np.isfinite(shown[key].astype(float)).any() for key, _ in panels):
+        return None
+    labels = [f"{r['factor']}={r['level']}  {r['method']}" for _, r in shown.iterrows()]
+    y = np.arange(len(shown))[::-1]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 1.2 + 0.32 * len(shown)), dpi=120, sharey=True)
+    for ax, (key, xlabel) in zip(axes, panels, strict=True):
+        est = shown[key].astype(float).to_numpy()
+        low, high = shown[f"{key}_low"].astype(float).to_numpy(), shown[f"{key}_high"].astype(float).to_numpy()
+        ci = np.isfinite(low) & np.isfinite(high)
+        sig = shown[f"{key}_significant"].astype(bool).to_numpy()
+        err = np.vstack([est - low, high - est])[:, ci]
+        ax.errorbar(est[ci], y[ci], xerr=np.clip(err, 0, None), fmt="none", ecolor="tab:gray", capsize=3)
+        for mask, color, label in ((ci & sig, "tab:red", "CI excludes 0"), (ci & ~sig, "tab:blue", "CI holds 0"),
+                                   (~ci & np.isfinite(est), "white", "no CI (< 2 seeds)")):  # fmt: skip
+            if mask.any():
+                ax.scatter(est[mask], y[mask], c=color, edgecolors="black", zorder=3, s=28, label=label)
+        ax.axvline(0.0, color="black", lw=1)
+        ax.set_xlabel(xlabel)
+        ax.grid(axis="x", alpha=0.3)
+    # a thin line between factors
+    factors = shown["factor"].tolist()
+    for i in range(1, len(factors)):
+        if factors[i] != factors[i - 1]:
+            for ax in axes:
+                ax.axhline(y[i] + 0.5, color="gray", lw=0.5, ls="--")
+    axes[0].set_yticks(y)
+    axes[0].set_yticklabels(labels, fontsize=8)
+    handles = {h.get_label(): h for ax in axes for h in ax.collections if not h.get_label().startswith("_")}
+    axes[1].legend(handles.values(), handles.keys(), loc="best", fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_tuning(curves: dict[str, list[tuple[int, float]]], path: Path, metric: str, title: str = "") -> Path | None:
+    """Best-so-far validation metric against trial number, one line per tuning study: a curve still
+    rising at its last trial says the budget was too small to trust the tuned config."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {k: v for k, v in curves.items() if v}
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    for label, points in curves.items():
+        numbers, values = zip(*points, strict=True)
+        ax.plot(np.asarray(numbers) + 1, np.maximum.accumulate(values), marker="o", ms=3, lw=1.2,
+                ls="-" if " " not in label else "--", drawstyle="steps-post", label=label)  # fmt: skip
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return finish_figure(fig, ax, "trial (in order of number)", f"best validation {metric} so far", title, path)

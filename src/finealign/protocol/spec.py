@@ -5,13 +5,20 @@ same sampler, the same number of trials and the same shared search space (plus i
 parameters), then its best configuration is retrained with the same seeds as every other method and
 tested once. `ProtocolSpec.from_dict` raises ConfigError naming the first bad key before anything
 runs.
+
+Factors (ablations): `factors: {NAME: {levels: {LEVEL: overrides, ...}, retune: bool, methods: [...]}}`.
+The first level is the base (the method's tuned config as is, so its overrides are empty); every
+other level's overrides are applied on top of the tuned config (or re-tuned with them when
+`retune: true`). A level may give one list for every method or `{METHOD: [...], default: [...]}`.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
+import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from finealign.checks import check_int
@@ -21,6 +28,10 @@ from finealign.sweeps.spec import ParamSpec, _unknown_keys, override_key
 TUNE_SAMPLERS = ("tpe", "random")
 # what a protocol fixes itself; a method or the file setting them would break the protocol
 RESERVED_KEYS = ("seed", "output_dir", "eval.split")
+#: factor and level names become directory and study names (`final/M/FACTOR=LEVEL/`)
+_NAME = re.compile(r"[A-Za-z0-9_]+")
+#: in a per-method level mapping, the overrides of every method not named
+DEFAULT_LEVEL_KEY = "default"
 
 
 def _int(value: Any, where: str, low: int) -> int:
@@ -55,6 +66,12 @@ def _params(raw: Any, where: str) -> tuple[ParamSpec, ...]:
     return params
 
 
+def _stored_params(raw: list[dict[str, Any]]) -> tuple[ParamSpec, ...]:
+    return tuple(
+        ParamSpec(**{**p, "values": tuple(p.get("values") or ()), "grid": tuple(p.get("grid") or ())}) for p in raw
+    )
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
@@ -76,12 +93,113 @@ class MethodSpec:
 
 
 @dataclass(frozen=True)
+class LevelSpec:
+    """One level of a factor: its overrides per method (`default`: every method not named)."""
+
+    name: str
+    overrides: dict[str, tuple[str, ...]]
+
+    def for_method(self, method: str) -> tuple[str, ...]:
+        return self.overrides.get(method, self.overrides.get(DEFAULT_LEVEL_KEY, ()))
+
+
+@dataclass(frozen=True)
+class FactorSpec:
+    """What an ablation varies: ordered levels (the first is the base), whether each non-base level
+    is tuned again with its own study, and which methods run it (empty: all)."""
+
+    name: str
+    levels: tuple[LevelSpec, ...]
+    retune: bool = False
+    methods: tuple[str, ...] = ()
+
+    ALLOWED = ("levels", "retune", "methods")
+
+    @property
+    def base(self) -> LevelSpec:
+        return self.levels[0]
+
+    def runs(self, method: str) -> bool:
+        return not self.methods or method in self.methods
+
+    def level(self, name: str) -> LevelSpec:
+        for level in self.levels:
+            if level.name == name:
+                return level
+        raise ConfigError(f"factor {self.name!r} has no level {name!r} ({', '.join(lv.name for lv in self.levels)})")
+
+    @classmethod
+    def from_raw(cls, name: str, raw: Any, methods: tuple[str, ...]) -> FactorSpec:
+        where = f"factors.{name}"
+        _check_name(name, "factor")
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where} must be a mapping with levels (and retune, methods), got {raw!r}")
+        _unknown_keys(raw, cls.ALLOWED, where)
+        retune = raw.get("retune", False)
+        if not isinstance(retune, bool):
+            raise ConfigError(f"{where}.retune must be true or false, got {retune!r}")
+        chosen = raw.get("methods")
+        if chosen is not None:
+            if not isinstance(chosen, (list, tuple)) or not chosen:
+                raise ConfigError(f"{where}.methods must be a non-empty list of method names, got {chosen!r}")
+            for m in chosen:
+                _known_method(str(m), methods, f"{where}.methods")
+            chosen = tuple(str(m) for m in chosen)
+        running = chosen or methods
+        levels_raw = raw.get("levels")
+        if not isinstance(levels_raw, Mapping) or len(levels_raw) < 2:
+            raise ConfigError(
+                f"{where}.levels must map at least two level names to overrides (the first is the base), "
+                f"got {levels_raw!r}"
+            )
+        levels = tuple(_level(str(k), v, running, f"{where}.levels.{k}") for k, v in levels_raw.items())
+        base = levels[0]
+        if any(base.for_method(m) for m in running):
+            raise ConfigError(
+                f"{where}.levels.{base.name}: the first level is the base (each method's tuned config as is), so "
+                "its overrides must be empty; put the level that changes something after it"
+            )
+        return cls(name=name, levels=levels, retune=retune, methods=chosen or ())
+
+
+def _check_name(name: str, what: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise ConfigError(f"{what} name {name!r} must be letters, digits and '_' (it names directories and studies)")
+
+
+def _known_method(name: str, methods: tuple[str, ...], where: str) -> None:
+    if name not in methods:
+        close = difflib.get_close_matches(name, methods, n=2, cutoff=0.5)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ConfigError(f"{where}: no method {name!r}{hint} (methods: {', '.join(methods)})")
+
+
+def _level(name: str, raw: Any, running: tuple[str, ...], where: str) -> LevelSpec:
+    _check_name(name, "level")
+    if raw is None or isinstance(raw, (list, tuple)):
+        return LevelSpec(name, {DEFAULT_LEVEL_KEY: _overrides(raw, where)})
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where} must be a list of overrides or {{METHOD: [...], default: [...]}}, got {raw!r}")
+    per: dict[str, tuple[str, ...]] = {}
+    for key, value in raw.items():
+        key = str(key)
+        if key != DEFAULT_LEVEL_KEY:
+            _known_method(key, running, where)
+        per[key] = _overrides(value, f"{where}.{key}")
+    missing = [m for m in running if m not in per] if DEFAULT_LEVEL_KEY not in per else []
+    if missing:
+        raise ConfigError(f"{where} gives no overrides for {', '.join(missing)}: name them or add default: [...]")
+    return LevelSpec(name, per)
+
+
+@dataclass(frozen=True)
 class TuneSpec:
     sampler: str = "tpe"
     n_trials: int = 8  # per method: the equal budget
     seed: int = 0  # every tuning trial of every method trains with this seed (paired)
     metric: str = "rsum"  # maximised on the validation split
     overrides: tuple[str, ...] = ()  # tuning only (e.g. a smaller validation gallery)
+    n_startup_trials: int = 10  # TPE: random trials before it models (Optuna's default)
 
 
 @dataclass(frozen=True)
@@ -108,10 +226,11 @@ class ProtocolSpec:
     objective: str | None = None  # "module:function" replacing compose + run_experiment (tests)
     bootstrap: BootstrapSpec = BootstrapSpec()
     heartbeat_s: int = 30
+    factors: tuple[FactorSpec, ...] = field(default=())  # ablations: see FactorSpec
 
     TOP_KEYS = (
         "study", "methods", "shared", "tune", "seeds", "reference", "overrides", "test", "costs", "experiment",
-        "objective", "bootstrap", "heartbeat_s",
+        "objective", "bootstrap", "heartbeat_s", "factors",
     )  # fmt: skip
 
     @classmethod
@@ -135,13 +254,14 @@ class ProtocolSpec:
                     f"methods.{m.name}.params {sorted(clash)} are shared params: tune them once, in shared"
                 )
         tune_raw = dict(raw.get("tune") or {})
-        _unknown_keys(tune_raw, ("sampler", "n_trials", "seed", "metric", "overrides"), "tune")
+        _unknown_keys(tune_raw, ("sampler", "n_trials", "seed", "metric", "overrides", "n_startup_trials"), "tune")
         tune = TuneSpec(
             sampler=tune_raw.get("sampler", "tpe"),
             n_trials=_int(tune_raw.get("n_trials", 8), "tune.n_trials", 1),
             seed=_int(tune_raw.get("seed", 0), "tune.seed", 0),
             metric=str(tune_raw.get("metric", "rsum")),
             overrides=_overrides(tune_raw.get("overrides"), "tune.overrides"),
+            n_startup_trials=_int(tune_raw.get("n_startup_trials", 10), "tune.n_startup_trials", 0),
         )
         if tune.sampler not in TUNE_SAMPLERS:
             raise ConfigError(f"tune.sampler must be one of {', '.join(TUNE_SAMPLERS)}, got {tune.sampler!r}")
@@ -173,13 +293,17 @@ class ProtocolSpec:
         objective = raw.get("objective")
         if objective is not None and (not isinstance(objective, str) or ":" not in objective):
             raise ConfigError(f"objective must be 'module:function' or null, got {objective!r}")
+        factors_raw = raw.get("factors") or {}
+        if not isinstance(factors_raw, Mapping):
+            raise ConfigError(f"factors must map factor names to {{levels: ...}}, got {factors_raw!r}")
+        factors = tuple(FactorSpec.from_raw(str(k), v, tuple(names)) for k, v in factors_raw.items())
         return cls(
             study=study, methods=methods, shared=shared, tune=tune, seeds=seeds, reference=reference,
             overrides=_overrides(raw.get("overrides"), "overrides"),
             test_overrides=_overrides(test_raw.get("overrides"), "test.overrides"),
             cost_overrides=_overrides(costs_raw.get("overrides"), "costs.overrides"),
             experiment=str(raw.get("experiment", "config")), objective=objective, bootstrap=boot,
-            heartbeat_s=_int(raw.get("heartbeat_s", 30), "heartbeat_s", 1),
+            heartbeat_s=_int(raw.get("heartbeat_s", 30), "heartbeat_s", 1), factors=factors,
         )  # fmt: skip
 
     def method(self, name: str) -> MethodSpec:
@@ -187,6 +311,37 @@ class ProtocolSpec:
             if m.name == name:
                 return m
         raise ConfigError(f"no method {name!r} in protocol {self.study!r} ({', '.join(m.name for m in self.methods)})")
+
+    @classmethod
+    def from_record(cls, d: Mapping[str, Any]) -> ProtocolSpec:
+        """The spec from its JSON record (protocol.json's "spec", i.e. `to_dict()`). A record
+        written before a key existed gets what that version did: no factors, and TPE's start-up
+        count of then (a quarter of the budget, 2 to 10)."""
+        tune = dict(d["tune"])
+        tune.setdefault("n_startup_trials", min(10, max(2, int(tune["n_trials"]) // 4)))
+        return cls(
+            study=d["study"],
+            methods=tuple(MethodSpec(m["name"], tuple(m["overrides"]), _stored_params(m["params"]))
+                          for m in d["methods"]),
+            shared=_stored_params(d["shared"]),
+            tune=TuneSpec(**{**tune, "overrides": tuple(tune["overrides"])}),
+            seeds=tuple(d["seeds"]), reference=d["reference"], overrides=tuple(d["overrides"]),
+            test_overrides=tuple(d["test_overrides"]), cost_overrides=tuple(d["cost_overrides"]),
+            experiment=d["experiment"], objective=d["objective"], bootstrap=BootstrapSpec(**d["bootstrap"]),
+            heartbeat_s=d["heartbeat_s"],
+            factors=tuple(
+                FactorSpec(f["name"], tuple(LevelSpec(lv["name"], {k: tuple(v) for k, v in lv["overrides"].items()})
+                                            for lv in f["levels"]), f["retune"], tuple(f["methods"]))
+                for f in d.get("factors", ())
+            ),
+        )  # fmt: skip
+
+    def factor(self, name: str) -> FactorSpec:
+        for f in self.factors:
+            if f.name == name:
+                return f
+        known = ", ".join(f.name for f in self.factors) or "none"
+        raise ConfigError(f"no factor {name!r} in protocol {self.study!r} (factors: {known})")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
