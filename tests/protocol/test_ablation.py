@@ -222,3 +222,32 @@ def test_a_protocol_json_from_before_factors_resumes_or_names_what_differs(tmp_p
         _check_same_protocol(tmp_path, spec, ())  # then TPE started with 8 // 4 = 2 random trials
     _check_same_protocol(tmp_path, dataclasses.replace(spec, tune=dataclasses.replace(spec.tune, n_startup_trials=2)),
                          ())  # fmt: skip
+
+
+def test_factors_may_grow_but_not_change():
+    from finealign.protocol.run import _growth_problems
+
+    level = lambda name, o=(): {"name": name, "overrides": {"default": list(o)}}  # noqa: E731
+    factor = lambda levels, methods=(), retune=False: {  # noqa: E731
+        "name": "head",
+        "levels": levels,
+        "retune": retune,
+        "methods": list(methods),
+    }
+    base = {
+        "study": "s",
+        "methods": [{"name": "global"}],
+        "factors": [factor([level("mlp"), level("tf", ["x=1"])], ["global"])],
+    }
+    grown = {**base, "methods": [{"name": "global"}, {"name": "hard"}],
+             "factors": [factor([level("mlp"), level("tf", ["x=1"]), level("new", ["x=2"])], ["global", "hard"]),
+                         factor([level("a"), level("b", ["y=1"])]) | {"name": "other"}]}  # fmt: skip
+    assert _growth_problems(base, grown) == []
+    changed_level = {**base, "factors": [factor([level("mlp"), level("tf", ["x=2"])], ["global"])]}
+    assert _growth_problems(base, changed_level) == [
+        "spec.factors.head.levels (only new levels at the end may be added)"
+    ]
+    fewer = {**base, "factors": [factor([level("mlp"), level("tf", ["x=1"])], ["hard"])]}
+    assert "methods may be added" in _growth_problems(base, fewer)[0]
+    assert _growth_problems(base, {**base, "factors": []}) == ["spec.factors.head (removed)"]
+    assert _growth_problems(base, {**base, "study": "t"}) == ["spec.study"]

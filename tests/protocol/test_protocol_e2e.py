@@ -84,15 +84,34 @@ def test_protocol_end_to_end(protocol, tmp_path, monkeypatch):
     assert calls == []  # the broken method's failed trials count against its budget too
 
 
-def test_a_different_protocol_in_the_same_directory_is_refused(protocol, tmp_path):
+def test_a_protocol_may_grow_but_not_change_in_the_same_directory(protocol, tmp_path):
     spec, extra = protocol
     out, storage = tmp_path / "bench", default_storage(spec.study, tmp_path)
     calls = []
     fake = lambda overrides, report: calls.append(overrides) or {"rsum": 1.0}  # noqa: E731
-    run_protocol(dataclasses.replace(spec, methods=spec.methods[:1]), extra, storage=storage, out_dir=out,
-                 objective=fake, progress=False)  # fmt: skip
-    with pytest.raises(ConfigError, match="another spec"):
-        run_protocol(spec, extra, storage=storage, out_dir=out, objective=fake, progress=False)
+    first = dataclasses.replace(spec, methods=spec.methods[:1])
+    run_protocol(first, extra, storage=storage, out_dir=out, objective=fake, progress=False)
+    done = len(calls)
+    # more methods: the first method's tuning is kept, the new ones are tuned (the fake writes no
+    # results.json, so every final runs again; tests above show finished finals are kept)
+    run_protocol(spec, extra, storage=storage, out_dir=out, objective=fake, progress=False)
+    tuned = [" ".join(c) for c in calls[done:] if "eval.split=val" in c]
+    assert tuned and not any(f"aligner={spec.methods[0].name}" in c for c in tuned)
+    record = json.loads((out / "protocol.json").read_text())
+    assert len(record["spec"]["methods"]) == len(spec.methods) and len(record["earlier"]) == 1
+    # what earlier work depends on may not change: the budget, a method's definition, a removal
+    for changed, what in (
+        (dataclasses.replace(spec, tune=dataclasses.replace(spec.tune, n_trials=spec.tune.n_trials + 1)), "n_trials"),
+        (
+            dataclasses.replace(
+                spec, methods=(dataclasses.replace(spec.methods[0], overrides=("aligner=hard",)), *spec.methods[1:])
+            ),
+            "overrides",
+        ),  # fmt: skip
+        (dataclasses.replace(spec, methods=spec.methods[1:]), "removed"),
+    ):
+        with pytest.raises(ConfigError, match=f"another spec.*{what}"):
+            run_protocol(changed, extra, storage=storage, out_dir=out, objective=fake, progress=False)
 
 
 def test_same_seed_same_initialisation_and_batch_order_across_aligners(tmp_path):

@@ -154,21 +154,59 @@ def _differences(a: Any, b: Any, where: str = "") -> list[str]:
     return [] if a == b else [where.lstrip(".") or "(spec)"]
 
 
+def _by_name(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in entries}
+
+
+def _growth_problems(stored: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What a resumed protocol changed that earlier work depends on. A protocol may grow — new
+    methods, new factors, new levels at the end of a factor, more methods running a factor — and
+    keeps what it has done; anything else that differs is listed (dotted paths)."""
+    fixed = lambda spec: {k: v for k, v in spec.items() if k not in ("methods", "factors")}  # noqa: E731
+    problems = _differences(fixed(stored), fixed(new), "spec")
+    new_methods = _by_name(new["methods"])
+    for name, method in _by_name(stored["methods"]).items():
+        if name not in new_methods:
+            problems.append(f"spec.methods.{name} (removed)")
+        else:
+            problems += _differences(method, new_methods[name], f"spec.methods.{name}")
+    new_factors = _by_name(new.get("factors") or [])
+    for name, factor in _by_name(stored.get("factors") or []).items():
+        grown = new_factors.get(name)
+        if grown is None:
+            problems.append(f"spec.factors.{name} (removed)")
+            continue
+        where = f"spec.factors.{name}"
+        problems += _differences(factor["retune"], grown["retune"], f"{where}.retune")
+        if grown["levels"][: len(factor["levels"])] != factor["levels"]:
+            problems.append(f"{where}.levels (only new levels at the end may be added)")
+        if factor["methods"] and not set(factor["methods"]) <= set(grown["methods"] or new_methods):
+            problems.append(f"{where}.methods (methods may be added, not removed)")
+    return problems
+
+
 def _check_same_protocol(out: Path, spec: ProtocolSpec, extra: tuple[str, ...]) -> None:
-    """A resumed protocol must be the same protocol: refuse to mix two into one directory. The
-    stored spec is read back with today's defaults (a protocol.json written before a key existed
-    resumes when the key keeps its default)."""
+    """A resumed protocol must be the same protocol, or the same one grown (`_growth_problems`):
+    refuse to mix two into one directory. The stored spec is read back with today's defaults (a
+    protocol.json written before a key existed resumes when the key keeps its default). A grown
+    spec replaces the stored one; the record keeps when and from which commit each version started."""
     path = out / SPEC_FILE
     record = {"spec": spec_record(spec), "overrides": list(extra)}
     if path.is_file():
         stored = json.loads(path.read_text())
-        now = {"spec": spec_record(ProtocolSpec.from_record(stored["spec"])), "overrides": stored.get("overrides")}
-        differ = _differences(now, record)
+        now = spec_record(ProtocolSpec.from_record(stored["spec"]))
+        differ = _differences(stored.get("overrides"), record["overrides"], "overrides")
+        differ += _growth_problems(now, record["spec"])
         if differ:
             raise ConfigError(
                 f"{out} holds protocol {stored['spec'].get('study')!r} with another spec or overrides (differs in "
-                f"{', '.join(differ[:6])}); resume it with the same command, or pick another --out / study name"
+                f"{', '.join(differ[:6])}); resume it with the same command (methods, factors and new levels may "
+                "be added), or pick another --out / study name"
             )
+        if now != record["spec"]:
+            versions = [*stored.get("earlier", []), {"spec": stored["spec"], "provenance": stored.get("provenance")}]
+            grown = {**record, "provenance": provenance(), "earlier": versions}
+            write_atomic(path, json.dumps(grown, indent=2, default=str))
         return
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps({**record, "provenance": provenance()}, indent=2, default=str))
