@@ -26,7 +26,18 @@ from finealign.tokens import TokenBatch
 from tests.aligners.reference import real_tokens
 from tests.conftest import random_batch
 
-PRESETS = ["chan", "chan_lse", "tgdt", "tokenflow", "drl_ti", "drl_wti", "scan", "clip_global"]
+PRESETS = [
+    "chan",
+    "chan_lse",
+    "chan_lse_sum",
+    "tgdt",
+    "tgdt_mean",
+    "tokenflow",
+    "drl_ti",
+    "drl_wti",
+    "scan",
+    "clip_global",
+]
 DIM = 8
 
 
@@ -118,7 +129,7 @@ def chan_pair(v, t, i, j, pooling: str, beta=0.1) -> float:
     return math.log(sum(math.exp(s / beta) for s in best))
 
 
-@pytest.mark.parametrize(("name", "pooling"), [("chan", "mean"), ("chan_lse", "lse")])
+@pytest.mark.parametrize(("name", "pooling"), [("chan", "mean"), ("chan_lse", "lse"), ("chan_lse_sum", "lse")])
 def test_chan_score_and_loss_equal_the_original(gen, name, pooling):
     aligner, loss, spec = preset(name)
     assert spec.train.batch_size == (128 if name == "chan" else 384)  # BERT / GRU recipe
@@ -127,26 +138,30 @@ def test_chan_score_and_loss_equal_the_original(gen, name, pooling):
     ref = matrix(v, t, lambda i, j: chan_pair(v, t, i, j, pooling))
     torch.testing.assert_close(got, ref, atol=1e-9, rtol=1e-9)
     positives = torch.eye(5, dtype=torch.bool)
-    for epoch, hardest in ((0, False), (1, True)):  # vse_mean_warmup_epochs = 1
+    for epoch, hardest in ((0, False), (1, True)):  # vse_mean_warmup_epochs = 1 (the _sum variant: never)
         loss.set_epoch(epoch)
+        hardest = hardest and name != "chan_lse_sum"
         assert float(loss(ref, positives)) == pytest.approx(vse_loss(ref, 0.05, hardest), rel=1e-6)
 
 
 # -- TGDT ------------------------------------------------------------------------------------
 
 
-def tgdt_local(v, t, i, j) -> float:
+def tgdt_local(v, t, i, j, mean: bool = False) -> float:
     """AlignmentContrastiveLoss: padded pairs filled with 0, max over regions, sum over words, ×10
-    (models/loss.py; its dropping of CLS/EOS tokens is the encoder's business here)."""
+    (models/loss.py; its dropping of CLS/EOS tokens is the encoder's business here). `mean`: the
+    tgdt_mean variant's mean over words instead."""
     regions, words = real_tokens(v, i), real_tokens(t, j)
-    return 10.0 * sum(max(float(w @ r) for r in regions) for w in words)
+    best = [max(float(w @ r) for r in regions) for w in words]
+    return sum(best) / len(best) if mean else 10.0 * sum(best)
 
 
-def test_tgdt_scores_loss_and_two_stage_inference_equal_the_original(gen):
-    aligner, loss, _ = preset("tgdt", "aligner.top_k_i2t=2", "aligner.top_k_t2i=3")
+@pytest.mark.parametrize("name", ["tgdt", "tgdt_mean"])
+def test_tgdt_scores_loss_and_two_stage_inference_equal_the_original(gen, name):
+    aligner, loss, _ = preset(name, "aligner.top_k_i2t=2", "aligner.top_k_t2i=3")
     v, t = batches(gen, 6, 6, full_visual=True)  # BUTD images: every region real
     glob = matrix(v, t, lambda i, j: cos(v.pooled[i].double(), t.pooled[j].double()))
-    local = matrix(v, t, lambda i, j: tgdt_local(v, t, i, j))
+    local = matrix(v, t, lambda i, j: tgdt_local(v, t, i, j, mean=name == "tgdt_mean"))
     aligner.train()
     torch.testing.assert_close(aligner(v, t), local, atol=1e-9, rtol=1e-9)  # the local branch trains alone
     aligner.eval()

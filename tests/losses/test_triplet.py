@@ -25,6 +25,11 @@ def test_triplet_warmup_sums_then_takes_hardest():
     assert float(loss(sim, pos)) == pytest.approx(0.30, abs=1e-6)
     loss.set_epoch(1)  # hardest negative only: pair (0,0) keeps 0.15, pair (2,2) keeps 0.05
     assert float(loss(sim, pos)) == pytest.approx(0.20, abs=1e-6)
+    summed = create_loss("triplet", margin=0.2, warmup_epochs=1, reduction="sum", negatives="sum")
+    summed.set_epoch(5)  # VSE0: every negative in every epoch, the warm-up's value
+    assert float(summed(sim, pos)) == pytest.approx(0.30, abs=1e-6)
+    with pytest.raises(ConfigError, match="negatives must be"):
+        create_loss("triplet", negatives="all")
 
 
 @pytest.mark.parametrize("hardest", [False, True])

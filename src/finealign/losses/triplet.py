@@ -20,6 +20,9 @@ class TripletConfig:
     # switching to the hardest negative: the hardest-only loss can collapse from a random start.
     warmup_epochs: int = 1
     reduction: str = "mean"  # mean | sum over positive pairs (VSE++ sums over the batch)
+    # hardest: every negative during warm-up, then the hardest (VSE++); sum: every negative in every
+    # epoch (VSE0) — the hardest-negative hinge can collapse the embeddings (docs/methods.md)
+    negatives: str = "hardest"
 
     def __post_init__(self) -> None:
         if not isinstance(self.margin, (int, float)) or self.margin < 0:
@@ -27,6 +30,8 @@ class TripletConfig:
         check_int("warmup_epochs", self.warmup_epochs, low=0)
         if self.reduction not in ("mean", "sum"):
             raise ConfigError(f"reduction must be 'mean' or 'sum', got {self.reduction!r}")
+        if self.negatives not in ("hardest", "sum"):
+            raise ConfigError(f"negatives must be 'hardest' or 'sum', got {self.negatives!r}")
 
 
 @LOSSES.register("triplet")
@@ -37,7 +42,7 @@ class TripletLoss(Loss[TripletConfig]):
 
     @property
     def hardest(self) -> bool:
-        return self.epoch >= self.config.warmup_epochs
+        return self.config.negatives == "hardest" and self.epoch >= self.config.warmup_epochs
 
     def forward(self, sim: Tensor, positives: Tensor, extras: Mapping[str, Tensor] | None = None) -> Tensor:
         check_similarity(sim, positives)
