@@ -76,6 +76,9 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, path in paths.items():  # interleaved: load changes on a shared machine hit both
                 runs[name].append(one_run(*path))
+                done = runs[name][-1]
+                print(f"  {threads} thread(s) {name}: epoch {done['epoch_s']:.2f} s, test encode {done['encode_test_s']:.2f} s",
+                      flush=True)  # fmt: skip
         for name, measured in runs.items():
             rows.append({
                 "threads": threads, "path": name, "steps": measured[0]["steps"],
