@@ -13,7 +13,9 @@ def make_tiny_bert(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    # positional: `vocab_file` in transformers 4, `vocab` in 5 (which ignores a `vocab_file=` keyword:
+    # every word would become [UNK])
+    BertTokenizerFast(str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
     config = BertConfig(
         vocab_size=len(vocab),
         hidden_size=16,
@@ -69,3 +71,20 @@ def register_tiny_openclip(folder: Path, bert_dir: Path | None = None) -> list[s
         (folder / f"{name}.json").write_text(json.dumps(config))
     open_clip.add_model_config(folder)
     return list(configs)
+
+
+def make_random_mobilenet(path: Path, seed: int = 0) -> Path:
+    """A randomly initialised torchvision MobileNetV2 checkpoint (what `checkpoint_path=` loads),
+    with non-trivial BatchNorm statistics so that eval-mode BatchNorm is not the identity."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = torchvision.models.mobilenet_v2()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path

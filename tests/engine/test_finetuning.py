@@ -197,3 +197,119 @@ def test_open_clip_towers_switch_on_grad_checkpointing_with_the_same_gradients(c
         assert scales["backbone.transformer.resblocks.0.attn.in_proj_weight"] == 0.5
         assert scales["backbone.conv1.weight"] == scales["backbone.positional_embedding"] == 0.25
         assert scales["backbone.ln_post.weight"] == scales["backbone.proj"] == 1.0
+
+
+def test_a_backbone_frozen_by_the_train_config_stays_in_eval_mode():
+    """freeze_backbone / backbone_lr 0 freeze as `freeze: true` does: no gradients and eval mode,
+    so BatchNorm statistics and dropout do not move features that are meant to be fixed."""
+    for cfg in (TrainConfig(freeze_backbone=True), TrainConfig(backbone_lr=0.0)):
+        model, loss = model_and_loss()
+        build_optimizer(model, loss, cfg)
+        model.train()
+        assert model.vision.frozen and not model.vision.backbone.training and model.vision.head.training
+        assert not any(p.requires_grad for p in model.backbone_parameters())
+
+
+def test_layer_decay_counts_each_towers_depth_from_its_own_top_block():
+    model, loss = model_and_loss()
+    model.text.backbone.blocks = nn.Sequential(*[nn.Linear(4, 4) for _ in range(4)])  # deeper than vision's 2
+    opt = build_optimizer(model, loss, TrainConfig(backbone_lr=1e-4, layer_decay=0.5))
+    scale = {id(p): g["lr"] / 1e-4 for g in opt.param_groups if g["name"].startswith("backbone") for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert scale[id(named["vision.backbone.blocks.1.weight"])] == scale[id(named["text.backbone.blocks.3.weight"])] == 1
+    assert (
+        scale[id(named["text.backbone.blocks.0.weight"])] == 0.125
+        and scale[id(named["vision.backbone.embed.weight"])] == 0.25
+    )
+
+
+# ---- end to end through a staged cache: the tail of MobileNetV2 / a tiny BERT is the backbone ----
+
+
+@pytest.fixture(scope="module")
+def staged_data(tmp_path_factory):
+    pytest.importorskip("torchvision")
+    from tests.data.fake_karpathy import make_fake_karpathy
+    from tests.encoders.tiny_models import make_random_mobilenet, make_tiny_bert
+
+    return {
+        "root": make_fake_karpathy(tmp_path_factory.mktemp("data") / "flickr8k"),
+        "mobilenet": make_random_mobilenet(tmp_path_factory.mktemp("weights") / "mobilenet.pth"),
+        "bert": make_tiny_bert(tmp_path_factory.mktemp("bert")),
+        "cache": tmp_path_factory.mktemp("cache"),
+    }
+
+
+def staged_overrides(data, out, *extra):
+    return [
+        "data=flickr8k_staged", "encoder=cached_staged", f"data.dataset_options.root={data['root']}",
+        f"data.cache_dir={data['cache']}", "data.batch_size=8", f"data.vision_options.checkpoint_path={data['mobilenet']}",
+        "data.vision_options.image_size=64", "data.text=hf_text", f"data.text_options.model_name_or_path={data['bert']}",
+        "data.text_options.pooling=mean", "encoder.embed_dim=16", "encoder.vision.dropout=0", "encoder.text.dropout=0",
+        "aligner=mean_max", "loss=infonce", f"output_dir={out}", "device=cpu", "train.progress=false",
+        "eval.progress=false", "train.num_workers=0", "train.epochs=1", "train.eval_every=0", "train.batch_size=64",
+        "train.warmup_steps=0", "train.schedule=constant", "train.weight_decay=0", "train.grad_clip=0",
+        "train.tensorboard=false", "train.lr=1e-2", *extra,
+    ]  # fmt: skip
+
+
+def test_one_epoch_on_a_staged_cache_trains_the_tail_at_the_backbone_lr(staged_data, tmp_path, monkeypatch):
+    """One epoch = one AdamW step (10 training captions, batch 64): every weight of both tails moves
+    by backbone_lr (BatchNorm statistics stay), the heads by lr; frozen, the tails do not move."""
+    from finealign.config import compose
+    from finealign.engine import experiment
+
+    built = []
+
+    def build_and_remember(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        built.append(({n: t.detach().clone() for n, t in model.state_dict().items()}, model))
+        return model
+
+    build_model = experiment.build_model
+    monkeypatch.setattr(experiment, "build_model", build_and_remember)
+    moved = {}
+    for name, extra in (("trained", ["train.backbone_lr=1e-4"]), ("frozen", ["train.freeze_backbone=true"])):
+        out = tmp_path / name
+        result = experiment.run_experiment(compose(overrides=staged_overrides(staged_data, out, *extra)))
+        assert result["steps"] == 1 and result["rsum"] > 0
+        start, model = built[-1]
+        trained = load_checkpoint(out / "model.pt")["model"]
+        moved[name] = {n: float((trained[n].float() - start[n].float()).abs().max()) for n in start}
+        backbone = {n for n, p in model.named_parameters() if id(p) in {id(q) for q in model.backbone_parameters()}}
+    assert {n.split(".")[2] for n in backbone} == {"blocks", "layer"}  # MobileNetV2 blocks 17-18, BERT layer 0
+    assert any(n.startswith("vision.backbone.blocks.17.") for n in backbone)
+    for n in backbone:
+        assert moved["frozen"][n] == 0.0, n
+        if n.endswith("attention.self.key.bias"):  # softmax ignores a per-query shift: its gradient is 0
+            continue
+        assert moved["trained"][n] == pytest.approx(1e-4, rel=1e-3), n
+    stats = [n for n in moved["trained"] if n.endswith(("running_mean", "running_var"))]
+    assert stats and all(moved["trained"][n] == 0.0 for n in stats)  # BatchNorm keeps its statistics
+    for n in ("vision.proj.0.weight", "text.proj.3.weight"):
+        assert moved["trained"][n] == pytest.approx(1e-2, rel=1e-3) and moved["frozen"][n] == pytest.approx(
+            1e-2, rel=1e-3
+        )
+
+
+def test_staged_tails_follow_the_unfreeze_schedule_and_layer_decay(staged_data):
+    from finealign.config import compose, validate
+    from finealign.engine.model import build_model
+    from finealign.registry import create_dataset
+
+    spec = validate(compose(overrides=staged_overrides(staged_data, "unused")))
+    model = build_model(spec, create_dataset(spec.data[0], **spec.data[1]).split("test").meta)
+    cfg = TrainConfig(backbone_lr=1e-4, unfreeze_backbone_epoch=1, layer_decay=0.5)
+    opt = build_optimizer(model, create_loss("infonce"), cfg)
+    lr = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert (
+        lr[id(named["vision.backbone.blocks.18.0.weight"])]
+        == lr[id(named["text.backbone.layer.0.output.dense.weight"])]
+        == 1e-4
+    )
+    assert lr[id(named["vision.backbone.blocks.17.conv.0.0.weight"])] == 5e-5
+    assert apply_backbone_schedule(model, cfg, 0) is False and model.vision.frozen and model.text.frozen
+    model.train()
+    assert not model.vision.backbone.training and not any(p.requires_grad for p in model.backbone_parameters())
+    assert apply_backbone_schedule(model, cfg, 1) is True and all(p.requires_grad for p in model.backbone_parameters())

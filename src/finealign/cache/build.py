@@ -49,9 +49,22 @@ def _options_of(component: Any, given: dict[str, Any]) -> dict[str, Any]:
     return dict(given)
 
 
-def _encoder_identity(name: str, encoder: Any, given: dict[str, Any]) -> dict[str, Any]:
+def _encoder_identity(name: str, encoder: Any, given: dict[str, Any], stage: str | None = None) -> dict[str, Any]:
+    """What the features depend on. "stage" is there only for a staged entry, so an unstaged
+    entry's key is what it was before stages existed."""
     weights = getattr(encoder, "weights_identity", None)
-    return {"name": name, "options": _options_of(encoder, given), "weights": weights() if weights else {}}
+    identity = {"name": name, "options": _options_of(encoder, given), "weights": weights() if weights else {}}
+    return {**identity, "stage": stage} if stage else identity
+
+
+def _staged(encoder: Any, stage: str | None) -> tuple[Any, str | None]:
+    """(what to run, the stage's canonical name): the encoder cut at `stage`, or itself."""
+    if stage is None:
+        return encoder, None
+    from finealign.encoders.stages import StemEncoder  # encoders import data, which imports the cache
+
+    stem = StemEncoder(encoder, stage)
+    return stem, stem.stage
 
 
 def _dataset_identity(name: str, dataset: Any, given: dict[str, Any]) -> dict[str, Any]:
@@ -114,24 +127,29 @@ def build_feature_cache(
     device: str | torch.device = "cpu",
     num_workers: int = 0,
     verify: bool = False,
+    vision_stage: str | None = None,
+    text_stage: str | None = None,
 ) -> Path:
     """Encode one split once and return its cache entry folder (reused when already complete, not
     damaged and built from the same image files; `verify`: the full check of `verify_entry`, with
-    checksums, before reusing — what `finealign cache` does)."""
+    checksums, before reusing — what `finealign cache` does). `vision_stage` / `text_stage` stop
+    that backbone at a named stage (encoders.stages)."""
     check_positive_int("batch_size", batch_size)
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     device = torch.device(device)
     dataset_options = dict(dataset_options or {})
     dataset = create_dataset(dataset_name, **dataset_options)
     data = dataset.split(split)
-    vision = create_encoder(vision_name, **_raw_options(vision_options))
-    text = create_encoder(text_name, **_raw_options(text_options))
+    vision_encoder = create_encoder(vision_name, **_raw_options(vision_options))
+    text_encoder = create_encoder(text_name, **_raw_options(text_options))
+    vision, vision_stage = _staged(vision_encoder, vision_stage)
+    text, text_stage = _staged(text_encoder, text_stage)
     identity: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "dataset": _dataset_identity(dataset_name, dataset, dataset_options),
         "split": split,
-        "vision": _encoder_identity(vision_name, vision, vision_options or {}),
-        "text": _encoder_identity(text_name, text, text_options or {}),
+        "vision": _encoder_identity(vision_name, vision_encoder, vision_options or {}, vision_stage),
+        "text": _encoder_identity(text_name, text_encoder, text_options or {}, text_stage),
     }
     key = cache_key(identity)
     entry = cache_dir / key

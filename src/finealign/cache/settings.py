@@ -22,6 +22,10 @@ class FeatureSource:
     vision_options: dict[str, Any] = field(default_factory=dict)  # checked by the encoder's Config
     text: str = "minilm"
     text_options: dict[str, Any] = field(default_factory=dict)
+    # Stop a backbone at a named stage (encoders.stages: last_block, features.17, last_layer, layer.5,
+    # ...): the entry holds that stage's activations for the `staged` encoder. null: final features.
+    vision_stage: str | None = None
+    text_stage: str | None = None
     cache_dir: str | None = None  # null: $FINEALIGN_CACHE/features, else <repo>/.cache/finealign/features
     batch_size: int = 64
     device: str = "cpu"
@@ -31,6 +35,13 @@ class FeatureSource:
             if not isinstance(getattr(self, key), dict):
                 raise ConfigError(f"{key} must be a mapping of options, got {getattr(self, key)!r}")
         check_positive_int("batch_size", self.batch_size)
+        from finealign.encoders.stages import check_stage_name  # the encoder classes: only when checked
+
+        for side in ("vision", "text"):
+            try:
+                check_stage_name(getattr(self, side), getattr(self, f"{side}_stage"))
+            except ConfigError as exc:
+                raise ConfigError(f"{side}_stage: {exc}") from exc
 
     def entry(self, split: str, *, num_workers: int = 0, verify: bool = False) -> Path:
         """This split's cache entry: built once, then reused (`cache.build.build_feature_cache`;
@@ -42,6 +53,7 @@ class FeatureSource:
             self.vision, dict(self.vision_options), self.text, dict(self.text_options),
             cache_dir=self.cache_dir, batch_size=self.batch_size, device=self.device, num_workers=num_workers,
             verify=verify,
+            vision_stage=self.vision_stage, text_stage=self.text_stage,
         )  # fmt: skip
 
 

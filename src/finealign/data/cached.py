@@ -9,16 +9,19 @@ captions), e.g. the 3,000-image training budget of the Flickr8k baseline.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import cast
 
-import numpy as np
+import torch
 
 from finealign.cache.settings import FeatureSource
-from finealign.checks import check_int
+from finealign.checks import check_choice, check_int
 from finealign.data.base import ConfiguredSplits, RetrievalSplit
 from finealign.data.features import FeatureRows, load_feature_cache
-from finealign.registry import DATASETS
+from finealign.data.words import TEXT_TOKENS, text_encoder_config, words_only
+from finealign.errors import DataError
+from finealign.registry import DATASETS, create_dataset
 
 
 @dataclass
@@ -27,11 +30,16 @@ class CachedConfig(FeatureSource):
 
     splits: list[str] = field(default_factory=lambda: ["train", "val", "test"])
     max_items: dict[str, int] = field(default_factory=dict)  # split → first N images (0/absent: all)
+    # which caption positions the aligners see: all real tokens, or words only (data.words)
+    text_tokens: str = "all"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for split, n in dict(self.max_items).items():
             check_int(f"max_items.{split}", n, low=0)
+        check_choice("text_tokens", self.text_tokens, TEXT_TOKENS)
+        if self.text_tokens == "words":
+            text_encoder_config(self.text, {})  # a Hugging Face text encoder, or a ConfigError now
 
 
 def first_items(split: RetrievalSplit, n: int) -> RetrievalSplit:
@@ -43,12 +51,8 @@ def first_items(split: RetrievalSplit, n: int) -> RetrievalSplit:
     keep = (split.caption_item < n).nonzero().flatten().numpy()
     return RetrievalSplit(
         name=split.name,
-        items=FeatureRows(items.tokens[:n], items.mask[:n], None if items.pooled is None else items.pooled[:n]),
-        captions=FeatureRows(
-            np.asarray(captions.tokens[keep]),
-            np.asarray(captions.mask[keep]),
-            None if captions.pooled is None else np.asarray(captions.pooled[keep]),
-        ),
+        items=items.take(slice(0, n)),
+        captions=captions.take(keep),
         caption_item=split.caption_item[keep],
         meta={**split.meta, "num_items": n, "num_captions": len(keep), "first_items": n},
     )
@@ -67,4 +71,21 @@ class CachedFeatureDataset(ConfiguredSplits[CachedConfig]):
         self.require_split(name)
         c = self.config
         entry = c.entry(name)
-        return first_items(load_feature_cache(entry, name), int(dict(c.max_items).get(name, 0) or 0))
+        split = load_feature_cache(entry, name)
+        if c.text_tokens == "words":
+            split = self._words_only(split)
+        return first_items(split, int(dict(c.max_items).get(name, 0) or 0))
+
+    def _words_only(self, split: RetrievalSplit) -> RetrievalSplit:
+        """The split with the captions' aligner mask cut to their words (data.words)."""
+        c, text = self.config, split.meta["text"]
+        raw = create_dataset(c.dataset, **c.dataset_options).split(split.name)
+        if not torch.equal(raw.caption_item, split.caption_item):
+            raise DataError(
+                f"{split.meta.get('path')}: its captions are not the dataset's {c.dataset}/{split.name} captions"
+            )
+        captions = words_only(
+            cast(FeatureRows, split.captions), list(raw.captions), text["name"], text["options"],
+            staged=bool(text.get("stage")), where=f"{c.dataset}/{split.name} (text_tokens=words)",
+        )  # fmt: skip
+        return dataclasses.replace(split, captions=captions, meta={**split.meta, "text_tokens": "words"})

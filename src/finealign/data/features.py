@@ -36,15 +36,28 @@ from finealign.registry import DATASETS
 class FeatureRows(Sequence):
     """Lazy per-item view of (tokens, mask, pooled) arrays: row i is a dict of numpy arrays.
 
-    This is what the `precomputed` encoder's `load` receives for one image or caption.
+    This is what the `precomputed` and `staged` encoders' `load` receive for one image or caption.
+    `keep` (optional, a subset of `mask`) names the positions the aligners see, e.g. the words of a
+    caption (data.words): a row's "mask" is then `keep`, its "attention_mask" the real positions
+    (what a backbone tail attends over), and with `pool_kept` its "pooled" is the mean of the kept
+    tokens instead of the stored vector.
     """
 
-    def __init__(self, tokens: np.ndarray, mask: np.ndarray, pooled: np.ndarray | None = None):
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        mask: np.ndarray,
+        pooled: np.ndarray | None = None,
+        keep: np.ndarray | None = None,
+        pool_kept: bool = False,
+    ):
         if tokens.ndim != 3 or mask.shape != tokens.shape[:2]:
             raise DataError(f"feature rows: tokens {tokens.shape} and mask {mask.shape} do not match")
         if pooled is not None and pooled.shape != (tokens.shape[0], tokens.shape[2]):
             raise DataError(f"feature rows: pooled {pooled.shape} does not match tokens {tokens.shape}")
-        self.tokens, self.mask, self.pooled = tokens, mask, pooled
+        if keep is not None and keep.shape != mask.shape:
+            raise DataError(f"feature rows: keep {keep.shape} does not match mask {mask.shape}")
+        self.tokens, self.mask, self.pooled, self.keep, self.pool_kept = tokens, mask, pooled, keep, pool_kept
 
     @property
     def dim(self) -> int:
@@ -53,14 +66,24 @@ class FeatureRows(Sequence):
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
+    def take(self, rows: slice | np.ndarray) -> FeatureRows:
+        """These rows (a slice stays a memory-mapped view; an index array is read into memory)."""
+        pick = (lambda a: a[rows]) if isinstance(rows, slice) else (lambda a: np.asarray(a[rows]))  # noqa: E731
+        return FeatureRows(
+            pick(self.tokens), pick(self.mask), None if self.pooled is None else pick(self.pooled),
+            None if self.keep is None else pick(self.keep), self.pool_kept,
+        )  # fmt: skip
+
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        return {
-            "tokens": self.tokens[i],
-            "mask": self.mask[i],
-            "pooled": None if self.pooled is None else self.pooled[i],
-        }
+        pooled = None if self.pooled is None else self.pooled[i]
+        if self.keep is None:
+            return {"tokens": self.tokens[i], "mask": self.mask[i], "pooled": pooled}
+        kept = self.keep[i]
+        if self.pool_kept:
+            pooled = np.asarray(self.tokens[i][kept], dtype=np.float32).mean(0)
+        return {"tokens": self.tokens[i], "mask": kept, "pooled": pooled, "attention_mask": self.mask[i]}
 
 
 def load_feature_cache(directory: str | Path, name: str | None = None) -> RetrievalSplit:

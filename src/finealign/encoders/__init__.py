@@ -10,6 +10,7 @@ from finealign.encoders import (
     mobilenet,  # noqa: F401  (registers "mobilenet_v2")
     openclip,  # noqa: F401  (registers "openclip_vision", "openclip_text")
     precomputed,  # noqa: F401  (registers "precomputed")
+    staged,  # noqa: F401  (registers "staged")
     timm_vision,  # noqa: F401  (registers "timm")
     video,  # noqa: F401  (registers "video")
 )

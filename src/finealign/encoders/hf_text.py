@@ -44,23 +44,42 @@ class HFTextConfig:
         check_positive_int("max_length", self.max_length)
 
 
-def _load_pretrained(name_or_path: str) -> tuple[Any, Any]:
-    from transformers import AutoModel, AutoTokenizer
-
+def _resolved(name_or_path: str) -> str:
+    """A local folder as an absolute path (DataError when it is missing), else the hub name."""
     local = Path(name_or_path).expanduser()
     looks_local = local.is_absolute() or name_or_path.startswith((".", "~")) or local.exists()
     if looks_local and not local.is_dir():
         raise DataError(f"Hugging Face model folder not found: {local}")
-    source = str(local) if looks_local else name_or_path
+    return str(local) if looks_local else name_or_path
+
+
+def _unreachable(source: str, exc: OSError) -> DataError:
+    return DataError(
+        f"cannot load Hugging Face model {source!r}: {exc}. Pass a local folder "
+        "(model_name_or_path=/path/to/model) when the hub is unreachable."
+    )
+
+
+def _load_pretrained(name_or_path: str) -> tuple[Any, Any]:
+    from transformers import AutoModel
+
+    source = _resolved(name_or_path)
+    tokenizer = load_tokenizer(source)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModel.from_pretrained(source)
+        return tokenizer, AutoModel.from_pretrained(source)
     except OSError as exc:
-        raise DataError(
-            f"cannot load Hugging Face model {source!r}: {exc}. Pass a local folder "
-            "(model_name_or_path=/path/to/model) when the hub is unreachable."
-        ) from exc
-    return tokenizer, model
+        raise _unreachable(source, exc) from exc
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    """The tokenizer alone (no weights): what re-tokenising cached captions needs."""
+    from transformers import AutoTokenizer
+
+    source = _resolved(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except OSError as exc:
+        raise _unreachable(source, exc) from exc
 
 
 @ENCODERS.register("hf_text")
@@ -82,8 +101,13 @@ class HFTextEncoder(BackboneEncoder[HFTextConfig]):
         self.set_frozen(self.config.freeze)
 
     def resolve_source(self) -> str:
-        """Where the weights come from; presets override this."""
-        return self.config.model_name_or_path
+        """Where the weights come from (`source_of` this encoder's config)."""
+        return self.source_of(self.config)
+
+    @classmethod
+    def source_of(cls, config: HFTextConfig) -> str:
+        """Where the weights and tokenizer of `config` come from; presets override this."""
+        return config.model_name_or_path
 
     def load(self, raw: Any) -> str:
         if not isinstance(raw, str):

@@ -33,5 +33,6 @@ class MiniLMEncoder(HFTextEncoder):
 
     Config = MiniLMConfig
 
-    def resolve_source(self) -> str:
-        return self.config.model_name_or_path or packaged_minilm_path()
+    @classmethod
+    def source_of(cls, config: HFTextConfig) -> str:
+        return config.model_name_or_path or packaged_minilm_path()

@@ -77,6 +77,42 @@ class PrecomputedConfig:
             raise ConfigError(f"modality must be vision, text or video, got {self.modality!r}")
 
 
+def build_head(cfg: PrecomputedConfig, in_dim: int) -> tuple[nn.Module, nn.Module | None]:
+    """(per-token map to embed_dim, optional Transformer context) of `cfg.head` over `in_dim`-d
+    tokens: shared by the `precomputed` and `staged` encoders."""
+    embed_dim = cfg.embed_dim or in_dim
+    hidden = cfg.hidden_dim or 2 * embed_dim
+    proj: nn.Module
+    if cfg.head == "mlp":
+        proj = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(hidden, embed_dim)
+        )
+    elif cfg.embed_dim == 0:
+        proj = nn.Identity()
+    else:
+        proj = nn.Linear(in_dim, embed_dim)
+    context: nn.Module | None = None
+    if cfg.head == "transformer":
+        layer = nn.TransformerEncoderLayer(embed_dim, cfg.heads, hidden, cfg.dropout, batch_first=True, norm_first=True)
+        context = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+    return proj, context
+
+
+def apply_head(
+    proj: nn.Module, context: nn.Module | None, tokens: Tensor, mask: Tensor, pooled: Tensor | None
+) -> TokenBatch:
+    """The head on (B, L, d) tokens: see the module docstring for how the pooled vector is made."""
+    out = proj(tokens)
+    if context is None:
+        pooled_out = proj(pooled) if pooled is not None else None
+        return TokenBatch(out, mask, pooled_out).with_pooled()
+    summary = proj(pooled) if pooled is not None else TokenBatch(out, mask).mean_pooled()
+    sequence = torch.cat([summary[:, None], out], dim=1)
+    keep = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
+    sequence = context(sequence, src_key_padding_mask=~keep)
+    return TokenBatch(sequence[:, 1:], mask, sequence[:, 0])
+
+
 @ENCODERS.register("precomputed")
 class PrecomputedEncoder(Encoder[PrecomputedConfig]):
     """Learned head (linear / mlp / transformer) on precomputed token features."""
@@ -93,21 +129,7 @@ class PrecomputedEncoder(Encoder[PrecomputedConfig]):
             )
         self.modality = cfg.modality
         self.embed_dim = cfg.embed_dim or cfg.in_dim
-        hidden = cfg.hidden_dim or 2 * self.embed_dim
-        if cfg.head == "mlp":
-            self.proj: nn.Module = nn.Sequential(
-                nn.Linear(cfg.in_dim, hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(hidden, self.embed_dim)
-            )
-        elif cfg.embed_dim == 0:
-            self.proj = nn.Identity()
-        else:
-            self.proj = nn.Linear(cfg.in_dim, self.embed_dim)
-        self.context: nn.Module | None = None
-        if cfg.head == "transformer":
-            layer = nn.TransformerEncoderLayer(
-                self.embed_dim, cfg.heads, hidden, cfg.dropout, batch_first=True, norm_first=True
-            )
-            self.context = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.proj, self.context = build_head(cfg, cfg.in_dim)
 
     def load(self, raw: Any) -> PrecomputedItem:
         if isinstance(raw, dict):
@@ -145,12 +167,4 @@ class PrecomputedEncoder(Encoder[PrecomputedConfig]):
             raise ShapeError(
                 f"precomputed {self.modality} features are {tokens.shape[-1]}-d but in_dim is {self.config.in_dim}"
             )
-        out = self.proj(tokens)
-        if self.context is None:
-            pooled_out = self.proj(pooled) if pooled is not None else None
-            return TokenBatch(out, mask, pooled_out).with_pooled()
-        summary = self.proj(pooled) if pooled is not None else TokenBatch(out, mask).mean_pooled()
-        sequence = torch.cat([summary[:, None], out], dim=1)
-        keep = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
-        sequence = self.context(sequence, src_key_padding_mask=~keep)
-        return TokenBatch(sequence[:, 1:], mask, sequence[:, 0])
+        return apply_head(self.proj, self.context, tokens, mask, pooled)

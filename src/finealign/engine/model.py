@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 
 from finealign.config import ExperimentSpec
+from finealign.errors import ConfigError
 from finealign.registry import config_class, create_aligner, create_encoder, create_loss, registry
 from finealign.tokens import TokenBatch
 
@@ -55,17 +56,36 @@ def _with_defaults(kind: str, name: str, options: Mapping[str, Any], defaults: M
     return options
 
 
+def _from_data(side: str, name: str, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """What the data tells an encoder: its feature width and, for a feature cache, the cache's
+    record of the encoder that made it (`source`: name, options, weights, stage). A staged cache
+    (activations stopped at a stage) is refused by any encoder but `staged`: a head on
+    intermediate activations would train silently on the wrong features."""
+    from finealign.encoders.staged import reads_stages
+
+    found = meta.get(side)
+    record: dict[str, Any] = dict(found) if isinstance(found, Mapping) else {}
+    stage = record.get("stage")
+    if stage and not reads_stages(name):
+        raise ConfigError(
+            f"the data's {side} features stop at stage {stage} of {record.get('name')} (a staged cache), but "
+            f"encoder.{side} is {name!r}: use encoder.{side}.name=staged (e.g. encoder=cached_staged), or an unstaged cache"
+        )
+    return {"in_dim": meta.get(f"{side}_dim"), "source": record or None}
+
+
 def build_model(spec: ExperimentSpec, data_meta: Mapping[str, Any] | None = None) -> RetrievalModel:
     """Build the encoders and the aligner named in `spec`.
 
-    data_meta may give the feature widths of precomputed data ("vision_dim", "text_dim"); they
-    fill an encoder's `in_dim` when its config leaves it null.
+    data_meta may give the feature widths of precomputed data ("vision_dim", "text_dim"), which
+    fill an encoder's `in_dim` when its config leaves it null, and a feature cache's record of each
+    encoder ("vision", "text"), which fills a `staged` encoder's `source`.
     """
     meta = dict(data_meta or {})
     vname, voptions = spec.vision
     tname, toptions = spec.text
-    vision = create_encoder(vname, **_with_defaults("encoders", vname, voptions, {"in_dim": meta.get("vision_dim")}))
-    text = create_encoder(tname, **_with_defaults("encoders", tname, toptions, {"in_dim": meta.get("text_dim")}))
+    vision = create_encoder(vname, **_with_defaults("encoders", vname, voptions, _from_data("vision", vname, meta)))
+    text = create_encoder(tname, **_with_defaults("encoders", tname, toptions, _from_data("text", tname, meta)))
     aname, aoptions = spec.aligner
     aligner = create_aligner(aname, **_with_defaults("aligners", aname, aoptions, {"dim": spec.embed_dim}))
     return RetrievalModel(vision, text, aligner)

@@ -46,13 +46,32 @@ def layer_scales(named: list[tuple[str, nn.Parameter]], decay: float) -> list[fl
     ]
 
 
+def _per_encoder(named: list[tuple[str, nn.Parameter]]) -> list[list[tuple[str, nn.Parameter]]]:
+    """Backbone parameters split by encoder (`vision.…`, `text.…`): each tower's depth counts from
+    its own top block (a 19-module MobileNetV2 and a 6-layer MiniLM both end at scale 1)."""
+    towers: dict[str, list[tuple[str, nn.Parameter]]] = {}
+    for name, p in named:
+        towers.setdefault(name.split(".", 1)[0], []).append((name, p))
+    return list(towers.values())
+
+
+def freeze_backbones(model: RetrievalModel) -> None:
+    """`train.freeze_backbone` / `backbone_lr: 0`: every backbone fixed — no gradients, and eval
+    mode where the encoder can hold it (BatchNorm statistics and dropout as when frozen by config)."""
+    for encoder in (model.vision, model.text):
+        set_frozen = getattr(encoder, "set_frozen", None)  # a BackboneEncoder's; other encoders: gradients only
+        if callable(set_frozen):
+            set_frozen(True)
+    for p in model.backbone_parameters():
+        p.requires_grad_(False)
+
+
 def build_optimizer(model: RetrievalModel, loss: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW over the trainable parameters of `model` and `loss` (frozen ones are left out, except a
     backbone scheduled to unfreeze: its groups exist from the start and fill with gradients later)."""
     backbone = model.backbone_parameters()
     if cfg.freeze_backbone or cfg.backbone_lr == 0:
-        for p in backbone:
-            p.requires_grad_(False)
+        freeze_backbones(model)
     scheduled = cfg.unfreeze_backbone_epoch > 0 and not cfg.freeze_backbone and cfg.backbone_lr > 0
     backbone_ids = {id(p) for p in backbone}
     aligner = list(getattr(model, "aligner", nn.Module()).parameters())
@@ -72,10 +91,10 @@ def build_optimizer(model: RetrievalModel, loss: nn.Module, cfg: TrainConfig) ->
     add("aligner", aligner, cfg.lr if cfg.aligner_lr is None else cfg.aligner_lr, cfg.weight_decay)
     add("temperature", temperature, cfg.lr if cfg.temperature_lr is None else cfg.temperature_lr, 0.0)
     backbone_wd = cfg.weight_decay if cfg.backbone_weight_decay is None else cfg.backbone_weight_decay
-    named = [(n, p) for n, p in model.named_parameters() if id(p) in backbone_ids]
     by_scale: dict[float, list[nn.Parameter]] = {}
-    for (_, p), scale in zip(named, layer_scales(named, cfg.layer_decay), strict=True):
-        by_scale.setdefault(scale, []).append(p)
+    for named in _per_encoder([(n, p) for n, p in model.named_parameters() if id(p) in backbone_ids]):
+        for (_, p), scale in zip(named, layer_scales(named, cfg.layer_decay), strict=True):
+            by_scale.setdefault(scale, []).append(p)
     for scale, params in sorted(by_scale.items(), reverse=True):
         name = "backbone" if scale == 1.0 else f"backbone_x{scale:.3g}"
         add(name, params, cfg.backbone_lr * scale, backbone_wd, include_frozen=scheduled)
