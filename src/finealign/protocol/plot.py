@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from finealign.sweeps.plot import finish_figure
+from finealign.sweeps.plot import finish_figure, save_figure
 
 
 def plot_protocol(frame: pd.DataFrame, path: Path, title: str = "") -> Path | None:
@@ -86,10 +86,7 @@ def plot_forest(frame: pd.DataFrame, path: Path, reference: str, title: str = ""
     axes[1].legend(handles.values(), handles.keys(), loc="best", fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_tuning(curves: dict[str, list[tuple[int, float]]], path: Path, metric: str, title: str = "") -> Path | None:
