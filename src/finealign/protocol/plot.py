@@ -83,9 +83,9 @@ def plot_forest(frame: pd.DataFrame, path: Path, reference: str, title: str = ""
     axes[0].set_yticks(y)
     axes[0].set_yticklabels(labels, fontsize=8)
     handles = {h.get_label(): h for ax in axes for h in ax.collections if not h.get_label().startswith("_")}
-    axes[1].legend(handles.values(), handles.keys(), loc="best", fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
+    fig.legend(handles.values(), handles.keys(), loc="upper right", ncol=3, fontsize=7, frameon=False)
+    fig.suptitle(title, x=0.02, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / fig.get_figheight()))  # room for the title and legend row
     return save_figure(fig, path)
 
 

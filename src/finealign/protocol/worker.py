@@ -150,7 +150,9 @@ class BenchWorker:
         waited_since = None
         while True:
             held: list[str] = []
-            if self.step(held):
+            ran = self.step(held)
+            held = list(dict.fromkeys(held))  # a method's levels share its tuning study: name it once
+            if ran:
                 if waited_since is not None:
                     self.report.waited_s += time.monotonic() - waited_since
                     waited_since, said = None, None
