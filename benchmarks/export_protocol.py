@@ -1,5 +1,6 @@
 """Copy a finished protocol's record into benchmarks/results/: the report (CSV, Markdown, LaTeX,
-plot), protocol.json, every final run's results.json and ranks.npz, and the tuning trials.
+plots; the ablation's too), protocol.json, every final run's results.json and ranks.npz (factor
+levels included), and the tuning trials (the finals study's trials say who ran each final).
 
     PYTHONPATH=src python benchmarks/export_protocol.py runs/bench/flickr8k_protocol \
         benchmarks/results/flickr8k-protocol-2026-12-01
@@ -23,11 +24,12 @@ def main() -> None:
     args = parser.parse_args()
     src, dst = args.protocol_dir, args.target
     dst.mkdir(parents=True, exist_ok=True)
-    for name in ("protocol.csv", "protocol.md", "protocol.tex", "tradeoff.png", "protocol.json"):
+    for name in ("protocol.csv", "protocol.md", "protocol.tex", "tradeoff.png", "tuning.png", "protocol.json",
+                 "ablation.csv", "ablation.md", "ablation.tex", "forest.png"):  # fmt: skip
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
-    for run in sorted(src.glob("final/*/seed_*")):
-        out = dst / "final" / run.parent.name / run.name
+    for run in sorted(src.glob("final/**/seed_*")):
+        out = dst / run.relative_to(src)
         out.mkdir(parents=True, exist_ok=True)
         for name in ("results.json", "ranks.npz", "error.txt"):
             if (run / name).is_file():
@@ -40,7 +42,8 @@ def main() -> None:
         for t in study.trials:
             duration = t.duration.total_seconds() if t.duration else None
             rows.append({"study": summary.study_name, "trial": t.number, "state": t.state.name, "val_rsum": t.value,
-                         "duration_s": duration, **t.params, "error": t.user_attrs.get("error", "")[:200]})  # fmt: skip
+                         "duration_s": duration, **t.params, "error": t.user_attrs.get("error", "")[:200],
+                         "worker": t.user_attrs.get("worker", ""), "run": t.user_attrs.get("run", "")})  # fmt: skip
     pd.DataFrame(rows).to_csv(dst / "tuning_trials.csv", index=False)
     print(f"exported {src} → {dst} ({len(rows)} tuning trials)")
 

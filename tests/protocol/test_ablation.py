@@ -108,19 +108,21 @@ def test_ablation_runs_each_cell_once_resumes_and_reports(ablation):
     run_protocol(spec, extra, **run)
     expected = {
         *(f"final/{m}/seed_{s}" for m in ("global", "mean_max", "hard") for s in (0, 1)),
-        *(f"final/{m}/head=transformer/seed_{s}" for m in ("global", "hard") for s in (0, 1)),  # mean_max sits out
-        *(f"final/hard/loss=own/seed_{s}" for s in (0, 1)),  # global, mean_max: "own" = their base
+        *(f"final/{m}/head-transformer/seed_{s}" for m in ("global", "hard") for s in (0, 1)),  # mean_max sits out
+        *(f"final/hard/loss-own/seed_{s}" for s in (0, 1)),  # global, mean_max: "own" = their base
     }
     ran = finals_run(calls)
     assert len(ran) == len(set(ran)) == len(expected)  # exactly one run per method × level × seed
     assert {r.split(f"{out}/", 1)[1] for r in ran} == expected
     assert {str(p.parent.relative_to(out)) for p in out.glob("final/**/results.json")} == expected
     # the level goes on top of the tuned params (the level wins), and loss=own was re-tuned with triplet
-    head_run = next(c for c in calls if f"output_dir={out}/final/hard/head=transformer/seed_0" in c)
+    head_run = next(c for c in calls if f"output_dir={out}/final/hard/head-transformer/seed_0" in c)
     assert "encoder.vision.head=transformer" in head_run and any(o.startswith("aligner.temperature=") for o in head_run)
     studies = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
     assert studies == {f"toy_ablation-{m}": 2 for m in ("global", "mean_max", "hard")} | {
-        "toy_ablation-hard-loss=own": 2}  # fmt: skip
+        "toy_ablation-hard-loss=own": 2, "toy_ablation-finals": len(expected)}  # fmt: skip
+    finals = optuna.load_study(study_name="toy_ablation-finals", storage=storage).trials
+    assert sorted(t.user_attrs["run"] for t in finals if t.state.name == "COMPLETE") == sorted(expected)
     retuned = optuna.load_study(study_name="toy_ablation-hard-loss=own", storage=storage)
     assert all("loss=triplet" in t.user_attrs["overrides"] for t in retuned.trials)
     assert json.loads((out / "protocol.json").read_text())["spec"]["tune"]["n_startup_trials"] == 10
@@ -149,16 +151,16 @@ def test_ablation_runs_each_cell_once_resumes_and_reports(ablation):
 
     b = spec.bootstrap
     row = frame.loc[("head", "transformer", "hard")]
-    direct = paired_bootstrap(ranks("final/hard/head=transformer"), ranks("final/hard"), "rsum",
+    direct = paired_bootstrap(ranks("final/hard/head-transformer"), ranks("final/hard"), "rsum",
                               resamples=b.resamples, confidence=b.confidence, seed=b.seed)  # fmt: skip
     assert (row["base_d_rsum"], row["base_d_rsum_low"], row["base_d_rsum_high"]) == pytest.approx(
         (direct.estimate, direct.low, direct.high))  # fmt: skip
     # the estimate by hand: mean RSUM over the seeds at the level minus at the base
-    by_hand = np.mean([json.loads((out / f"final/hard/head=transformer/seed_{s}/results.json").read_text())
+    by_hand = np.mean([json.loads((out / f"final/hard/head-transformer/seed_{s}/results.json").read_text())
                        ["metrics"]["rsum"] - json.loads((out / f"final/hard/seed_{s}/results.json").read_text())
                        ["metrics"]["rsum"] for s in (0, 1)])  # fmt: skip
     assert row["base_d_rsum"] == pytest.approx(by_hand)
-    versus = paired_bootstrap(ranks("final/hard/head=transformer"), ranks("final/global/head=transformer"), "rsum",
+    versus = paired_bootstrap(ranks("final/hard/head-transformer"), ranks("final/global/head-transformer"), "rsum",
                               resamples=b.resamples, confidence=b.confidence, seed=b.seed)  # fmt: skip
     assert (row["ref_d_rsum"], row["ref_d_rsum_low"]) == pytest.approx((versus.estimate, versus.low))
     assert frame.loc[("loss", "own", "global"), "base_d_rsum_note"] == "= base"  # shared, not rerun
@@ -201,14 +203,22 @@ def test_verdicts_say_where_the_comparison_with_the_reference_changes():
     assert _verdicts(frame, "r") == ["(reference)", "behind", "ahead", "(reference)", "behind → tie", "ahead"]
 
 
-def test_a_failing_level_is_reported_and_the_rest_runs(ablation, monkeypatch):
-    spec, extra, out, storage, objective, _ = ablation
+def test_a_failing_level_is_reported_the_rest_runs_and_the_next_run_retries_it(ablation, monkeypatch):
+    spec, extra, out, storage, objective, calls = ablation
     monkeypatch.setenv("FINEALIGN_TEST_FAIL", "encoder.vision.head=transformer")
     run_protocol(spec, extra, storage=storage, out_dir=out, objective=objective, progress=False)
     frame = write_protocol_report(out, storage).ablation.frame.set_index(["factor", "level", "method"])
     failed = frame.loc[("head", "transformer", "hard")]
     assert failed["seeds_done"] == 0 and "simulated failure" in failed["status"]
     assert frame.loc[("loss", "own", "hard"), "seeds_done"] == 2
+
+    # the failed runs are tried again by the next run (not in a loop by the same one), and only they
+    monkeypatch.delenv("FINEALIGN_TEST_FAIL")
+    calls.clear()
+    run_protocol(spec, extra, storage=storage, out_dir=out, objective=objective, progress=False)
+    assert len(finals_run(calls)) == 4 and all("head-transformer" in r for r in finals_run(calls))
+    frame = write_protocol_report(out, storage).ablation.frame.set_index(["factor", "level", "method"])
+    assert frame.loc[("head", "transformer", "hard"), "seeds_done"] == 2
 
 
 def test_a_protocol_json_from_before_factors_resumes_or_names_what_differs(tmp_path):
@@ -225,7 +235,7 @@ def test_a_protocol_json_from_before_factors_resumes_or_names_what_differs(tmp_p
 
 
 def test_factors_may_grow_but_not_change():
-    from finealign.protocol.run import _growth_problems
+    from finealign.protocol.growth import growth_problems
 
     level = lambda name, o=(): {"name": name, "overrides": {"default": list(o)}}  # noqa: E731
     factor = lambda levels, methods=(), retune=False: {  # noqa: E731
@@ -242,12 +252,12 @@ def test_factors_may_grow_but_not_change():
     grown = {**base, "methods": [{"name": "global"}, {"name": "hard"}],
              "factors": [factor([level("mlp"), level("tf", ["x=1"]), level("new", ["x=2"])], ["global", "hard"]),
                          factor([level("a"), level("b", ["y=1"])]) | {"name": "other"}]}  # fmt: skip
-    assert _growth_problems(base, grown) == []
+    assert growth_problems(base, grown) == []
     changed_level = {**base, "factors": [factor([level("mlp"), level("tf", ["x=2"])], ["global"])]}
-    assert _growth_problems(base, changed_level) == [
+    assert growth_problems(base, changed_level) == [
         "spec.factors.head.levels (only new levels at the end may be added)"
     ]
     fewer = {**base, "factors": [factor([level("mlp"), level("tf", ["x=1"])], ["hard"])]}
-    assert "methods may be added" in _growth_problems(base, fewer)[0]
-    assert _growth_problems(base, {**base, "factors": []}) == ["spec.factors.head (removed)"]
-    assert _growth_problems(base, {**base, "study": "t"}) == ["spec.study"]
+    assert "methods may be added" in growth_problems(base, fewer)[0]
+    assert growth_problems(base, {**base, "factors": []}) == ["spec.factors.head (removed)"]
+    assert growth_problems(base, {**base, "study": "t"}) == ["spec.study"]

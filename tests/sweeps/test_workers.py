@@ -122,3 +122,43 @@ def test_only_schema_creation_races_are_retried():
     assert _is_schema_race(Exception("(sqlite3.IntegrityError) UNIQUE constraint failed: alembic_version.version_num"))
     assert _is_schema_race(Exception('duplicate key value violates unique constraint "pg_type_typname_nsp_index"'))
     assert not _is_schema_race(Exception("could not connect to server: Connection refused"))
+
+
+def _claim_all(url: str, start: float, results) -> None:
+    from finealign.sweeps.storage import open_storage
+
+    storage = open_storage(url, 60)
+    study_id = storage.get_study_id_from_name("race")
+    while time.time() < start:
+        time.sleep(0.001)
+    claimed = []
+    for t in storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        try:
+            if storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.RUNNING):
+                claimed.append(t.number)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+    results.put(claimed)
+
+
+def test_a_queued_trial_on_sqlite_is_claimed_by_one_worker_only(tmp_path):
+    """pysqlite reads outside a transaction, so plain Optuna on SQLite lets two processes both move
+    one WAITING trial to RUNNING (measured: 4 of 40 trials claimed twice by 4 processes);
+    open_storage's BEGIN IMMEDIATE makes the claim atomic."""
+    import multiprocessing
+
+    from finealign.sweeps.storage import open_storage
+
+    url = f"sqlite:///{tmp_path / 'claims.db'}"
+    study = optuna.create_study(storage=open_storage(url, 60), study_name="race")
+    for _ in range(40):
+        study.enqueue_trial({})
+    fork = multiprocessing.get_context("fork")
+    results, start = fork.Queue(), time.time() + 2.0  # all four start claiming in the same instant
+    procs = [fork.Process(target=_claim_all, args=(url, start, results)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    claims = Counter(n for _ in procs for n in results.get(timeout=120))
+    for p in procs:
+        p.join(timeout=30)
+    assert sum(claims.values()) == 40 and set(claims.values()) == {1}, claims

@@ -2,12 +2,14 @@
 
 Tunes every method of the protocol on validation with an equal budget, retrains each best config
 with the shared seeds, tests once, and writes the report (see docs/protocol.md). Resumable: run
-the same command again after a stop.
+the same command again after a stop. Workers: start it N times (processes, machines) on one
+--storage and --out; they split the tuning trials and final runs through the storage.
 
     finealign bench                                   # configs/protocol/flickr8k.yaml
     finealign bench protocol=toy                      # seconds, on synthetic data
     finealign bench --methods global,hard             # a subset now, the rest later
     finealign bench --factors none                    # the bases only; --factors head,loss: those cells
+    finealign bench --storage postgresql://... --out /shared/bench   # one of N workers
 """
 
 from __future__ import annotations
@@ -33,25 +35,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--factors", default=None,
         help="comma-separated factors whose levels to run now (the bases always run); 'none': the bases only",
     )  # fmt: skip
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no-wait", action="store_true",
+        help="when the rest is held by other workers, say who holds it and stop (default: wait for them, so "
+        "that a dead worker's runs are taken over, then write the complete report)",
+    )  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars or per-run lines")
 
 
 def run(args: argparse.Namespace) -> int:
     from finealign.protocol.loader import load_protocol
-    from finealign.protocol.run import DEFAULT_ROOT, default_storage, run_protocol
+    from finealign.protocol.run import DEFAULT_ROOT, default_storage, run_worker
 
     spec, extra = load_protocol(args.overrides)
     methods = _names(args.methods)
     factors = None if args.factors is None else [] if args.factors.strip() == "none" else _names(args.factors)
     out = args.out or DEFAULT_ROOT / spec.study
     storage = args.storage or default_storage(spec.study, out.parent)
-    run_protocol(spec, extra, storage=storage, out_dir=out, methods=methods, factors=factors,
-                 progress=not args.no_progress)  # fmt: skip
+    _, did = run_worker(spec, extra, storage=storage, out_dir=out, methods=methods, factors=factors,
+                        progress=not args.no_progress, wait=not args.no_wait)  # fmt: skip
     from finealign.protocol.outputs import write_protocol_report  # noqa: PLC0415  (after the long part)
 
     report = write_protocol_report(out, storage)
     print(report.markdown)
     print(report_files(report))
+    print(f"this worker: {did.tuning_trials} tuning trials, {did.finals} final runs, waited {did.waited_s:.0f} s"
+          + (f"; held by other workers: {', '.join(did.held_by_others)}" if did.held_by_others else ""))  # fmt: skip
     return 0
 
 

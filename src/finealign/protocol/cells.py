@@ -2,7 +2,7 @@
 that changes something for it. One home for where a cell's runs live and which study tunes it.
 
 - base cell `global`: tuned by study `STUDY-global`, final runs in `final/global/seed_S`;
-- level cell `global head=transformer`: final runs in `final/global/head=transformer/seed_S`,
+- level cell `global head=transformer`: final runs in `final/global/head-transformer/seed_S`,
   tuned by the base study (its best params with the level on top), or, for a factor with
   `retune: true`, by its own study `STUDY-global-head=transformer` (same budget, sampler, space).
 
@@ -36,8 +36,9 @@ class Cell:
 
     @property
     def path(self) -> Path:
-        """Relative folder of the cell under `final/` and `tune/`."""
-        return Path(self.method) if self.is_base else Path(self.method) / f"{self.factor}={self.level}"
+        """Relative folder of the cell under `final/` and `tune/`: FACTOR-LEVEL ('-' is in no factor
+        or level name; '=' would break the `output_dir=...` override the run gets)."""
+        return Path(self.method) if self.is_base else Path(self.method) / f"{self.factor}-{self.level}"
 
     def final_dir(self, out: Path, seed: int) -> Path:
         return Path(out) / "final" / self.path / f"seed_{seed}"

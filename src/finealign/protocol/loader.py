@@ -39,7 +39,7 @@ def check_methods_compose(spec: ProtocolSpec, extra: Iterable[str] = ()) -> None
     whole tuning budget of failed trials."""
     from finealign.config import compose, validate
     from finealign.protocol.cells import level_cells, level_overrides
-    from finealign.protocol.run import final_overrides, tune_overrides
+    from finealign.protocol.recipe import final_overrides, tune_overrides
     from finealign.sweeps.space import to_overrides
 
     for method in spec.methods:
@@ -51,7 +51,9 @@ def check_methods_compose(spec: ProtocolSpec, extra: Iterable[str] = ()) -> None
     for cell in level_cells(spec):
         method = spec.method(cell.method)
         params = {p.name: _sample(p) for p in (*spec.shared, *method.params)}
-        overrides = final_overrides(spec, method, params, 0, Path("unused"), extra, level=level_overrides(spec, cell))
+        # the folder a run of this cell will get (its name is parsed as an override too)
+        where = cell.final_dir(Path("runs") / "bench" / spec.study, spec.seeds[0])
+        overrides = final_overrides(spec, method, params, 0, where, extra, level=level_overrides(spec, cell))
         try:
             validate(compose(spec.experiment, overrides))
         except ConfigError as exc:

@@ -78,7 +78,7 @@ def write_ablation_report(spec: ProtocolSpec, outcomes: list[MethodOutcome], out
     frame = ablation.ablation_frame(spec, outcomes)
     markdown = ablation.to_markdown(frame, spec.reference)
     csv, md, tex = out_dir / "ablation.csv", out_dir / "ablation.md", out_dir / "ablation.tex"
-    frame.to_csv(csv, index=False)
+    write_atomic(csv, frame.to_csv(index=False))
     legend = ablation.legend(spec)
     write_atomic(md, f"# Ablation {spec.study}\n\n{markdown}\n\n{legend}\n")
     write_atomic(tex, ablation.to_latex(frame, spec.reference, caption=legend))
@@ -94,7 +94,7 @@ def write_protocol_report(out_dir: Path, storage: str) -> ProtocolReport:
     frame = protocol_frame(spec, [o for o in outcomes if o.cell is None or o.cell.is_base])
     markdown = to_markdown(frame, spec.reference)
     csv, md, tex = out_dir / "protocol.csv", out_dir / "protocol.md", out_dir / "protocol.tex"
-    frame.to_csv(csv, index=False)
+    write_atomic(csv, frame.to_csv(index=False))
     b = spec.bootstrap
     legend = (
         f"{spec.tune.n_trials} tuning trials per method ({_sampler(spec)}, validation {spec.tune.metric}); "

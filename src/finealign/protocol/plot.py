@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from finealign.sweeps.plot import finish_figure
+from finealign.sweeps.plot import finish_figure, save_figure
 
 
 def plot_protocol(frame: pd.DataFrame, path: Path, title: str = "") -> Path | None:
@@ -83,13 +83,10 @@ def plot_forest(frame: pd.DataFrame, path: Path, reference: str, title: str = ""
     axes[0].set_yticks(y)
     axes[0].set_yticklabels(labels, fontsize=8)
     handles = {h.get_label(): h for ax in axes for h in ax.collections if not h.get_label().startswith("_")}
-    axes[1].legend(handles.values(), handles.keys(), loc="best", fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    fig.legend(handles.values(), handles.keys(), loc="upper right", ncol=3, fontsize=7, frameon=False)
+    fig.suptitle(title, x=0.02, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / fig.get_figheight()))  # room for the title and legend row
+    return save_figure(fig, path)
 
 
 def plot_tuning(curves: dict[str, list[tuple[int, float]]], path: Path, metric: str, title: str = "") -> Path | None:

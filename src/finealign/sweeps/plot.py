@@ -34,15 +34,25 @@ def plot_tradeoff(frame: pd.DataFrame, x: str, y: str, label: str | None, path: 
 
 def finish_figure(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
     """Labels, grid, legend; save the PNG and close the figure (shared by the sweep and protocol plots)."""
-    import matplotlib.pyplot as plt
-
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Save and close; written beside and renamed, so that several workers writing one report
+    never leave a half-written PNG."""
+    import os
+
+    import matplotlib.pyplot as plt
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}{path.suffix}")
+    fig.savefig(tmp)
     plt.close(fig)
+    os.replace(tmp, path)
     return path

@@ -35,6 +35,14 @@ Objective = Callable[[list[str], ValidationHook], Mapping[str, Any]]
 ERROR_ATTR = "error"
 PROVENANCE_ATTR = "provenance"
 METRICS_ATTR = "metrics"
+WORKER_ATTR = "worker"  # host:pid of the process that ran (or runs) the trial
+
+
+def worker_label() -> str:
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def trial_seed(study_seed: int, trial_number: int, paired: bool = True) -> int:
@@ -66,12 +74,17 @@ class SweepWorker:
         output_root: str | None = None,
         progress: bool = True,
         poll_s: float = 1.0,
+        sampler_for_trial: Callable[[int], optuna.samplers.BaseSampler] | None = None,
     ):
+        """sampler_for_trial(trial number): a sampler seeded for that trial, set before the trial's
+        params are drawn, so which worker claims a trial does not change what it draws."""
         self.study, self.storage, self.spec, self.objective = study, storage, spec, objective
         self.trial_overrides = tuple(trial_overrides)
         self.output_root = output_root
         self.progress = progress
         self.poll_s = poll_s
+        self.sampler_for_trial = sampler_for_trial
+        self._last_counts: dict[str, int] | None = None
         self.stats = WorkerStats()
         self._study_id = storage.get_study_id_from_name(study.study_name)
 
@@ -102,10 +115,35 @@ class SweepWorker:
             trial_id = self.storage.get_trial_id_from_study_id_trial_number(self._study_id, frozen.number)
             try:
                 if self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                    if self.sampler_for_trial is not None:  # before Trial(): it draws relative params
+                        self.study.sampler = self.sampler_for_trial(
+                            int(frozen.user_attrs.get("retry_of", frozen.number))
+                        )
                     return optuna.Trial(self.study, trial_id)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
         return None
+
+    def poll(self) -> optuna.Trial | None:
+        """One look, no waiting: a trial claimed for this worker, or None — the budget is used up
+        or only other workers' trials are left (`busy()` tells which)."""
+        fail_stale_trials(self.study)
+        trial = self._pop_waiting()
+        if trial is not None:
+            return trial
+        counts = self._counts()
+        if self.spec.sampler != "grid" and sum(counts.values()) < self.target():
+            with warnings.catch_warnings():
+                # ask/tell is deliberate: the heartbeat is this module's own thread
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                return self.study.ask()
+        self._last_counts = counts
+        return None
+
+    def busy(self) -> bool:
+        """After poll() returned None: trials of other workers are running (or just re-queued)."""
+        counts = self._last_counts or self._counts()
+        return counts["running"] > 0 or counts["waiting"] > 0
 
     def next_trial(self) -> optuna.Trial | None:
         """The next trial to run, or None when the study's budget is used up and nobody is running.
@@ -114,18 +152,9 @@ class SweepWorker:
         into the queue (heartbeat) and must not be lost.
         """
         while True:
-            fail_stale_trials(self.study)
-            trial = self._pop_waiting()
-            if trial is not None:
+            trial = self.poll()
+            if trial is not None or not self.busy():
                 return trial
-            counts = self._counts()
-            if self.spec.sampler != "grid" and sum(counts.values()) < self.target():
-                with warnings.catch_warnings():
-                    # ask/tell is deliberate: the heartbeat is this module's own thread
-                    warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                    return self.study.ask()
-            if counts["running"] == 0 and counts["waiting"] == 0:
-                return None
             time.sleep(self.poll_s)
 
     # -- one trial ----------------------------------------------------------------------------
@@ -133,6 +162,7 @@ class SweepWorker:
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self._study_id, trial.number)
         with Heartbeat(self.storage, trial_id, self.spec.heartbeat_s):
             try:
+                trial.set_user_attr(WORKER_ATTR, worker_label())
                 point = suggest(trial, self.spec)
                 number = int(trial.user_attrs.get("retry_of", trial.number))
                 seed = trial_seed(self.spec.seed, number, paired=self.spec.seeds == "paired")
@@ -147,9 +177,13 @@ class SweepWorker:
                 for o in self.spec.objectives:  # one attr per objective: optuna-dashboard shows them by name
                     trial.set_user_attr(o.metric, float(metrics[o.metric]))
                 trial.set_user_attr(PROVENANCE_ATTR, provenance(overrides=overrides))
-                self.study.tell(trial, values)
+                self.study.tell(trial, values, skip_if_finished=True)
                 self.stats.complete += 1
                 return TrialState.COMPLETE
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # Our heartbeats came late (a stalled machine or storage): another worker failed
+                # the trial as stale and queued its point again; the retry reports it, not us.
+                return TrialState.FAIL
             except optuna.TrialPruned as exc:
                 trial.set_user_attr("pruned", str(exc) or "pruned")
                 self.study.tell(trial, state=TrialState.PRUNED)

@@ -24,6 +24,9 @@ from finealign.errors import ConfigError
 DEFAULT_ROOT = Path("runs") / "sweeps"
 #: a point whose worker died this many times stays FAIL (it probably kills its worker: OOM-killer)
 MAX_ATTEMPTS = 3
+#: user attributes that name what a queued trial is (a grid point, a protocol's final run); its
+#: retry keeps them
+REQUEUE_KEEPS = ("grid_key", "final", "run")
 
 
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -61,11 +64,12 @@ def requeue_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     study.set_user_attr(failure_attr(trial.number), {"reason": reason, "retried": retried})
     if not retried:
         return
-    params = trial.system_attrs.get("fixed_params", trial.params)
+    # the point it ran: queued params, and what the sampler had drawn for an empty queued trial
+    params = {**trial.params, **trial.system_attrs.get("fixed_params", {})}
     attrs = {
         "retry_of": trial.user_attrs.get("retry_of", trial.number),
         "attempt": attempt + 1,
-        **({"grid_key": trial.user_attrs["grid_key"]} if "grid_key" in trial.user_attrs else {}),
+        **{key: trial.user_attrs[key] for key in REQUEUE_KEEPS if key in trial.user_attrs},
     }
     study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
 
@@ -81,13 +85,16 @@ def open_storage(url: str, heartbeat_s: int) -> RDBStorage:
         engine_kwargs = {"connect_args": {"timeout": 60}}
     for attempt in range(_CREATE_ATTEMPTS):
         try:
-            return RDBStorage(
+            storage = RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_s,
                 grace_period=2 * heartbeat_s,
                 heartbeat_stale_trial_callback=requeue_stale_trial,
             )
+            if url.startswith("sqlite"):
+                _immediate_transactions(storage.engine)
+            return storage
         except ImportError as exc:  # e.g. postgresql:// without a driver
             cause = exc.__cause__ or exc.__context__ or exc
             raise ConfigError(
@@ -102,6 +109,25 @@ def open_storage(url: str, heartbeat_s: int) -> RDBStorage:
                 continue
             raise ConfigError(f"cannot open sweep storage {url!r}: {exc}") from exc
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _immediate_transactions(engine) -> None:
+    """Make claiming a queued trial atomic on SQLite. pysqlite begins a transaction only before
+    the first write, so two workers can both read a trial as WAITING and both set it RUNNING (both
+    "claim" it, and run it twice). With BEGIN IMMEDIATE every transaction takes SQLite's write
+    lock first, so read-then-update is one step for the other processes (they wait for the lock;
+    `timeout` above). Transactions are short: the cost is a little local concurrency."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" below starts transactions
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while the schema was checked predate the hooks
 
 
 _CREATE_ATTEMPTS = 8

@@ -5,6 +5,11 @@ grid point once (each a WAITING trial carrying its `grid_key`), then marks the s
 `grid_points`; workers only pop WAITING trials, which the storage hands to exactly one of them.
 Creation is atomic (a second `create_study` of the same name fails), so two workers started
 together cannot both enqueue the grid.
+
+A queued budget (`open_study(queue_budget=True)`, what `finealign bench` uses) does the same for a
+sampler: the creator enqueues `n_trials` empty trials, whose params the sampler fills in when a
+worker claims one. Workers only claim, so the budget is spent exactly once however many workers
+share it (asking for new trials, two workers could both see n_trials − 1 and both ask).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from finealign.sweeps.spec import PrunerSpec, SweepSpec
 SPEC_ATTR = "sweep_spec"
 FINGERPRINT_ATTR = "sweep_fingerprint"
 GRID_ATTR = "grid_points"
+QUEUED_ATTR = "budget_queued"
 
 SAMPLERS: dict[str, Callable[[SweepSpec, int], optuna.samplers.BaseSampler]] = {
     # grid trials are all enqueued; the sampler only answers params a queued point lacks
@@ -83,8 +89,11 @@ def open_study(
     trial_overrides: tuple[str, ...],
     worker_id: int = 0,
     wait_s: float = 120.0,
+    *,
+    queue_budget: bool = False,
 ) -> tuple[optuna.Study, bool]:
-    """Create the study (and its grid queue) or join it; returns (study, created_here)."""
+    """Create the study (and its grid queue, or with `queue_budget` its trial budget as queued
+    empty trials) or join it; returns (study, created_here)."""
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     pruner = PRUNERS[spec.pruner.name](spec.pruner)
     directions = spec.directions
@@ -106,11 +115,41 @@ def open_study(
         study.set_user_attr(FINGERPRINT_ATTR, fp)
         if spec.sampler == "grid":
             enqueue_grid(study, spec)
+        elif queue_budget:
+            enqueue_budget(study, spec)
         return study, True
     _check_same_sweep(study, spec, fp, name)
     if spec.sampler == "grid":
         _wait_for_grid(study, spec, wait_s)
+    elif queue_budget:
+        _wait_for_budget(study, spec, wait_s)
     return study, False
+
+
+def _counted(t: optuna.trial.FrozenTrial) -> bool:
+    """A trial that holds a unit of budget: all but the FAILs a dead worker left (re-queued)."""
+    return t.state != optuna.trial.TrialState.FAIL or "error" in t.user_attrs
+
+
+def enqueue_budget(study: optuna.Study, spec: SweepSpec) -> int:
+    """Queue one empty trial per unit of `n_trials` that no trial holds yet; mark the study."""
+    missing = int(spec.n_trials or 0) - sum(_counted(t) for t in study.get_trials(deepcopy=False))
+    for _ in range(max(0, missing)):
+        study.enqueue_trial({}, skip_if_exists=False)
+    study.set_user_attr(QUEUED_ATTR, int(spec.n_trials or 0))
+    return max(0, missing)
+
+
+def _wait_for_budget(study: optuna.Study, spec: SweepSpec, wait_s: float) -> None:
+    """Like _wait_for_grid. A study created before queued budgets existed (finished trials, no
+    mark) has its remaining budget queued at once (resume it with one worker first)."""
+    deadline = time.monotonic() + wait_s
+    while QUEUED_ATTR not in study.user_attrs:
+        finished = any(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+        if finished or time.monotonic() > deadline:
+            enqueue_budget(study, spec)
+            return
+        time.sleep(0.2)
 
 
 def enqueue_grid(study: optuna.Study, spec: SweepSpec) -> int:
