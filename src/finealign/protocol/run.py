@@ -102,19 +102,20 @@ def _check_same_protocol(out: Path, spec: ProtocolSpec, extra: tuple[str, ...]) 
     protocol.json written before a key existed resumes when the key keeps its default). A grown
     spec replaces the stored one; the record keeps when and from which commit each version started."""
     path = out / SPEC_FILE
-    record = {"spec": spec_record(spec), "overrides": list(extra)}
+    new = spec_record(spec)
+    record: dict[str, Any] = {"spec": new, "overrides": list(extra)}
     if path.is_file():
         stored = json.loads(path.read_text())
         now = spec_record(ProtocolSpec.from_record(stored["spec"]))
         differ = differences(stored.get("overrides"), record["overrides"], "overrides")
-        differ += growth_problems(now, record["spec"])
+        differ += growth_problems(now, new)
         if differ:
             raise ConfigError(
                 f"{out} holds protocol {stored['spec'].get('study')!r} with another spec or overrides (differs in "
                 f"{', '.join(differ[:6])}); resume it with the same command (methods, factors and new levels may "
                 "be added), or pick another --out / study name"
             )
-        if now != record["spec"]:
+        if now != new:
             versions = [*stored.get("earlier", []), {"spec": stored["spec"], "provenance": stored.get("provenance")}]
             grown = {**record, "provenance": provenance(), "earlier": versions}
             write_atomic(path, json.dumps(grown, indent=2, default=str))
