@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from finealign.kernels.sinkhorn import SinkhornResult, sinkhorn
+from finealign.kernels.sinkhorn_newton import ConvergedScalings, converged_scalings
 
 _RIDGE = 1e-12
 
@@ -97,3 +98,107 @@ def implicit_sinkhorn(
     log_b = torch.where(mask_b, log_b, torch.zeros((), dtype=log_b.dtype, device=log_b.device))
     plan = _ImplicitPlan.apply(cost, log_a, log_b, solved.plan, mask_a, mask_b, epsilon)
     return SinkhornResult(plan, solved.iterations, solved.marginal_error, solved.converged, solved.fallback)
+
+
+# -- the flow score Σ P ⊙ S of converged plans (kernels/sinkhorn_newton.py) -------------------------
+
+#: Schur systems of problems that converged in few sweeps are well conditioned: conjugate gradients
+#: (batched vector–matrix products) solve them in a few steps; a problem that needs more than this
+#: many, and every problem that took Newton steps, is solved directly instead.
+_CG_STEPS = 24
+
+
+def converged_flow_scores(
+    sim: Tensor,
+    log_a: Tensor,
+    log_b: Tensor,
+    mask_a: Tensor,
+    mask_b: Tensor,
+    epsilon: float,
+    iterations: int,
+    tolerance: float,
+) -> tuple[Tensor, ConvergedScalings]:
+    """((B,) Σ P ⊙ S, the solved batch) for the converged flow between similarities `sim`
+    (B, n, m; cost c₀ − S; finite, see `converged_scalings` for padding and layout) and the marginals
+    exp(log_a), exp(log_b): solved by `converged_scalings` to `tolerance`, differentiated
+    implicitly in sim, log_a and log_b (module docstring) in one backward pass."""
+    solved = converged_scalings(sim.detach(), log_a.detach(), log_b.detach(), mask_a, mask_b, epsilon, iterations,
+                                tolerance)  # fmt: skip
+    scores = _FlowScores.apply(sim, log_a, log_b, solved, mask_a, mask_b, epsilon)
+    return scores, solved
+
+
+class _FlowScores(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, sim, log_a, log_b, solved, mask_a, mask_b, epsilon):
+        ctx.solved, ctx.epsilon = solved, epsilon
+        ctx.save_for_backward(sim, log_a, log_b, mask_a, mask_b)
+        return solved.scores(sim)
+
+    @staticmethod
+    def backward(ctx, grad_scores):
+        sim, log_a, log_b, mask_a, mask_b = ctx.saved_tensors
+        solved, eps = ctx.solved, ctx.epsilon
+        plan = solved.plan(like=sim)  # elementwise work below runs in sim's memory layout
+        g = grad_scores.to(plan.dtype)
+        # Upstream gradient of the plan is g·S; W = g·S ⊙ P / ε has row/column sums r1, r2.
+        weighted = plan * sim
+        r1 = weighted.sum(2) * (g / eps)[:, None]
+        r2 = weighted.sum(1) * (g / eps)[:, None]
+        rows = torch.where(mask_a, plan.sum(2), torch.ones_like(r1))
+        cols = torch.where(mask_b, plan.sum(1), torch.ones_like(r2))
+        # Eliminate x = (r1 − P y) / rows; the m×m Schur complement in y (words: the smaller side).
+        schur = -torch.bmm(plan.transpose(1, 2), plan / rows[:, :, None])
+        real = mask_b.to(schur.dtype)
+        schur += real[:, :, None] * real[:, None, :] / real.sum(1).clamp_min(1.0)[:, None, None]
+        schur.diagonal(dim1=1, dim2=2).add_(cols)
+        rhs = (r2 - (plan * (r1 / rows)[:, :, None]).sum(1)).masked_fill(~mask_b, 0.0)
+        direct = solved.newton.clone()
+        direct[solved.fallback_index] = True
+        y = _solve_schur(schur, rhs, direct)
+        x = ((r1 - (plan * y[:, None, :]).sum(2)) / rows).masked_fill(~mask_a, 0.0)
+        # The solutions form a line (x + t, y − t); take Σ_real x = 0, as _ImplicitPlan does.
+        shift = x.sum(1, keepdim=True) / mask_a.sum(1, keepdim=True).clamp_min(1)
+        x, y = (x - shift).masked_fill(~mask_a, 0.0), (y + shift).masked_fill(~mask_b, 0.0)
+        # ∂score/∂S = g·P − ∂L/∂C = P ⊙ (g + g·S/ε − x_i − y_j)  (C = c₀ − S).
+        grad_sim = torch.addcmul((g[:, None] - x)[:, :, None] - y[:, None, :], sim, (g / eps)[:, None, None])
+        grad_sim *= plan
+        grad_log_a = (eps * x * torch.exp(log_a.to(plan.dtype)).masked_fill(~mask_a, 0)).to(log_a.dtype)
+        grad_log_b = (eps * y * torch.exp(log_b.to(plan.dtype)).masked_fill(~mask_b, 0)).to(log_b.dtype)
+        return grad_sim.to(sim.dtype), grad_log_a, grad_log_b, None, None, None, None
+
+
+def _solve_schur(schur: Tensor, rhs: Tensor, direct: Tensor) -> Tensor:
+    """y with schur y = rhs per problem (symmetric positive definite): Jacobi-preconditioned
+    conjugate gradients on the problems not marked `direct`, a float64 solve for the rest and for
+    those CG leaves above its tolerance."""
+    dtype = schur.dtype
+    rtol = torch.finfo(dtype).eps ** 0.75
+    diag = schur.diagonal(dim1=1, dim2=2).clamp_min(torch.finfo(dtype).tiny)
+    y = torch.zeros_like(rhs)
+    residual = rhs.clone()
+    target = rtol * rhs.norm(dim=1)
+    active = ~direct & (residual.norm(dim=1) > target)
+    z = residual / diag
+    search = z.clone()
+    rz = (residual * z).sum(1)
+    for _ in range(_CG_STEPS):
+        if not bool(active.any()):
+            break
+        product = torch.bmm(search[:, None, :], schur)[:, 0]  # symmetric: row-vector layout is the fast one
+        curvature = (search * product).sum(1)
+        alpha = torch.where(active & (curvature > 0), rz / curvature.clamp_min(torch.finfo(dtype).tiny), 0.0)
+        y += alpha[:, None] * search
+        residual -= alpha[:, None] * product
+        active &= residual.norm(dim=1) > target
+        z = residual / diag
+        rz_next = (residual * z).sum(1)
+        beta = torch.where(active & (rz > 0), rz_next / rz.clamp_min(torch.finfo(dtype).tiny), 0.0)
+        search = z + beta[:, None] * search
+        rz = rz_next
+    hard = (direct | active).nonzero().flatten()
+    if len(hard):
+        system = schur[hard].double()
+        system.diagonal(dim1=1, dim2=2).add_(_RIDGE * system.diagonal(dim1=1, dim2=2).amax(1, keepdim=True))
+        y[hard] = torch.linalg.solve(system, rhs[hard].double()).to(dtype)
+    return y
