@@ -55,7 +55,7 @@ from finealign.kernels import SinkhornOptions, sinkhorn_flow_scores
 from finealign.kernels.checks import check_sinkhorn_kernel_options
 from finealign.kernels.sinkhorn import DOMAINS, SinkhornResult, sinkhorn
 from finealign.kernels.sinkhorn_implicit import converged_flow_scores, implicit_sinkhorn
-from finealign.kernels.sinkhorn_newton import ConvergedScalings, converged_scalings
+from finealign.kernels.sinkhorn_newton import SolveReport, converged_scalings
 from finealign.registry import ALIGNERS
 from finealign.tokens import TokenBatch
 
@@ -174,7 +174,7 @@ class TokenFlowAligner(KernelAligner[TokenFlowConfig]):
             "log_fallback_pairs": float(rec["fallback"]),
         }
 
-    def _note(self, result: SinkhornResult | ConvergedScalings) -> None:
+    def _note(self, result: SinkhornResult | SolveReport) -> None:
         rec = self._record
         rec["marginal_error"] = max(rec["marginal_error"], result.marginal_error)
         rec["iterations"] = max(rec["iterations"], result.iterations)
@@ -255,22 +255,26 @@ class TokenFlowAligner(KernelAligner[TokenFlowConfig]):
         starts = torch.arange(nt, device=lengths.device)[:, None] * width
         slots = (starts + text.mask.cumsum(1) - 1)[text.mask]  # each real word's place in (caption, prefix)
         words = text.tokens[text.mask]  # (R, d), caption after caption
+        word_mask = torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
         # One flat product (its shape keeps BLAS efficient), then each word scattered to its slot.
         regions = (visual.tokens * (1.0 / cfg.epsilon)).reshape(nv * lv, -1)
         packed = (words @ regions.T).view(len(words), nv, lv).transpose(0, 1)  # (nv, R, lv)
-        exponent = packed.new_zeros(nv, nt * width, lv).index_copy_(1, slots, packed).view(nv * nt, width, lv)
+        free = (~word_mask).flatten().nonzero().flatten()  # the prefixes' padded slots
+        exponent = packed.new_empty(nv, nt * width, lv).index_copy_(1, slots, packed).index_fill_(1, free, 0.0)
+        exponent = exponent.view(nv * nt, width, lv)
+        with torch.no_grad():  # |S/ε| ≤ the longest region times the longest word, over ε
+            bound = float(regions.norm(dim=1).amax() * words.norm(dim=1).amax()) if len(words) else 0.0
         word_imp = (words @ global_vectors(visual).T).T  # (nv, R): word · image global vector
         word_imp = word_imp.new_zeros(nv, nt * width).index_copy(1, slots, word_imp).view(nv * nt, width)
         region_imp = torch.einsum("ikd,jd->ijk", visual.tokens, text.pooled).reshape(nv * nt, lv)
-        word_mask = torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
         vmask = visual.mask[:, None, :].expand(nv, nt, lv).reshape(nv * nt, lv)
         tmask = word_mask[None, :, :].expand(nv, nt, width).reshape(nv * nt, width)
         dtype = torch.promote_types(exponent.dtype, torch.float32)
         log_a, log_b = self._log_marginals(region_imp.to(dtype), word_imp.to(dtype), vmask, tmask)
         # ε = 1 for the exponent S/ε: the same plan; its score Σ P·S/ε times ε is Σ P·S.
-        scores, solved = converged_flow_scores(exponent.to(dtype).transpose(1, 2), log_a, log_b, vmask, tmask, 1.0,
-                                               cfg.iterations, cfg.tolerance)  # fmt: skip
-        self._note(solved)
+        scores, report = converged_flow_scores(exponent.to(dtype).transpose(1, 2), log_a, log_b, vmask, tmask, 1.0,
+                                               cfg.iterations, cfg.tolerance, bound)  # fmt: skip
+        self._note(report)
         return (cfg.epsilon * scores).to(visual.tokens.dtype).reshape(nv, nt)
 
     def score_pair_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
@@ -304,9 +308,9 @@ class TokenFlowAligner(KernelAligner[TokenFlowConfig]):
         dtype = torch.promote_types(sim.dtype, torch.float32)
         log_a, log_b = self._log_marginals(region_imp.to(dtype), word_imp.to(dtype), vmask, tmask)
         cfg = self.config
-        scores, solved = converged_flow_scores(sim.to(dtype), log_a, log_b, vmask, tmask, cfg.epsilon, cfg.iterations,
+        scores, report = converged_flow_scores(sim.to(dtype), log_a, log_b, vmask, tmask, cfg.epsilon, cfg.iterations,
                                                cfg.tolerance)  # fmt: skip
-        self._note(solved)
+        self._note(report)
         return scores.to(sim.dtype)
 
     def _log_marginals(
@@ -324,7 +328,7 @@ class TokenFlowAligner(KernelAligner[TokenFlowConfig]):
             rows, cols = self._log_marginals(region_imp.to(dtype), word_imp.to(dtype), vmask, tmask)
             solved = converged_scalings(sim.to(dtype), rows, cols, vmask, tmask, cfg.epsilon, cfg.iterations,
                                         cfg.tolerance)  # fmt: skip
-            self._note(solved)
+            self._note(solved.report)
             return solved.plan()
         log_b = self._log_marginal(word_imp.to(dtype), tmask)
         log_a = None if cfg.relax_visual else self._log_marginal(region_imp.to(dtype), vmask)
