@@ -160,8 +160,9 @@ class CrossAttentionAligner(Aligner[CrossAttentionConfig]):
         for length, count in zip(groups.tolist(), counts.tolist(), strict=True):
             group = clipped[:, :, start : start + length * count].view(nv, lv, count, length)
             # Σ over a short last axis as a matrix–vector product (3× faster than a reduction here).
-            norm = (group.square() @ group.new_ones(length)).sqrt_()
-            scale = (lam / norm.clamp_min(NORM_EPS))[..., None]
+            # (clamped before the root: a zero row — a padded region — then has gradient 0, not NaN)
+            norm = (group.square() @ group.new_ones(length)).clamp_min(NORM_EPS**2).sqrt()
+            scale = (lam / norm)[..., None]
             if inplace:
                 group.mul_(scale)
             else:
