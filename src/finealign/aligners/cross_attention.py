@@ -114,10 +114,9 @@ class CrossAttentionAligner(Aligner[CrossAttentionConfig]):
         """(nv, nt) scores with the captions' real words packed and grouped by length (module docstring)."""
         cfg = self.config
         acc = accumulation_dtype(visual.tokens.dtype)
-        lengths = text.mask.sum(1)
-        order = lengths.argsort(stable=True)
-        if bool((order[1:] > order[:-1]).all()):  # Aligner.forward sorts captions by length already
-            order = None
+        sorting = text.mask.sum(1).argsort(stable=True)
+        # Aligner.forward sorts captions by length already: then no reordering is needed.
+        order = None if bool((sorting[1:] > sorting[:-1]).all()) else sorting
         packed = text if order is None else text[order]
         words = packed.tokens[packed.mask].to(acc)  # (R, d): real words, shortest captions first
         lengths = packed.mask.sum(1)
