@@ -9,8 +9,8 @@ For one (image, caption) pair with token similarities S (Lv × Lt, cosines when 
   Padded tokens get exactly zero mass.
 * Cost C = 1 − S. (−S gives the same plan: adding a constant to the cost only rescales the Gibbs
   kernel, which the Sinkhorn scalings absorb, because both marginals sum to 1.)
-* Flow P = the entropic OT plan (Sinkhorn, `epsilon`; see kernels/sinkhorn.py), and the pair's score is
-  Σ P ⊙ S. Iterations stop when every pair's region marginal is within `tolerance` (L1), with
+* Flow P = the entropic OT plan (Sinkhorn, `epsilon`; see kernels/sinkhorn.py; converged plans by
+  sweeps + Newton steps, kernels/sinkhorn_newton.py), and the pair's score is Σ P ⊙ S. Iterations stop when every pair's region marginal is within `tolerance` (L1), with
   `iterations` as the cap. A plan stopped by the cap is not optimal transport: the aligner
   records the largest marginal error it reached (`diagnostics()`), the engine stores it with
   every evaluation and warns, and tables name such a row "tokenflow (N it., marginal err E)".
@@ -75,8 +75,9 @@ class TokenFlowConfig(KernelConfig):
     # stop once every pair's region marginal is within this L1 error (0: always run `iterations`,
     # and claim no convergence)
     tolerance: float = 1e-3
-    # the torch solver's domain: "scaling" (kernel formed once, matrix-vector products) or "log"
-    # (log-sum-exps every iteration); same iterates, scaling is ~3x faster on CPU
+    # the torch solver's domain for plain Sinkhorn iterates (acceleration "none", fixed iterations,
+    # unrolled gradients): "scaling" (kernel formed once, matrix-vector products) or "log"
+    # (log-sum-exps every iteration); same iterates, scaling is ~20x faster on CPU
     solver_domain: str = "scaling"
     marginals: str = "importance"  # "importance" or "uniform"
     marginal_temperature: float = 0.1  # τ of the importance softmax

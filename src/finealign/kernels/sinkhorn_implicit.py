@@ -23,6 +23,13 @@ autograd; the backward pass is one batched n×n solve per problem (n = regions),
 The gradient is exact at the optimum; a plan stopped at marginal tolerance τ gives gradients
 within O(τ) of it (the tests compare with the unrolled solver run to 1e-10). One-sided OT
 (`log_a=None`) has a closed form and is left to ordinary autograd.
+
+`converged_flow_scores` applies the same conditions to TokenFlow's score Σ P ⊙ S directly (the
+plan from kernels/sinkhorn_newton.py, P = diag(u) K diag(v)): one backward pass gives the
+gradients in S, log a and log b, every product with P taken as a batched product with K (no plan
+is formed), the Schur complement eliminated onto the columns (the words: the smaller side), and
+its systems solved by Jacobi-preconditioned conjugate gradients for the pairs that converged in
+sweeps (well conditioned: a few steps) and by a float64 solve for the slow ones.
 """
 
 from __future__ import annotations

@@ -279,41 +279,42 @@ def _solve(sim, log_a, log_b, mask_a, mask_b, epsilon, iterations, tolerance, bo
 def _newton(kernel, kernel_t, a, b, mask_a, mask_b, v, kv, done, iterations, tolerance):
     """Newton steps on the semi-dual for the gathered slow problems (module docstring, step 2).
 
-    Returns (u, v, error, iterations run, broken) per problem. A finished problem is frozen (its
+    Returns (u, v, error, iterations run, broken) per problem. The steps run in float64 (the set
+    is small) and stop a little below the tolerance there, so the plan rounded back to the working
+    precision still meets it; the error returned is that plan's. A finished problem is frozen (its
     results recorded, later steps no longer touch it) until half of the set has finished; then the
     rest is gathered. Each problem's steps depend on itself alone.
     """
-    dtype = kernel.dtype
-    count = len(a)
-    pad_a, pad_b = (~mask_a).to(dtype), (~mask_b).to(dtype)
-    u_out, v_out = torch.zeros_like(a), torch.zeros_like(b)
-    error = torch.zeros(count, dtype=dtype, device=a.device)
+    dtype, count = kernel.dtype, len(a)
+    # Rounding u, v back moves the row sums by a few ulps of the working dtype: stop that far below.
+    target = tolerance - min(64 * torch.finfo(dtype).eps, tolerance / 2) if dtype != torch.float64 else tolerance
+    k_rows, k_cols, a64, b64, v, kv = (x.double() for x in (kernel, kernel_t, a, b, v, kv))
+    pad_a, pad_b, real_b = (~mask_a).double(), (~mask_b).double(), mask_b.double()
+    u_out, v_out = torch.zeros_like(a64), torch.zeros_like(b64)
     ran = torch.full((count,), done, dtype=torch.long, device=a.device)
     broken = torch.zeros(count, dtype=torch.bool, device=a.device)
     work = torch.arange(count, device=a.device)
     live = torch.ones(count, dtype=torch.bool, device=a.device)
-    system = _NewtonSystem(kernel, a, b, pad_a, pad_b, mask_b)
+    system = _NewtonSystem(k_rows, a64, b64, pad_a, pad_b, real_b)
     while True:
         if 2 * int(live.sum()) <= len(work):
             keep = live.nonzero().flatten()
-            work, live, kernel, kernel_t, v, kv = (x[keep] for x in (work, live, kernel, kernel_t, v, kv))
-            a, b, mask_a, pad_a, pad_b, mask_b = (x[keep] for x in (a, b, mask_a, pad_a, pad_b, mask_b))
-            system = _NewtonSystem(kernel, a, b, pad_a, pad_b, mask_b)
+            work, live, k_rows, k_cols, v, kv = (x[keep] for x in (work, live, k_rows, k_cols, v, kv))
+            a64, b64, pad_a, pad_b, real_b = (x[keep] for x in (a64, b64, pad_a, pad_b, real_b))
+            system = _NewtonSystem(k_rows, a64, b64, pad_a, pad_b, real_b)
         grad, direction = system.direction(v, kv)
         slope = (grad * direction).sum(1)
         # Armijo backtracking per problem; frozen problems count as accepted. The gain of a step is
         # Φ(v·exp(step)) − Φ(v), written as a difference so Φ's large values cancel exactly.
-        rows_before = kv.double() + system.pad_a
+        rows_before = kv + pad_a
         step_len = torch.ones(len(work), dtype=torch.float64, device=a.device)
         accepted = ~live
         v_new, kv_new = v, kv
         for _ in range(_HALVINGS):
             step = direction * step_len[:, None]
-            v_try = v * step.exp().to(dtype)
-            kv_try = vec_mat(v_try, kernel_t)
-            gain = (system.b * step).sum(1) - (
-                system.a * torch.log((kv_try.double() + system.pad_a) / rows_before)
-            ).sum(1)
+            v_try = v * step.exp()
+            kv_try = vec_mat(v_try, k_cols)
+            gain = (b64 * step).sum(1) - (a64 * torch.log((kv_try + pad_a) / rows_before)).sum(1)
             ok = (gain >= _ARMIJO * step_len * slope) & ~accepted  # a NaN gain is never accepted
             v_new = torch.where(ok[:, None], v_try, v_new)
             kv_new = torch.where(ok[:, None], kv_try, kv_new)
@@ -322,33 +323,33 @@ def _newton(kernel, kernel_t, a, b, mask_a, mask_b, v, kv, done, iterations, tol
                 break
             step_len = torch.where(accepted, step_len, step_len / 2)
         # A problem without an accepted step keeps v: the sweep below is then a plain one.
-        u = a / (kv_new + pad_a)
-        v = b / (vec_mat(u, kernel) + pad_b)
-        kv = vec_mat(v, kernel_t)
+        u = a64 / (kv_new + pad_a)
+        v = b64 / (vec_mat(u, k_rows) + pad_b)
+        kv = vec_mat(v, k_cols)
         done += 1
-        err = _row_error(u * kv, a)
+        err = _row_error(u * kv, a64)
         bad = ~torch.isfinite(err)
-        finished = live & (bad | (err <= tolerance) | (done >= iterations))
+        finished = live & (bad | (err <= target) | (done >= iterations))
         if bool(finished.any()):
             index = work[finished]
-            u_out[index], v_out[index], error[index] = u[finished], v[finished], err[finished]
+            u_out[index], v_out[index] = u[finished], v[finished]
             ran[index], broken[index] = done, bad[finished]
             live &= ~finished
             if not bool(live.any()):
                 break
-    return u_out, v_out, error, ran, broken
+    u_out, v_out = u_out.to(dtype), v_out.to(dtype)
+    error = _row_error(u_out * vec_mat(v_out, kernel_t), a)  # the returned plan's own error
+    return u_out, v_out, error, ran, broken | ~torch.isfinite(error)
 
 
 class _NewtonSystem:
-    """The Newton system of a set of problems, in float64: the kernel, the marginals a, b (0 on
+    """The Newton system of a set of problems, all float64: the kernel, the marginals a, b (0 on
     padding), 1 on padded rows / columns (added to divisors, so padding's scalings are exactly 0),
-    and the rank-one term that fixes the potentials' shift (below)."""
+    and the rank-one term that fixes the potentials' shift (see `direction`)."""
 
-    def __init__(self, kernel: Tensor, a: Tensor, b: Tensor, pad_a: Tensor, pad_b: Tensor, mask_b: Tensor):
-        self.kernel = kernel.double()
-        self.a, self.b, self.pad_a, self.pad_b = a.double(), b.double(), pad_a.double(), pad_b.double()
-        real = mask_b.double()
-        self.shift_term = real[:, :, None] * real[:, None, :] / real.sum(1).clamp_min(1.0).square()[:, None, None]
+    def __init__(self, kernel: Tensor, a: Tensor, b: Tensor, pad_a: Tensor, pad_b: Tensor, real_b: Tensor):
+        self.kernel, self.a, self.b, self.pad_a, self.pad_b = kernel, a, b, pad_a, pad_b
+        self.shift_term = real_b[:, :, None] * real_b[:, None, :] / real_b.sum(1).clamp_min(1.0).square()[:, None, None]
 
     def direction(self, v: Tensor, kv: Tensor) -> tuple[Tensor, Tensor]:
         """(gradient b − c, Newton direction d) for log v, each (w, m) in float64: J d = b − c with
@@ -357,8 +358,8 @@ class _NewtonSystem:
         potentials' shift) and b − c is orthogonal to it, so J + 1 1ᵀ/m² (on the scale of J's
         diagonal, c ~ 1/m) gives the same direction. A failed solve gives d = 0; no entry of d
         exceeds `_MAX_STEP` (the whole step is scaled down)."""
-        u = self.a / (kv.double() + self.pad_a)
-        plan = self.kernel * u[:, :, None] * v.double()[:, None, :]
+        u = self.a / (kv + self.pad_a)
+        plan = self.kernel * u[:, :, None] * v[:, None, :]
         cols = plan.sum(1)
         # rows of P are exactly a: Pᵀ diag(1/a) P (padded rows are 0 in P; their divisor is 1)
         system = torch.baddbmm(
