@@ -286,3 +286,15 @@ def test_tokenflow_newton_solver_matches_pot_converged(gen):
 def test_tokenflow_unknown_acceleration_is_named():
     with pytest.raises(ConfigError, match="acceleration"):
         create_aligner("tokenflow", acceleration="anderson")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_tokenflow_newton_solver_half_precision_close_to_fp32(dtype, gen):
+    """Half-precision tokens: the products in the input dtype, the solver in fp32, the scores
+    returned in the input dtype, within bf16's documented tolerance of the fp32 scores."""
+    v = random_batch(4, 6, 16, generator=gen)
+    t = random_batch(6, 5, 16, generator=gen)
+    aligner = create_aligner("tokenflow", epsilon=0.1)
+    got = aligner(v.to(dtype), t.to(dtype))
+    assert got.dtype == dtype and aligner.diagnostics()["converged"] == 1.0
+    torch.testing.assert_close(got.double(), aligner(v, t).double(), atol=4e-2, rtol=4e-2)
