@@ -1,19 +1,36 @@
-"""Converged TokenFlow on the CPU: log vs scaling-domain Sinkhorn, against mean_max, in one run.
+"""Converged TokenFlow on the CPU against mean_max, before/after the Newton solver, in one run.
 
     PYTHONPATH=src python benchmarks/sinkhorn_cpu.py [--pairs 1024] [--threads 1] [--epsilon 0.05]
+        [--repeats 9] [--with-log] [--cold-allocator]
 
 Inputs mimic trained token features: regions and words share a few latent "objects" (cosines
 spread over roughly [-0.3, 0.75]), 49 regions × 32 words (63 % of word positions real), d = 256,
-importance marginals (τ = 0.1). Prints, for one block of pairs: scoring time of the full tokenflow
-aligner to a marginal tolerance of 1e-3 with each solver domain, the iterations and error reached,
-the same with 3 fixed iterations (the old main-job setting) and its error, and the forward+backward
-time of a training step (TokenFlow's default implicit gradient, and the unrolled one) — each as a
-ratio to mean_max on the same inputs, measured in this run.
+importance marginals (τ = 0.1). For one block of pairs, each setting's scoring time and the
+forward+backward time of a training step are measured `repeats` times, interleaved (every setting
+once per round), and reported as the median of the per-round ratios to mean_max on the same
+inputs, with the iterations and row-marginal error the solver reached:
+
+* tokenflow, Newton (the default since 2026-12-03: sweeps, then Newton steps on the slow pairs;
+  implicit gradient through the score),
+* tokenflow, plain Sinkhorn (`acceleration: none`: the solver before, scaling domain, implicit
+  gradient of the plan) — "before",
+* the unrolled gradient (plain iterates), 3 fixed iterations (the old main-job setting), and with
+  --with-log the log-domain solver (slow: ~100× mean_max).
+
+Times are process CPU time of this (single-threaded) process, which leaves out the time other jobs
+on a shared machine hold the core; wall-clock medians are printed too.
+
+Allocator: a short process that allocates blocks of a few MB per call faults in fresh pages on
+every call (glibc maps such blocks anew, or trims its heap after each call: ~6,000 page faults,
+~15 ms, per TokenFlow call here), which a long evaluation does not (its large frees raise glibc's
+thresholds). By default the script frees one 30 MB tensor first, so all methods run in that steady
+state; --cold-allocator skips it.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import pandas as pd
@@ -32,13 +49,26 @@ def inputs(n_img: int, n_cap: int, generator: torch.Generator, d: int = 256):
     return TokenBatch(v, torch.ones(n_img, 49, dtype=torch.bool)), TokenBatch(t, tmask)
 
 
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+def settings(n: int, epsilon: float, with_log: bool) -> dict[str, tuple[str, dict]]:
+    block = dict(epsilon=epsilon, chunk_visual=n, chunk_text=n)
+    rows = {
+        "mean_max": ("mean_max", {}),
+        "tokenflow, Newton (default), to 1e-3": ("tokenflow", block),
+        "tokenflow, plain Sinkhorn (before), to 1e-3": ("tokenflow", dict(block, acceleration="none")),
+        "tokenflow, plain Sinkhorn, unrolled gradient": ("tokenflow", dict(block, gradient="unrolled")),
+        "tokenflow, 3 it. (old main job)": ("tokenflow", dict(block, iterations=3, tolerance=0)),
+    }
+    if with_log:
+        rows["tokenflow, log domain (plain), to 1e-3"] = ("tokenflow", dict(block, acceleration="none",
+                                                                             solver_domain="log"))  # fmt: skip
+    return rows
+
+
+def timed(fn) -> tuple[float, float]:
+    """(CPU seconds of this process, wall seconds) of one call."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    fn()
+    return time.process_time() - cpu, time.perf_counter() - wall
 
 
 def main() -> None:
@@ -46,59 +76,53 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=1024, help="image-caption pairs per block (n × n)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epsilon", type=float, default=0.05)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--with-log", action="store_true", help="also time the log-domain solver (slow)")
+    parser.add_argument("--cold-allocator", action="store_true", help="skip the allocator warm-up")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if not args.cold_allocator:
+        # Frees a 30 MB block: glibc then serves blocks under 30 MB from a heap it trims only
+        # above 60 MB (its thresholds follow the largest freed mapping, up to 32 MB).
+        warm = torch.empty(30 * 2**20 // 4)
+        del warm
     n = int(round(args.pairs**0.5))
     visual, text = inputs(n, n, torch.Generator().manual_seed(0))
-    settings = {
-        "mean_max": ("mean_max", {}),
-        "tokenflow log, to 1e-3": (
-            "tokenflow",
-            dict(solver_domain="log", epsilon=args.epsilon, chunk_visual=n, chunk_text=n),
-        ),
-        "tokenflow scaling, to 1e-3": ("tokenflow", dict(epsilon=args.epsilon, chunk_visual=n, chunk_text=n)),
-        "tokenflow scaling, to 1e-3, unrolled gradient": (
-            "tokenflow",
-            dict(epsilon=args.epsilon, chunk_visual=n, chunk_text=n, gradient="unrolled"),
-        ),
-        "tokenflow scaling, 3 it. (old main job)": (
-            "tokenflow",
-            dict(epsilon=args.epsilon, iterations=3, tolerance=0, chunk_visual=n, chunk_text=n),
-        ),
-    }
+    cases = {}
+    for label, (name, options) in settings(n, args.epsilon, args.with_log).items():
+        train_options = dict(options, checkpoint=False) if name == "tokenflow" else options
+        cases[label] = (create_aligner(name, **options), create_aligner(name, **train_options).train())
+    leaf = TokenBatch(visual.tokens.clone().requires_grad_(True), visual.mask)
+    times: dict[str, dict[str, list[tuple[float, float]]]] = {label: {"score": [], "step": []} for label in cases}
+    reports = {}
+    for round_ in range(args.repeats + 1):  # round 0 warms up and is dropped
+        for label, (aligner, trainer) in cases.items():
+            with torch.no_grad():
+                aligner.reset_diagnostics()
+                score = timed(lambda: aligner(visual, text))
+                reports[label] = aligner.diagnostics()
+            step = timed(lambda: trainer(leaf, text).sum().backward())
+            if round_:
+                times[label]["score"].append(score)
+                times[label]["step"].append(step)
+    base = times["mean_max"]
     rows = []
-    for label, (name, options) in settings.items():
-        aligner = create_aligner(name, **options)
-        with torch.no_grad():
-            score_s = timed(lambda: aligner(visual, text), args.repeats)
-        report = aligner.diagnostics()
-        train = create_aligner(name, **options, **({"checkpoint": False} if name == "tokenflow" else {})).train()
-        v = TokenBatch(visual.tokens.clone().requires_grad_(True), visual.mask)
-
-        def step():
-            train(v, text).sum().backward()
-
-        step_s = timed(step, 1 if "log" in label else args.repeats)
-        rows.append(
-            {
-                "method": label,
-                "score_ms": 1e3 * score_s,
-                "step_ms": 1e3 * step_s,
-                "iterations": report.get("iterations"),
-                "marginal_err": report.get("marginal_error"),
-            }
-        )
+    for label, measured in times.items():
+        row: dict[str, object] = {"method": label}
+        for kind in ("score", "step"):
+            cpu = [c for c, _ in measured[kind]]
+            row[f"{kind} ms"] = 1e3 * statistics.median(cpu)
+            row[f"{kind} wall ms"] = 1e3 * statistics.median(w for _, w in measured[kind])
+            row[f"{kind} × mean_max"] = statistics.median(c / b for c, (b, _) in zip(cpu, base[kind], strict=True))
+        report = reports[label]
+        row["iterations"] = report.get("iterations")
+        row["marginal err"] = report.get("marginal_error")
+        rows.append(row)
     table = pd.DataFrame(rows)
-    base = table.iloc[0]
-    table["score × mean_max"] = table["score_ms"] / base["score_ms"]
-    table["step × mean_max"] = table["step_ms"] / base["step_ms"]
-    print(f"{n} × {n} pairs, 49 × 32 tokens, d = 256, ε = {args.epsilon}, {args.threads} thread(s)")
-    print(
-        table.round({"score_ms": 1, "step_ms": 1, "score × mean_max": 2, "step × mean_max": 2}).to_markdown(
-            index=False, floatfmt=".4g"
-        )
-    )
+    print(f"{n} × {n} pairs, 49 × 32 tokens, d = 256, ε = {args.epsilon}, {args.threads} thread(s), "
+          f"CPU-time medians of {args.repeats} interleaved rounds, ratios = median of per-round ratios, "
+          f"allocator {'cold' if args.cold_allocator else 'warmed'}")  # fmt: skip
+    print(table.to_markdown(index=False, floatfmt=".4g"))
 
 
 if __name__ == "__main__":

@@ -76,3 +76,31 @@ def test_cross_attention_explain_is_the_attention_matrix(gen):
     torch.testing.assert_close(expl.weights.sum(1), torch.ones(n_words))
     assert torch.equal(expl.word_to_region, expl.weights.argmax(1))
     assert expl.score == pytest.approx(float(aligner(v, t)[0, 0]), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(scan_norm=False, pooling="lse"),
+        dict(lambda_softmax=120.0),
+        dict(normalize=False, lambda_softmax=0.5),
+    ],
+    ids=["default", "no-scan-norm-lse", "large-lambda", "raw"],
+)
+def test_cross_attention_packed_block_equals_the_padded_block(options, gen):
+    """score_block packs the captions' real words and groups them by length: same scores and
+    gradients as the padded per-pair block (float64; padded regions and words, captions of
+    mixed lengths in no particular order)."""
+    v = random_batch(4, 6, 8, generator=gen, dtype=torch.float64)
+    t = random_batch(7, 5, 8, generator=gen, dtype=torch.float64)
+    aligner = create_aligner("cross_attention", **options).double()
+    pv, pt = aligner.prepare(v), aligner.prepare(t)
+    results = []
+    for score in (aligner.packed_block_scores, aligner.padded_block_scores):
+        leaves = [pv.tokens.clone().requires_grad_(), pt.tokens.clone().requires_grad_()]
+        scores = score(TokenBatch(leaves[0], pv.mask), TokenBatch(leaves[1], pt.mask))
+        results.append((scores.detach(), torch.autograd.grad((scores * torch.arange(28.0).view(4, 7)).sum(), leaves)))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-12, rtol=0)
+    for got, ref in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(got, ref, atol=1e-10, rtol=1e-9)

@@ -256,3 +256,45 @@ def test_tokenflow_triton_backend_needs_fixed_iterations():
     with pytest.raises(ConfigError, match="tolerance"):
         create_aligner("tokenflow", backend="triton")
     create_aligner("tokenflow", backend="triton", tolerance=0)
+
+
+def test_tokenflow_newton_solver_equals_the_plain_solver_when_converged(gen):
+    """The default solver (sweeps + Newton, captions packed into prefixes) and the plain Sinkhorn
+    iterates (`acceleration: none`) give the same converged scores, matrix and listed pairs, and
+    both meet the tolerance; float64, padded tokens at random positions."""
+    v = random_batch(5, 7, 8, generator=gen, dtype=torch.float64)
+    t = random_batch(6, 6, 8, generator=gen, dtype=torch.float64)
+    options = dict(epsilon=0.03, tolerance=1e-10, iterations=20_000)
+    newton = create_aligner("tokenflow", **options, chunk_visual=2, chunk_text=4)
+    plain = create_aligner("tokenflow", **options, acceleration="none")
+    got, ref = newton(v, t), plain(v, t)
+    torch.testing.assert_close(got, ref, atol=1e-8, rtol=0)
+    report = newton.diagnostics()
+    assert report["converged"] == 1.0 and report["iterations"] < plain.diagnostics()["iterations"] / 5
+    pairs = torch.tensor([[0, 5], [4, 1], [2, 2]])
+    torch.testing.assert_close(newton.score_pairs(v, t, pairs), ref[pairs[:, 0], pairs[:, 1]], atol=1e-8, rtol=0)
+
+
+def test_tokenflow_newton_solver_matches_pot_converged(gen):
+    v = random_batch(3, 6, 8, generator=gen)
+    t = random_batch(4, 5, 8, generator=gen)
+    got = create_aligner("tokenflow", epsilon=0.05, tolerance=1e-6)(v, t)
+    ref = pairwise(v, t, lambda i, j: pot_score(v, t, i, j, 0.05, 400))
+    torch.testing.assert_close(got.double(), ref, atol=2e-5, rtol=0)
+
+
+def test_tokenflow_unknown_acceleration_is_named():
+    with pytest.raises(ConfigError, match="acceleration"):
+        create_aligner("tokenflow", acceleration="anderson")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_tokenflow_newton_solver_half_precision_close_to_fp32(dtype, gen):
+    """Half-precision tokens: the products in the input dtype, the solver in fp32, the scores
+    returned in the input dtype, within bf16's documented tolerance of the fp32 scores."""
+    v = random_batch(4, 6, 16, generator=gen)
+    t = random_batch(6, 5, 16, generator=gen)
+    aligner = create_aligner("tokenflow", epsilon=0.1)
+    got = aligner(v.to(dtype), t.to(dtype))
+    assert got.dtype == dtype and aligner.diagnostics()["converged"] == 1.0
+    torch.testing.assert_close(got.double(), aligner(v, t).double(), atol=4e-2, rtol=4e-2)

@@ -12,10 +12,20 @@ Memory: a_w is never materialised per pair. word·a_w = Σ_r α s(r, w) and
 ‖a_w‖² = αᵀ G α with G the (Lv, Lv) Gram matrix of the regions, so a block needs only
 (nv, nt, Lv, Lt) temporaries, like every other aligner. Softmax, norms and pooling run in fp32
 for half-precision inputs.
+
+Speed (`score_block`): the captions' real words are packed and grouped by length, so one product of
+every region with every real word (the real-token floor) gives all similarities, and each group of
+equal-length captions is a regular (nv, Lv, captions, L) view with no padding word — the
+normalisation over words broadcasts, nothing is gathered. The softmax skips its max shift when
+scan_norm bounds the logits (|λ·ŝ| ≤ λ ≤ 80 cannot overflow), and the unnormalised attention
+e = exp(λ·ŝ) gives R(w) directly: the softmax's denominator cancels out of the cosine (it is kept
+to apply the same clamps). `padded_block_scores` is the padded per-pair path it replaced (the
+reference in tests and benchmarks/cross_attention_cpu.py).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,13 +33,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from finealign.aligners.base import Aligner, AlignerConfig, TokenAlignment, token_similarities
-from finealign.aligners.pooling import accumulation_dtype, check_pooling, masked_softmax, pool_masked
+from finealign.aligners.pooling import accumulation_dtype, check_pooling, masked_softmax, pool_masked, segment_pool
 from finealign.errors import ConfigError
 from finealign.registry import ALIGNERS
 from finealign.tokens import TokenBatch
 
 LEAKY_SLOPE = 0.1  # SCAN clips negative similarities with leaky_relu(0.1) before normalising
 NORM_EPS = 1e-12
+#: with scan_norm every logit is within ±λ; up to this λ, exp cannot overflow fp32 (no max shift)
+UNSHIFTED_LAMBDA = 80.0
+LOG2_E = math.log2(math.e)
 
 
 @dataclass
@@ -90,8 +103,71 @@ class CrossAttentionAligner(Aligner[CrossAttentionConfig]):
         return _cosine_with_attended(alpha, sim, gram_alpha, t.norm(dim=-1))
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        return self.packed_block_scores(visual, text)
+
+    def padded_block_scores(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        """(nv, nt) scores from every pair's padded (Lv, Lt) block (the reference for the packed path)."""
         _, relevance = self.block_relevance(visual, text)
         return self._pool(relevance, text.mask[None, :, :]).to(visual.tokens.dtype)
+
+    def packed_block_scores(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        """(nv, nt) scores with the captions' real words packed and grouped by length (module docstring)."""
+        cfg = self.config
+        acc = accumulation_dtype(visual.tokens.dtype)
+        sorting = text.mask.sum(1).argsort(stable=True)
+        # Aligner.forward sorts captions by length already: then no reordering is needed.
+        order = None if bool((sorting[1:] > sorting[:-1]).all()) else sorting
+        packed = text if order is None else text[order]
+        words = packed.tokens[packed.mask].to(acc)  # (R, d): real words, shortest captions first
+        lengths = packed.mask.sum(1)
+        v = visual.tokens.to(acc)
+        nv, lv, dim = v.shape
+        sim = (v.reshape(nv * lv, dim) @ words.T).view(nv, lv, len(words))  # the real-token product
+        inplace = not (torch.is_grad_enabled() and sim.requires_grad)
+        # Logits in base 2 (λ·ŝ·log₂e): exp2 costs half of exp here and gives the same α.
+        if cfg.scan_norm:
+            logits = self._scan_logits(sim, lengths, LOG2_E * cfg.lambda_softmax, inplace)
+        else:
+            logits = (LOG2_E * cfg.lambda_softmax) * sim
+        if not bool(visual.mask.all()):
+            logits = logits.masked_fill(~visual.mask[:, :, None], float("-inf"))
+        if not (cfg.scan_norm and cfg.lambda_softmax <= UNSHIFTED_LAMBDA):
+            logits = logits - logits.amax(1, keepdim=True)
+        attention = logits.exp2_() if inplace else logits.exp2()  # α up to the softmax denominator Z
+        # G α and Z = Σ_r e in one product: the Gram matrix with a row of ones below it.
+        gram = torch.cat([v @ v.transpose(1, 2), v.new_ones(nv, 1, lv)], 1)
+        spread = torch.bmm(gram, attention)  # (nv, lv + 1, R)
+        total = spread[:, lv]
+        dot = (sim.mul_(attention) if inplace else sim * attention).sum(1) / total  # word · a_w
+        spread = spread[:, :lv]
+        quadratic = (spread.mul_(attention) if inplace else spread * attention).sum(1)  # Σ e (G e)
+        attended_norm = (quadratic / total.square()).clamp_min(NORM_EPS**2).sqrt()  # ‖a_w‖ = √(αᵀGα)
+        relevance = dot / (attended_norm * words.norm(dim=-1)).clamp_min(NORM_EPS)  # (nv, R)
+        owner = torch.repeat_interleave(torch.arange(len(text), device=lengths.device), lengths)
+        scores = segment_pool(relevance, owner, len(text), cfg.pooling, cfg.temperature)
+        scores = scores if order is None else scores[:, order.argsort()]
+        return scores.to(visual.tokens.dtype)
+
+    def _scan_logits(self, sim: Tensor, lengths: Tensor, lam: float, inplace: bool) -> Tensor:
+        """lam · leaky_relu(s) / ‖leaky_relu(s)‖ over each caption's words, for sim (nv, Lv, R) whose
+        words are packed caption after caption in non-decreasing `lengths`: each run of equal-length
+        captions is a regular (nv, Lv, captions, L) view, normalised with a broadcast."""
+        clipped = F.leaky_relu(sim, LEAKY_SLOPE)
+        nv, lv, _ = sim.shape
+        groups, counts = torch.unique_consecutive(lengths, return_counts=True)
+        scales, start = [], 0
+        for length, count in zip(groups.tolist(), counts.tolist(), strict=True):
+            group = clipped[:, :, start : start + length * count].view(nv, lv, count, length)
+            # Σ over a short last axis as a matrix–vector product (3× faster than a reduction here).
+            # (clamped before the root: a zero row — a padded region — then has gradient 0, not NaN)
+            norm = (group.square() @ group.new_ones(length)).clamp_min(NORM_EPS**2).sqrt()
+            scale = (lam / norm)[..., None]
+            if inplace:
+                group.mul_(scale)
+            else:
+                scales.append(scale.expand(nv, lv, count, length).reshape(nv, lv, count * length))
+            start += length * count
+        return clipped if inplace else clipped * torch.cat(scales, 2)
 
     def score_pair_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         # Item p with item p only: (c, Lv, Lt) instead of the c × c block.

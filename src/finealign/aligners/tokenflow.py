@@ -13,8 +13,8 @@ For one (image, caption) pair with token similarities S (Lv × Lt, cosines when 
   Padded tokens get exactly zero mass.
 * Cost C = 1 − S. (−S gives the same plan: adding a constant to the cost only rescales the Gibbs
   kernel, which the Sinkhorn scalings absorb, because both marginals sum to 1.)
-* Flow P = the entropic OT plan (Sinkhorn, `epsilon`; see kernels/sinkhorn.py), and the pair's score is
-  Σ P ⊙ S. Iterations stop when every pair's region marginal is within `tolerance` (L1), with
+* Flow P = the entropic OT plan (Sinkhorn, `epsilon`; see kernels/sinkhorn.py; converged plans by
+  sweeps + Newton steps, kernels/sinkhorn_newton.py), and the pair's score is Σ P ⊙ S. Iterations stop when every pair's region marginal is within `tolerance` (L1), with
   `iterations` as the cap. A plan stopped by the cap is not optimal transport: the aligner
   records the largest marginal error it reached (`diagnostics()`), the engine stores it with
   every evaluation and warns, and tables name such a row "tokenflow (N it., marginal err E)".
@@ -58,12 +58,14 @@ from finealign.errors import ConfigError
 from finealign.kernels import SinkhornOptions, sinkhorn_flow_scores
 from finealign.kernels.checks import check_sinkhorn_kernel_options
 from finealign.kernels.sinkhorn import DOMAINS, SinkhornResult, sinkhorn
-from finealign.kernels.sinkhorn_implicit import implicit_sinkhorn
+from finealign.kernels.sinkhorn_implicit import converged_flow_scores, implicit_sinkhorn
+from finealign.kernels.sinkhorn_newton import SolveReport, converged_scalings
 from finealign.registry import ALIGNERS
 from finealign.tokens import TokenBatch
 
 MARGINALS = ("importance", "uniform")
 GRADIENTS = ("auto", "implicit", "unrolled")
+ACCELERATIONS = ("newton", "none")
 
 
 @dataclass
@@ -77,8 +79,9 @@ class TokenFlowConfig(KernelConfig):
     # stop once every pair's region marginal is within this L1 error (0: always run `iterations`,
     # and claim no convergence)
     tolerance: float = 1e-3
-    # the torch solver's domain: "scaling" (kernel formed once, matrix-vector products) or "log"
-    # (log-sum-exps every iteration); same iterates, scaling is ~3x faster on CPU
+    # the torch solver's domain for plain Sinkhorn iterates (acceleration "none", fixed iterations,
+    # unrolled gradients): "scaling" (kernel formed once, matrix-vector products) or "log"
+    # (log-sum-exps every iteration); same iterates, scaling is ~20x faster on CPU
     solver_domain: str = "scaling"
     marginals: str = "importance"  # "importance" or "uniform"
     marginal_temperature: float = 0.1  # τ of the importance softmax
@@ -97,6 +100,11 @@ class TokenFlowConfig(KernelConfig):
     # (tolerance > 0), unrolled for fixed iterations (a truncated plan is no optimum to differentiate)
     # and for one-sided OT (a closed form).
     gradient: str = "auto"
+    # How a converged plan that is differentiated implicitly (or not at all) is solved: "newton"
+    # (Sinkhorn sweeps, then Newton steps on the pairs that converge slowly; kernels/sinkhorn_newton.py)
+    # or "none" (plain Sinkhorn iterates in `solver_domain`, the solver before 2026-12-03). Both stop
+    # at `tolerance`; plans differ by O(tolerance). Unrolled gradients always use plain iterates.
+    acceleration: str = "newton"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -120,6 +128,8 @@ class TokenFlowConfig(KernelConfig):
             raise ConfigError(f"marginals must be one of {MARGINALS}, got {self.marginals!r}")
         if self.gradient not in GRADIENTS:
             raise ConfigError(f"gradient must be one of {GRADIENTS}, got {self.gradient!r}")
+        if self.acceleration not in ACCELERATIONS:
+            raise ConfigError(f"acceleration must be one of {ACCELERATIONS}, got {self.acceleration!r}")
         if self.gradient == "implicit" and (self.tolerance == 0 or self.relax_visual):
             raise ConfigError(
                 "gradient='implicit' differentiates a converged two-sided plan: it needs tolerance > 0 and "
@@ -169,7 +179,7 @@ class TokenFlowAligner(KernelAligner[TokenFlowConfig]):
             "log_fallback_pairs": float(rec["fallback"]),
         }
 
-    def _note(self, result: SinkhornResult) -> None:
+    def _note(self, result: SinkhornResult | SolveReport) -> None:
         rec = self._record
         rec["marginal_error"] = max(rec["marginal_error"], result.marginal_error)
         rec["iterations"] = max(rec["iterations"], result.iterations)
@@ -206,6 +216,11 @@ class TokenFlowAligner(KernelAligner[TokenFlowConfig]):
             return cfg.tolerance > 0 and not cfg.relax_visual
         return cfg.gradient == "implicit"
 
+    @property
+    def newton_solver(self) -> bool:
+        """Whether plans are solved by sweeps + Newton (converged, implicitly differentiated plans)."""
+        return self.config.acceleration == "newton" and self.implicit_gradient
+
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         tensors = (visual.tokens, visual.pooled, text.tokens, text.pooled)
         needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
@@ -217,6 +232,8 @@ class TokenFlowAligner(KernelAligner[TokenFlowConfig]):
         return self._block_scores(TokenBatch(v, vmask, v_pooled), TokenBatch(t, tmask, t_pooled))
 
     def _block_scores(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        if self.newton_solver:
+            return self._newton_block_scores(visual, text)
         nv, nt = len(visual), len(text)
         lv, lt = visual.tokens.shape[1], text.tokens.shape[1]
         # Padded pairs read 0: their flow is 0, and a 0 cannot turn 0·x into NaN.
@@ -226,12 +243,48 @@ class TokenFlowAligner(KernelAligner[TokenFlowConfig]):
         word_imp = torch.einsum("jld,id->ijl", text.tokens, visual.pooled).reshape(nv * nt, lt)
         vmask = visual.mask[:, None, :].expand(nv, nt, lv).reshape(nv * nt, lv)
         tmask = text.mask[None, :, :].expand(nv, nt, lt).reshape(nv * nt, lt)
-        flow = self._flow(sim, region_imp, word_imp, vmask, tmask)
-        return self._score(flow, sim).reshape(nv, nt)
+        return self._scores(sim, region_imp, word_imp, vmask, tmask).reshape(nv, nt)
+
+    def _newton_block_scores(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+        """`_block_scores` for the Newton solver: the same scores from less work. Each caption's real
+        words are packed into a prefix (the order of a caption's words does not change its flow), so
+        the product multiplies real words only; the regions are divided by ε first, so the product
+        is S/ε, the kernel's exponent; and it comes out (image, caption, word, region) — each pair's
+        words × regions block contiguous, the layout the solver builds its kernel in."""
+        cfg = self.config
+        nv, nt, lv = len(visual), len(text), visual.tokens.shape[1]
+        if not nv or not nt:
+            return visual.tokens.new_zeros(nv, nt)
+        lengths = text.mask.sum(1)
+        width = int(lengths.max())
+        starts = torch.arange(nt, device=lengths.device)[:, None] * width
+        slots = (starts + text.mask.cumsum(1) - 1)[text.mask]  # each real word's place in (caption, prefix)
+        words = text.tokens[text.mask]  # (R, d), caption after caption
+        word_mask = torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+        # One flat product (its shape keeps BLAS efficient), then each word scattered to its slot.
+        regions = (visual.tokens * (1.0 / cfg.epsilon)).reshape(nv * lv, -1)
+        packed = (words @ regions.T).view(len(words), nv, lv).transpose(0, 1)  # (nv, R, lv)
+        free = (~word_mask).flatten().nonzero().flatten()  # the prefixes' padded slots
+        exponent = packed.new_empty(nv, nt * width, lv).index_copy_(1, slots, packed).index_fill_(1, free, 0.0)
+        exponent = exponent.view(nv * nt, width, lv)
+        with torch.no_grad():  # |S/ε| ≤ the longest region times the longest word, over ε
+            bound = float(regions.norm(dim=1).amax() * words.norm(dim=1).amax()) if len(words) else 0.0
+        word_imp = (words @ global_vectors(visual).T).T  # (nv, R): word · image global vector
+        word_imp = word_imp.new_zeros(nv, nt * width).index_copy(1, slots, word_imp).view(nv * nt, width)
+        region_imp = torch.einsum("ikd,jd->ijk", visual.tokens, text.pooled).reshape(nv * nt, lv)
+        vmask = visual.mask[:, None, :].expand(nv, nt, lv).reshape(nv * nt, lv)
+        tmask = word_mask[None, :, :].expand(nv, nt, width).reshape(nv * nt, width)
+        dtype = torch.promote_types(exponent.dtype, torch.float32)
+        log_a, log_b = self._log_marginals(region_imp.to(dtype), word_imp.to(dtype), vmask, tmask)
+        # ε = 1 for the exponent S/ε: the same plan; its score Σ P·S/ε times ε is Σ P·S.
+        scores, report = converged_flow_scores(exponent.to(dtype).transpose(1, 2), log_a, log_b, vmask, tmask, 1.0,
+                                               cfg.iterations, cfg.tolerance, bound)  # fmt: skip
+        self._note(report)
+        return (cfg.epsilon * scores).to(visual.tokens.dtype).reshape(nv, nt)
 
     def score_pair_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         # Paired form: c OT problems instead of the c × c block.
-        return self._score(*self._paired_flow(visual, text))
+        return self._scores(*self._paired_problem(visual, text), visual.mask, text.mask)
 
     def explain(self, visual: TokenBatch, text: TokenBatch) -> TokenAlignment:
         visual, text = self.prepare_pair(visual, text)
@@ -241,17 +294,47 @@ class TokenFlowAligner(KernelAligner[TokenFlowConfig]):
         return TokenAlignment(weights=weights, word_to_region=weights.argmax(dim=1), score=float(score))
 
     # -- the method ---------------------------------------------------------------------------
-    def _paired_flow(self, visual: TokenBatch, text: TokenBatch) -> tuple[Tensor, Tensor]:
-        """(flow, similarities), each (c, Lv, Lt), of item p with item p."""
+    def _paired_problem(self, visual: TokenBatch, text: TokenBatch) -> tuple[Tensor, Tensor, Tensor]:
+        """(similarities (c, Lv, Lt), region importance (c, Lv), word importance (c, Lt)) of item p with item p."""
         sim = paired_token_similarities(visual, text, 0.0)
         region_imp = torch.einsum("pkd,pd->pk", visual.tokens, text.pooled)
         word_imp = torch.einsum("pld,pd->pl", text.tokens, visual.pooled)
+        return sim, region_imp, word_imp
+
+    def _paired_flow(self, visual: TokenBatch, text: TokenBatch) -> tuple[Tensor, Tensor]:
+        """(flow, similarities), each (c, Lv, Lt), of item p with item p."""
+        sim, region_imp, word_imp = self._paired_problem(visual, text)
         return self._flow(sim, region_imp, word_imp, visual.mask, text.mask), sim
 
+    def _scores(self, sim: Tensor, region_imp: Tensor, word_imp: Tensor, vmask: Tensor, tmask: Tensor) -> Tensor:
+        """(B,) Σ flow · sim for B pairs (sim 0 on padded pairs), in the input dtype."""
+        if not self.newton_solver:
+            return self._score(self._flow(sim, region_imp, word_imp, vmask, tmask), sim)
+        dtype = torch.promote_types(sim.dtype, torch.float32)
+        log_a, log_b = self._log_marginals(region_imp.to(dtype), word_imp.to(dtype), vmask, tmask)
+        cfg = self.config
+        scores, report = converged_flow_scores(sim.to(dtype), log_a, log_b, vmask, tmask, cfg.epsilon, cfg.iterations,
+                                               cfg.tolerance)  # fmt: skip
+        self._note(report)
+        return scores.to(sim.dtype)
+
+    def _log_marginals(
+        self, region_imp: Tensor, word_imp: Tensor, vmask: Tensor, tmask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """(log region masses, log word masses) of B pairs (see `_log_marginal`)."""
+        return self._log_marginal(region_imp, vmask), self._log_marginal(word_imp, tmask)
+
     def _flow(self, sim: Tensor, region_imp: Tensor, word_imp: Tensor, vmask: Tensor, tmask: Tensor) -> Tensor:
-        """(B, Lv, Lt) flow for B pairs, computed in at least fp32 (half precision cannot hold exp(S/ε))."""
+        """(B, Lv, Lt) flow for B pairs, computed in at least fp32 (half precision cannot hold exp(S/ε)).
+        With the Newton solver the flow carries no gradient (`_scores` differentiates the score)."""
         dtype = torch.promote_types(sim.dtype, torch.float32)
         cfg = self.config
+        if self.newton_solver:
+            rows, cols = self._log_marginals(region_imp.to(dtype), word_imp.to(dtype), vmask, tmask)
+            solved = converged_scalings(sim.to(dtype), rows, cols, vmask, tmask, cfg.epsilon, cfg.iterations,
+                                        cfg.tolerance)  # fmt: skip
+            self._note(solved.report)
+            return solved.plan()
         log_b = self._log_marginal(word_imp.to(dtype), tmask)
         log_a = None if cfg.relax_visual else self._log_marginal(region_imp.to(dtype), vmask)
         # implicit_sinkhorn needs log_a: TokenFlowConfig allows it only two-sided (relax_visual=false).
