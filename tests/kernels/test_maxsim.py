@@ -138,6 +138,9 @@ def test_float64_gradcheck_of_the_torch_path(gen):
 
 def test_tied_maxima_split_the_gradient_like_torch_amax(gen):
     v, vm, t, tm, tw, vw = _inputs(gen, 2, 4, 2, 3, 16)
+    # Dyadic values: every product and partial sum is exact in float32, so the tie below is exact
+    # whatever order a backend (or the BLAS under Triton's interpreter) sums in.
+    v, t = (v * 4).round() / 4, (t * 4).round() / 4
     vm[:] = True
     v[:, 2] = v[:, 1]  # regions 1 and 2 are identical: every word's max is tied between them
     upstream = torch.ones(2, 2, dtype=torch.float64)
