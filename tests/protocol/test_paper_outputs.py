@@ -127,6 +127,8 @@ def test_the_paper_tables_fit_a_page_by_columns_and_characters():
     assert accuracy[1] == ["global", "301.6 ± 12.4", "25.8", "22.7", "ref."]
     assert accuracy[4][0] == "weighted_mean_max†" and accuracy[5][0] == "cross_attention†"  # short of budget/seeds
     assert accuracy[2][4] == "+37.3 [26.1, 48.1]*"
+    negative = protocol_like_frame().assign(d_rsum=-52.3, d_rsum_low=-102.4, d_rsum_high=-6.2)
+    assert r"$-$52.3 [$-$102.4, $-$6.2]$^{*}$ \\" in to_latex(negative, "global")  # minus signs, not hyphens
     assert cost[1][:3] == ["global", "3.9 [3.5–4.5]", "–"]  # µs; × global of global itself is blank
     assert cost[2][2] == "97.1" and cost[7][2] == "30700"  # medians without exponents
     assert r"\label{tab:toy-1-accuracy}" in tex and r"\label{tab:toy-1-cost}" in tex

@@ -186,9 +186,9 @@ def _paper_diff(row: pd.Series, metric: str) -> str:
     est, low, high = row[f"d_{metric}"], row[f"d_{metric}_low"], row[f"d_{metric}_high"]
     if not math.isfinite(est):
         return "--"
-    if not math.isfinite(low):
-        return f"{est:+.1f}"
-    return f"{est:+.1f} [{low:.1f}, {high:.1f}]" + (r"$^{*}$" if row[f"d_{metric}_significant"] else "")
+    text = f"{est:+.1f}" if not math.isfinite(low) else f"{est:+.1f} [{low:.1f}, {high:.1f}]"
+    text = text.replace("-", "$-$")  # a minus sign, not a hyphen
+    return text + (r"$^{*}$" if math.isfinite(low) and row[f"d_{metric}_significant"] else "")
 
 
 def paper_frames(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
