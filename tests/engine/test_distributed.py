@@ -27,12 +27,14 @@ from finealign.engine.batching import epoch_loader
 from finealign.engine.checkpoint import load_checkpoint
 from finealign.engine.distributed import (
     SINGLE,
+    GlobalBatchObjective,
     RankFailure,
     World,
     check_global_batch,
     first_occurrences,
     init_world,
     shard_range,
+    wrap_ddp,
 )
 from finealign.engine.evaluate import evaluate
 from finealign.engine.experiment import run_experiment, seed_everything
@@ -44,14 +46,20 @@ from finealign.registry import create_dataset
 WORLD = 2
 TIMEOUT_S = 20  # every collective of the workers; a dead peer is noticed at once (its socket closes)
 RTOL, ATOL = 1e-4, 1e-6
-LOSSES = ("infonce", "cmc")  # a learnable temperature; global vectors and an intra-modal term
+# (loss, aligner, scored as the whole matrix): a learnable temperature; global vectors and an
+# intra-modal term; hinges with the hardest negative; a gallery-dependent aligner (two_stage: the
+# whole matrix on every rank). The local loss is the default; "whole" asks for the whole matrix.
+STEPS = (("infonce", "mean_max", False), ("infonce", "mean_max", True), ("cmc", "mean_max", False),
+         ("cmc", "mean_max", True), ("triplet", "mean_max", False), ("cmc", "two_stage", False))  # fmt: skip
 
 
-def step_overrides(loss: str) -> list[str]:
+def step_overrides(loss: str, aligner: str = "mean_max") -> list[str]:
     # pairs=captions: an image can be drawn in both shards (its two captions), which the global
     # batch must keep once; the toy images have random real region counts, so token lengths differ.
+    # triplet: the hardest negative from the first epoch (no all-negatives warm-up).
     return ["train=quick", "device=cpu", "data.num_train=20", "encoder.embed_dim=16", "train.batch_size=16",
-            "train.pairs=captions", "aligner=mean_max", f"loss={loss}", "output_dir=unused"]  # fmt: skip
+            "train.pairs=captions", f"aligner={aligner}", f"loss={loss}", "output_dir=unused",
+            *(["loss.warmup_epochs=0"] if loss == "triplet" else [])]  # fmt: skip
 
 
 def fit_overrides(out: Path, *extra: str) -> list[str]:
@@ -63,27 +71,40 @@ def fit_overrides(out: Path, *extra: str) -> list[str]:
             *extra]  # fmt: skip
 
 
-def loss_and_grads(loss_name: str, world: World) -> tuple[float, dict[str, torch.Tensor]]:
-    """The loss of the first batch of epoch 0 and every parameter's gradient after backward: through
-    the trainer's DDP path with several ranks, or computed directly on the whole batch with one."""
-    spec = validate(compose(overrides=step_overrides(loss_name)))
+def loss_and_grads(loss_name: str, world: World, aligner: str = "mean_max", whole: bool = False) -> dict:
+    """The loss of the first batch of epoch 0, every parameter's gradient after backward, the
+    score pairs this rank's aligner computed and the path taken: through the trainer's DDP path
+    with several ranks (or the whole-matrix objective, `whole`), or computed directly on the whole
+    batch with one."""
+    spec = validate(compose(overrides=step_overrides(loss_name, aligner)))
     seed_everything(spec.seed)
     split = create_dataset(spec.data[0], **spec.data[1]).split("train")
     model = build_model(spec, split.meta)
     fit_to_training_data(model, split)
+    model.aligner.train()  # as the trainer has it (two_stage scores every pair while training)
     loss_fn = build_loss(spec)
+    loss_fn.set_epoch(0)
     t = spec.train
     batch = next(iter(epoch_loader(split, model, mode=t.pairs, batch_size=t.batch_size, seed=spec.seed, epoch=0,
                                    rank=world.rank, world_size=world.size)))  # fmt: skip
-    if world.distributed:
+    scored: list[int] = []
+    model.aligner.register_forward_hook(lambda module, inputs, out: scored.append(out.numel()))
+    path = "single"
+    if world.distributed and not whole:
         trainer = Trainer(model, loss_fn, t, device=torch.device("cpu"), seed=spec.seed, progress=False, world=world)
         loss = trainer._global_batch_loss(batch, 0, 0, 0)
+        path = trainer._ddp.module.last_path
+    elif world.distributed:
+        objective = wrap_ddp(GlobalBatchObjective(model, loss_fn, world, local_loss=False), torch.device("cpu"))
+        loss = objective(batch.images, batch.texts, batch.item_ids, batch.caption_items())
+        path = objective.module.last_path
     else:
         visual, text = model.encode_images(batch.images), model.encode_texts(batch.texts)
         loss = loss_fn(model.aligner(visual, text), batch.positives, loss_extras(visual, text))
     loss.backward()
     named = [*model.named_parameters(), *(("loss." + k, p) for k, p in loss_fn.named_parameters())]
-    return float(loss.detach()), {k: p.grad.clone() for k, p in named if p.grad is not None}
+    grads = {k: p.grad.clone() for k, p in named if p.grad is not None}
+    return {"loss": float(loss.detach()), "grads": grads, "scored": sum(scored), "path": path}
 
 
 EVAL_CASES = (("mean_max", 0), ("mean_max", 1), ("two_stage", 0))  # (aligner, max_items); 1: a rank scores nothing
@@ -114,7 +135,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     try:
         # the process group every later run in this process reuses, with the timeout of all of them
         world = init_world("auto", TIMEOUT_S, torch.device("cpu"))
-        result["steps"] = {name: loss_and_grads(name, world) for name in LOSSES}
+        result["steps"] = {case: loss_and_grads(case[0], world, case[1], whole=case[2]) for case in STEPS}
         result["fit"] = run_experiment(compose(overrides=fit_overrides(Path(out) / "ddp")))
 
         class Stop(Exception):
@@ -188,17 +209,37 @@ def two_ranks(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss_name", LOSSES)
-def test_two_ranks_give_the_loss_and_gradients_of_one_process_on_the_whole_batch(two_ranks, loss_name):
+@pytest.mark.parametrize(
+    "case", STEPS, ids=[f"{loss}-{aligner}-{'whole' if w else 'local'}" for loss, aligner, w in STEPS]
+)
+def test_two_ranks_give_the_loss_and_gradients_of_one_process_on_the_whole_batch(two_ranks, case):
+    loss_name, aligner, whole = case
     _, results, _ = two_ranks
-    single_loss, single_grads = loss_and_grads(loss_name, SINGLE)
+    single = loss_and_grads(loss_name, SINGLE, aligner)
     for rank, result in enumerate(results):
-        loss, grads = result["steps"][loss_name]
-        assert loss == pytest.approx(single_loss, rel=RTOL, abs=ATOL), f"rank {rank}"
-        assert set(grads) == set(single_grads)
-        for key, grad in single_grads.items():
-            torch.testing.assert_close(grads[key], grad, rtol=RTOL, atol=ATOL, msg=f"rank {rank}: {key}")
-        assert any(float(g.abs().max()) > 1e-3 for g in grads.values())  # the gradients are not all ~0
+        step = result["steps"][case]
+        assert step["path"] == ("whole" if whole or aligner == "two_stage" else "local"), f"rank {rank}"
+        assert step["loss"] == pytest.approx(single["loss"], rel=RTOL, abs=ATOL), f"rank {rank}"
+        assert set(step["grads"]) == set(single["grads"])
+        for key, grad in single["grads"].items():
+            torch.testing.assert_close(step["grads"][key], grad, rtol=RTOL, atol=ATOL, msg=f"rank {rank}: {key}")
+        assert any(float(g.abs().max()) > 1e-3 for g in step["grads"].values())  # the gradients are not all ~0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_name", ["infonce", "cmc"])
+def test_the_local_loss_scores_each_ranks_queries_against_the_global_batch_only(two_ranks, loss_name):
+    """Whole matrix: every rank scores B_img × B_txt pairs. Local: rank r scores its n_r images
+    against every caption and the other images against its B_txt / W captions."""
+    _, results, _ = two_ranks
+    whole = [r["steps"][(loss_name, "mean_max", True)]["scored"] for r in results]
+    local = [r["steps"][(loss_name, "mean_max", False)]["scored"] for r in results]
+    pairs = whole[0]  # B_img × B_txt, the same on every rank
+    assert whole == [pairs] * WORLD and all(n < pairs for n in local)
+    captions = 16  # train.batch_size: every caption drawn once
+    images = pairs // captions
+    # Σ_r [n_r·B_txt + (B_img − n_r)·B_txt/W] with Σ_r n_r = B_img
+    assert sum(local) == images * captions + (WORLD - 1) * images * captions // WORLD
 
 
 def test_the_compared_batch_straddles_ranks_with_shared_images_and_different_token_lengths():

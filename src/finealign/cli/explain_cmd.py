@@ -1,5 +1,7 @@
-"""`finealign explain ckpt=PATH image=I [caption=J] [aligners=a,b,...] [out=FILE.png] [overrides]`:
-a picture of which word goes to which region under several aligners, for one test pair.
+"""`finealign explain ckpt=PATH image=I [caption=J] [aligners=a,b,...] [--out FILE.png]
+[--keep-special-tokens] [overrides]`: a picture of which word goes to which region under several
+aligners, for one test pair, written into the run's folder (`<run>/explain/imageI_captionJ.png`)
+unless `--out` (or `out=`) names the file.
 
     finealign explain ckpt=runs/.../model.pt image=3
     finealign explain ckpt=runs/.../model.pt image=3 caption=17 aligners=tokenflow,hard,mean_max,cross_attention
@@ -24,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ckpt=PATH image=I (required), caption=J, aligners=a,b, out=FILE.png; "
         "other KEY=VALUE apply to the checkpoint's config (e.g. eval.split=val)",
     )
+    parser.add_argument("--out", metavar="FILE.png", default=None,
+                        help="where to draw (default: <run>/explain/image<I>_caption<J>.png beside the checkpoint)")  # fmt: skip
+    parser.add_argument("--keep-special-tokens", action="store_true",
+                        help="also draw [CLS]/[SEP] (scored by the aligners either way; not drawn by default)")  # fmt: skip
 
 
 def check_picture_path(path: Path) -> None:
@@ -38,7 +44,7 @@ def check_picture_path(path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from finealign.engine.explain import explain_pair, plot_explanation
+    from finealign.engine.explain import default_picture, explain_pair, plot_explanation
 
     own: dict[str, str] = {}
     rest: list[str] = []
@@ -59,13 +65,22 @@ def run(args: argparse.Namespace) -> int:
     aligners = [a.strip() for a in own.get("aligners", "mean_max,hard,tokenflow").split(",") if a.strip()]
     if not aligners:
         raise ConfigError("aligners= names no aligner: give one or more, e.g. aligners=mean_max,hard")
-    if "out" in own:
-        check_picture_path(Path(own["out"]))  # before the model is loaded and every aligner has run
-    explained = explain_pair(own["ckpt"], image, caption, aligners, rest)
-    out = Path(own.get("out", f"explain_image{image}_caption{explained.caption}.png"))
-    check_picture_path(out)
+    flag = getattr(args, "out", None)
+    if flag is not None and "out" in own and Path(flag) != Path(own["out"]):
+        raise ConfigError(f"--out {flag} and out={own['out']} name two pictures: give one")
+    chosen = flag or own.get("out")
+    if chosen is not None:
+        check_picture_path(Path(chosen))  # before the model is loaded and every aligner has run
+    keep = bool(getattr(args, "keep_special_tokens", False))
+    explained = explain_pair(own["ckpt"], image, caption, aligners, rest, keep_special=keep)
+    out = Path(chosen) if chosen is not None else default_picture(own["ckpt"], image, explained.caption)
+    try:
+        check_picture_path(out)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; name another file with --out FILE.png") from None
     path = plot_explanation(explained, out)
-    print(f"{explained.caption_text or ''}\nwords: {' '.join(explained.words)}")
+    hidden = f" ({', '.join(dict.fromkeys(explained.hidden))} scored, not drawn: --keep-special-tokens)"
+    print(f"{explained.caption_text or ''}\nwords: {' '.join(explained.words)}{hidden if explained.hidden else ''}")
     for name, alignment in explained.alignments.items():
         print(f"{name:16s} score {alignment.score:.4f}  word → region {alignment.word_to_region.tolist()}")
     print(f"picture: {path}")

@@ -2,10 +2,22 @@
 the local shard's gradient, and the rules of a global batch.
 
 `torchrun --nproc_per_node N -m finealign train ...` starts N processes with RANK, WORLD_SIZE,
-LOCAL_RANK, MASTER_ADDR and MASTER_PORT set. Each rank encodes 1/N of the global batch; the loss is
-computed over the global batch on every rank from the gathered tokens (contrastive losses need
-every negative), and DistributedDataParallel averages the gradients. Without WORLD_SIZE (or with
-WORLD_SIZE=1) nothing here is used and training is the single-process loop.
+LOCAL_RANK, MASTER_ADDR and MASTER_PORT set. Each rank encodes 1/N of the global batch and gathers
+every rank's tokens (contrastive losses need every negative); DistributedDataParallel averages the
+gradients. The loss is the global batch's either way, with the gradients of one process on the
+whole batch; who scores what (GlobalBatchObjective):
+
+- local loss (the default): each rank scores its own images against every caption and every image
+  against its own captions — B_local × B_global per direction, as open_clip's `local_loss=True,
+  gather_with_grad=True` — and computes its share of the loss (`Loss.share_loss`); the gathers'
+  backward sums every rank's gradient of a rank's tokens;
+- the whole matrix (B_global × B_global on every rank, the same loss on each) when the loss has no
+  `share_loss` (a plugin loss) or the aligner is `gallery_dependent` (two_stage: its scores of a
+  pair may depend on the rest of the batch, so a block is not a slice of the whole matrix), and
+  for a step in which some rank holds none of the global batch's distinct images.
+
+Without WORLD_SIZE (or with WORLD_SIZE=1) nothing here is used and training is the single-process
+loop.
 """
 
 from __future__ import annotations
@@ -17,7 +29,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.distributed as dist
@@ -175,6 +187,29 @@ class _GatherKeepLocalGrad(torch.autograd.Function):
         return grad[ctx.rank] * ctx.size
 
 
+class _GatherSumGrad(torch.autograd.Function):
+    """all_gather of equal-shape tensors; the backward sums every rank's gradient of this rank's
+    chunk (a reduce-scatter). For the local loss: rank r computes only its share L_r of the global
+    loss L = Σ_r L_r, so the gradient of chunk s is Σ_r ∂L_r/∂x_s, which lives on every rank."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.rank, ctx.size = dist.get_rank(), dist.get_world_size()
+        chunks = [torch.empty_like(x) for _ in range(ctx.size)]
+        dist.all_gather(chunks, x.contiguous())
+        return torch.stack(chunks)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        grad = grad.contiguous().clone()  # the collective writes in place; autograd's buffer stays as it is
+        if dist.get_backend() == "nccl":  # one chunk per rank on the wire, not the whole stack
+            out = torch.empty_like(grad[ctx.rank])
+            dist.reduce_scatter_tensor(out, grad)
+            return out
+        dist.all_reduce(grad)  # gloo has no reduce-scatter
+        return grad[ctx.rank]
+
+
 def _all_sizes(values: Sequence[int], device: torch.device) -> list[list[int]]:
     """Every rank's `values` (the same count on each rank)."""
     mine = torch.tensor(list(values), dtype=torch.long, device=device)
@@ -190,26 +225,29 @@ def _pad_to(x: Tensor, shape: Sequence[int], value: Any = 0) -> Tensor:
     return torch.nn.functional.pad(x, pads, value=value) if any(pads) else x
 
 
-def gather_rows(x: Tensor, world: World) -> Tensor:
+def gather_rows(x: Tensor, world: World, *, sum_grads: bool = False) -> Tensor:
     """Concatenate every rank's `x` along dim 0 in rank order; ranks may hold different row counts,
-    the other dims must agree. Gradients flow back to this rank's rows (see _GatherKeepLocalGrad)."""
+    the other dims must agree. Gradients flow back to this rank's rows: world_size × this rank's
+    own (every rank computes the same loss, _GatherKeepLocalGrad), or with `sum_grads` the sum of
+    every rank's (each computes its share, _GatherSumGrad)."""
     if not world.distributed:
         return x
     sizes = _all_sizes(list(x.shape), x.device)
     if any(s[1:] != sizes[0][1:] for s in sizes):
         raise ShapeError(f"cannot gather rows of shapes {sizes} across ranks: only the first dim may differ")
-    return _gather_counted(x, [s[0] for s in sizes], world)
+    return _gather_counted(x, [s[0] for s in sizes], world, sum_grads)
 
 
-def _gather_counted(x: Tensor, counts: list[int], world: World) -> Tensor:
+def _gather_counted(x: Tensor, counts: list[int], world: World, sum_grads: bool = False) -> Tensor:
     """gather_rows when every rank's row count is known (one collective, not two)."""
-    stacked = _GatherKeepLocalGrad.apply(_pad_to(x, (max(counts), *x.shape[1:])))
+    gather = _GatherSumGrad if sum_grads and x.requires_grad else _GatherKeepLocalGrad
+    stacked = gather.apply(_pad_to(x, (max(counts), *x.shape[1:])))
     return torch.cat([stacked[r][: counts[r]] for r in range(world.size)])
 
 
-def gather_token_batch(batch: TokenBatch, world: World) -> TokenBatch:
+def gather_token_batch(batch: TokenBatch, world: World, *, sum_grads: bool = False) -> TokenBatch:
     """Every rank's TokenBatch as one, in rank order; token lengths differ per rank, so each is
-    padded to the longest (padding is masked out, as within one batch)."""
+    padded to the longest (padding is masked out, as within one batch). `sum_grads`: as gather_rows."""
     if not world.distributed:
         return batch
     n, length, dim = batch.tokens.shape
@@ -217,9 +255,9 @@ def gather_token_batch(batch: TokenBatch, world: World) -> TokenBatch:
     if len({tuple(s[2:]) for s in sizes}) > 1:
         raise ShapeError(f"ranks' token batches disagree on the feature width or on having pooled vectors: {sizes}")
     counts, longest = [s[0] for s in sizes], max(s[1] for s in sizes)
-    tokens = _gather_counted(_pad_to(batch.tokens, (n, longest, dim)), counts, world)
+    tokens = _gather_counted(_pad_to(batch.tokens, (n, longest, dim)), counts, world, sum_grads)
     mask = _gather_counted(_pad_to(batch.mask.to(torch.uint8), (n, longest)), counts, world).bool()
-    pooled = _gather_counted(batch.pooled, counts, world) if batch.pooled is not None else None
+    pooled = _gather_counted(batch.pooled, counts, world, sum_grads) if batch.pooled is not None else None
     return TokenBatch(tokens, mask, pooled)
 
 
@@ -283,17 +321,40 @@ def shard_range(count: int, world: World) -> tuple[int, int]:
 
 
 class GlobalBatchObjective(nn.Module):
-    """One rank's training forward: encode the local shard, gather every rank's tokens, score the
-    global batch with the aligner and return the loss over it (the same value on every rank).
+    """One rank's training forward: encode the local shard, gather every rank's tokens, and return
+    the loss of the global batch — scored as a local loss (this rank's queries against the global
+    batch) where the loss and the aligner allow it, else as the whole matrix (module docstring).
 
     Images that two ranks both drew (two of their captions fell into different shards) are kept
-    once, at their first occurrence, as one process deduplicates a batch; positives are rebuilt for
-    the global batch from the dataset indices. Model and loss sit in one module so that DDP
-    averages the gradients of both (the loss may own a learnable temperature)."""
+    once, at their first occurrence, as one process deduplicates a batch; an image belongs to the
+    rank of that occurrence, a caption to the rank that drew it. Positives are rebuilt for the
+    global batch from the dataset indices. Model and loss sit in one module so that DDP averages
+    the gradients of both (the loss may own a learnable temperature).
 
-    def __init__(self, model: RetrievalModel, loss: nn.Module, world: World):
+    The returned value is the global loss on every rank either way. Its gradient on rank r is that
+    of W·L_r under the local loss (L_r: rank r's share, Σ_r L_r = L): DDP's average over ranks of
+    the parameters' gradients then gives ∂L/∂θ, as the whole matrix's path does."""
+
+    def __init__(self, model: RetrievalModel, loss: nn.Module, world: World, *, local_loss: bool = True):
         super().__init__()
         self.model, self.loss, self.world = model, loss, world
+        self.why_whole = self._why_whole(local_loss)  # None: the local loss
+        self.last_path = ""  # "local" or "whole" for the last step (tests and logs)
+        if world.is_main:
+            log.info("distributed loss: %s", "each rank scores its own queries against the global batch "
+                     "(local loss)" if self.why_whole is None else f"the whole matrix on every rank: {self.why_whole}")  # fmt: skip
+
+    def _why_whole(self, local_loss: bool) -> str | None:
+        from finealign.engine.evaluate import gallery_dependent
+
+        if not local_loss:
+            return "asked for"
+        if not callable(getattr(self.loss, "share_loss", None)):
+            return f"the loss {type(self.loss).__name__} has no share_loss (losses/base.py)"
+        if gallery_dependent(self.model.aligner):
+            return (f"the aligner {type(self.model.aligner).__name__} is gallery_dependent (a pair's score may "
+                    "depend on the rest of the batch)")  # fmt: skip
+        return None
 
     def forward(
         self, images: Any, texts: Any, item_ids: Tensor, caption_items: Tensor,
@@ -301,17 +362,45 @@ class GlobalBatchObjective(nn.Module):
     ) -> Tensor:  # fmt: skip
         from finealign.engine.model import loss_extras
 
-        visual = gather_token_batch(self.model.encode_images(images), self.world)
-        text = gather_token_batch(self.model.encode_texts(texts), self.world)
-        with torch.no_grad():
-            item_ids, caption_items = gather_rows(item_ids, self.world), gather_rows(caption_items, self.world)
+        world = self.world
+        with torch.no_grad():  # every rank's ids, with the rank that drew each
+            images_of = gather_rows(torch.stack([item_ids, torch.full_like(item_ids, world.rank)], 1), world)
+            captions_of = gather_rows(
+                torch.stack([caption_items, torch.full_like(caption_items, world.rank)], 1), world
+            )
+        item_ids, caption_items, caption_rank = images_of[:, 0], captions_of[:, 0], captions_of[:, 1]
         keep = first_occurrences(item_ids)
-        visual, item_ids = visual[keep], item_ids[keep]
+        item_ids, image_rank = item_ids[keep], images_of[keep, 1]
+        # the same decision on every rank (it sees every rank's ids): the gathers' backward must match
+        owned = torch.bincount(image_rank, minlength=world.size)
+        local = self.why_whole is None and bool((owned > 0).all())
+        self.last_path = "local" if local else "whole"
+        visual = gather_token_batch(self.model.encode_images(images), world, sum_grads=local)[keep]
+        text = gather_token_batch(self.model.encode_texts(texts), world, sum_grads=local)
         positives = item_ids[:, None] == caption_items[None, :]
         extras = loss_extras(visual, text)
         if check is not None:
             check(visual, text, extras)
-        return self.loss(self.model.aligner(visual, text), positives, extras)
+        if not local:
+            return self.loss(self.model.aligner(visual, text), positives, extras)
+        return self._local_loss(visual, text, positives, extras, image_rank == world.rank, caption_rank == world.rank)
+
+    def _local_loss(self, visual: TokenBatch, text: TokenBatch, positives: Tensor, extras: dict[str, Tensor],
+                    own_images: Tensor, own_captions: Tensor) -> Tensor:  # fmt: skip
+        """This rank's share: its images against every caption, the other images against its
+        captions (its own images' block is not scored twice), the whole-loss value on every rank."""
+        from finealign.losses.base import BatchShare
+
+        mine, others = own_images.nonzero().flatten(), (~own_images).nonzero().flatten()
+        cols = own_captions.nonzero().flatten()
+        i2t = self.model.aligner(visual[mine], text)  # (n_img, B_txt)
+        rest = self.model.aligner(visual[others], text[cols])  # (B_img - n_img, n_txt)
+        t2i = torch.cat([i2t[:, cols], rest])[torch.cat([mine, others]).argsort()]  # (B_img, n_txt)
+        part = cast(Any, self.loss).share_loss(BatchShare(i2t, t2i, mine, cols, positives, extras))
+        total = part.detach().clone()
+        dist.all_reduce(total)  # Σ_r L_r = L: what every rank reports
+        scaled = part * self.world.size
+        return scaled + (total - scaled).detach()
 
 
 def wrap_ddp(objective: GlobalBatchObjective, device: torch.device) -> nn.Module:

@@ -282,6 +282,7 @@ def _run_experiment(
         config_snapshot=snapshot,
         progress=spec.train.progress,
         world=world,
+        run_labels=labels(spec),
     )
     result = trainer.fit(train_split, val_split, on_validation=on_validation)
     trained = {
@@ -320,9 +321,9 @@ def _run_experiment(
     out = {**metrics, **memory_metrics(device), **trained}
     if world.is_main:
         save_results(out_dir, out, labels=labels(spec), config=snapshot["config"], extra=extra)
-        failed = log_final_metrics(trainer.mlflow_run, out)  # after the results are safe on disk
-        if failed is not None:  # recorded: results.json says which tracking is incomplete
-            extra["tracking_failures"] = [*extra["tracking_failures"], failed]
+        failed = log_final_metrics(trainer.tracking, out)  # after the results are safe on disk
+        if failed:  # recorded: results.json says which tracking is incomplete
+            extra["tracking_failures"] = [*extra["tracking_failures"], *failed]
             save_results(out_dir, out, labels=labels(spec), config=snapshot["config"], extra=extra)
     return out
 

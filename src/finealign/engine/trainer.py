@@ -34,7 +34,7 @@ from finealign.engine.evaluate import evaluate
 from finealign.engine.model import RetrievalModel, loss_extras
 from finealign.engine.optim import apply_backbone_schedule, build_optimizer, enable_grad_checkpointing
 from finealign.engine.schedule import LRSchedule
-from finealign.engine.tracking import ScalarSinks, flatten, open_sinks
+from finealign.engine.tracking import FinalTargets, ScalarSinks, flatten, open_sinks
 from finealign.errors import ConfigError, DivergenceError
 from finealign.kept import keep
 from finealign.progress import bar as progress_bar
@@ -103,6 +103,7 @@ class Trainer:
         config_snapshot: dict[str, Any] | None = None,
         progress: bool = True,
         world: World = SINGLE,
+        run_labels: dict[str, Any] | None = None,
     ):
         if cfg.amp == "fp16" and device.type != "cuda":
             raise ConfigError("train.amp=fp16 needs a CUDA device; use bf16 (or none) on the CPU")
@@ -110,6 +111,7 @@ class Trainer:
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.eval_cfg = eval_cfg or EvalConfig()
         self.config_snapshot = config_snapshot or {}
+        self.run_labels = run_labels or {}  # what names and tags the run in TensorBoard / MLflow
         self.world = world  # several processes: rank 0 alone logs and writes checkpoints
         self.progress = progress and world.is_main
         check_global_batch(cfg.batch_size, world.size)
@@ -121,7 +123,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self.best_state: dict[str, Any] | None = None
-        self.mlflow_run: tuple[str, str] | None = None  # (tracking URI, run id) once fit opened one
+        self.tracking: FinalTargets | None = None  # where the test metrics go, once fit opened the sinks
         self.tracking_failures: list[str] = []  # sinks that failed and were dropped (results.json records them)
         self._start_temperature: float | None = None  # the loss's temperature when this fit started
         self._first_loss: float | None = None
@@ -210,15 +212,15 @@ class Trainer:
         check_batch_fits(min(batch, train_split.num_items), batch, self.device, cfg.amp)
         started = time.perf_counter()
         # rank 0 alone writes scalars (TensorBoard, MLflow)
-        sinks = open_sinks(cfg, self.output_dir if self.world.is_main else None, self.config_snapshot.get("config", {}))
-        self.mlflow_run = sinks.mlflow_run
+        sinks = open_sinks(cfg, self.output_dir if self.world.is_main else None, self.config_snapshot.get("config", {}),
+                           self.run_labels)  # fmt: skip
         temperature = getattr(self.loss, "temperature", None)
         self._start_temperature = float(temperature) if isinstance(temperature, (int, float)) else None
         try:
             self._epochs(train_split, val_split, on_validation, start_epoch, result, sinks, started)
         finally:
             sinks.close()  # also when training stops with an error: an MLflow run is ended, not left running
-            self.mlflow_run = sinks.mlflow_run  # None when the MLflow sink failed and was dropped
+            self.tracking = sinks.finals  # without the sinks that failed and were dropped
             self.tracking_failures = sinks.failures
         if cfg.select == "best" and self.best_state is not None:
             self.model.load_state_dict(self.best_state)

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from finealign.errors import ConfigError, ShapeError
 from finealign.kernels.normalize import l2_normalize
-from finealign.losses.base import Loss, check_similarity, hinge_terms
+from finealign.losses.base import BatchShare, Loss, check_share, check_similarity, hinge_share, hinge_terms
 from finealign.registry import LOSSES
 
 
@@ -87,8 +87,43 @@ class CMCLoss(Loss[CMCConfig]):
             loss = loss + cfg.consistency_weight * self.consistency(image_global, text_global, positives)
         return loss
 
-    def consistency(self, image_global: Tensor, text_global: Tensor, positives: Tensor) -> Tensor:
-        """C of the module docstring: gap between caption-caption and image-image similarities."""
+    def share_loss(self, share: BatchShare) -> Tensor:
+        """Both hinges as the share's rows' and columns' costs (over the whole batch's count of
+        positive pairs when averaging) and the consistency terms of the share's captions: the
+        global similarities and C need only the (B, d) global vectors, which every share holds."""
+        check_share(share)
+        cfg = self.config
+        image_global, text_global = share.extras.get("image_global"), share.extras.get("text_global")
+        global_sim = share.extras.get("global_sim")
+        if global_sim is not None:
+            check_similarity(global_sim, share.positives, "global_sim")
+            g_i2t, g_t2i = global_sim[share.image_rows], global_sim[:, share.text_cols]
+        elif image_global is None or text_global is None:
+            raise ShapeError("cmc needs extras 'global_sim' or both 'image_global' and 'text_global'")
+        else:
+            v, t = l2_normalize(image_global.float()), l2_normalize(text_global.float())
+            g_i2t, g_t2i = v[share.image_rows] @ t.T, v @ t[share.text_cols].T
+            check_similarity(g_i2t, share.row_positives, "global_sim")
+
+        def hinge(i2t: Tensor, t2i: Tensor) -> Tensor:
+            cost = hinge_share(share, i2t.float(), t2i.float(), cfg.margin, cfg.hardest)
+            return cost if cfg.reduction == "sum" else cost / share.positives.sum()
+
+        loss = cfg.local_weight * hinge(share.i2t, share.t2i) + cfg.global_weight * hinge(g_i2t, g_t2i)
+        if cfg.consistency_weight > 0:
+            if image_global is None or text_global is None:
+                raise ShapeError("cmc's consistency term needs extras 'image_global' and 'text_global'")
+            consistency = self.consistency(image_global, text_global, share.positives, captions=share.text_cols)
+            loss = loss + cfg.consistency_weight * consistency
+        return loss
+
+    def consistency(
+        self, image_global: Tensor, text_global: Tensor, positives: Tensor, captions: Tensor | None = None
+    ) -> Tensor:
+        """C of the module docstring: gap between caption-caption and image-image similarities.
+        `captions`: only the terms of these captions (rows b of the gap; "tgdt": the columns b',
+        the same by symmetry), so that C over the whole batch is the sum over a split of its
+        captions (a rank's share in distributed training)."""
         n_img, n_txt = positives.shape
         if image_global.shape[0] != n_img or text_global.shape[0] != n_txt:
             raise ShapeError(
@@ -101,11 +136,12 @@ class CMCLoss(Loss[CMCConfig]):
         owner = positives.float().argmax(dim=0)  # u(b)
         img = l2_normalize(image_global.float())[owner]
         txt = l2_normalize(text_global.float())
-        gap = txt @ txt.T - img @ img.T
+        rows = torch.arange(n_txt, device=txt.device) if captions is None else captions
+        gap = txt[rows] @ txt.T - img[rows] @ img.T  # (rows, n_txt); the whole gap matrix is symmetric
         if self.config.consistency == "tgdt":
-            return (gap.abs().amax(dim=0) - self.config.consistency_margin).clamp_min(0).sum()
-        off_diagonal = ~torch.eye(n_txt, dtype=torch.bool, device=gap.device)
-        if not bool(off_diagonal.any()):
+            return (gap.abs().amax(dim=1) - self.config.consistency_margin).clamp_min(0).sum()
+        if n_txt < 2:
             return gap.new_zeros(())
-        gap = gap[off_diagonal]
-        return gap.abs().mean() if self.config.consistency == "l1" else gap.pow(2).mean()
+        gap = gap[rows[:, None] != torch.arange(n_txt, device=gap.device)[None, :]]  # b' ≠ b
+        terms = gap.abs() if self.config.consistency == "l1" else gap.pow(2)
+        return terms.sum() / (n_txt * (n_txt - 1))  # the mean over all b ≠ b' of the batch

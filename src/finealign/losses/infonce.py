@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from finealign.errors import ConfigError
-from finealign.losses.base import Loss, check_similarity
+from finealign.losses.base import BatchShare, Loss, check_share, check_similarity
 from finealign.registry import LOSSES
 
 
@@ -40,10 +40,14 @@ def multi_positive_nce(logits: Tensor, positives: Tensor) -> Tensor:
     "L_out" form), so every caption of the image is pulled up while the other images' captions
     are pushed down. Rows without a positive (pure negatives) contribute only as negatives.
     """
+    return nce_rows(logits, positives).mean()
+
+
+def nce_rows(logits: Tensor, positives: Tensor) -> Tensor:
+    """The per-row terms of `multi_positive_nce`, for the rows that have a positive."""
     log_prob = torch.log_softmax(logits, dim=1)
     has_pos = positives.any(dim=1)
-    per_row = -(log_prob * positives).sum(dim=1)[has_pos] / positives.sum(dim=1)[has_pos]
-    return per_row.mean()
+    return -(log_prob * positives).sum(dim=1)[has_pos] / positives.sum(dim=1)[has_pos]
 
 
 @LOSSES.register("infonce")
@@ -71,3 +75,12 @@ class InfoNCELoss(Loss[InfoNCEConfig]):
         check_similarity(sim, positives)
         logits = sim.float() * self.scale()
         return 0.5 * (multi_positive_nce(logits, positives) + multi_positive_nce(logits.T, positives.T))
+
+    def share_loss(self, share: BatchShare) -> Tensor:
+        """The share's rows' and columns' terms, each over the whole batch's count of rows / columns
+        with a positive (so that the shares of a split batch add up to `forward`)."""
+        check_share(share)
+        scale = self.scale()
+        rows = nce_rows(share.i2t.float() * scale, share.row_positives).sum() / share.positives.any(1).sum()
+        cols = nce_rows(share.t2i.float().T * scale, share.col_positives).sum() / share.positives.any(0).sum()
+        return 0.5 * (rows + cols)

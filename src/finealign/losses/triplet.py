@@ -9,7 +9,7 @@ from torch import Tensor
 
 from finealign.checks import check_int
 from finealign.errors import ConfigError
-from finealign.losses.base import Loss, check_similarity, hinge_terms
+from finealign.losses.base import BatchShare, Loss, check_share, check_similarity, hinge_share, hinge_terms
 from finealign.registry import LOSSES
 
 
@@ -48,3 +48,10 @@ class TripletLoss(Loss[TripletConfig]):
         check_similarity(sim, positives)
         cost = hinge_terms(sim.float(), positives, self.config.margin, self.hardest)
         return cost.mean() if self.config.reduction == "mean" else cost.sum()
+
+    def share_loss(self, share: BatchShare) -> Tensor:
+        """The hinge costs of the share's images (image→text) and captions (text→image), over the
+        whole batch's count of positive pairs when averaging."""
+        check_share(share)
+        cost = hinge_share(share, share.i2t.float(), share.t2i.float(), self.config.margin, self.hardest)
+        return cost / share.positives.sum() if self.config.reduction == "mean" else cost

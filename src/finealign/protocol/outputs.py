@@ -101,10 +101,11 @@ def write_protocol_report(out_dir: Path, storage: str) -> ProtocolReport:
         f"seeds {list(spec.seeds)} for every method; test metrics mean ± std over seeds; Δ = paired bootstrap "
         f"{100 * b.confidence:.0f}% CI vs {spec.reference} ({b.resamples} resamples of test images with their "
         "captions, seeds pooled; * = excludes 0); costs: median [IQR] per image query over the first seed's "
-        "repeats, × global / × floor = ratio to the pooled matmul / the all-token-pairs BLAS product timed alongside."
+        "repeats, × global / × floor = ratio to the pooled matmul (global retrieval; – for global itself) / the "
+        "all-token-pairs BLAS product timed alongside."
     )
     write_atomic(md, f"# Protocol {spec.study}\n\n{markdown}\n\n{legend}\n")
-    write_atomic(tex, to_latex(frame, spec.reference, caption=f"{spec.study}: {legend}"))
+    write_atomic(tex, to_latex(frame, spec.reference, caption=f"{spec.study}: {legend}", study=spec.study))
     plot = plot_protocol(frame, out_dir / "tradeoff.png", title=f"protocol {spec.study}")
     tuning = plot_tuning(tuning_curves(spec, rdb) if rdb is not None else {}, out_dir / "tuning.png", spec.tune.metric,
                          title=f"tuning {spec.study}: {spec.tune.n_trials} trials per study ({_sampler(spec)})")  # fmt: skip

@@ -26,17 +26,55 @@ def plot_protocol(frame: pd.DataFrame, path: Path, title: str = "") -> Path | No
     yerr = done["rsum_std"].astype(float).fillna(0.0)
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     ax.errorbar(x, y, xerr=np.clip(xerr, 0, None), yerr=yerr, fmt="o", c="tab:gray", ecolor="tab:gray",
-                capsize=3, label="method (bars: seed std, latency IQR)")  # fmt: skip
+                capsize=3, zorder=2, label="method (bars: seed std, latency IQR)")  # fmt: skip
     front = done[done["pareto"]].sort_values("cost_ms_per_query")
-    ax.plot(front["cost_ms_per_query"], front["rsum_mean"], c="tab:red", lw=1, drawstyle="steps-post",
-            marker="o", label="Pareto front (medians)")  # fmt: skip
-    for _, row in done.iterrows():
-        ax.annotate(str(row["label"]), (row["cost_ms_per_query"], row["rsum_mean"]), textcoords="offset points",
-                    xytext=(4, 4), fontsize=7)  # fmt: skip
+    # above the grey markers and their bars: the legend's red points must be the ones seen
+    ax.plot(front["cost_ms_per_query"], front["rsum_mean"], c="tab:red", lw=1.2, drawstyle="steps-post",
+            marker="o", ms=7, mec="darkred", zorder=3, label="Pareto front (medians)")  # fmt: skip
     if (x > 0).all() and x.max() / x.min() > 30:
         ax.set_xscale("log")
+    label_points(ax, x.to_numpy(), y.to_numpy(), [str(v) for v in done["label"]])
     return finish_figure(fig, ax, "scoring latency per image query, ms (median, IQR)",
                          "test RSUM (mean ± std over seeds)", title, path)  # fmt: skip
+
+
+# Where a point's name may go: beside it to the upper right, lower right, upper left, lower left.
+LABEL_SIDES = ((4, 3, "left", "bottom"), (4, -3, "left", "top"), (-4, 3, "right", "bottom"), (-4, -3, "right", "top"))
+
+
+def label_points(ax, x: np.ndarray, y: np.ndarray, labels: list[str], fontsize: float = 7) -> None:
+    """Each point's name beside it, on the first side (LABEL_SIDES) where it overlaps no name
+    placed before it nor another point (sizes estimated in axes fractions: the figure's layout may
+    still change a little); a white backing keeps a name readable over a line."""
+    ax.autoscale_view()
+    fig = ax.figure
+    box = ax.get_position()
+    width_px, height_px = box.width * fig.get_figwidth() * fig.dpi, box.height * fig.get_figheight() * fig.dpi
+    pt_x, pt_y = fig.dpi / 72 / width_px, fig.dpi / 72 / height_px  # one point in axes fractions
+    to_axes = ax.transData + ax.transAxes.inverted()
+    points = to_axes.transform(np.column_stack([x, y]))
+    placed: list[tuple[float, float, float, float]] = []
+    marker = (4 * pt_x, 4 * pt_y)
+
+    def clear(r: tuple[float, float, float, float], own: int) -> bool:
+        boxes = placed + [(px - marker[0], py - marker[1], px + marker[0], py + marker[1])
+                          for k, (px, py) in enumerate(points) if k != own]  # fmt: skip
+        return all(r[2] <= b[0] or b[2] <= r[0] or r[3] <= b[1] or b[3] <= r[1] for b in boxes)
+
+    for k in np.argsort(points[:, 0], kind="stable"):
+        px, py = points[k]
+        w, h = 0.6 * fontsize * len(labels[k]) * pt_x, 1.2 * fontsize * pt_y
+        rects = []
+        for dx, dy, ha, va in LABEL_SIDES:
+            left = px + dx * pt_x - (w if ha == "right" else 0)
+            bottom = py + dy * pt_y - (h if va == "top" else 0)
+            rects.append((left, bottom, left + w, bottom + h))
+        side = next((i for i, r in enumerate(rects) if clear(r, int(k))), 0)
+        dx, dy, ha, va = LABEL_SIDES[side]
+        placed.append(rects[side])
+        ax.annotate(labels[k], (x[k], y[k]), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
+                    fontsize=fontsize, zorder=4, bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none",
+                                                       "alpha": 0.75})  # fmt: skip
 
 
 def plot_forest(frame: pd.DataFrame, path: Path, reference: str, title: str = "") -> Path | None:

@@ -36,6 +36,20 @@ def _ranks(outcome: MethodOutcome) -> dict[int, QueryRanks]:
     }
 
 
+def _aligner(spec: ProtocolSpec, outcome: MethodOutcome) -> str:
+    """The method's aligner: as its first finished run recorded it (results.json labels), else the
+    `aligner=` among the method's overrides; "" when neither says."""
+    for final in outcome.finals:
+        path = final.directory / "results.json"
+        if final.metrics is not None and path.is_file():
+            name = json.loads(path.read_text()).get("labels", {}).get("aligner")
+            if name:
+                return str(name)
+    method = next((m for m in spec.methods if m.name == outcome.name), None)
+    given = [o.split("=", 1)[1] for o in (method.overrides if method else ()) if o.startswith("aligner=")]
+    return given[-1] if given else ""
+
+
 def protocol_frame(spec: ProtocolSpec, outcomes: list[MethodOutcome]) -> pd.DataFrame:
     by_name = {o.name: o for o in outcomes}
     ref_ranks = _ranks(by_name[spec.reference]) if spec.reference in by_name else {}
@@ -45,6 +59,7 @@ def protocol_frame(spec: ProtocolSpec, outcomes: list[MethodOutcome]) -> pd.Data
         row: dict[str, Any] = {
             "method": o.name,
             "label": solver_label(o.name, done[0]) if done else o.name,
+            "aligner": _aligner(spec, o),
             "status": "ok" if o.failure is None else o.failure[:200],
             "trials": o.tune.complete,
             "trials_failed": o.tune.failed,
@@ -117,7 +132,16 @@ def _spread(row: pd.Series, key: str, digits: int, dash: str) -> str:
     med, lo, hi = row[key], row[f"{key}_q25"], row[f"{key}_q75"]
     if not math.isfinite(med):
         return "–"
-    return f"{med:.{digits}g} [{lo:.{digits}g}{dash}{hi:.{digits}g}]"
+    if key == "cost_vs_global" and row.get("aligner") == "global":
+        # global retrieval *is* the reference operation (the pooled-vector matmul); the measured
+        # ratio of the global aligner only says what its per-call wrapper adds (kept in protocol.csv)
+        return "–"
+    return f"{_sig(med, digits)} [{_sig(lo, digits)}{dash}{_sig(hi, digits)}]"
+
+
+def _sig(value: float, digits: int) -> str:
+    """`digits` significant digits, never in exponent form (1070, not 1.07e+03)."""
+    return f"{value:.0f}" if abs(value) >= 10 ** (digits - 1) else f"{value:.{digits}g}"
 
 
 def display_frame(frame: pd.DataFrame, reference: str, *, latex: bool = False) -> pd.DataFrame:
@@ -150,6 +174,75 @@ def to_markdown(frame: pd.DataFrame, reference: str) -> str:
     return display_frame(frame, reference).to_markdown(index=False) if len(frame) else "(no methods)"
 
 
-def to_latex(frame: pd.DataFrame, reference: str, caption: str = "") -> str:
-    """A booktabs table (\\toprule/\\midrule/\\bottomrule; needs \\usepackage{booktabs})."""
-    return to_booktabs(display_frame(frame, reference, latex=True).drop(columns=["status"]), caption=caption)
+def _short(row: pd.Series) -> bool:
+    """A method short of its tuning budget or its seeds (marked † in the paper's tables)."""
+    return bool(row["trials"] < row["budget"] or row["seeds_done"] < row["seeds"])
+
+
+def _paper_diff(row: pd.Series, metric: str) -> str:
+    """ΔRSUM as a paper prints it: estimate, interval without repeated signs, * when it excludes 0."""
+    if row[f"d_{metric}_note"] == "reference":
+        return "ref."
+    est, low, high = row[f"d_{metric}"], row[f"d_{metric}_low"], row[f"d_{metric}_high"]
+    if not math.isfinite(est):
+        return "--"
+    text = f"{est:+.1f}" if not math.isfinite(low) else f"{est:+.1f} [{low:.1f}, {high:.1f}]"
+    text = text.replace("-", "$-$")  # a minus sign, not a hyphen
+    return text + (r"$^{*}$" if math.isfinite(low) and row[f"d_{metric}_significant"] else "")
+
+
+def paper_frames(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The paper's two tables, five columns each, sized to fit a page as they are: accuracy (test
+    RSUM mean ± std over seeds, R@1 both ways as means, ΔRSUM against the reference with its
+    interval) and cost (µs per image query, median [IQR]; medians of the ratios to global retrieval
+    and to the all-token-pairs floor; scoring peak memory). What they leave out — R@1's spread,
+    the per-direction Δ, the ratios' IQRs, the trial and seed counts — is in protocol.md and
+    protocol.csv; a method short of its budget or seeds is marked † (`_short`)."""
+    pm = r" $\pm$ "
+    methods = [str(r["label"]) + (r"$^{\dagger}$" if _short(r) else "") for _, r in frame.iterrows()]
+    micro = frame.assign(**{f"cost_us{q}": 1000.0 * frame[f"cost_ms_per_query{q}"] for q in ("", "_q25", "_q75")})
+    accuracy = pd.DataFrame({
+        "Method": methods,
+        "RSUM": [_pm(m, s, pm) for m, s in zip(frame["rsum_mean"], frame["rsum_std"], strict=True)],
+        "i2t R@1": [_num(v) for v in frame["i2t_r1_mean"]],
+        "t2i R@1": [_num(v) for v in frame["t2i_r1_mean"]],
+        r"$\Delta$RSUM [CI]": [_paper_diff(r, "rsum") for _, r in frame.iterrows()],
+    })  # fmt: skip
+    cost = pd.DataFrame({
+        "Method": methods,
+        r"$\mu$s/query [IQR]": [_spread(r, "cost_us", 3, "--") for _, r in micro.iterrows()],
+        r"$\times$ global": [_ratio(r, "cost_vs_global") for _, r in frame.iterrows()],
+        r"$\times$ floor": [_ratio(r, "cost_vs_floor") for _, r in frame.iterrows()],
+        "peak MiB": [_num(v) for v in frame["score_peak_mem_mb"]],
+    })  # fmt: skip
+    return accuracy, cost
+
+
+def _ratio(row: pd.Series, key: str) -> str:
+    if not math.isfinite(row[key]) or (key == "cost_vs_global" and row.get("aligner") == "global"):
+        return "--"  # global retrieval is the reference operation itself (see _spread)
+    return _sig(row[key], 3)
+
+
+def to_latex(frame: pd.DataFrame, reference: str, caption: str = "", study: str = "protocol") -> str:
+    """Two booktabs tables for a paper (paper_frames): accuracy, then cost. Each fits a page's
+    width (a single-column article's 345 pt) as it is, and is shrunk to the line only where it
+    would not fit (a two-column paper's column, long method names). Needs
+    \\usepackage{booktabs,graphicx}."""
+    accuracy, cost = paper_frames(frame)
+    label = "".join(c if c.isalnum() else "-" for c in study)
+    marked = any(_short(r) for _, r in frame.iterrows())
+    dagger = " $^{\\dagger}$ short of its tuning budget or seeds (protocol.md)." if marked else ""
+    return (
+        "% needs \\usepackage{booktabs} and \\usepackage{graphicx}\n"
+        + to_booktabs(accuracy, caption=caption + dagger, label=f"tab:{label}-accuracy", fit=True, colsep_pt=4)
+        + "\n"
+        + to_booktabs(cost, caption=COST_CAPTION + dagger, label=f"tab:{label}-cost", fit=True, colsep_pt=4)
+    )
+
+
+COST_CAPTION = (
+    "Scoring cost per image query: µs, median [IQR] over the first seed's repeats; × global / × floor: median "
+    "ratio to global retrieval (the pooled-vector matmul) / to the all-token-pairs BLAS product, each timed "
+    "alongside (– for global itself); peak MiB: scoring memory."
+)

@@ -29,6 +29,7 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
+from finealign.engine.tracking import tracked_as
 from finealign.protocol.cells import Cell, level_overrides, tuning_cell
 from finealign.protocol.finals import FinalKey, FinalsQueue, FinalsState
 from finealign.protocol.recipe import final_overrides, tune_outcome, tune_overrides, tune_sweep_spec
@@ -94,7 +95,8 @@ class BenchWorker:
         tuner = self.tuner(cell)
         trial = tuner.poll()
         if trial is not None:
-            state = tuner.run_trial(trial)
+            with tracked_as(f"{tuner.study.study_name}/trial_{trial.number:04d}", self._tags(cell, "tune")):
+                state = tuner.run_trial(trial)
             self.report.tuning_trials += 1
             self._progress(f"[bench] tuning {tuner.study.study_name} trial {trial.number}: {state.name.lower()}")
             return True
@@ -138,12 +140,19 @@ class BenchWorker:
                                    with_costs=with_costs, level=level)  # fmt: skip
 
         started = time.monotonic()
-        metrics = self.finals.run(key, trial_id, overrides, self.objective)
+        name = f"{self.spec.study}/{key.cell.path.as_posix()}/seed_{key.seed}"
+        with tracked_as(name, {**self._tags(key.cell, "final"), "seed": key.seed}):
+            metrics = self.finals.run(key, trial_id, overrides, self.objective)
         self.report.finals += 1
         outcome = (
             "failed (error.txt)" if metrics is None else f"{self.spec.tune.metric}={metrics.get(self.spec.tune.metric)}"
         )
         self._progress(f"[bench] {key.run}: {outcome} ({time.monotonic() - started:.1f} s)")
+
+    def _tags(self, cell: Cell, stage: str) -> dict[str, str | None]:
+        """What a protocol's run is tagged with in MLflow / TensorBoard (engine/tracking.py)."""
+        return {"protocol": self.spec.study, "method": cell.method, "factor": cell.factor, "level": cell.level,
+                "stage": stage}  # fmt: skip
 
     def run(self, wait: bool = True) -> WorkerReport:
         said = None

@@ -23,6 +23,7 @@ from optuna.storages import RDBStorage, fail_stale_trials
 from optuna.trial import TrialState
 
 from finealign.engine.provenance import provenance
+from finealign.engine.tracking import tracked_as
 from finealign.sweeps.space import suggest, to_overrides
 from finealign.sweeps.spec import SweepSpec
 from finealign.sweeps.storage import Heartbeat, requeue_stale_trial
@@ -171,7 +172,9 @@ class SweepWorker:
                     overrides.append(f"output_dir={self.output_root}/trial_{trial.number:04d}")
                 trial.set_user_attr("seed", seed)
                 trial.set_user_attr("overrides", overrides)
-                metrics = dict(self.objective(overrides, self._validation_hook(trial)))
+                name = f"{self.study.study_name}/trial_{trial.number:04d}"  # the run's name in MLflow / TensorBoard
+                with tracked_as(name, {"study": self.study.study_name, "trial": trial.number}):
+                    metrics = dict(self.objective(overrides, self._validation_hook(trial)))
                 values = objective_values(self.spec, metrics)
                 trial.set_user_attr(METRICS_ATTR, _jsonable(metrics))
                 for o in self.spec.objectives:  # one attr per objective: optuna-dashboard shows them by name
