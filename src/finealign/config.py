@@ -259,7 +259,7 @@ class TrainConfig:
     progress: bool = True  # tqdm bars (shown only on a TTY; FINEALIGN_PROGRESS=0/1 overrides everywhere)
     tensorboard: bool = True  # per-epoch scalars in <output_dir>/tb when the tensorboard package is installed
     mlflow: bool = False  # also log params (the resolved config), per-epoch scalars and test metrics to MLflow
-    mlflow_tracking_uri: Any = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db
+    mlflow_tracking_uri: Any = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db (one store per project)
     mlflow_experiment: str = "finealign"
     save_model: bool = True  # write output_dir/model.pt (weights + config) for `finealign eval`
     # Under torchrun (WORLD_SIZE > 1) "auto" trains one model with DDP over the global batch
