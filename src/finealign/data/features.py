@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from finealign.cache.format import finish_entry, load_array, open_checked, save_array
+from finealign.checks import check_choice
 from finealign.data.base import ConfiguredSplits, RetrievalSplit
 from finealign.errors import ConfigError, DataError
 from finealign.registry import DATASETS
@@ -191,8 +192,7 @@ class FeaturesConfig:
     def __post_init__(self) -> None:
         if self.root is not None and not isinstance(self.root, str):
             raise ConfigError(f"root must be a directory path or null, got {self.root!r}")
-        if self.layout not in LAYOUTS:
-            raise ConfigError(f"layout must be one of {sorted(LAYOUTS)}, got {self.layout!r}")
+        check_choice("layout", self.layout, sorted(LAYOUTS))
         if not isinstance(self.splits, dict) or not self.splits:
             raise ConfigError(f"splits must map split names to directories, got {self.splits!r}")
         for split, path in self.splits.items():

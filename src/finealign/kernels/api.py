@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from finealign.checks import check_positive_int
+from finealign.checks import check_choice, check_positive_int
 from finealign.errors import ConfigError, ShapeError
 from finealign.kernels.checks import (
     check_marginal,
@@ -136,8 +136,7 @@ class SinkhornOptions:
         if not self.marginal_temperature > 0:
             raise ConfigError(f"marginal_temperature must be > 0, got {self.marginal_temperature!r}")
         check_positive_int("iterations", self.iterations)
-        if self.rows not in ("visual", "text"):
-            raise ConfigError(f"rows must be 'visual' or 'text', got {self.rows!r}")
+        check_choice("rows", self.rows, ("visual", "text"))
 
 
 def sinkhorn_flow_scores(

@@ -39,7 +39,7 @@ from finealign.aligners.base import Aligner, global_vectors
 from finealign.aligners.two_stage import TwoStageAligner
 from finealign.cache.build import remove_stale_temporaries
 from finealign.cache.format import array_record
-from finealign.checks import check_int, check_positive_int
+from finealign.checks import check_choice, check_int, check_positive_int
 from finealign.errors import ConfigError, DataError, ShapeError
 from finealign.kernels.ann import IndexSpec, build_index, read_index, search, write_index
 from finealign.kernels.normalize import l2_normalize
@@ -85,8 +85,7 @@ class GalleryWriter:
 
     def __init__(self, folder: Path, *, count: int, total_tokens: int, dim: int, modality: str,
                  feature_source: str, normalize: bool = True):  # fmt: skip
-        if modality not in MODALITIES:
-            raise ConfigError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        check_choice("modality", modality, MODALITIES)
         if not isinstance(feature_source, str) or not feature_source:
             raise ConfigError(f"feature_source must name where the features came from, got {feature_source!r}")
         self.folder = Path(folder)

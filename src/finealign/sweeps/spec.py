@@ -9,13 +9,20 @@ raises ConfigError naming the first bad key, before any trial starts.
 
 from __future__ import annotations
 
-import difflib
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from finealign.checks import check_int, check_positive_int
+from finealign.checks import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_known_keys,
+    check_number,
+    check_positive_int,
+    check_text,
+    is_finite_number,
+)
 from finealign.errors import ConfigError
 
 SAMPLERS = ("grid", "tpe", "nsga2", "random")
@@ -25,18 +32,6 @@ Direction = Literal["maximize", "minimize"]
 PRUNERS = ("none", "median", "percentile", "hyperband")
 
 Value = Any  # None | bool | int | float | str: what Optuna can store as a categorical choice
-
-
-def _unknown_keys(given: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
-    for key in given:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=2, cutoff=0.5)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ConfigError(f"{where} has no key {key!r}{hint} (allowed: {', '.join(allowed)})")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -65,7 +60,7 @@ class ParamSpec:
             raw = {"values": list(raw)}
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where} must be a mapping (values: [...] or low/high) or a list, got {raw!r}")
-        _unknown_keys(raw, cls.ALLOWED, where)
+        check_known_keys(raw, cls.ALLOWED, where)
         if "values" in raw:
             extra = [k for k in ("low", "high", "log", "step", "grid") if k in raw]
             if extra:
@@ -83,14 +78,13 @@ class ParamSpec:
             raise ConfigError(f"{where} needs values: [...] or both low and high")
         low, high, step = raw["low"], raw["high"], raw.get("step")
         for key, v in (("low", low), ("high", high)) + ((("step", step),) if step is not None else ()):
-            if not _is_number(v):
-                raise ConfigError(f"{where}: {key} must be a finite number, got {v!r}")
+            check_number(f"{where}: {key}", v)
         kind = raw.get("type") or ("int" if all(isinstance(v, int) for v in (low, high)) else "float")
-        if kind not in ("int", "float"):
-            raise ConfigError(f"{where}: type must be int or float, got {kind!r}")
+        check_choice(f"{where}: type", kind, ("int", "float"))
         if kind == "int" and not all(isinstance(v, int) for v in (low, high, step if step is not None else 1)):
             raise ConfigError(f"{where}: an int range needs int low/high/step, got {low!r}, {high!r}, {step!r}")
-        log = bool(raw.get("log", False))
+        log = raw.get("log", False)
+        check_bool(f"{where}: log", log)
         if not low <= high:
             raise ConfigError(f"{where}: low ({low}) must not exceed high ({high})")
         if log and low <= 0:
@@ -101,7 +95,7 @@ class ParamSpec:
             raise ConfigError(f"{where}: Optuna cannot combine log=true with a step")
         grid = tuple(raw.get("grid") or ())
         for v in grid:
-            if not _is_number(v) or not low <= v <= high:
+            if not is_finite_number(v) or not low <= v <= high:
                 raise ConfigError(f"{where}: grid value {v!r} is not a number in [{low}, {high}]")
             if kind == "int" and not isinstance(v, int):
                 raise ConfigError(f"{where}: grid value {v!r} of an int range is not an int")
@@ -134,13 +128,11 @@ class ObjectiveSpec:
             raw = {"metric": raw}
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where} must be a metric name or {{metric, direction}}, got {raw!r}")
-        _unknown_keys(raw, ("metric", "direction"), where)
+        check_known_keys(raw, ("metric", "direction"), where)
         metric, direction = raw.get("metric"), raw.get("direction", "maximize")
-        if not isinstance(metric, str) or not metric:
-            raise ConfigError(f"{where}.metric must be a metric name such as rsum, got {metric!r}")
-        if direction not in DIRECTIONS:
-            raise ConfigError(f"{where}.direction must be maximize or minimize, got {direction!r}")
-        return cls(metric=metric, direction=direction)
+        check_text(f"{where}.metric", metric, what="a metric name such as rsum")
+        check_choice(f"{where}.direction", direction, DIRECTIONS)
+        return cls(metric=str(metric), direction=direction)
 
 
 @dataclass(frozen=True)
@@ -156,15 +148,13 @@ class PrunerSpec:
             raw = {"name": raw or "none"}
         if not isinstance(raw, Mapping):
             raise ConfigError(f"pruner must be a name or a mapping, got {raw!r}")
-        _unknown_keys(raw, ("name", "n_startup_trials", "n_warmup_steps", "percentile"), "pruner")
+        check_known_keys(raw, ("name", "n_startup_trials", "n_warmup_steps", "percentile"), "pruner")
         spec = cls(**dict(raw))
-        if spec.name not in PRUNERS:
-            raise ConfigError(f"pruner.name must be one of {', '.join(PRUNERS)}, got {spec.name!r}")
+        check_choice("pruner.name", spec.name, PRUNERS)
         for key in ("n_startup_trials", "n_warmup_steps"):
             value = getattr(spec, key)
             check_int(f"pruner.{key}", value, low=0)
-        if not _is_number(spec.percentile) or not 0 < spec.percentile < 100:
-            raise ConfigError(f"pruner.percentile must be in (0, 100), got {spec.percentile!r}")
+        check_number("pruner.percentile", spec.percentile, low=0, strict=True, high=100, high_strict=True)
         return spec
 
 
@@ -199,13 +189,12 @@ class SweepSpec:
     def from_dict(cls, raw: Mapping[str, Any]) -> SweepSpec:
         if not isinstance(raw, Mapping):
             raise ConfigError(f"a sweep config must be a mapping, got {type(raw).__name__}")
-        _unknown_keys(raw, cls.TOP_KEYS, "the sweep config")
+        check_known_keys(raw, cls.TOP_KEYS, "the sweep config")
         study = raw.get("study")
         if not isinstance(study, str) or not study or any(c in study for c in "/\\ "):
             raise ConfigError(f"study must be a name without slashes or spaces, got {study!r}")
         sampler = raw.get("sampler", "tpe")
-        if sampler not in SAMPLERS:
-            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        check_choice("sampler", sampler, SAMPLERS)
         objectives = tuple(ObjectiveSpec.from_raw(o, i) for i, o in enumerate(raw.get("objectives") or ()))
         if not objectives:
             raise ConfigError("objectives is empty: name at least one metric, e.g. [{metric: rsum}]")
@@ -231,12 +220,11 @@ class SweepSpec:
         seed = raw.get("seed", 0)
         check_int("seed", seed, low=0)
         seeds = raw.get("seeds", "paired")
-        if seeds not in SEED_MODES:
-            raise ConfigError(f"seeds must be one of {', '.join(SEED_MODES)}, got {seeds!r}")
+        check_choice("seeds", seeds, SEED_MODES)
         heartbeat_s = raw.get("heartbeat_s", 10)
         check_int("heartbeat_s", heartbeat_s, note=" (seconds)")
         plot = dict(raw.get("plot") or {})
-        _unknown_keys(plot, ("x", "y"), "plot")
+        check_known_keys(plot, ("x", "y"), "plot")
         objective = raw.get("objective")
         if objective is not None and (not isinstance(objective, str) or ":" not in objective):
             raise ConfigError(f"objective must be 'module:function' or null, got {objective!r}")
