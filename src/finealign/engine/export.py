@@ -10,11 +10,11 @@ import numpy as np
 import torch
 
 from finealign.cache.encode import encode_items, pad_stack
-from finealign.cache.format import file_sha256
 from finealign.checks import check_choice
 from finealign.data.base import RetrievalSplit
 from finealign.engine.model import RetrievalModel
 from finealign.errors import ConfigError
+from finealign.formats.feature_cache import file_sha256
 
 MODALITIES = ("visual", "text")
 

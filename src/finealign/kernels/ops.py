@@ -16,29 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from finealign.kernels.tiles import Tiles
-
-
-def tile_list(tiles: Tiles | None) -> list[int]:
-    """Tiles as the op's int list ([] = the default tiles for the inputs)."""
-    if tiles is None:
-        return []
-    return [
-        tiles.items_visual,
-        tiles.items_text,
-        tiles.block_k,
-        tiles.num_warps,
-        tiles.num_stages,
-        tiles.group,
-        int(tiles.packed),
-    ]
-
-
-def _tiles_from(values: list[int], v: Tensor, t: Tensor) -> Tiles:
-    if not values:
-        return Tiles.default(v.shape[1], t.shape[1], v.dtype)
-    items_visual, items_text, block_k, num_warps, num_stages, group, packed = values  # tile_list's order
-    return Tiles(items_visual, items_text, block_k, num_warps, num_stages, group, packed=bool(packed))
+from finealign.kernels.tiles import tiles_from_list
 
 
 def token_pair_flops(v_shape, t_shape, pairs_shape=None) -> int:
@@ -67,7 +45,7 @@ def maxsim_forward(
     from finealign.kernels.maxsim_triton import launch_forward
 
     return launch_forward(
-        v, t, vmask8, tmask8, tw, vw, pairs, pooling, direction, temperature, _tiles_from(tiles, v, t)
+        v, t, vmask8, tmask8, tw, vw, pairs, pooling, direction, temperature, tiles_from_list(tiles, v, t)
     )
 
 
@@ -101,7 +79,7 @@ def maxsim_backward(
     from finealign.kernels.maxsim_triton import launch_backward
 
     return launch_backward(
-        v, t, vmask8, tmask8, tw, vw, grad, pooling, direction, temperature, _tiles_from(tiles, v, t), need
+        v, t, vmask8, tmask8, tw, vw, grad, pooling, direction, temperature, tiles_from_list(tiles, v, t), need
     )
 
 

@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from finealign.kernels.maxsim_triton import _precision, _sim_tile
 from finealign.kernels.tiles import next_pow2
+from finealign.kernels.triton_common import dot_precision, sim_tile
 
 
 @triton.jit
@@ -219,7 +219,7 @@ def _problem(
 ):
     """One image × BT captions: similarities s3 (LVP, BT, LTP), their validity, −cost/ε as logk,
     token masks, and the log2 marginals la2 (LVP, BT | 1) and lb3 (BT, LTP)."""
-    acc, vm, tm = _sim_tile(
+    acc, vm, tm = sim_tile(
         v_ptr,
         t_ptr,
         vm_ptr,
@@ -856,7 +856,7 @@ def launch_sinkhorn(
         BT=bt,
         LTP=ltp,
         BK=32 if v.dtype == torch.float32 else 64,
-        PREC=_precision(v.dtype),
+        PREC=dot_precision(v.dtype),
         TEXT_FIRST=text_first,
         ONE_SIDED=one_sided,
         IMPORTANCE=importance,
@@ -935,7 +935,7 @@ def launch_sinkhorn_backward(
             BT=bt,
             LTP=ltp,
             BK=32 if v.dtype == torch.float32 else 64,
-            PREC=_precision(v.dtype),
+            PREC=dot_precision(v.dtype),
             TEXT_FIRST=text_first,
             ONE_SIDED=one_sided,
             IMPORTANCE=importance,

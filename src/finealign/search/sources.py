@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from finealign.cache.format import open_arrays, read_meta
 from finealign.checks import check_choice
 from finealign.errors import DataError, ShapeError
+from finealign.formats.feature_cache import open_arrays, read_meta
 
 MODALITIES = ("visual", "text")
 
