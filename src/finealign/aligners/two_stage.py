@@ -86,7 +86,7 @@ class TwoStageConfig(AlignerConfig):
     train_score: str = "mixed"  # training scores every batch pair by: "mixed" or "local" (TGDT)
     direction: str = "i2t"  # whose shortlists `forward` uses; evaluation scores both directions
     first_stage: str = "exact"  # shortlist from: "exact" global top-K, "faiss_flat", "faiss_ivf", "faiss_hnsw"
-    first_stage_options: dict = field(default_factory=dict)  # FAISS knobs (kernels.ann.IndexSpec), e.g. ivf_probe
+    first_stage_options: dict = field(default_factory=dict)  # FAISS knobs (finealign.ann.IndexSpec), e.g. ivf_probe
 
     def __post_init__(self) -> None:
         super().__post_init__()
