@@ -184,8 +184,8 @@ def _dotted_keys(node: Any, prefix: str = "") -> Iterable[str]:
 
 
 def method_presets() -> list[str]:
-    """Names of the method presets (configs/method/*.yaml)."""
-    return sorted(p.stem for p in (config_dir() / "method").glob("*.yaml"))
+    """Names of the method presets (method/*.yaml in finealign's tree and every plugin's)."""
+    return sorted(group_options("method"))
 
 
 def check_method_overrides(overrides: Iterable[str]) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from finealign.checks import check_bool, check_choice, check_int, check_known_keys, check_number, close_matches
 from finealign.errors import ConfigError
-from finealign.sweeps.spec import ParamSpec, override_key
+from finealign.sweeps.spec_parts import ParamSpec, check_objective, params_from_record, parse_overrides, parse_params
 
 TUNE_SAMPLERS = ("tpe", "random")
 # what a protocol fixes itself; a method or the file setting them would break the protocol
@@ -38,36 +38,11 @@ def _int(value: Any, where: str, low: int) -> int:
 
 
 def _overrides(raw: Any, where: str) -> tuple[str, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, (list, tuple)):
-        raise ConfigError(f"{where} must be a list of KEY=VALUE strings, got {raw!r}")
-    for o in raw:
-        if not isinstance(o, str) or "=" not in o:
-            raise ConfigError(f"{where} must hold strings like 'aligner=hard', got {o!r}")
-        if override_key(o) in RESERVED_KEYS:
-            raise ConfigError(
-                f"{where} sets {override_key(o)!r}, which the protocol sets itself (tune: val, final: test)"
-            )
-    return tuple(raw)
+    return parse_overrides(raw, where, RESERVED_KEYS, ", which the protocol sets itself (tune: val, final: test)")
 
 
 def _params(raw: Any, where: str) -> tuple[ParamSpec, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where} must map override keys to search ranges, got {raw!r}")
-    params = tuple(ParamSpec.from_raw(str(k), v) for k, v in raw.items())
-    for p in params:
-        if p.name in RESERVED_KEYS:
-            raise ConfigError(f"{where}: {p.name!r} cannot be tuned (the protocol sets it)")
-    return params
-
-
-def _stored_params(raw: list[dict[str, Any]]) -> tuple[ParamSpec, ...]:
-    return tuple(
-        ParamSpec(**{**p, "values": tuple(p.get("values") or ()), "grid": tuple(p.get("grid") or ())}) for p in raw
-    )
+    return parse_params(raw, where, RESERVED_KEYS, " (the protocol sets it)")
 
 
 @dataclass(frozen=True)
@@ -286,8 +261,7 @@ class ProtocolSpec:
         )
         check_number("bootstrap.confidence", boot.confidence, low=0, strict=True, high=1, high_strict=True)
         objective = raw.get("objective")
-        if objective is not None and (not isinstance(objective, str) or ":" not in objective):
-            raise ConfigError(f"objective must be 'module:function' or null, got {objective!r}")
+        check_objective(objective)
         factors_raw = raw.get("factors") or {}
         if not isinstance(factors_raw, Mapping):
             raise ConfigError(f"factors must map factor names to {{levels: ...}}, got {factors_raw!r}")
@@ -316,9 +290,9 @@ class ProtocolSpec:
         tune.setdefault("n_startup_trials", min(10, max(2, int(tune["n_trials"]) // 4)))
         return cls(
             study=d["study"],
-            methods=tuple(MethodSpec(m["name"], tuple(m["overrides"]), _stored_params(m["params"]))
+            methods=tuple(MethodSpec(m["name"], tuple(m["overrides"]), params_from_record(m["params"]))
                           for m in d["methods"]),
-            shared=_stored_params(d["shared"]),
+            shared=params_from_record(d["shared"]),
             tune=TuneSpec(**{**tune, "overrides": tuple(tune["overrides"])}),
             seeds=tuple(d["seeds"]), reference=d["reference"], overrides=tuple(d["overrides"]),
             test_overrides=tuple(d["test_overrides"]), cost_overrides=tuple(d["cost_overrides"]),
