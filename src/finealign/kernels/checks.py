@@ -7,6 +7,7 @@ from torch import Tensor
 
 from finealign.checks import check_choice, check_number, check_positive_int
 from finealign.errors import ShapeError
+from finealign.kernels.sinkhorn_options import SINKHORN_DOMAINS
 
 POOLINGS = ("mean", "weighted", "lse")
 DIRECTIONS = ("text", "visual", "both")
@@ -45,10 +46,9 @@ def check_token_weights(weights: Tensor | None, mask: Tensor, name: str, needed:
         )
 
 
-SINKHORN_DOMAINS = ("log", "scaling")
-
-
 def check_sinkhorn_kernel_options(domain: str, absorb_every: int = 10) -> None:
+    """The fused kernel's domain and absorb period, for a config that builds SinkhornOptions later
+    (the tokenflow aligner checks them when its own Config is built)."""
     check_choice("domain", domain, SINKHORN_DOMAINS)
     check_positive_int("absorb_every", absorb_every)
 
