@@ -142,3 +142,12 @@ def test_a_bool_is_never_an_int_and_choices_suggest_close_matches(overrides, key
     """`finealign train train.epochs=true eval.batch_size=true` is refused, naming the key."""
     with pytest.raises(ConfigError, match=key):
         validate(compose(overrides=overrides))
+
+
+def test_a_mistyped_group_choice_names_its_close_matches():
+    """`aligner=meanmax` on the command line gets what `create_aligner("meanmax")` gets."""
+    with pytest.raises(ConfigError, match=r"aligner=meanmax: no aligner config 'meanmax'\. Did you mean 'mean_max'"):
+        compose(overrides=["aligner=meanmax"])
+    with pytest.raises(ConfigError, match=r"train=quik: .*Did you mean 'quick'"):
+        compose(overrides=["+train=quik"])
+    compose(overrides=["aligner=hard", "seed=3", "device=cpu"])  # options, and keys that are not groups

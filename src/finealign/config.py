@@ -120,6 +120,7 @@ def compose(config_name: str = "config", overrides: Iterable[str] = ()) -> DictC
 
     overrides = list(overrides)
     check_method_overrides(overrides)
+    check_group_choices(overrides)
     packages = plugin_config_packages()
     if packages and not any(o.startswith("hydra.searchpath") for o in overrides):
         # Plugins' config groups join finealign's: `aligner=<plugin>` needs no copy of this tree.
@@ -197,6 +198,26 @@ def check_method_overrides(overrides: Iterable[str]) -> None:
             if value not in names:
                 hint = did_you_mean(value, names)
                 raise UnknownNameError(f"unknown method preset {value!r}.{hint} Presets: {', '.join(names)}")
+
+
+def check_group_choices(overrides: Iterable[str]) -> None:
+    """`GROUP=NAME` for a config group (`aligner=meanmax`) names one of its options, in finealign's
+    tree or a plugin's: else a ConfigError with the close matches, before Hydra's own message
+    (which lists the search path, not the options). Keys with a dot, values Hydra would expand
+    (lists, sweeps, `null`) and method presets (check_method_overrides) are left alone."""
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        key = key.lstrip("+~")
+        if not sep or key in ("method", "hydra") or "." in key or "/" in key or "/" in value:
+            continue
+        if value in ("", "null") or any(c in value for c in ",[]()${}"):
+            continue
+        options = group_options(key)
+        if options and value not in options:
+            raise ConfigError(
+                f"{key}={value}: no {key} config {value!r}.{did_you_mean(value, options)} "
+                f"Options: {', '.join(sorted(options))}"
+            )
 
 
 def check_method_fixed(cfg: DictConfig) -> str | None:
