@@ -67,7 +67,7 @@ def test_required_group_files_exist():
         (["train.lr=-0.001"], r"train\.lr must be a finite number > 0, got -0\.001"),
         (["train.batch_size=0"], r"train\.batch_size"),
         (["train.amp=fp8"], r"train\.amp"),
-        (["loss.temperature=-0.07"], r"loss: .*temperature must be > 0"),
+        (["loss.temperature=-0.07"], r"loss: .*temperature must be a finite number > 0"),
         (["loss=triplet", "loss.margin=-1"], r"loss: .*margin"),
         (["aligner=hard", "aligner.temperature=0"], r"aligner: .*temperature"),
         (["+aligner.widht=3"], r"aligner: .*has no option 'widht'"),
