@@ -76,8 +76,11 @@ def pooled(x, mask):
 
 
 def timed(fn, repeats):
-    """(median seconds, output, peak extra bytes) after one warm-up run (CUDA events on a GPU)."""
+    """(median seconds, output, peak extra bytes) after one warm-up run (CUDA events on a GPU).
+    repeats=0 runs once, untimed (NaN seconds): the CPU smoke check of the script itself."""
     out = fn()
+    if repeats == 0:
+        return float("nan"), out, 0
     if DEVICE != "cuda":
         times = []
         for _ in range(repeats):
@@ -294,7 +297,7 @@ def bench_size(name, nv, nt, lv, lt, d, repeats, args):
                     lambda: tokenflow_step(v, vm, t, tm, backend),
                     None,
                     note="20 it., importance marginals; grads of v, t and the pooled vectors",
-                    reps=1,
+                    reps=min(1, repeats),
                 )
     # -- tokenflow (Sinkhorn) --------------------------------------------------------------------
     if not args.no_sinkhorn:
@@ -354,7 +357,7 @@ def bench_sinkhorn(name, rows, v, vm, t, tm, floor, repeats, args, add):
         add_flow(
             f"fused sinkhorn bt={bt} w={warps}",
             lambda: sinkhorn_triton(v, vm, t, tm, SinkhornOptions(captions_per_program=bt, num_warps=warps), **imp),
-            reps=1,
+            reps=min(1, repeats),
         )
     # Batched torch solver on a slice of images, extrapolated to the full matrix.
     sub_v = min(nv, max(4, int(2e5 / nt)))  # about 200k pairs
@@ -483,7 +486,7 @@ def bench_shortlist(rows, v, vm, t, tm, repeats, args, add):
                 lambda: aligner(visual, text),
                 None,
                 "whole aligner: global stage + shortlist + re-rank",
-                reps=1,
+                reps=min(1, repeats),
             )
     if not args.no_sinkhorn:
         imp = dict(visual_pooled=pooled(v, vm), text_pooled=pooled(t, tm))

@@ -3,10 +3,10 @@ claimed atomically, so two runs never share one (given one output_dir, or the de
 same second); a tracking sink that fails warns, is recorded in results.json and training goes on."""
 
 import json
-import multiprocessing
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -81,26 +81,26 @@ def test_a_resumed_run_keeps_its_claimed_directory(tmp_path):
     assert claim_output_dir(again) == claimed
 
 
-def _train(out, queue):
-    try:
-        result = run_experiment(toy(out, "train.epochs=1", "train.tensorboard=false", "eval.save_ranks=false"))
-        queue.put(result["output_dir"] if "output_dir" in result else "ok")
-    except BaseException as exc:  # the parent reports it
-        queue.put(f"error: {type(exc).__name__}: {exc}")
+def _train_command(out):
+    """A `finealign train` on toy data into `out`, as a user would start it from a shell."""
+    overrides = [
+        "data=toy", "encoder=toy", "train=quick", f"output_dir={out}", "train.progress=false",
+        "eval.progress=false", "device=cpu", "data.num_train=64", "data.num_val=16", "data.num_test=16",
+        "train.batch_size=16", "train.epochs=1", "train.tensorboard=false", "eval.save_ranks=false",
+    ]  # fmt: skip
+    return [sys.executable, "-m", "finealign", "train", *overrides]
 
 
 @pytest.mark.slow
 def test_two_train_runs_into_one_output_dir_both_keep_their_results(tmp_path):
+    # Two separate processes (not forks of this one: a fork of a process whose OpenMP pool already
+    # runs can hang in its first matrix product), started together, both told to write into `out`.
     out = tmp_path / "shared"
-    ctx = multiprocessing.get_context("fork")  # both start at once, from an already imported process
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_train, args=(out, queue)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(300)
-    answers = [queue.get(timeout=5) for _ in procs]
-    assert not [a for a in answers if a.startswith("error")], answers
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(_train_command(out), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]  # fmt: skip
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
     dirs = sorted(p for p in tmp_path.iterdir() if (p / "results.json").is_file())
     assert [d.name for d in dirs] == ["shared", "shared-1"]
     for d in dirs:  # each directory holds one whole run, written by one process

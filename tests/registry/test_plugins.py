@@ -51,27 +51,19 @@ def test_entry_point_on_temporary_distribution_is_lazy(tmp_path, monkeypatch):
     sys.modules.pop("tmp_widget_mod", None)
 
 
+@pytest.fixture(scope="module")
+def installed_plugin(tmp_path_factory) -> Path:
+    """The example plugin package built and pip-installed for real into a scratch folder (once)."""
+    target = tmp_path_factory.mktemp("plugin") / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                    str(target), str(PLUGIN_SRC)], check=True, capture_output=True)  # fmt: skip
+    return target
+
+
 @pytest.mark.slow
-def test_pip_installed_plugin_aligner_is_listed_and_scores(tmp_path):
-    """Build and install the example plugin package for real, then use it from a fresh process."""
-    target = tmp_path / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(PLUGIN_SRC),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    env_path = f"{target}"
+def test_pip_installed_plugin_aligner_is_listed_and_scores(installed_plugin, tmp_path):
+    """The installed plugin, used from a fresh process."""
+    env_path = f"{installed_plugin}"
     listing = subprocess.run(
         [sys.executable, "-m", "finealign.cli.main", "list", "aligners"],
         check=True,
@@ -105,13 +97,15 @@ def test_pip_installed_plugin_aligner_is_listed_and_scores(tmp_path):
 
 
 @pytest.mark.slow
-def test_installed_plugin_brings_its_configs_train_sweep_profile_and_contract(tmp_path):
+def test_installed_plugin_brings_its_configs_train_sweep_profile_and_contract(installed_plugin, tmp_path):
     """The example plugin, pip-installed into a scratch folder: `train aligner=max_max`, a 2-trial
     sweep file it ships, `profile`, and its own contract test — with no copy of finealign's configs."""
-    target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
-                    str(target), str(PLUGIN_SRC)], check=True, capture_output=True)  # fmt: skip
-    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "FINEALIGN_PROGRESS": "0", "HOME": str(tmp_path)}
+    env = {
+        "PYTHONPATH": str(installed_plugin),
+        "PATH": "/usr/bin:/bin",
+        "FINEALIGN_PROGRESS": "0",
+        "HOME": str(tmp_path),
+    }
 
     def finealign(*args):
         done = subprocess.run([sys.executable, "-m", "finealign.cli.main", *args], cwd=tmp_path, env=env,

@@ -4,6 +4,7 @@ PostgreSQL study. The objective is the small one in tests/sweeps/objectives.py, 
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import time
@@ -97,23 +98,30 @@ def test_two_workers_share_a_postgres_study_without_duplicated_or_lost_trials(tm
     assert sum(per_worker) == 12 and min(per_worker) >= 1, per_worker  # both did real work
 
 
-def test_workers_opening_a_new_sqlite_storage_together_all_succeed(tmp_path):
-    """Creating the schema races; the loser retries and opens the winner's tables."""
-    import subprocess
-    import sys
+def _open_new_storage(url: str, results) -> None:
+    from finealign.sweeps.storage import open_storage
 
-    code = "import sys; from finealign.sweeps.storage import open_storage; open_storage(sys.argv[1], 60); print('ok')"
+    try:
+        open_storage(url, 60)
+        results.put("ok")
+    except BaseException as exc:  # the parent reports it
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_workers_opening_a_new_sqlite_storage_together_all_succeed(tmp_path):
+    """Creating the schema races; the loser retries and opens the winner's tables. Forked from this
+    (already imported) process, the four start within milliseconds of each other."""
+    fork = multiprocessing.get_context("fork")
     for round_ in range(3):
         url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-            for _ in range(4)
-        ]
-        results = [p.communicate(timeout=120) for p in procs]
-        for p, (out, err) in zip(procs, results):
-            assert p.returncode == 0 and out.strip() == "ok", err
+        results = fork.Queue()
+        procs = [fork.Process(target=_open_new_storage, args=(url, results)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        answers = [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(30)
+        assert answers == ["ok"] * 4, answers
 
 
 def test_only_schema_creation_races_are_retried():
