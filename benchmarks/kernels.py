@@ -38,7 +38,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from finealign.kernels import Tiles, maxsim_scores, sinkhorn_flow_scores
+from finealign.kernels import SinkhornOptions, Tiles, maxsim_scores, sinkhorn_flow_scores
 from finealign.kernels.maxsim_torch import maxsim_torch
 from finealign.registry import create_aligner
 from finealign.tokens import TokenBatch
@@ -356,7 +356,7 @@ def bench_sinkhorn(name, rows, v, vm, t, tm, floor, repeats, args, add):
 
         add_flow(
             f"fused sinkhorn bt={bt} w={warps}",
-            lambda: sinkhorn_triton(v, vm, t, tm, None, None, 0.1, 20, "visual", False, bt, num_warps=warps, **imp),
+            lambda: sinkhorn_triton(v, vm, t, tm, SinkhornOptions(captions_per_program=bt, num_warps=warps), **imp),
             reps=min(1, repeats),
         )
     # Batched torch solver on a slice of images, extrapolated to the full matrix.

@@ -4,7 +4,16 @@ import math
 
 import pytest
 
-from finealign.checks import check_bool, check_choice, check_int, check_number, check_positive_int
+from finealign.checks import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_known_keys,
+    check_number,
+    check_positive_int,
+    check_text,
+    did_you_mean,
+)
 from finealign.errors import ConfigError
 
 
@@ -40,3 +49,29 @@ def test_components_use_the_shared_rule(option):
 
     with pytest.raises(ConfigError, match=f"{option} must be a positive int, got True"):
         create_aligner("mean_max", **{option: True})  # bool was accepted as 1 before the shared check
+
+
+def test_ranges_name_their_bounds():
+    check_number("p", 0.5, low=0, strict=True, high=1, high_strict=True)
+    check_number("p", 1, low=0, strict=True, high=1)
+    for bad in (0, 1, -0.1, math.nan, False):
+        with pytest.raises(ConfigError, match=r"^p must be a finite number in \(0, 1\), got "):
+            check_number("p", bad, low=0, strict=True, high=1, high_strict=True)
+    with pytest.raises(ConfigError, match=r"^q must be a finite number <= 2 or null, got 3$"):
+        check_number("q", 3, high=2, optional=True)
+
+
+def test_choices_keys_and_names_offer_close_matches():
+    with pytest.raises(ConfigError, match=r"^amp must be one of none, bf16, fp16, got 'bf61'\. Did you mean 'bf16'"):
+        check_choice("amp", "bf61", ("none", "bf16", "fp16"))
+    with pytest.raises(ConfigError, match=r"^flag must be one of 0, 1, got True$"):
+        check_choice("flag", True, (0, 1))  # True == 1, but a bool is not the int choice
+    with pytest.raises(ConfigError, match=r"^pruner has no key 'percentil'; did you mean 'percentile'\?"):
+        check_known_keys({"percentil": 5}, ("name", "percentile"), "pruner")
+    check_known_keys({"name": "x"}, ("name", "percentile"), "pruner")
+    assert did_you_mean("tokenflwo", ["tokenflow", "hard"]) == " Did you mean 'tokenflow'?"
+    assert did_you_mean("zzz", ["tokenflow", "hard"]) == ""
+    check_text("study", "s")
+    for bad in ("", None, 3):
+        with pytest.raises(ConfigError, match=r"^study must be a non-empty string, got "):
+            check_text("study", bad)

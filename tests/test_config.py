@@ -64,10 +64,10 @@ def test_required_group_files_exist():
     [
         (["aligner.name=mean_maxx"], r"aligner\.name: unknown aligner 'mean_maxx'.*mean_max"),
         (["loss.name=nce"], r"loss\.name: unknown loss\w* 'nce'.*infonce"),
-        (["train.lr=-0.001"], r"train\.lr must be a positive finite number, got -0\.001"),
+        (["train.lr=-0.001"], r"train\.lr must be a finite number > 0, got -0\.001"),
         (["train.batch_size=0"], r"train\.batch_size"),
         (["train.amp=fp8"], r"train\.amp"),
-        (["loss.temperature=-0.07"], r"loss: .*temperature must be > 0"),
+        (["loss.temperature=-0.07"], r"loss: .*temperature must be a finite number > 0"),
         (["loss=triplet", "loss.margin=-1"], r"loss: .*margin"),
         (["aligner=hard", "aligner.temperature=0"], r"aligner: .*temperature"),
         (["+aligner.widht=3"], r"aligner: .*has no option 'widht'"),
@@ -76,7 +76,10 @@ def test_required_group_files_exist():
         (["encoder.vision.head=lstm"], r"encoder\.vision: .*head"),
         (["data.concepts=0"], r"data: .*concepts"),
         (["eval.chunk_items=0"], r"eval\.chunk_items"),
-        (["train.warmup_fraction=1.0", "train.warmup_steps=0"], r"train\.warmup_fraction must be in \[0, 1\)"),
+        (
+            ["train.warmup_fraction=1.0", "train.warmup_steps=0"],
+            r"train\.warmup_fraction must be a finite number in \[0, 1\)",
+        ),
         (["train.warmup_fraction=0.1"], r"train\.warmup_fraction must be 0 when warmup_steps is set \(200\)"),
     ],
 )
@@ -115,7 +118,7 @@ def test_string_booleans_and_infinite_lr_are_refused():
             create_aligner("mean_max", normalize=value)
     with pytest.raises(ConfigError, match="normalize"):
         validate(compose("config", ["aligner.normalize='no'"]))
-    with pytest.raises(ConfigError, match="lr must be a (positive )?finite number"):
+    with pytest.raises(ConfigError, match="lr must be a finite number"):
         validate(compose("config", ["train.lr=inf"]))
 
 
@@ -123,3 +126,28 @@ def test_warmup_is_given_in_steps_or_as_a_fraction_of_the_run():
     steps = validate(compose(overrides=["train.warmup_steps=30"])).train
     fraction = validate(compose(overrides=["train.warmup_steps=0", "train.warmup_fraction=0.1"])).train
     assert (steps.warmup_for(1000), fraction.warmup_for(1000), fraction.warmup_for(44)) == (30, 100, 4)
+
+
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (["train.epochs=true", "eval.batch_size=true"], r"train\.epochs must be a positive int, got True"),
+        (["eval.batch_size=true"], r"eval\.batch_size must be a positive int, got True"),
+        (["train.num_workers=false"], r"train\.num_workers must be a non-negative int, got False"),
+        (["train.lr=true"], r"train\.lr must be a finite number > 0, got True"),
+        (["train.amp=bf61"], r"train\.amp must be one of none, bf16, fp16, got 'bf61'\. Did you mean 'bf16'"),
+    ],
+)
+def test_a_bool_is_never_an_int_and_choices_suggest_close_matches(overrides, key):
+    """`finealign train train.epochs=true eval.batch_size=true` is refused, naming the key."""
+    with pytest.raises(ConfigError, match=key):
+        validate(compose(overrides=overrides))
+
+
+def test_a_mistyped_group_choice_names_its_close_matches():
+    """`aligner=meanmax` on the command line gets what `create_aligner("meanmax")` gets."""
+    with pytest.raises(ConfigError, match=r"aligner=meanmax: no aligner config 'meanmax'\. Did you mean 'mean_max'"):
+        compose(overrides=["aligner=meanmax"])
+    with pytest.raises(ConfigError, match=r"train=quik: .*Did you mean 'quick'"):
+        compose(overrides=["+train=quik"])
+    compose(overrides=["aligner=hard", "seed=3", "device=cpu"])  # options, and keys that are not groups

@@ -10,7 +10,6 @@ with a ConfigError naming the key before any data is read or any step is trained
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,7 +18,16 @@ from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
-from finealign.checks import check_positive_int
+from finealign.checks import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    check_positive_int,
+    check_text,
+    did_you_mean,
+    is_int,
+)
 from finealign.errors import ConfigError, UnknownNameError
 
 #: environment variable that points finealign at another config tree
@@ -112,6 +120,7 @@ def compose(config_name: str = "config", overrides: Iterable[str] = ()) -> DictC
 
     overrides = list(overrides)
     check_method_overrides(overrides)
+    check_group_choices(overrides)
     packages = plugin_config_packages()
     if packages and not any(o.startswith("hydra.searchpath") for o in overrides):
         # Plugins' config groups join finealign's: `aligner=<plugin>` needs no copy of this tree.
@@ -155,8 +164,6 @@ def _into_free_form(overrides: list[str], key: str | None) -> list[str] | None:
 
 def _close_keys_hint(config_name: str, overrides: list[str], key: str | None) -> str:
     """ " Did you mean ...?" for an override of a key the config lacks, from the keys it has."""
-    import difflib
-
     if key is None:
         return ""
     try:
@@ -166,8 +173,8 @@ def _close_keys_hint(config_name: str, overrides: list[str], key: str | None) ->
     keys = list(_dotted_keys(OmegaConf.to_container(base, resolve=False)))
     if key in keys:
         return ""  # the key exists: Hydra's own message says what is wrong with the override
-    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
-    return f"\nDid you mean {', '.join(map(repr, close))}?" if close else ""
+    hint = did_you_mean(key, keys, cutoff=0.6)
+    return f"\n{hint.lstrip()}" if hint else ""
 
 
 def _dotted_keys(node: Any, prefix: str = "") -> Iterable[str]:
@@ -178,22 +185,39 @@ def _dotted_keys(node: Any, prefix: str = "") -> Iterable[str]:
 
 
 def method_presets() -> list[str]:
-    """Names of the method presets (configs/method/*.yaml)."""
-    return sorted(p.stem for p in (config_dir() / "method").glob("*.yaml"))
+    """Names of the method presets (method/*.yaml in finealign's tree and every plugin's)."""
+    return sorted(group_options("method"))
 
 
 def check_method_overrides(overrides: Iterable[str]) -> None:
     """An unknown `method=NAME` is an UnknownNameError with close matches (before Hydra's own)."""
-    import difflib
-
     for override in overrides:
         key, sep, value = override.partition("=")
         if sep and key.lstrip("+~") == "method" and value not in ("", "null"):
             names = method_presets()
             if value not in names:
-                close = difflib.get_close_matches(value, names, n=3, cutoff=0.5)
-                hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+                hint = did_you_mean(value, names)
                 raise UnknownNameError(f"unknown method preset {value!r}.{hint} Presets: {', '.join(names)}")
+
+
+def check_group_choices(overrides: Iterable[str]) -> None:
+    """`GROUP=NAME` for a config group (`aligner=meanmax`) names one of its options, in finealign's
+    tree or a plugin's: else a ConfigError with the close matches, before Hydra's own message
+    (which lists the search path, not the options). Keys with a dot, values Hydra would expand
+    (lists, sweeps, `null`) and method presets (check_method_overrides) are left alone."""
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        key = key.lstrip("+~")
+        if not sep or key in ("method", "hydra") or "." in key or "/" in key or "/" in value:
+            continue
+        if value in ("", "null") or any(c in value for c in ",[]()${}"):
+            continue
+        options = group_options(key)
+        if options and value not in options:
+            raise ConfigError(
+                f"{key}={value}: no {key} config {value!r}.{did_you_mean(value, options)} "
+                f"Options: {', '.join(sorted(options))}"
+            )
 
 
 def check_method_fixed(cfg: DictConfig) -> str | None:
@@ -273,43 +297,49 @@ class TrainConfig:
         return self.warmup_steps or round(self.warmup_fraction * total_steps)
 
     def __post_init__(self) -> None:
-        positive_ints = ("epochs", "batch_size", "accumulate", "step_epochs", "log_every")
-        for key in positive_ints:
-            _require(isinstance(getattr(self, key), int) and getattr(self, key) >= 1, key, "a positive int", self)
-        for key in ("warmup_steps", "num_workers", "eval_every", "val_max_items", "max_steps"):
-            _require(isinstance(getattr(self, key), int) and getattr(self, key) >= 0, key, "an int >= 0", self)
-        _require(_number(self.lr) and math.isfinite(self.lr) and self.lr > 0, "lr", "a positive finite number", self)
-        _require(_number(self.backbone_lr) and self.backbone_lr >= 0, "backbone_lr", "a number >= 0", self)
+        for key in ("epochs", "batch_size", "accumulate", "step_epochs", "log_every"):
+            check_positive_int(key, getattr(self, key))
+        for key in (
+            "warmup_steps",
+            "num_workers",
+            "eval_every",
+            "val_max_items",
+            "max_steps",
+            "unfreeze_backbone_epoch",
+        ):
+            check_int(key, getattr(self, key), low=0)
+        check_number("lr", self.lr, low=0, strict=True)
+        for key in ("backbone_lr", "weight_decay", "grad_clip"):
+            check_number(key, getattr(self, key), low=0)
         for key in ("aligner_lr", "temperature_lr", "backbone_weight_decay"):
-            value = getattr(self, key)
-            _require(value is None or (_number(value) and math.isfinite(value) and value >= 0), key,
-                     "null or a finite number >= 0", self)  # fmt: skip
-        _require(isinstance(self.unfreeze_backbone_epoch, int) and not isinstance(self.unfreeze_backbone_epoch, bool)
-                 and self.unfreeze_backbone_epoch >= 0, "unfreeze_backbone_epoch", "an int >= 0", self)  # fmt: skip
-        _require(_number(self.layer_decay) and 0 < self.layer_decay <= 1, "layer_decay", "in (0, 1]", self)
-        _require(isinstance(self.grad_checkpointing, bool), "grad_checkpointing", "true or false", self)
-        _require(not (self.freeze_backbone and self.unfreeze_backbone_epoch), "unfreeze_backbone_epoch",
-                 "0 when freeze_backbone is true (a frozen backbone is never unfrozen)", self)  # fmt: skip
-        _require(_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0", self)
-        _require(_number(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a number >= 0", self)
-        _require(_number(self.warmup_fraction) and 0 <= self.warmup_fraction < 1, "warmup_fraction", "in [0, 1)", self)
-        _require(not (self.warmup_fraction and self.warmup_steps), "warmup_fraction",
-                 f"0 when warmup_steps is set ({self.warmup_steps}): give the warm-up one way", self)  # fmt: skip
-        _require(_number(self.step_gamma) and 0 < self.step_gamma <= 1, "step_gamma", "in (0, 1]", self)
-        _require(_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]", self)
-        _require(self.schedule in ("cosine", "step", "constant"), "schedule", "cosine, step or constant", self)
-        _require(self.amp in ("none", "bf16", "fp16"), "amp", "none, bf16 or fp16", self)
-        _require(self.pairs in ("captions", "images"), "pairs", "captions or images", self)
-        _require(self.select in ("best", "last"), "select", "best or last", self)
-        _require(self.resume is None or isinstance(self.resume, str), "resume", "null, 'auto' or a path", self)
-        _require(isinstance(self.tensorboard, bool), "tensorboard", "true or false", self)
-        _require(isinstance(self.mlflow, bool), "mlflow", "true or false", self)
-        _require(self.mlflow_tracking_uri is None or (isinstance(self.mlflow_tracking_uri, str) and bool(self.mlflow_tracking_uri)),
-                 "mlflow_tracking_uri", "null or a tracking URI (http://..., sqlite:///..., databricks)", self)  # fmt: skip
-        _require(isinstance(self.mlflow_experiment, str) and bool(self.mlflow_experiment), "mlflow_experiment",
-                 "a non-empty experiment name", self)  # fmt: skip
-        _require(self.distributed in ("auto", "off"), "distributed", "auto or off", self)
-        _require(_number(self.dist_timeout_s) and self.dist_timeout_s > 0, "dist_timeout_s", "a number > 0", self)
+            check_number(key, getattr(self, key), low=0, optional=True)
+        check_number("layer_decay", self.layer_decay, low=0, strict=True, high=1)
+        check_number("warmup_fraction", self.warmup_fraction, low=0, high=1, high_strict=True)
+        check_number("step_gamma", self.step_gamma, low=0, strict=True, high=1)
+        check_number("min_lr_ratio", self.min_lr_ratio, low=0, high=1)
+        check_number("dist_timeout_s", self.dist_timeout_s, low=0, strict=True)
+        for key in ("freeze_backbone", "grad_checkpointing", "checkpoint", "progress", "tensorboard", "mlflow",
+                    "save_model"):  # fmt: skip
+            check_bool(key, getattr(self, key))
+        if self.freeze_backbone and self.unfreeze_backbone_epoch:
+            raise ConfigError(
+                f"unfreeze_backbone_epoch must be 0 when freeze_backbone is true (a frozen backbone is never "
+                f"unfrozen), got {self.unfreeze_backbone_epoch!r}"
+            )
+        if self.warmup_fraction and self.warmup_steps:
+            raise ConfigError(
+                f"warmup_fraction must be 0 when warmup_steps is set ({self.warmup_steps}): give the warm-up "
+                f"one way, got {self.warmup_fraction!r}"
+            )
+        check_choice("schedule", self.schedule, ("cosine", "step", "constant"))
+        check_choice("amp", self.amp, ("none", "bf16", "fp16"))
+        check_choice("pairs", self.pairs, ("captions", "images"))
+        check_choice("select", self.select, ("best", "last"))
+        check_choice("distributed", self.distributed, ("auto", "off"))
+        check_text("resume", self.resume, optional=True, what="'auto' or a path")
+        check_text("mlflow_tracking_uri", self.mlflow_tracking_uri, optional=True,
+                   what="a tracking URI (http://..., sqlite:///..., databricks)")  # fmt: skip
+        check_text("mlflow_experiment", self.mlflow_experiment, what="a non-empty experiment name")
 
 
 @dataclass
@@ -332,25 +362,13 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "chunk_items", "fold_size", "cost_rows"):
-            _require(isinstance(getattr(self, key), int) and getattr(self, key) >= 1, key, "a positive int", self)
+            check_positive_int(key, getattr(self, key))
         for key in ("coco_folds", "max_items", "threads"):
-            _require(isinstance(getattr(self, key), int) and getattr(self, key) >= 0, key, "an int >= 0", self)
-        _require(
-            isinstance(self.cost_repeats, int) and (self.cost_repeats == 0 or self.cost_repeats >= 5),
-            "cost_repeats",
-            "0 (off) or an int >= 5 (a median and an IQR need them)",
-            self,
-        )
-        _require(isinstance(self.save_ranks, bool), "save_ranks", "true or false", self)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _require(ok: bool, key: str, what: str, obj: Any) -> None:
-    if not ok:
-        raise ConfigError(f"{key} must be {what}, got {getattr(obj, key)!r}")
+            check_int(key, getattr(self, key), low=0)
+        if self.cost_repeats != 0:
+            check_int("cost_repeats", self.cost_repeats, low=5, note=" or 0 (off): a median and an IQR need them")
+        for key in ("progress", "save_ranks"):
+            check_bool(key, getattr(self, key))
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -427,11 +445,10 @@ def validate(cfg: DictConfig) -> ExperimentSpec:
     data = component("datasets", "data", cfg.data)
     train = _typed(TrainConfig, cfg.train, "train")
     evaluation = _typed(EvalConfig, cfg.get("eval", {}), "eval")
-    if not isinstance(cfg.seed, int):
+    if not is_int(cfg.seed):
         raise ConfigError(f"seed must be an int, got {cfg.seed!r}")
     shared = cfg.get("allow_shared_images", False)  # a config saved before the key existed: the default
-    if not isinstance(shared, bool):
-        raise ConfigError(f"allow_shared_images must be true or false, got {shared!r}")
+    check_bool("allow_shared_images", shared)
     return ExperimentSpec(
         vision=vision,
         text=text,

@@ -174,10 +174,10 @@ def test_real_flickr8k_slice_with_offline_encoders(tmp_path):
 
 
 def test_entries_record_checksums_and_damage_is_found(setup, tmp_path, capsys):
-    from finealign.cache.format import verify_entry
     from finealign.cli.main import main as cli_main
     from finealign.data.features import load_feature_cache
     from finealign.errors import DataError
+    from finealign.formats.feature_cache import verify_entry
 
     entry = build(setup, tmp_path)
     meta = read_meta(entry)
@@ -205,7 +205,7 @@ def test_entries_record_checksums_and_damage_is_found(setup, tmp_path, capsys):
 
 
 def test_entries_without_checksums_verify_as_unverifiable_not_fine(setup, tmp_path):
-    from finealign.cache.format import verify_entry
+    from finealign.formats.feature_cache import verify_entry
 
     entry = build(setup, tmp_path)
     meta = read_meta(entry)

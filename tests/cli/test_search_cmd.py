@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from finealign.cache.format import ARRAY_FILES, META_FILE
 from finealign.cli.main import main
+from finealign.formats.feature_cache import ARRAY_FILES, META_FILE
 
 pytest.importorskip("faiss")
 

@@ -85,8 +85,8 @@ def test_explain_with_no_aligner_or_an_unwritable_picture_is_refused_before_any_
 def test_a_png_decompression_bomb_is_a_data_error(tmp_path, monkeypatch):
     from PIL import Image
 
-    from finealign.data.images import open_rgb_image
     from finealign.errors import DataError
+    from finealign.formats.images import open_rgb_image
 
     Image.new("L", (400, 400)).save(tmp_path / "bomb.png")  # compresses to ~1 KB
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 160,000 pixels: > 2× the limit, as a real bomb is

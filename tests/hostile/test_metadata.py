@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from finealign.cache.format import open_checked, verify_entry
 from finealign.cli.main import main as cli_main
 from finealign.data.features import load_feature_cache, write_feature_cache
 from finealign.errors import ConfigError, DataError, ShapeError
+from finealign.formats.feature_cache import open_checked, verify_entry
 from finealign.safe_paths import confined, escapes
 from finealign.tokens import TokenBatch
 
 pytest.importorskip("faiss")
 
-from finealign.kernels.ann import IndexSpec  # noqa: E402
+from finealign.ann import IndexSpec  # noqa: E402
 from finealign.search import Gallery, verify_gallery, write_gallery  # noqa: E402
 
 

@@ -29,7 +29,7 @@ def test_auto_uses_torch_for_cpu_and_float64():
     [
         (dict(pooling="max"), ConfigError, "pooling must be one of"),
         (dict(direction="left"), ConfigError, "direction must be one of"),
-        (dict(temperature=0.0), ConfigError, "temperature must be a positive"),
+        (dict(temperature=0.0), ConfigError, "temperature must be a finite number > 0"),
         (dict(pooling="weighted"), ShapeError, "needs text_weights"),
         (
             dict(pooling="weighted", direction="visual", visual_weights=torch.ones(3)),
@@ -57,7 +57,7 @@ def test_sinkhorn_options_object_and_keywords_agree_and_are_checked(gen):
         sinkhorn_flow_scores(v, vm, t, tm, epsilom=0.2)
     with pytest.raises(ConfigError, match="iterations must be a positive int, got 0"):
         SinkhornOptions(iterations=0)
-    with pytest.raises(ConfigError, match="rows must be 'visual' or 'text'"):
+    with pytest.raises(ConfigError, match="rows must be one of visual, text"):
         sinkhorn_flow_scores(v, vm, t, tm, rows="cols")
 
 
@@ -174,3 +174,39 @@ def test_bad_tiles_are_named(fields, name):
     with pytest.raises(ConfigError, match=f"Tiles.{name} ="):
         Tiles(*fields)
     assert Tiles(5, 4, 64, 8, 3, packed=True).items_visual == 5  # packed tiles take any image count
+
+
+def test_sinkhorn_options_are_checked_when_built_and_flattened_only_for_the_custom_ops():
+    import dataclasses
+    import math
+
+    from finealign.kernels.sinkhorn_options import SinkhornLaunch
+
+    opts = SinkhornOptions(epsilon=0.05, iterations=7, rows="text", one_sided=True, captions_per_program=2,
+                           domain="scaling", absorb_every=3)  # fmt: skip
+    launch = SinkhornLaunch.of(opts, importance=True, scaling=True)
+    assert launch.op_args() == (0.05, 0.1, 7, True, True, True, True, 3, 2, 0)
+    assert SinkhornLaunch.from_op_args(*launch.op_args()) == launch
+    # every custom op takes the launch's scalars by the launch's field names, in its order
+    fields = [f.name for f in dataclasses.fields(SinkhornLaunch)]
+    ops = torch.ops.finealign
+    for op, first in (
+        (ops.sinkhorn_forward, "pairs"),
+        (ops.sinkhorn_forward_saving, "tp"),
+        (ops.sinkhorn_backward, "saved"),
+    ):
+        names = [a.name for a in op.default._schema.arguments]
+        start = names.index(first) + 1
+        assert names[start : start + len(fields)] == fields, op
+    for bad, message in (
+        (dict(epsilon=0), "epsilon must be a finite number > 0"),
+        (dict(epsilon=math.nan), "epsilon must be a finite number > 0"),
+        (dict(epsilon=True), "epsilon must be a finite number > 0, got True"),
+        (dict(marginal_temperature=-1.0), "marginal_temperature"),
+        (dict(one_sided="no"), "one_sided must be true or false"),
+        (dict(backend="cuda"), "backend must be one of"),
+        (dict(num_warps=0), "num_warps must be a positive int or null"),
+        (dict(domain="exp"), "domain must be one of log, scaling"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            SinkhornOptions(**bad)

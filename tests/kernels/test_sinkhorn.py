@@ -139,9 +139,9 @@ def test_scaling_domain_hands_underflowing_pairs_to_the_log_domain(rows, gen, mo
     calls = []
     original = fused.sinkhorn_triton
 
-    def spy(*args, **kwargs):
-        calls.append((kwargs.get("domain"), None if kwargs.get("pairs") is None else len(kwargs["pairs"])))
-        return original(*args, **kwargs)
+    def spy(v, vmask, t, tmask, options, **kwargs):  # the options travel whole, as one object
+        calls.append((options.domain, None if kwargs.get("pairs") is None else len(kwargs["pairs"])))
+        return original(v, vmask, t, tmask, options, **kwargs)
 
     monkeypatch.setattr(fused, "sinkhorn_triton", spy)
     v, vm, t, tm = _inputs(gen, 3, 9, 4, 6)

@@ -153,7 +153,7 @@ def test_seed_count_shorthand():
 
 def test_a_parameter_the_config_lacks_is_refused_before_any_trial(tmp_path, monkeypatch):
     from finealign.protocol.loader import check_methods_compose
-    from finealign.sweeps.spec import ParamSpec
+    from finealign.sweeps.spec_parts import ParamSpec
 
     monkeypatch.chdir(tmp_path)
     spec, extra = load_protocol(["protocol=toy"])

@@ -11,7 +11,7 @@ from tests.conftest import random_batch
 
 pytest.importorskip("faiss")
 
-from finealign.kernels.ann import IndexSpec, brute_force_search  # noqa: E402
+from finealign.ann import IndexSpec, brute_force_search  # noqa: E402
 from finealign.kernels.normalize import l2_normalize  # noqa: E402
 from finealign.search import Gallery, add_index, write_gallery  # noqa: E402
 

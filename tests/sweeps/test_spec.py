@@ -41,7 +41,7 @@ def test_valid_spec_parses_every_field():
         ({"samplr": "tpe"}, "did you mean 'sampler'"),
         ({"sampler": "cmaes"}, "sampler must be one of"),
         ({"objectives": []}, "objectives is empty"),
-        ({"objectives": [{"metric": "rsum", "direction": "up"}]}, "maximize or minimize"),
+        ({"objectives": [{"metric": "rsum", "direction": "up"}]}, "one of maximize, minimize"),
         ({"params": {"train.lr": {"low": 0.1, "high": 0.01}}}, "must not exceed high"),
         ({"params": {"train.lr": {"low": 0.0, "high": 0.1, "log": True, "grid": [0.1]}}}, "log range needs low > 0"),
         ({"params": {"train.lr": {"low": 0.001, "high": 0.1, "grid": [0.5]}}}, "not a number in"),

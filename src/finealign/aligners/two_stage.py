@@ -30,7 +30,7 @@ non-shortlisted candidates.
 The first stage is the exact global matrix's top-K (`first_stage: exact`, the default) or a FAISS
 index built over the gallery side's global vectors for each call (`faiss_flat`: exact up to float
 rounding of near-ties; `faiss_ivf`, `faiss_hnsw`: approximate, knobs in `first_stage_options`,
-see `finealign.kernels.ann.IndexSpec`). Either way the shortlisted pairs' mixed scores and the
+see `finealign.ann.IndexSpec`). Either way the shortlisted pairs' mixed scores and the
 out-of-shortlist rule use the exact global matrix; only which pairs are shortlisted changes.
 
 Training scores every pair of the batch (the shortlist is an inference procedure): the mixed
@@ -57,9 +57,9 @@ from finealign.aligners.base import (
     resolve_pairs,
 )
 from finealign.aligners.validation import check_pair
+from finealign.ann import IndexSpec, build_index, require_faiss, search
 from finealign.checks import check_positive_int
 from finealign.errors import ConfigError
-from finealign.kernels.ann import IndexSpec, build_index, require_faiss, search
 from finealign.kernels.normalize import l2_normalize
 from finealign.registry import ALIGNERS, build_config, config_class, ensure_builtins
 from finealign.tokens import TokenBatch
@@ -86,7 +86,7 @@ class TwoStageConfig(AlignerConfig):
     train_score: str = "mixed"  # training scores every batch pair by: "mixed" or "local" (TGDT)
     direction: str = "i2t"  # whose shortlists `forward` uses; evaluation scores both directions
     first_stage: str = "exact"  # shortlist from: "exact" global top-K, "faiss_flat", "faiss_ivf", "faiss_hnsw"
-    first_stage_options: dict = field(default_factory=dict)  # FAISS knobs (kernels.ann.IndexSpec), e.g. ivf_probe
+    first_stage_options: dict = field(default_factory=dict)  # FAISS knobs (finealign.ann.IndexSpec), e.g. ivf_probe
 
     def __post_init__(self) -> None:
         super().__post_init__()

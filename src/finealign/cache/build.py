@@ -24,7 +24,11 @@ import numpy as np
 import torch
 
 from finealign.cache.encode import encode_items, pad_stack
-from finealign.cache.format import (
+from finealign.cache.freshness import RECORD, changed_items, item_records, write_record
+from finealign.cache.keys import cache_key, default_cache_dir
+from finealign.checks import check_positive_int
+from finealign.errors import ConfigError
+from finealign.formats.feature_cache import (
     FORMAT_VERSION,
     finish_entry,
     is_complete,
@@ -33,10 +37,6 @@ from finealign.cache.format import (
     save_array,
     verify_entry,
 )
-from finealign.cache.freshness import RECORD, changed_items, item_records, write_record
-from finealign.cache.keys import cache_key, default_cache_dir
-from finealign.checks import check_positive_int
-from finealign.errors import ConfigError
 from finealign.registry import create_dataset, create_encoder
 from finealign.resources import check_disk, disk_full_error, is_disk_full, preallocate
 

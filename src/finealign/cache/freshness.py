@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from finealign.cache.format import META_FILE, file_sha256
+from finealign.formats.feature_cache import META_FILE, file_sha256
 
 log = logging.getLogger(__name__)
 RECORD = "item_files"

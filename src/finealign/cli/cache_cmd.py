@@ -50,7 +50,7 @@ def verify(cache_dir: Any) -> int:
     from pathlib import Path
 
     from finealign.cache import default_cache_dir
-    from finealign.cache.format import META_FILE, verify_entry
+    from finealign.formats.feature_cache import META_FILE, verify_entry
 
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     if not root.exists():

@@ -16,8 +16,6 @@ import json
 from finealign.cli.hydra_flags import add_hydra_flags, jobs, print_info, run_dirs
 from finealign.errors import ConfigError
 
-HEADLINE = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -84,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(metrics, indent=2))
         else:
+            from finealign.engine.metrics import HEADLINE
+
             print("  ".join(f"{k}={metrics[k]:.1f}" for k in HEADLINE))
             print(f"results: {metrics['output_dir']}/results.json")
     return 0

@@ -8,7 +8,7 @@
 
 A cache gallery holds one modality of the entry (captions by default); its queries are items of
 the other modality (of any cache entry made by the same encoders). Index specs are
-`name` or `name:key=value,...` with name flat|ivf|hnsw and the knobs of finealign.kernels.ann.IndexSpec.
+`name` or `name:key=value,...` with name flat|ivf|hnsw and the knobs of finealign.ann.IndexSpec.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def _add_feature_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_index(text: str) -> tuple[str, Any]:
     """`ivf:ivf_lists=64,ivf_probe=8` → ("ivf", IndexSpec)."""
-    from finealign.kernels.ann import IndexSpec
+    from finealign.ann import IndexSpec
 
     kind, _, knobs = text.partition(":")
     return kind, IndexSpec.from_options(kind, _pairs(knobs.split(",") if knobs else []), f"--index {text!r}")

@@ -18,8 +18,6 @@ from omegaconf import OmegaConf
 from finealign.cli.hydra_flags import add_hydra_flags, jobs, print_info, run_dirs
 from finealign.config import compose, validate
 
-HEADLINE = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -61,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(result, indent=2))
         else:
+            from finealign.engine.metrics import HEADLINE
+
             print("  ".join(f"{k}={result[k]:.1f}" for k in HEADLINE))
             print(f"results: {cfg.output_dir}/results.json")  # the directory run_experiment claimed
     return 0

@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from finealign.cache.format import finish_entry, load_array, open_checked, save_array
+from finealign.checks import check_choice
 from finealign.data.base import ConfiguredSplits, RetrievalSplit
 from finealign.errors import ConfigError, DataError
+from finealign.formats.feature_cache import finish_entry, load_array, open_checked, save_array
 from finealign.registry import DATASETS
 
 
@@ -88,7 +89,7 @@ class FeatureRows(Sequence):
 
 def load_feature_cache(directory: str | Path, name: str | None = None) -> RetrievalSplit:
     """Open one split's feature cache (memory-mapped); DataError naming the path if it is missing,
-    incomplete (meta.json "complete" not true) or inconsistent. The layout is finealign.cache.format's."""
+    incomplete (meta.json "complete" not true) or inconsistent. The layout is finealign.formats.feature_cache's."""
     directory = Path(directory)
     arrays, meta = open_checked(directory)
     n: int = meta["num_items"]  # open_checked matched it to the row count
@@ -121,7 +122,7 @@ def write_feature_cache(
     caption_item: np.ndarray,
     meta: dict[str, Any] | None = None,
 ) -> Path:
-    """Write one split in the cache layout (finealign.cache.format: the same files, dtypes and
+    """Write one split in the cache layout (finealign.formats.feature_cache: the same files, dtypes and
     checksummed meta.json as a built cache entry); meta.json last, marked complete."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -191,8 +192,7 @@ class FeaturesConfig:
     def __post_init__(self) -> None:
         if self.root is not None and not isinstance(self.root, str):
             raise ConfigError(f"root must be a directory path or null, got {self.root!r}")
-        if self.layout not in LAYOUTS:
-            raise ConfigError(f"layout must be one of {sorted(LAYOUTS)}, got {self.layout!r}")
+        check_choice("layout", self.layout, sorted(LAYOUTS))
         if not isinstance(self.splits, dict) or not self.splits:
             raise ConfigError(f"splits must map split names to directories, got {self.splits!r}")
         for split, path in self.splits.items():

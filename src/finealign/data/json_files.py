@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from finealign.cache.format import file_sha256
 from finealign.errors import DataError
+from finealign.formats.feature_cache import file_sha256
 
 
 def read_json(path: Path, what: str) -> Any:

@@ -15,11 +15,11 @@ import torch
 
 from finealign.checks import check_positive_int
 from finealign.data.base import RetrievalSplit
-from finealign.data.images import open_rgb_image
 from finealign.data.json_files import file_fingerprint, read_json
 from finealign.data.paths import ENV_DATA_ROOT, candidate_roots, default_root
 from finealign.data.sanity import has_word
 from finealign.errors import ConfigError, DataError
+from finealign.formats.images import open_rgb_image
 from finealign.registry import DATASETS
 from finealign.safe_paths import escapes
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from finealign.checks import check_positive_int
+from finealign.checks import check_choice, check_positive_int
 from finealign.data.base import RetrievalSplit
 from finealign.data.json_files import file_fingerprint, read_json
 from finealign.data.paths import candidate_roots, default_root
@@ -48,8 +48,7 @@ class MSRVTTConfig:
     max_items: int | None = None
 
     def __post_init__(self) -> None:
-        if self.source not in _SOURCES:
-            raise ConfigError(f"source must be one of {_SOURCES}, got {self.source!r}")
+        check_choice("source", self.source, _SOURCES)
         check_positive_int("max_items", self.max_items, optional=True)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import Tensor
 
-from finealign.checks import check_positive_int
+from finealign.checks import check_choice, check_positive_int
 from finealign.encoders.common import (
     BackboneEncoder,
     check_embed_dim,
@@ -39,8 +39,7 @@ class HFTextConfig:
         if not isinstance(self.model_name_or_path, str):
             raise ConfigError(f"model_name_or_path must be a string, got {self.model_name_or_path!r}")
         check_embed_dim(self.embed_dim)
-        if self.pooling not in _POOLINGS:
-            raise ConfigError(f"pooling must be one of {_POOLINGS}, got {self.pooling!r}")
+        check_choice("pooling", self.pooling, _POOLINGS)
         check_positive_int("max_length", self.max_length)
 
 

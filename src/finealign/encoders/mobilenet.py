@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 
 from finealign.checks import check_int
-from finealign.data.images import as_rgb_image
 from finealign.encoders.common import (
     BackboneEncoder,
     check_embed_dim,
@@ -25,6 +24,7 @@ from finealign.encoders.common import (
     projection,
 )
 from finealign.errors import DataError, PluginError
+from finealign.formats.images import as_rgb_image
 from finealign.registry import ENCODERS
 from finealign.tokens import TokenBatch
 

@@ -28,7 +28,6 @@ another.
 from __future__ import annotations
 
 import copy
-import difflib
 import functools
 import hashlib
 import posixpath
@@ -40,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from finealign.checks import check_int
+from finealign.checks import check_bool, check_int, close_matches
 from finealign.encoders.common import BackboneEncoder, file_identity
 from finealign.errors import ConfigError, ShapeError
 from finealign.registry import ENCODERS
@@ -70,7 +69,7 @@ class OpenClipConfig:
             ) from exc
         models = open_clip.list_models()
         if self.model_name not in models:
-            close = difflib.get_close_matches(str(self.model_name), models, n=3, cutoff=0.5)
+            close = close_matches(self.model_name, models)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise ConfigError(
                 f"open_clip has no model {self.model_name!r}{hint} "
@@ -79,7 +78,7 @@ class OpenClipConfig:
         if self.pretrained is not None:
             tags = open_clip.list_pretrained_tags_by_model(self.model_name)
             if self.pretrained not in tags:
-                close = difflib.get_close_matches(str(self.pretrained), tags, n=3, cutoff=0.5)
+                close = close_matches(self.pretrained, tags)
                 hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
                 raise ConfigError(
                     f"open_clip model {self.model_name!r} has no pretrained tag {self.pretrained!r}{hint} "
@@ -88,8 +87,7 @@ class OpenClipConfig:
         if self.checkpoint_path is not None and not Path(self.checkpoint_path).expanduser().is_file():
             hint = f"; {where_to_place(self.model_name, self.pretrained)}" if self.pretrained else ""
             raise ConfigError(f"checkpoint_path {self.checkpoint_path!r} is not a file{hint}")
-        if not isinstance(self.freeze, bool):
-            raise ConfigError(f"freeze must be true or false, got {self.freeze!r}")
+        check_bool("freeze", self.freeze)
         check_int("embed_dim", self.embed_dim, low=0)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from finealign.checks import check_positive_int
+from finealign.checks import check_choice, check_positive_int, is_int
 from finealign.encoders.base import Encoder
 from finealign.encoders.common import check_embed_dim
 from finealign.errors import ConfigError, ShapeError
@@ -61,20 +61,18 @@ class PrecomputedConfig:
     def __post_init__(self) -> None:
         check_embed_dim(self.embed_dim)
         check_positive_int("in_dim", self.in_dim, optional=True)
-        if self.head not in ("linear", "mlp", "transformer"):
-            raise ConfigError(f"head must be linear, mlp or transformer, got {self.head!r}")
+        check_choice("head", self.head, ("linear", "mlp", "transformer"))
         if self.head != "linear" and self.embed_dim == 0:
             raise ConfigError(f"head {self.head!r} needs embed_dim > 0")
         check_positive_int("hidden_dim", self.hidden_dim, optional=True)
-        if not isinstance(self.layers, int) or not 1 <= self.layers <= 4:
+        if not is_int(self.layers) or not 1 <= self.layers <= 4:
             raise ConfigError(f"layers must be an int in [1, 4] (a small head), got {self.layers!r}")
         check_positive_int("heads", self.heads)
         if self.head == "transformer" and self.embed_dim % self.heads:
             raise ConfigError(f"heads ({self.heads}) must divide embed_dim ({self.embed_dim})")
         if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.modality not in ("vision", "text", "video"):
-            raise ConfigError(f"modality must be vision, text or video, got {self.modality!r}")
+        check_choice("modality", self.modality, ("vision", "text", "video"))
 
 
 def build_head(cfg: PrecomputedConfig, in_dim: int) -> tuple[nn.Module, nn.Module | None]:

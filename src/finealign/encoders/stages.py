@@ -19,7 +19,6 @@ spellings share one cache entry. Tails keep the original module indices in their
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections import OrderedDict
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from finealign.checks import close_matches
 from finealign.encoders.base import Encoder
 from finealign.encoders.hf_text import HFTextEncoder
 from finealign.encoders.mobilenet import MobileNetV2Encoder
@@ -45,7 +45,7 @@ def _unknown(stage: Any, backbone: str, names: list[str], pattern_hint: str, pre
     guess = f"{prefix}.{digits.group()}" if digits else None
     enumerated = any(n.startswith(f"{prefix}.") for n in names)  # else the numbers are not known yet
     numbered = [guess] if guess and guess != str(stage) and (guess in names or not enumerated) else []
-    close = numbered + [n for n in difflib.get_close_matches(str(stage), names, n=3, cutoff=0.5) if n not in numbered]
+    close = numbered + [n for n in close_matches(stage, names) if n not in numbered]
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     return ConfigError(f"unknown stage {stage!r} of {backbone}.{hint} Stages: {pattern_hint}")
 

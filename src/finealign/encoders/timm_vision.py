@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 from finealign.checks import check_int
-from finealign.data.images import as_rgb_image
 from finealign.encoders.common import (
     BackboneEncoder,
     check_embed_dim,
@@ -20,6 +19,7 @@ from finealign.encoders.common import (
     projection,
 )
 from finealign.errors import ConfigError, DataError, PluginError
+from finealign.formats.images import as_rgb_image
 from finealign.registry import ENCODERS
 from finealign.tokens import TokenBatch
 

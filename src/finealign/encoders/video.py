@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from finealign.checks import check_positive_int
+from finealign.checks import check_int, check_positive_int
 from finealign.encoders.base import Encoder
 from finealign.encoders.common import check_embed_dim, output_dim, projection
 from finealign.errors import ConfigError, DataError
@@ -32,8 +32,7 @@ class VideoConfig:
         check_positive_int("num_frames", self.num_frames)
         check_embed_dim(self.embed_dim)
         if self.frame_encoder is None:
-            if not isinstance(self.feature_dim, int) or self.feature_dim < 1:
-                raise ConfigError("frame_encoder=None (precomputed frame features) needs feature_dim >= 1")
+            check_int("feature_dim", self.feature_dim, note=" when frame_encoder is null (precomputed frame features)")
         elif not isinstance(self.frame_encoder, str):
             raise ConfigError(f"frame_encoder must be a registered vision encoder name, got {self.frame_encoder!r}")
         if not isinstance(self.frame_options, dict):

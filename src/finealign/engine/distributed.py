@@ -345,13 +345,12 @@ class GlobalBatchObjective(nn.Module):
                      "(local loss)" if self.why_whole is None else f"the whole matrix on every rank: {self.why_whole}")  # fmt: skip
 
     def _why_whole(self, local_loss: bool) -> str | None:
-        from finealign.engine.evaluate import gallery_dependent
-
         if not local_loss:
             return "asked for"
         if not callable(getattr(self.loss, "share_loss", None)):
             return f"the loss {type(self.loss).__name__} has no share_loss (losses/base.py)"
-        if gallery_dependent(self.model.aligner):
+        # the aligner's declared contract (aligners/base.py), read as engine/evaluate reads it
+        if getattr(self.model.aligner, "gallery_dependent", False):
             return (f"the aligner {type(self.model.aligner).__name__} is gallery_dependent (a pair's score may "
                     "depend on the rest of the batch)")  # fmt: skip
         return None

@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from finealign.cache.encode import encode_items, pad_stack
-from finealign.cache.format import file_sha256
+from finealign.checks import check_choice
 from finealign.data.base import RetrievalSplit
 from finealign.engine.model import RetrievalModel
 from finealign.errors import ConfigError
+from finealign.formats.feature_cache import file_sha256
 
 MODALITIES = ("visual", "text")
 
@@ -35,8 +36,7 @@ def split_features(
     """(tokens (N, L, d) float16, mask (N, L) bool, pooled (N, d) float16) of every image
     (`visual`) or caption (`text`) of `split` — or of the `only` ones, in that order — encoded by
     the model's own (trained) tower."""
-    if modality not in MODALITIES:
-        raise ConfigError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    check_choice("modality", modality, MODALITIES)
     encoder = model.vision if modality == "visual" else model.text
     total = split.num_items if modality == "visual" else split.num_captions
     read_all = split.raw_item if modality == "visual" else split.captions.__getitem__

@@ -25,6 +25,9 @@ from torch import Tensor
 from finealign.errors import ShapeError
 
 KS = (1, 5, 10)
+#: the metrics a run is summed up by (printed after train / eval, logged per validation): R@K both
+#: ways, then RSUM
+HEADLINE = (*(f"{d}_r{k}" for d in ("i2t", "t2i") for k in KS), "rsum")
 
 
 def _check(sim: Tensor, caption_item: Tensor) -> None:

@@ -31,6 +31,7 @@ from finealign.engine.distributed import (
     wrap_ddp,
 )
 from finealign.engine.evaluate import evaluate
+from finealign.engine.metrics import HEADLINE
 from finealign.engine.model import RetrievalModel, loss_extras
 from finealign.engine.optim import apply_backbone_schedule, build_optimizer, enable_grad_checkpointing
 from finealign.engine.schedule import LRSchedule
@@ -46,7 +47,6 @@ RESUME_FREE = ("train.resume", "train.progress", "train.log_every", "train.num_w
                "train.mlflow_experiment", "train.distributed", "train.dist_timeout_s", "eval", "output_dir", "device",
                "ckpt", "allow_shared_images")  # fmt: skip
 log = logging.getLogger(__name__)
-VAL_SCALARS = ("rsum", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
 # Runaway, not just non-finite: a temperature this many times its value at the start of training
 # (the logits are then ~0: the loss is flat, every gradient ~0, and training silently stops — what
 # train.lr=1e3 does to InfoNCE's learnable scale), or a loss this many times its first value.
@@ -348,7 +348,7 @@ class Trainer:
         if "train/temperature" in scalars:
             line += f", temperature {scalars['train/temperature']:.4g}"
         if val is not None:
-            scalars.update({f"val/{k}": float(v) for k, v in val.items() if k in VAL_SCALARS})
+            scalars.update({f"val/{k}": float(v) for k, v in val.items() if k in HEADLINE})
             line += f"; val rsum {val['rsum']:.1f} (i2t R@1 {val['i2t_r1']:.1f}, t2i R@1 {val['t2i_r1']:.1f})"
         if self.world.is_main:
             log.info(line)

@@ -11,8 +11,9 @@ Both also score a list of (image, caption) pairs (`pairs=`, forward only) for tw
 """
 
 from finealign.kernels import ops  # noqa: F401  (registers the custom ops and their FLOP formulas)
-from finealign.kernels.api import SinkhornOptions, maxsim_scores, sinkhorn_flow_scores
+from finealign.kernels.api import maxsim_scores, sinkhorn_flow_scores
 from finealign.kernels.dispatch import BACKENDS, check_backend, use_triton
+from finealign.kernels.sinkhorn_options import SinkhornOptions
 from finealign.kernels.tiles import Tiles
 
 __all__ = [

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from finealign.checks import check_positive_int
 from finealign.errors import ConfigError, ShapeError
 from finealign.kernels.checks import (
     check_marginal,
     check_pair_indices,
     check_pooling,
-    check_sinkhorn_kernel_options,
     check_token_weights,
     check_tokens,
 )
 from finealign.kernels.dispatch import interpreting, use_triton
 from finealign.kernels.maxsim_torch import maxsim_pairs_torch, maxsim_torch
+from finealign.kernels.sinkhorn_options import SinkhornOptions
 from finealign.kernels.sinkhorn_torch import sinkhorn_pairs_torch, sinkhorn_torch
 from finealign.kernels.tiles import Tiles
 
@@ -103,43 +101,6 @@ def uniform_log_marginal(mask: Tensor) -> Tensor:
     return torch.log(m / m.sum(1, keepdim=True).clamp_min(1.0))
 
 
-@dataclass(frozen=True)
-class SinkhornOptions:
-    """How `sinkhorn_flow_scores` solves: one object instead of a dozen keyword arguments, checked
-    once when built (a bad value is a ConfigError naming it).
-
-    epsilon, iterations: entropic regularisation and iteration count. rows: the side log_sinkhorn
-    treats as rows (updated first each iteration); one_sided drops that side's constraint.
-    marginal_temperature: τ of the importance marginals (with pooled vectors). backend: auto |
-    torch | triton. chunk_visual/chunk_text bound the torch path's temporaries;
-    captions_per_program tiles the Triton kernel. domain: how the Triton kernel iterates — "log"
-    (log-sum-exps) or "scaling" (multiply-adds on exp(−C/ε), absorbed into the log potentials every
-    `absorb_every` iterations; pairs where that loses precision are redone in the log domain).
-    """
-
-    epsilon: float = 0.1
-    iterations: int = 20
-    rows: str = "visual"
-    one_sided: bool = False
-    marginal_temperature: float = 0.1
-    backend: str = "auto"
-    chunk_visual: int = 16
-    chunk_text: int = 64
-    captions_per_program: int | None = None
-    domain: str = "log"
-    absorb_every: int = 10
-
-    def __post_init__(self) -> None:
-        check_sinkhorn_kernel_options(self.domain, self.absorb_every)
-        if not self.epsilon > 0:
-            raise ConfigError(f"epsilon must be > 0, got {self.epsilon!r}")
-        if not self.marginal_temperature > 0:
-            raise ConfigError(f"marginal_temperature must be > 0, got {self.marginal_temperature!r}")
-        check_positive_int("iterations", self.iterations)
-        if self.rows not in ("visual", "text"):
-            raise ConfigError(f"rows must be 'visual' or 'text', got {self.rows!r}")
-
-
 def sinkhorn_flow_scores(
     v: Tensor,
     vmask: Tensor,
@@ -185,12 +146,11 @@ def sinkhorn_flow_scores(
                 raise ShapeError(
                     f"{name}_pooled must be (N, d) = {(x.shape[0], x.shape[2])}, got {tuple(pooled.shape)}"
                 )
-    epsilon, iterations, rows, one_sided = opts.epsilon, opts.iterations, opts.rows, opts.one_sided
     if visual_pooled is None:
         log_visual = uniform_log_marginal(vmask) if log_visual is None else log_visual
         log_text = uniform_log_marginal(tmask) if log_text is None else log_text
-    importance: dict[str, Any] = dict(
-        visual_pooled=visual_pooled, text_pooled=text_pooled, marginal_temperature=opts.marginal_temperature
+    marginals: dict[str, Any] = dict(
+        log_visual=log_visual, log_text=log_text, visual_pooled=visual_pooled, text_pooled=text_pooled
     )
     if pairs is not None:
         check_pair_indices(pairs, v.shape[0], t.shape[0])
@@ -201,39 +161,7 @@ def sinkhorn_flow_scores(
         from finealign.kernels.sinkhorn_triton import sinkhorn_triton
 
         v, t = _interpreter_safe(v), _interpreter_safe(t)
-        return sinkhorn_triton(
-            v,
-            vmask,
-            t,
-            tmask,
-            log_visual,
-            log_text,
-            epsilon,
-            iterations,
-            rows,
-            one_sided,
-            opts.captions_per_program,
-            pairs=pairs,
-            domain=opts.domain,
-            absorb_every=opts.absorb_every,
-            **importance,
-        )
+        return sinkhorn_triton(v, vmask, t, tmask, opts, pairs=pairs, **marginals)
     if pairs is not None:
-        return sinkhorn_pairs_torch(
-            v, vmask, t, tmask, pairs, log_visual, log_text, epsilon, iterations, rows, one_sided, **importance
-        )
-    return sinkhorn_torch(
-        v,
-        vmask,
-        t,
-        tmask,
-        log_visual,
-        log_text,
-        epsilon,
-        iterations,
-        rows,
-        one_sided,
-        opts.chunk_visual,
-        opts.chunk_text,
-        **importance,
-    )
+        return sinkhorn_pairs_torch(v, vmask, t, tmask, pairs, opts, **marginals)
+    return sinkhorn_torch(v, vmask, t, tmask, opts, **marginals)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from finealign.checks import check_positive_int
-from finealign.errors import ConfigError, ShapeError
+from finealign.checks import check_choice, check_number, check_positive_int
+from finealign.errors import ShapeError
+from finealign.kernels.sinkhorn_options import SINKHORN_DOMAINS
 
 POOLINGS = ("mean", "weighted", "lse")
 DIRECTIONS = ("text", "visual", "both")
@@ -28,12 +29,9 @@ def check_tokens(v: Tensor, vmask: Tensor, t: Tensor, tmask: Tensor) -> None:
 
 
 def check_pooling(pooling: str, direction: str, temperature: float) -> None:
-    if pooling not in POOLINGS:
-        raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-    if direction not in DIRECTIONS:
-        raise ConfigError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ConfigError(f"temperature must be a positive number, got {temperature!r}")
+    check_choice("pooling", pooling, POOLINGS)
+    check_choice("direction", direction, DIRECTIONS)
+    check_number("temperature", temperature, low=0, strict=True)
 
 
 def check_token_weights(weights: Tensor | None, mask: Tensor, name: str, needed: bool) -> None:
@@ -48,12 +46,10 @@ def check_token_weights(weights: Tensor | None, mask: Tensor, name: str, needed:
         )
 
 
-SINKHORN_DOMAINS = ("log", "scaling")
-
-
 def check_sinkhorn_kernel_options(domain: str, absorb_every: int = 10) -> None:
-    if domain not in SINKHORN_DOMAINS:
-        raise ConfigError(f"domain must be one of {SINKHORN_DOMAINS}, got {domain!r}")
+    """The fused kernel's domain and absorb period, for a config that builds SinkhornOptions later
+    (the tokenflow aligner checks them when its own Config is built)."""
+    check_choice("domain", domain, SINKHORN_DOMAINS)
     check_positive_int("absorb_every", absorb_every)
 
 

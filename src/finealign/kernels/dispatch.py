@@ -12,6 +12,7 @@ import os
 
 import torch
 
+from finealign.checks import check_choice
 from finealign.errors import ConfigError, PluginError
 
 BACKENDS = ("auto", "torch", "triton")
@@ -20,8 +21,7 @@ TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_choice("backend", backend, BACKENDS)
 
 
 @functools.cache

@@ -17,68 +17,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from finealign.kernels.ops import tile_list
 from finealign.kernels.pooling_weights import mean_weights
-from finealign.kernels.tiles import Tiles, next_pow2
-
-
-@triton.jit
-def _dot_rows(
-    a_base, b_base, a_in, b_in, s_ad, s_bd, D, RA: tl.constexpr, RB: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr
-):
-    """(RA, RB) fp32 dot products of the token rows at a_base / b_base (row pointers; masked
-    rows read 0), accumulated over d in BK-wide steps."""
-    acc = tl.zeros((RA, RB), dtype=tl.float32)
-    for k in range(0, D, BK):
-        kk = k + tl.arange(0, BK)
-        kin = kk < D
-        a = tl.load(a_base[:, None] + kk[None, :] * s_ad, mask=a_in[:, None] & kin[None, :], other=0.0)
-        b = tl.load(b_base[:, None] + kk[None, :] * s_bd, mask=b_in[:, None] & kin[None, :], other=0.0)
-        acc = tl.dot(a, tl.trans(b), acc, input_precision=PREC)
-    return acc
-
-
-@triton.jit
-def _sim_tile(
-    v_ptr,
-    t_ptr,
-    vm_ptr,
-    tm_ptr,
-    iv0,
-    it0,
-    Nv,
-    Nt,
-    Lv,
-    Lt,
-    D,
-    s_vn,
-    s_vl,
-    s_vd,
-    s_tn,
-    s_tl,
-    s_td,
-    BV: tl.constexpr,
-    LVP: tl.constexpr,
-    BT: tl.constexpr,
-    LTP: tl.constexpr,
-    BK: tl.constexpr,
-    PREC: tl.constexpr,
-):
-    """fp32 similarities of BV images × BT captions as a (BV·LVP, BT·LTP) tile, plus token masks."""
-    rows = tl.arange(0, BV * LVP)
-    img = iv0 + rows // LVP
-    rtok = rows % LVP
-    row_in = (img < Nv) & (rtok < Lv)
-    cols = tl.arange(0, BT * LTP)
-    cap = it0 + cols // LTP
-    ctok = cols % LTP
-    col_in = (cap < Nt) & (ctok < Lt)
-    a_base = v_ptr + img.to(tl.int64) * s_vn + rtok * s_vl
-    b_base = t_ptr + cap.to(tl.int64) * s_tn + ctok * s_tl
-    acc = _dot_rows(a_base, b_base, row_in, col_in, s_vd, s_td, D, BV * LVP, BT * LTP, BK, PREC)
-    vm = tl.load(vm_ptr + img * Lv + rtok, mask=row_in, other=0) != 0
-    tm = tl.load(tm_ptr + cap * Lt + ctok, mask=col_in, other=0) != 0
-    return acc, vm, tm
+from finealign.kernels.tiles import Tiles, next_pow2, tile_list
+from finealign.kernels.triton_common import dot_precision, dot_rows, sim_tile
 
 
 @triton.jit
@@ -178,7 +119,7 @@ def _maxsim_fwd(
         it0 = tl.load(pairs_ptr + 2 * pid + 1)
     else:
         iv0, it0 = _tile_ids(Nv, Nt, BV, BT, GROUP)
-    acc_t, tm, vm = _sim_tile(
+    acc_t, tm, vm = sim_tile(
         t_ptr,
         v_ptr,
         tm_ptr,
@@ -278,7 +219,7 @@ def _packed_sim_tile(
     row_in = (cap < Nt) & (ctok < Lt)
     a_base = t_ptr + cap.to(tl.int64) * s_tn + ctok * s_tl
     b_base = v_ptr + img.to(tl.int64) * s_vn + rtok * s_vl
-    acc = _dot_rows(a_base, b_base, row_in, col_in, s_td, s_vd, D, BT * LTP, NP, BK, PREC)
+    acc = dot_rows(a_base, b_base, row_in, col_in, s_td, s_vd, D, BT * LTP, NP, BK, PREC)
     vm = tl.load(vm_ptr + img * Lv + rtok, mask=col_in, other=0) != 0
     tm = tl.load(tm_ptr + cap * Lt + ctok, mask=row_in, other=0) != 0
     return acc, slot, vm, tm
@@ -425,7 +366,7 @@ def _maxsim_bwd(
     NEED_DVW: tl.constexpr,
 ):
     iv0, it0 = _tile_ids(Nv, Nt, BV, BT, GROUP)
-    acc, vm, tm = _sim_tile(
+    acc, vm, tm = sim_tile(
         v_ptr,
         t_ptr,
         vm_ptr,
@@ -543,13 +484,6 @@ def _maxsim_bwd(
                 )
 
 
-def _precision(dtype: torch.dtype) -> str:
-    # fp32 inputs follow torch's own matmul setting (TF32 only if the user allowed it).
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32"
-
-
 def _launch(kernel, v, t, vmask8, tmask8, tw, vw, extra, pooling, direction, temperature, tiles, **consts):
     nv, lv, d = v.shape
     nt, lt, _ = t.shape
@@ -585,7 +519,7 @@ def _launch(kernel, v, t, vmask8, tmask8, tw, vw, extra, pooling, direction, tem
         LTP=ltp,
         BK=tiles.block_k,
         **(dict(NP=np_) if tiles.packed else dict(LVP=lvp)),
-        PREC=_precision(v.dtype),
+        PREC=dot_precision(v.dtype),
         GROUP=tiles.group,
         DO_TEXT=direction in ("text", "both"),
         DO_VISUAL=direction in ("visual", "both"),

@@ -16,29 +16,8 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from finealign.kernels.tiles import Tiles
-
-
-def tile_list(tiles: Tiles | None) -> list[int]:
-    """Tiles as the op's int list ([] = the default tiles for the inputs)."""
-    if tiles is None:
-        return []
-    return [
-        tiles.items_visual,
-        tiles.items_text,
-        tiles.block_k,
-        tiles.num_warps,
-        tiles.num_stages,
-        tiles.group,
-        int(tiles.packed),
-    ]
-
-
-def _tiles_from(values: list[int], v: Tensor, t: Tensor) -> Tiles:
-    if not values:
-        return Tiles.default(v.shape[1], t.shape[1], v.dtype)
-    items_visual, items_text, block_k, num_warps, num_stages, group, packed = values  # tile_list's order
-    return Tiles(items_visual, items_text, block_k, num_warps, num_stages, group, packed=bool(packed))
+from finealign.kernels.sinkhorn_options import SinkhornLaunch
+from finealign.kernels.tiles import tiles_from_list
 
 
 def token_pair_flops(v_shape, t_shape, pairs_shape=None) -> int:
@@ -67,7 +46,7 @@ def maxsim_forward(
     from finealign.kernels.maxsim_triton import launch_forward
 
     return launch_forward(
-        v, t, vmask8, tmask8, tw, vw, pairs, pooling, direction, temperature, _tiles_from(tiles, v, t)
+        v, t, vmask8, tmask8, tw, vw, pairs, pooling, direction, temperature, tiles_from_list(tiles, v, t)
     )
 
 
@@ -101,7 +80,7 @@ def maxsim_backward(
     from finealign.kernels.maxsim_triton import launch_backward
 
     return launch_backward(
-        v, t, vmask8, tmask8, tw, vw, grad, pooling, direction, temperature, _tiles_from(tiles, v, t), need
+        v, t, vmask8, tmask8, tw, vw, grad, pooling, direction, temperature, tiles_from_list(tiles, v, t), need
     )
 
 
@@ -140,68 +119,34 @@ def sinkhorn_forward(
     captions_per_program: int,
     num_warps: int,
 ) -> Tensor:
-    """(Nv, Nt) fp32 Σ flow·sim, or (P,) for int32 `pairs` (NaN where the scaling domain gave up)."""
+    """(Nv, Nt) fp32 Σ flow·sim, or (P,) for int32 `pairs` (NaN where the scaling domain gave up).
+    The scalars are a SinkhornLaunch's `op_args` (a custom op's schema takes no objects)."""
     from finealign.kernels.sinkhorn_triton import launch_sinkhorn
 
-    return launch_sinkhorn(
-        v,
-        t,
-        vmask8,
-        tmask8,
-        la,
-        lb,
-        vp,
-        tp,
-        pairs,
-        epsilon,
-        marginal_temperature,
-        iterations,
-        text_first,
-        one_sided,
-        importance,
-        scaling,
-        absorb_every,
-        captions_per_program,
-        num_warps,
-    )[0]
+    launch = SinkhornLaunch.from_op_args(
+        epsilon, marginal_temperature, iterations, text_first, one_sided, importance, scaling, absorb_every,
+        captions_per_program, num_warps,
+    )  # fmt: skip
+    return launch_sinkhorn(v, t, vmask8, tmask8, la, lb, vp, tp, pairs, launch)[0]
 
 
 @sinkhorn_forward.register_fake
-def _(v, t, vmask8, tmask8, la, lb, vp, tp, pairs, *args):
+def _(v, t, vmask8, tmask8, la, lb, vp, tp, pairs, *scalars):
     shape = (v.shape[0], t.shape[0]) if pairs is None else (pairs.shape[0],)
     return v.new_empty(shape, dtype=torch.float32)
 
 
-def _sinkhorn_flops(v, t, pairs, importance) -> int:
+def _sinkhorn_flops(v, t, pairs, scalars) -> int:
     flops = token_pair_flops(v, t, pairs)
-    if importance:  # region·(caption global) and word·(image global) per pair
+    if SinkhornLaunch.from_op_args(*scalars).importance:  # region·(caption global) and word·(image global) per pair
         (nv, lv, d), (nt, lt, _) = v, t
         flops += 2 * (nv * nt if pairs is None else pairs[0]) * (lv + lt) * d
     return flops
 
 
 @register_flop_formula(torch.ops.finealign.sinkhorn_forward)
-def _(
-    v,
-    t,
-    vmask8,
-    tmask8,
-    la,
-    lb,
-    vp,
-    tp,
-    pairs,
-    epsilon,
-    tau,
-    iterations,
-    text_first,
-    one_sided,
-    importance,
-    *args,
-    out_shape=None,
-    **kwargs,
-) -> int:
-    return _sinkhorn_flops(v, t, pairs, importance)
+def _(v, t, vmask8, tmask8, la, lb, vp, tp, pairs, *scalars, out_shape=None, **kwargs) -> int:
+    return _sinkhorn_flops(v, t, pairs, scalars)
 
 
 @torch.library.custom_op("finealign::sinkhorn_forward_saving", mutates_args=())
@@ -220,68 +165,37 @@ def sinkhorn_forward_saving(
     text_first: bool,
     one_sided: bool,
     importance: bool,
+    scaling: bool,
+    absorb_every: int,
     captions_per_program: int,
     num_warps: int,
 ) -> tuple[Tensor, Tensor]:
-    """Training forward (log domain, full matrix): the scores and every iteration's potentials."""
+    """Training forward (log domain, full matrix): the scores and every iteration's potentials.
+    The scalars are a SinkhornLaunch's `op_args`; the saving kernel never scales."""
     from finealign.kernels.sinkhorn_triton import launch_sinkhorn
 
-    return launch_sinkhorn(
-        v,
-        t,
-        vmask8,
-        tmask8,
-        la,
-        lb,
-        vp,
-        tp,
-        None,
-        epsilon,
-        marginal_temperature,
-        iterations,
-        text_first,
-        one_sided,
-        importance,
-        False,
-        1,
-        captions_per_program,
-        num_warps,
-        save=True,
-    )
+    launch = SinkhornLaunch.from_op_args(
+        epsilon, marginal_temperature, iterations, text_first, one_sided, importance, scaling, absorb_every,
+        captions_per_program, num_warps,
+    )  # fmt: skip
+    return launch_sinkhorn(v, t, vmask8, tmask8, la, lb, vp, tp, None, launch, save=True)
 
 
 @sinkhorn_forward_saving.register_fake
-def _(v, t, vmask8, tmask8, la, lb, vp, tp, epsilon, tau, iterations, text_first, one_sided, importance, bt, warps):
+def _(v, t, vmask8, tmask8, la, lb, vp, tp, *scalars):
     from finealign.kernels.tiles import next_pow2
 
+    launch = SinkhornLaunch.from_op_args(*scalars)
     lvp, ltp = max(16, next_pow2(v.shape[1])), next_pow2(t.shape[1])
-    bt = max(bt or 1, -(-16 // ltp))
+    bt = max(launch.captions_per_program or 1, -(-16 // ltp))
     programs = v.shape[0] * -(-t.shape[0] // bt)
-    saved = 0 if one_sided else programs * iterations * (lvp * bt + bt * ltp)
+    saved = 0 if launch.one_sided else programs * launch.iterations * (lvp * bt + bt * ltp)
     return v.new_empty((v.shape[0], t.shape[0]), dtype=torch.float32), v.new_empty((saved,), dtype=torch.float32)
 
 
 @register_flop_formula(torch.ops.finealign.sinkhorn_forward_saving)
-def _(
-    v,
-    t,
-    vmask8,
-    tmask8,
-    la,
-    lb,
-    vp,
-    tp,
-    epsilon,
-    tau,
-    iterations,
-    text_first,
-    one_sided,
-    importance,
-    *args,
-    out_shape=None,
-    **kwargs,
-) -> int:
-    return _sinkhorn_flops(v, t, None, importance)
+def _(v, t, vmask8, tmask8, la, lb, vp, tp, *scalars, out_shape=None, **kwargs) -> int:
+    return _sinkhorn_flops(v, t, None, scalars)
 
 
 @torch.library.custom_op("finealign::sinkhorn_backward", mutates_args=())
@@ -302,87 +216,34 @@ def sinkhorn_backward(
     text_first: bool,
     one_sided: bool,
     importance: bool,
+    scaling: bool,
+    absorb_every: int,
     captions_per_program: int,
     num_warps: int,
     need: list[int],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """fp32 gradients of v, t and the marginals' inputs (la/lb, or vp/tp for importance)."""
+    """fp32 gradients of v, t and the marginals' inputs (la/lb, or vp/tp for importance). The
+    scalars are the forward's SinkhornLaunch `op_args`."""
     from finealign.kernels.sinkhorn_triton import launch_sinkhorn_backward
 
-    return launch_sinkhorn_backward(
-        v,
-        t,
-        vmask8,
-        tmask8,
-        la,
-        lb,
-        vp,
-        tp,
-        grad,
-        saved,
-        epsilon,
-        marginal_temperature,
-        iterations,
-        text_first,
-        one_sided,
-        importance,
-        captions_per_program,
-        num_warps,
-        need,
-    )
+    launch = SinkhornLaunch.from_op_args(
+        epsilon, marginal_temperature, iterations, text_first, one_sided, importance, scaling, absorb_every,
+        captions_per_program, num_warps,
+    )  # fmt: skip
+    return launch_sinkhorn_backward(v, t, vmask8, tmask8, la, lb, vp, tp, grad, saved, launch, need)
 
 
 @sinkhorn_backward.register_fake
-def _(
-    v,
-    t,
-    vmask8,
-    tmask8,
-    la,
-    lb,
-    vp,
-    tp,
-    grad,
-    saved,
-    epsilon,
-    tau,
-    iterations,
-    text_first,
-    one_sided,
-    importance,
-    bt,
-    warps,
-    need,
-):
-    marginals = (vp, tp) if importance else (la, lb)
+def _(v, t, vmask8, tmask8, la, lb, vp, tp, grad, saved, *scalars_and_need):
+    *scalars, need = scalars_and_need
+    marginals = (vp, tp) if SinkhornLaunch.from_op_args(*scalars).importance else (la, lb)
     like = (v, t, *marginals)
     wanted = (need[0], need[1], need[2], need[2])
     return tuple(x.new_empty(x.shape if n else (0,), dtype=torch.float32) for x, n in zip(like, wanted))
 
 
 @register_flop_formula(torch.ops.finealign.sinkhorn_backward)
-def _(
-    v,
-    t,
-    vmask8,
-    tmask8,
-    la,
-    lb,
-    vp,
-    tp,
-    grad,
-    saved,
-    epsilon,
-    tau,
-    iterations,
-    text_first,
-    one_sided,
-    importance,
-    bt,
-    warps,
-    need,
-    out_shape=None,
-    **kwargs,
-) -> int:
+def _(v, t, vmask8, tmask8, la, lb, vp, tp, grad, saved, *scalars_and_need, out_shape=None, **kwargs) -> int:
+    *scalars, need = scalars_and_need
     # Similarities recomputed (and importance logits' dot products), then one matmul per token gradient.
-    return _sinkhorn_flops(v, t, None, importance) + token_pair_flops(v, t) * (int(need[0]) + int(need[1]))
+    return _sinkhorn_flops(v, t, None, scalars) + token_pair_flops(v, t) * (int(need[0]) + int(need[1]))

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from finealign.checks import check_positive_int
+from finealign.checks import check_choice, check_number, check_positive_int
 from finealign.errors import ConfigError, ShapeError
 
 DOMAINS = ("log", "scaling")
@@ -197,10 +197,8 @@ def _check_problem(cost, log_a, log_b, mask_a, mask_b, epsilon, iterations, tole
     if not epsilon > 0:
         raise ConfigError(f"epsilon must be > 0, got {epsilon!r}")
     check_positive_int("iterations", iterations)
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
-        raise ConfigError(f"tolerance must be a number >= 0, got {tolerance!r}")
-    if domain not in DOMAINS:
-        raise ConfigError(f"domain must be one of {DOMAINS}, got {domain!r}")
+    check_number("tolerance", tolerance, low=0)
+    check_choice("domain", domain, DOMAINS)
 
 
 def _row_error(row_sums: Tensor, log_a: Tensor, mask_a: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from finealign.kernels.sinkhorn import log_sinkhorn
+from finealign.kernels.sinkhorn_options import SinkhornOptions
 
 
 def _importance(vi: Tensor, ti: Tensor, vm: Tensor, tm: Tensor, vp: Tensor, tp: Tensor, tau: float, paired: bool):
@@ -23,12 +24,13 @@ def _importance(vi: Tensor, ti: Tensor, vm: Tensor, tm: Tensor, vp: Tensor, tp: 
     )
 
 
-def _flow(sim: Tensor, mv: Tensor, mt: Tensor, la: Tensor, lb: Tensor, epsilon, iterations, rows, one_sided):
+def _flow(sim: Tensor, mv: Tensor, mt: Tensor, la: Tensor, lb: Tensor, options: SinkhornOptions) -> Tensor:
     """(B,) Σ plan·sim for B problems: sim (B, Lv, Lt) with 0 on padding, masks and log masses (B, L)."""
-    if rows == "visual":
-        plan = log_sinkhorn(1.0 - sim, None if one_sided else la, lb, mv, mt, epsilon, iterations)
+    eps, iterations, one_sided = options.epsilon, options.iterations, options.one_sided
+    if options.rows == "visual":
+        plan = log_sinkhorn(1.0 - sim, None if one_sided else la, lb, mv, mt, eps, iterations)
     else:
-        plan = log_sinkhorn((1.0 - sim).transpose(1, 2), None if one_sided else lb, la, mt, mv, epsilon, iterations)
+        plan = log_sinkhorn((1.0 - sim).transpose(1, 2), None if one_sided else lb, la, mt, mv, eps, iterations)
         plan = plan.transpose(1, 2)
     return (plan * sim).sum((1, 2))
 
@@ -38,19 +40,16 @@ def sinkhorn_torch(
     vmask: Tensor,
     t: Tensor,
     tmask: Tensor,
-    log_visual: Tensor | None,
-    log_text: Tensor | None,
-    epsilon: float,
-    iterations: int,
-    rows: str,
-    one_sided: bool,
-    chunk_visual: int = 16,
-    chunk_text: int = 64,
+    options: SinkhornOptions,
+    *,
+    log_visual: Tensor | None = None,
+    log_text: Tensor | None = None,
     visual_pooled: Tensor | None = None,
     text_pooled: Tensor | None = None,
-    marginal_temperature: float = 0.1,
 ) -> Tensor:
-    """(Nv, Nt) Σ flow·sim with cost = 1 − sim; the largest temporary is (cv·ct, Lv, Lt)."""
+    """(Nv, Nt) Σ flow·sim with cost = 1 − sim, solved as `options` says; the largest temporary is
+    (cv·ct, Lv, Lt) for cv = options.chunk_visual images and ct = options.chunk_text captions."""
+    chunk_visual, chunk_text = options.chunk_visual, options.chunk_text
     acc = torch.promote_types(v.dtype, torch.float32)
     nv, lv, _ = v.shape
     nt, lt, _ = t.shape
@@ -80,12 +79,10 @@ def sinkhorn_torch(
                     tmask[tj],
                     visual_pooled[vi].to(acc),
                     text_pooled[tj].to(acc),
-                    marginal_temperature,
+                    options.marginal_temperature,
                     paired=False,
                 )
-            flow = _flow(
-                sim, mv, mt, la.reshape(cv * ct, lv), lb.reshape(cv * ct, lt), epsilon, iterations, rows, one_sided
-            )
+            flow = _flow(sim, mv, mt, la.reshape(cv * ct, lv), lb.reshape(cv * ct, lt), options)
             row.append(flow.reshape(cv, ct))
         rows_out.append(torch.cat(row, 1))
     return torch.cat(rows_out, 0)
@@ -97,16 +94,13 @@ def sinkhorn_pairs_torch(
     t: Tensor,
     tmask: Tensor,
     pairs: Tensor,
-    log_visual: Tensor | None,
-    log_text: Tensor | None,
-    epsilon: float,
-    iterations: int,
-    rows: str,
-    one_sided: bool,
-    chunk_pairs: int = 1024,
+    options: SinkhornOptions,
+    *,
+    log_visual: Tensor | None = None,
+    log_text: Tensor | None = None,
     visual_pooled: Tensor | None = None,
     text_pooled: Tensor | None = None,
-    marginal_temperature: float = 0.1,
+    chunk_pairs: int = 1024,
 ) -> Tensor:
     """(P,) Σ flow·sim of the listed (image, caption) pairs; the largest temporary is (chunk_pairs, Lv, Lt)."""
     acc = torch.promote_types(v.dtype, torch.float32)
@@ -121,7 +115,14 @@ def sinkhorn_pairs_torch(
         else:
             assert text_pooled is not None, "pooled vectors come in pairs (kernels/api.py checks)"
             la, lb = _importance(
-                vi, ti, mv, mt, visual_pooled[iv].to(acc), text_pooled[it].to(acc), marginal_temperature, paired=True
+                vi,
+                ti,
+                mv,
+                mt,
+                visual_pooled[iv].to(acc),
+                text_pooled[it].to(acc),
+                options.marginal_temperature,
+                paired=True,
             )
-        out.append(_flow(sim, mv, mt, la, lb, epsilon, iterations, rows, one_sided))
+        out.append(_flow(sim, mv, mt, la, lb, options))
     return torch.cat(out) if out else v.new_zeros(0, dtype=acc)

@@ -11,15 +11,16 @@ have potential 0 and plan 0; a one-sided problem is one column normalisation.
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from finealign.kernels.maxsim_triton import _precision, _sim_tile
+from finealign.kernels.sinkhorn_options import SinkhornLaunch, SinkhornOptions
 from finealign.kernels.tiles import next_pow2
+from finealign.kernels.triton_common import dot_precision, sim_tile
 
 
 @triton.jit
@@ -219,7 +220,7 @@ def _problem(
 ):
     """One image × BT captions: similarities s3 (LVP, BT, LTP), their validity, −cost/ε as logk,
     token masks, and the log2 marginals la2 (LVP, BT | 1) and lb3 (BT, LTP)."""
-    acc, vm, tm = _sim_tile(
+    acc, vm, tm = sim_tile(
         v_ptr,
         t_ptr,
         vm_ptr,
@@ -641,18 +642,20 @@ class _SinkhornFlow(torch.autograd.Function):
     potentials (grid × iterations × (LVP·BT + BT·LTP) floats), the backward reverses them."""
 
     @staticmethod
-    def forward(ctx, v, t, la, lb, vp, tp, vmask8, tmask8, options):
-        out, saved = torch.ops.finealign.sinkhorn_forward_saving(v, t, vmask8, tmask8, la, lb, vp, tp, *options)
+    def forward(ctx, v, t, la, lb, vp, tp, vmask8, tmask8, launch: SinkhornLaunch):
+        out, saved = torch.ops.finealign.sinkhorn_forward_saving(
+            v, t, vmask8, tmask8, la, lb, vp, tp, *launch.op_args()
+        )
         ctx.save_for_backward(v, t, la, lb, vp, tp, vmask8, tmask8, saved)
-        ctx.options = options
+        ctx.launch = launch
         return out
 
     @staticmethod
     def backward(ctx, grad):
         v, t, la, lb, vp, tp, vmask8, tmask8, saved = ctx.saved_tensors
-        importance = ctx.options[5]
+        launch: SinkhornLaunch = ctx.launch
         need = ctx.needs_input_grad
-        need_dm = any(need[4:6]) if importance else any(need[2:4])
+        need_dm = any(need[4:6]) if launch.importance else any(need[2:4])
         dv, dt, dmv, dmt = torch.ops.finealign.sinkhorn_backward(
             v,
             t,
@@ -664,11 +667,11 @@ class _SinkhornFlow(torch.autograd.Function):
             tp,
             grad.float().contiguous(),
             saved,
-            *ctx.options,
+            *launch.op_args(),
             [int(need[0]), int(need[1]), int(need_dm)],
         )
         grads = [dv.to(v.dtype) if need[0] else None, dt.to(t.dtype) if need[1] else None, None, None, None, None]
-        slot, like = (4, (vp, tp)) if importance else (2, (la, lb))
+        slot, like = (4, (vp, tp)) if launch.importance else (2, (la, lb))
         for i, (g, x) in enumerate(zip((dmv, dmt), like)):
             grads[slot + i] = g.to(x.dtype) if need[slot + i] else None
         return (*grads, None, None, None)
@@ -679,100 +682,53 @@ def sinkhorn_triton(
     vmask: Tensor,
     t: Tensor,
     tmask: Tensor,
-    log_visual: Tensor | None,
-    log_text: Tensor | None,
-    epsilon: float,
-    iterations: int,
-    rows: str,
-    one_sided: bool,
-    captions_per_program: int | None = None,
+    options: SinkhornOptions,
+    *,
+    log_visual: Tensor | None = None,
+    log_text: Tensor | None = None,
     visual_pooled: Tensor | None = None,
     text_pooled: Tensor | None = None,
-    marginal_temperature: float = 0.1,
-    num_warps: int | None = None,
     pairs: Tensor | None = None,
-    domain: str = "log",
-    absorb_every: int = 10,
 ) -> Tensor:
-    """(Nv, Nt) fp32 Σ flow·sim, or (P,) for the listed `pairs`. Marginals: the given (N, L) log
-    masses (padding ignored), or, with pooled vectors, TokenFlow's per-pair importance softmax
+    """(Nv, Nt) fp32 Σ flow·sim, or (P,) for the listed `pairs`, solved as `options` says (checked
+    when it was built; flattened to scalars only for the custom ops). Marginals: the given (N, L)
+    log masses (padding ignored), or, with pooled vectors, TokenFlow's per-pair importance softmax
     (log_* are then ignored). domain="scaling" iterates on exp(−C/ε) with multiply-adds (see
     _scaling_sinkhorn); pairs it flags (sums below 1e-30, from ε small against the spread of the
     similarities) are recomputed here in the log domain, so both domains give the same numbers."""
     importance = visual_pooled is not None
     if visual_pooled is None:
-        visual_pooled, text_pooled = v.new_zeros(1, 1), t.new_zeros(1, 1)  # unused placeholders
+        vp, tp = v.new_zeros(1, 1), t.new_zeros(1, 1)  # unused placeholders
         assert log_visual is not None and log_text is not None, "log masses or pooled vectors are needed"
+        la, lb = log_visual.float().contiguous(), log_text.float().contiguous()
     else:
         assert text_pooled is not None, "pooled vectors come in pairs (kernels/api.py checks)"
-        log_visual, log_text = vmask.new_zeros(1, dtype=torch.float32), tmask.new_zeros(1, dtype=torch.float32)
-    inputs = (v, t, log_visual, log_text, visual_pooled, text_pooled)
-    if pairs is None and torch.is_grad_enabled() and any(x.requires_grad for x in inputs):
+        vp, tp = visual_pooled, text_pooled
+        la, lb = vmask.new_zeros(1, dtype=torch.float32), tmask.new_zeros(1, dtype=torch.float32)
+    vmask8, tmask8 = vmask.to(torch.int8).contiguous(), tmask.to(torch.int8).contiguous()
+    if pairs is None and torch.is_grad_enabled() and any(x.requires_grad for x in (v, t, la, lb, vp, tp)):
         # Training: the log-domain kernel saves its iterates and the backward kernel uses them.
-        options = (
-            float(epsilon),
-            float(marginal_temperature),
-            int(iterations),
-            rows == "text",
-            bool(one_sided),
-            importance,
-            int(captions_per_program or 0),
-            int(num_warps or 0),
-        )
-        return _SinkhornFlow.apply(
-            v,
-            t,
-            log_visual.float().contiguous(),
-            log_text.float().contiguous(),
-            visual_pooled,
-            text_pooled,
-            vmask.to(torch.int8).contiguous(),
-            tmask.to(torch.int8).contiguous(),
-            options,
-        )
-    out = torch.ops.finealign.sinkhorn_forward(
-        v,
-        t,
-        vmask.to(torch.int8).contiguous(),
-        tmask.to(torch.int8).contiguous(),
-        log_visual.float().contiguous(),
-        log_text.float().contiguous(),
-        visual_pooled,
-        text_pooled,
-        None if pairs is None else pairs.to(torch.int32).contiguous(),
-        float(epsilon),
-        float(marginal_temperature),
-        int(iterations),
-        rows == "text",
-        bool(one_sided),
-        importance,
-        domain == "scaling",
-        int(absorb_every),
-        int(captions_per_program or 0),
-        int(num_warps or 0),
-    )
-    if domain == "scaling" and not one_sided:
+        launch = SinkhornLaunch.of(options, importance=importance, scaling=False)
+        return _SinkhornFlow.apply(v, t, la, lb, vp, tp, vmask8, tmask8, launch)
+    launch = SinkhornLaunch.of(options, importance=importance, scaling=options.domain == "scaling")
+    kernel_pairs = None if pairs is None else pairs.to(torch.int32).contiguous()
+    out = torch.ops.finealign.sinkhorn_forward(v, t, vmask8, tmask8, la, lb, vp, tp, kernel_pairs, *launch.op_args())
+    if launch.scaling and not launch.one_sided:
         flagged = torch.isnan(out)  # one device sync: the price of the fallback
         if bool(flagged.any()):
             index = flagged.nonzero()
             redo = index if pairs is None else pairs[index[:, 0]]
-            marginals: dict[str, Any] = dict(visual_pooled=visual_pooled, text_pooled=text_pooled) if importance else {}
             out[flagged] = sinkhorn_triton(
                 v,
                 vmask,
                 t,
                 tmask,
-                log_visual,
-                log_text,
-                epsilon,
-                iterations,
-                rows,
-                one_sided,
-                marginal_temperature=marginal_temperature,
-                num_warps=num_warps,
+                dataclasses.replace(options, domain="log"),
+                log_visual=log_visual,
+                log_text=log_text,
+                visual_pooled=visual_pooled,
+                text_pooled=text_pooled,
                 pairs=redo,
-                domain="log",
-                **marginals,
             )
     return out
 
@@ -797,37 +753,28 @@ def _strides(v, t, vp, tp):
 
 
 def launch_sinkhorn(
-    v,
-    t,
-    vmask8,
-    tmask8,
-    la,
-    lb,
-    vp,
-    tp,
-    pairs,
-    epsilon,
-    marginal_temperature,
-    iterations,
-    text_first,
-    one_sided,
-    importance,
-    scaling,
-    absorb_every,
-    captions_per_program,
-    num_warps,
-    save=False,
+    v: Tensor,
+    t: Tensor,
+    vmask8: Tensor,
+    tmask8: Tensor,
+    la: Tensor,
+    lb: Tensor,
+    vp: Tensor,
+    tp: Tensor,
+    pairs: Tensor | None,
+    launch: SinkhornLaunch,
+    save: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """finealign::sinkhorn_forward: one launch of the fused kernel (0 = default for the last two).
     Returns the scores and, with `save` (training), every iteration's potentials (else empty)."""
     nv, lv, d = v.shape
     nt, lt, _ = t.shape
-    lvp, ltp, bt, warps, grid = _layout(v, t, pairs, captions_per_program, num_warps)
+    lvp, ltp, bt, warps, grid = _layout(v, t, pairs, launch.captions_per_program, launch.num_warps)
     shape = (nv, nt) if pairs is None else (pairs.shape[0],)
     out = torch.empty(shape, dtype=torch.float32, device=v.device)
-    keep = save and not one_sided
+    keep = save and not launch.one_sided
     saved = torch.empty(
-        grid[0] * iterations * (lvp * bt + bt * ltp) if keep else 0, dtype=torch.float32, device=v.device
+        grid[0] * launch.iterations * (lvp * bt + bt * ltp) if keep else 0, dtype=torch.float32, device=v.device
     )
     if grid[0] == 0:
         return out, saved
@@ -849,20 +796,20 @@ def launch_sinkhorn(
         lt,
         d,
         *_strides(v, t, vp, tp),
-        1.0 / epsilon,
-        1.0 / marginal_temperature,
-        iterations,
+        1.0 / launch.epsilon,
+        1.0 / launch.marginal_temperature,
+        launch.iterations,
         LVP=lvp,
         BT=bt,
         LTP=ltp,
         BK=32 if v.dtype == torch.float32 else 64,
-        PREC=_precision(v.dtype),
-        TEXT_FIRST=text_first,
-        ONE_SIDED=one_sided,
-        IMPORTANCE=importance,
+        PREC=dot_precision(v.dtype),
+        TEXT_FIRST=launch.text_first,
+        ONE_SIDED=launch.one_sided,
+        IMPORTANCE=launch.importance,
         PAIRS=pairs is not None,
-        SCALING=scaling and not keep,
-        ABSORB=absorb_every,
+        SCALING=launch.scaling and not keep,
+        ABSORB=launch.absorb_every,
         SAVE=keep,
         num_warps=warps,
         num_stages=2,
@@ -871,36 +818,29 @@ def launch_sinkhorn(
 
 
 def launch_sinkhorn_backward(
-    v,
-    t,
-    vmask8,
-    tmask8,
-    la,
-    lb,
-    vp,
-    tp,
-    grad,
-    saved,
-    epsilon,
-    marginal_temperature,
-    iterations,
-    text_first,
-    one_sided,
-    importance,
-    captions_per_program,
-    num_warps,
-    need,
+    v: Tensor,
+    t: Tensor,
+    vmask8: Tensor,
+    tmask8: Tensor,
+    la: Tensor,
+    lb: Tensor,
+    vp: Tensor,
+    tp: Tensor,
+    grad: Tensor,
+    saved: Tensor,
+    launch: SinkhornLaunch,
+    need: list[int],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """finealign::sinkhorn_backward: fp32 gradients of v, t and the marginals' inputs — log
     marginals (la, lb) or, for importance marginals, the pooled vectors (vp, tp) — from the
     potentials `saved` by the forward. Empty tensors for what `need` (dv, dt, marginals) omits."""
     nv, lv, d = v.shape
     nt, lt, _ = t.shape
-    lvp, ltp, bt, warps, grid = _layout(v, t, None, captions_per_program, num_warps)
+    lvp, ltp, bt, warps, grid = _layout(v, t, None, launch.captions_per_program, launch.num_warps)
     need_dv, need_dt, need_dm = map(bool, need)
     dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device) if need_dv else v.new_empty(0)
     dt = torch.zeros(t.shape, dtype=torch.float32, device=t.device) if need_dt else t.new_empty(0)
-    dm_visual, dm_text = (vp, tp) if importance else (la, lb)
+    dm_visual, dm_text = (vp, tp) if launch.importance else (la, lb)
     dmv = torch.zeros(dm_visual.shape, dtype=torch.float32, device=v.device) if need_dm else v.new_empty(0)
     dmt = torch.zeros(dm_text.shape, dtype=torch.float32, device=v.device) if need_dm else v.new_empty(0)
     if grid[0]:
@@ -928,17 +868,17 @@ def launch_sinkhorn_backward(
             lt,
             d,
             *_strides(v, t, vp, tp),
-            1.0 / epsilon,
-            1.0 / marginal_temperature,
-            iterations,
+            1.0 / launch.epsilon,
+            1.0 / launch.marginal_temperature,
+            launch.iterations,
             LVP=lvp,
             BT=bt,
             LTP=ltp,
             BK=32 if v.dtype == torch.float32 else 64,
-            PREC=_precision(v.dtype),
-            TEXT_FIRST=text_first,
-            ONE_SIDED=one_sided,
-            IMPORTANCE=importance,
+            PREC=dot_precision(v.dtype),
+            TEXT_FIRST=launch.text_first,
+            ONE_SIDED=launch.one_sided,
+            IMPORTANCE=launch.importance,
             NEED_DV=need_dv,
             NEED_DT=need_dt,
             NEED_DM=need_dm,

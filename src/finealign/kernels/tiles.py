@@ -1,4 +1,5 @@
-"""Tile shapes for the Triton kernels (plain Python, so it imports without Triton)."""
+"""Tile shapes for the Triton kernels (plain Python, so it imports without Triton), and their
+int-list form for the custom ops' schemas (`tile_list` / `tiles_from_list`)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,26 @@ class Tiles:
         block_k = 32 if dtype == torch.float32 else 64
         warps = 8 if bv * lvp * bt * ltp >= 128 * 128 else 4
         return cls(bv, bt, block_k, warps, 3)
+
+
+def tile_list(tiles: Tiles | None) -> list[int]:
+    """Tiles as the op's int list ([] = the default tiles for the inputs)."""
+    if tiles is None:
+        return []
+    return [
+        tiles.items_visual,
+        tiles.items_text,
+        tiles.block_k,
+        tiles.num_warps,
+        tiles.num_stages,
+        tiles.group,
+        int(tiles.packed),
+    ]
+
+
+def tiles_from_list(values: list[int], v: torch.Tensor, t: torch.Tensor) -> Tiles:
+    """The Tiles back from `tile_list`'s int list (the default tiles for v, t when empty)."""
+    if not values:
+        return Tiles.default(v.shape[1], t.shape[1], v.dtype)
+    items_visual, items_text, block_k, num_warps, num_stages, group, packed = values  # tile_list's order
+    return Tiles(items_visual, items_text, block_k, num_warps, num_stages, group, packed=bool(packed))

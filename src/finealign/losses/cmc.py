@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from finealign.errors import ConfigError, ShapeError
+from finealign.checks import check_choice, check_number
+from finealign.errors import ShapeError
 from finealign.kernels.normalize import l2_normalize
 from finealign.losses.base import BatchShare, Loss, check_share, check_similarity, hinge_share, hinge_terms
 from finealign.registry import LOSSES
@@ -49,13 +50,9 @@ class CMCConfig:
 
     def __post_init__(self) -> None:
         for key in ("margin", "global_weight", "local_weight", "consistency_weight", "consistency_margin"):
-            value = getattr(self, key)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
-        if self.consistency not in ("l1", "l2", "tgdt"):
-            raise ConfigError(f"consistency must be 'l1', 'l2' or 'tgdt', got {self.consistency!r}")
-        if self.reduction not in ("mean", "sum"):
-            raise ConfigError(f"reduction must be 'mean' or 'sum', got {self.reduction!r}")
+            check_number(key, getattr(self, key), low=0)
+        check_choice("consistency", self.consistency, ("l1", "l2", "tgdt"))
+        check_choice("reduction", self.reduction, ("mean", "sum"))
 
 
 @LOSSES.register("cmc")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from finealign.checks import check_number
 from finealign.errors import ConfigError
 from finealign.losses.base import BatchShare, Loss, check_share, check_similarity
 from finealign.registry import LOSSES
@@ -21,10 +22,8 @@ class InfoNCEConfig:
     max_scale: float = 100.0  # CLIP's clamp: 1/τ never exceeds this
 
     def __post_init__(self) -> None:
-        if not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature!r}")
-        if not isinstance(self.max_scale, (int, float)) or self.max_scale <= 0:
-            raise ConfigError(f"max_scale must be > 0, got {self.max_scale!r}")
+        check_number("temperature", self.temperature, low=0, strict=True)
+        check_number("max_scale", self.max_scale, low=0, strict=True)
         if 1.0 / self.temperature > self.max_scale:
             raise ConfigError(
                 f"temperature {self.temperature} gives a logit scale {1 / self.temperature:.1f} "

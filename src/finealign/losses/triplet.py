@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from finealign.checks import check_int
-from finealign.errors import ConfigError
+from finealign.checks import check_choice, check_int, check_number
 from finealign.losses.base import BatchShare, Loss, check_share, check_similarity, hinge_share, hinge_terms
 from finealign.registry import LOSSES
 
@@ -25,13 +24,10 @@ class TripletConfig:
     negatives: str = "hardest"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.margin, (int, float)) or self.margin < 0:
-            raise ConfigError(f"margin must be >= 0, got {self.margin!r}")
+        check_number("margin", self.margin, low=0)
         check_int("warmup_epochs", self.warmup_epochs, low=0)
-        if self.reduction not in ("mean", "sum"):
-            raise ConfigError(f"reduction must be 'mean' or 'sum', got {self.reduction!r}")
-        if self.negatives not in ("hardest", "sum"):
-            raise ConfigError(f"negatives must be 'hardest' or 'sum', got {self.negatives!r}")
+        check_choice("reduction", self.reduction, ("mean", "sum"))
+        check_choice("negatives", self.negatives, ("hardest", "sum"))
 
 
 @LOSSES.register("triplet")

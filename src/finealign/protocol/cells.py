@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finealign.protocol.spec import ProtocolSpec
-from finealign.sweeps.spec import override_key
+from finealign.sweeps.spec_parts import override_key
 
 
 @dataclass(frozen=True, order=True)

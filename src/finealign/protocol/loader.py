@@ -10,22 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, cast
-
-from omegaconf import OmegaConf
+from typing import Any
 
 from finealign.errors import ConfigError
 from finealign.protocol.spec import ProtocolSpec
-from finealign.sweeps.loader import split_group_overrides
-from finealign.sweeps.spec import ParamSpec, override_key
+from finealign.sweeps.loader import load_group_file, split_group_overrides
+from finealign.sweeps.spec_parts import ParamSpec, override_key
 
 DEFAULT = "flickr8k"
 
 
 def available_protocols() -> list[str]:
-    from finealign.config import config_dir
+    """Protocol files in finealign's tree and every plugin's config folder."""
+    from finealign.config import group_options
 
-    return sorted(p.stem for p in (config_dir() / "protocol").glob("*.yaml"))
+    return sorted(group_options("protocol"))
 
 
 def _sample(p: ParamSpec) -> Any:
@@ -64,16 +63,8 @@ def check_methods_compose(spec: ProtocolSpec, extra: Iterable[str] = ()) -> None
 
 def load_protocol(args: Iterable[str] = ()) -> tuple[ProtocolSpec, tuple[str, ...]]:
     """(validated spec, overrides for every run)."""
-    from finealign.config import compose, config_dir
-
     name, own, extra = split_group_overrides(args, "protocol", DEFAULT)
-    if not (config_dir() / "protocol" / f"{name}.yaml").is_file():
-        known = ", ".join(available_protocols())
-        raise ConfigError(f"no protocol config {name!r} in {config_dir() / 'protocol'} (available: {known})")
-    cfg = compose(f"protocol/{name}", own)
-    raw = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True)).get(
-        "protocol", {}
-    )  # a DictConfig gives a dict
+    raw = load_group_file("protocol", name, own)
     spec = ProtocolSpec.from_dict(raw)
     varied = {p.name for p in spec.shared} | {p.name for m in spec.methods for p in m.params}
     check_methods_compose(spec, extra)

@@ -14,16 +14,14 @@ other level's overrides are applied on top of the tuned config (or re-tuned with
 
 from __future__ import annotations
 
-import difflib
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from finealign.checks import check_int
+from finealign.checks import check_bool, check_choice, check_int, check_known_keys, check_number, close_matches
 from finealign.errors import ConfigError
-from finealign.sweeps.spec import ParamSpec, _unknown_keys, override_key
+from finealign.sweeps.spec_parts import ParamSpec, check_objective, params_from_record, parse_overrides, parse_params
 
 TUNE_SAMPLERS = ("tpe", "random")
 # what a protocol fixes itself; a method or the file setting them would break the protocol
@@ -36,40 +34,15 @@ DEFAULT_LEVEL_KEY = "default"
 
 def _int(value: Any, where: str, low: int) -> int:
     check_int(where, value, low=low)
-    return value
+    return int(value)
 
 
 def _overrides(raw: Any, where: str) -> tuple[str, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, (list, tuple)):
-        raise ConfigError(f"{where} must be a list of KEY=VALUE strings, got {raw!r}")
-    for o in raw:
-        if not isinstance(o, str) or "=" not in o:
-            raise ConfigError(f"{where} must hold strings like 'aligner=hard', got {o!r}")
-        if override_key(o) in RESERVED_KEYS:
-            raise ConfigError(
-                f"{where} sets {override_key(o)!r}, which the protocol sets itself (tune: val, final: test)"
-            )
-    return tuple(raw)
+    return parse_overrides(raw, where, RESERVED_KEYS, ", which the protocol sets itself (tune: val, final: test)")
 
 
 def _params(raw: Any, where: str) -> tuple[ParamSpec, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where} must map override keys to search ranges, got {raw!r}")
-    params = tuple(ParamSpec.from_raw(str(k), v) for k, v in raw.items())
-    for p in params:
-        if p.name in RESERVED_KEYS:
-            raise ConfigError(f"{where}: {p.name!r} cannot be tuned (the protocol sets it)")
-    return params
-
-
-def _stored_params(raw: list[dict[str, Any]]) -> tuple[ParamSpec, ...]:
-    return tuple(
-        ParamSpec(**{**p, "values": tuple(p.get("values") or ()), "grid": tuple(p.get("grid") or ())}) for p in raw
-    )
+    return parse_params(raw, where, RESERVED_KEYS, " (the protocol sets it)")
 
 
 @dataclass(frozen=True)
@@ -85,7 +58,7 @@ class MethodSpec:
             raw = {}
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where} must be a mapping with overrides and params, got {raw!r}")
-        _unknown_keys(raw, ("overrides", "params"), where)
+        check_known_keys(raw, ("overrides", "params"), where)
         overrides = _overrides(raw.get("overrides"), f"{where}.overrides")
         if not overrides:
             raise ConfigError(f"{where}.overrides is empty: say what the method is (e.g. [aligner={name}])")
@@ -134,10 +107,9 @@ class FactorSpec:
         _check_name(name, "factor")
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where} must be a mapping with levels (and retune, methods), got {raw!r}")
-        _unknown_keys(raw, cls.ALLOWED, where)
+        check_known_keys(raw, cls.ALLOWED, where)
         retune = raw.get("retune", False)
-        if not isinstance(retune, bool):
-            raise ConfigError(f"{where}.retune must be true or false, got {retune!r}")
+        check_bool(f"{where}.retune", retune)
         chosen = raw.get("methods")
         if chosen is not None:
             if not isinstance(chosen, (list, tuple)) or not chosen:
@@ -169,7 +141,7 @@ def _check_name(name: str, what: str) -> None:
 
 def _known_method(name: str, methods: tuple[str, ...], where: str) -> None:
     if name not in methods:
-        close = difflib.get_close_matches(name, methods, n=2, cutoff=0.5)
+        close = close_matches(name, methods, n=2)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ConfigError(f"{where}: no method {name!r}{hint} (methods: {', '.join(methods)})")
 
@@ -237,7 +209,7 @@ class ProtocolSpec:
     def from_dict(cls, raw: Mapping[str, Any]) -> ProtocolSpec:
         if not isinstance(raw, Mapping):
             raise ConfigError(f"a protocol config must be a mapping, got {type(raw).__name__}")
-        _unknown_keys(raw, cls.TOP_KEYS, "the protocol config")
+        check_known_keys(raw, cls.TOP_KEYS, "the protocol config")
         study = raw.get("study")
         if not isinstance(study, str) or not study or any(c in study for c in "/\\ ."):
             raise ConfigError(f"study must be a name without slashes, dots or spaces, got {study!r}")
@@ -254,7 +226,7 @@ class ProtocolSpec:
                     f"methods.{m.name}.params {sorted(clash)} are shared params: tune them once, in shared"
                 )
         tune_raw = dict(raw.get("tune") or {})
-        _unknown_keys(tune_raw, ("sampler", "n_trials", "seed", "metric", "overrides", "n_startup_trials"), "tune")
+        check_known_keys(tune_raw, ("sampler", "n_trials", "seed", "metric", "overrides", "n_startup_trials"), "tune")
         tune = TuneSpec(
             sampler=tune_raw.get("sampler", "tpe"),
             n_trials=_int(tune_raw.get("n_trials", 8), "tune.n_trials", 1),
@@ -263,8 +235,7 @@ class ProtocolSpec:
             overrides=_overrides(tune_raw.get("overrides"), "tune.overrides"),
             n_startup_trials=_int(tune_raw.get("n_startup_trials", 10), "tune.n_startup_trials", 0),
         )
-        if tune.sampler not in TUNE_SAMPLERS:
-            raise ConfigError(f"tune.sampler must be one of {', '.join(TUNE_SAMPLERS)}, got {tune.sampler!r}")
+        check_choice("tune.sampler", tune.sampler, TUNE_SAMPLERS)
         seeds_raw = raw.get("seeds", [0, 1, 2])
         if isinstance(seeds_raw, int) and not isinstance(seeds_raw, bool):
             seeds_raw = list(range(_int(seeds_raw, "seeds", 1)))  # shorthand: seeds: 3 → [0, 1, 2]
@@ -278,21 +249,19 @@ class ProtocolSpec:
         if reference not in names:
             raise ConfigError(f"reference {reference!r} is not one of the methods ({', '.join(names)})")
         test_raw = dict(raw.get("test") or {})
-        _unknown_keys(test_raw, ("overrides",), "test")
+        check_known_keys(test_raw, ("overrides",), "test")
         costs_raw = dict(raw.get("costs") or {})
-        _unknown_keys(costs_raw, ("overrides",), "costs")
+        check_known_keys(costs_raw, ("overrides",), "costs")
         boot_raw = dict(raw.get("bootstrap") or {})
-        _unknown_keys(boot_raw, ("resamples", "confidence", "seed"), "bootstrap")
+        check_known_keys(boot_raw, ("resamples", "confidence", "seed"), "bootstrap")
         boot = BootstrapSpec(
             resamples=_int(boot_raw.get("resamples", 9999), "bootstrap.resamples", 100),
             confidence=boot_raw.get("confidence", 0.95),
             seed=_int(boot_raw.get("seed", 0), "bootstrap.seed", 0),
         )
-        if not isinstance(boot.confidence, float) or not math.isfinite(boot.confidence) or not 0 < boot.confidence < 1:
-            raise ConfigError(f"bootstrap.confidence must be a float in (0, 1), got {boot.confidence!r}")
+        check_number("bootstrap.confidence", boot.confidence, low=0, strict=True, high=1, high_strict=True)
         objective = raw.get("objective")
-        if objective is not None and (not isinstance(objective, str) or ":" not in objective):
-            raise ConfigError(f"objective must be 'module:function' or null, got {objective!r}")
+        check_objective(objective)
         factors_raw = raw.get("factors") or {}
         if not isinstance(factors_raw, Mapping):
             raise ConfigError(f"factors must map factor names to {{levels: ...}}, got {factors_raw!r}")
@@ -321,9 +290,9 @@ class ProtocolSpec:
         tune.setdefault("n_startup_trials", min(10, max(2, int(tune["n_trials"]) // 4)))
         return cls(
             study=d["study"],
-            methods=tuple(MethodSpec(m["name"], tuple(m["overrides"]), _stored_params(m["params"]))
+            methods=tuple(MethodSpec(m["name"], tuple(m["overrides"]), params_from_record(m["params"]))
                           for m in d["methods"]),
-            shared=_stored_params(d["shared"]),
+            shared=params_from_record(d["shared"]),
             tune=TuneSpec(**{**tune, "overrides": tuple(tune["overrides"])}),
             seeds=tuple(d["seeds"]), reference=d["reference"], overrides=tuple(d["overrides"]),
             test_overrides=tuple(d["test_overrides"]), cost_overrides=tuple(d["cost_overrides"]),

@@ -42,12 +42,10 @@ def ensure_builtins(kind: str | None = None) -> None:
 
 def registry(kind: str) -> Registry:
     if kind not in REGISTRIES:
-        import difflib
-
+        from finealign.checks import did_you_mean
         from finealign.errors import UnknownNameError
 
-        close = difflib.get_close_matches(kind, list(REGISTRIES), n=2)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        hint = did_you_mean(kind, REGISTRIES, n=2, cutoff=0.6)
         raise UnknownNameError(f"unknown component kind {kind!r}.{hint} Kinds: {', '.join(REGISTRIES)}")
     return REGISTRIES[kind]
 

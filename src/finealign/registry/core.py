@@ -8,7 +8,6 @@ imported, and imported on first use, with an error that says what to install whe
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import fnmatch
 import importlib
 import math
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+from finealign.checks import check_bool, close_matches, did_you_mean
 from finealign.errors import ConfigError, PluginError, UnknownNameError
 
 
@@ -52,15 +52,15 @@ def build_config(cfg_cls: type, kwargs: dict[str, Any], what: str) -> Any:
     names = [f.name for f in dataclasses.fields(cfg_cls)]
     for key in kwargs:
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+            close = close_matches(key, names)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise ConfigError(f"{what} has no option {key!r}{hint} (options: {', '.join(names)})")
     fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
     for key, value in kwargs.items():
         declared = str(fields[key].type)
-        if declared == "bool" and not isinstance(value, bool):
+        if declared == "bool":
             # "no"/"false" are truthy strings: accepting them would silently mean True
-            raise ConfigError(f"{what}: {key} must be true or false, got {value!r}")
+            check_bool(f"{what}: {key}", value)
         if isinstance(value, float) and not math.isfinite(value):
             default = fields[key].default
             if not (isinstance(default, float) and math.isinf(default)):
@@ -199,8 +199,7 @@ class Registry:
             )
         self.scan_plugins()
         if name not in self._entries:
-            close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            hint = did_you_mean(name, self._entries)
             raise UnknownNameError(
                 f"unknown {self.singular} {name!r}.{hint} Registered: {', '.join(sorted(self._entries)) or '(none)'}"
             )

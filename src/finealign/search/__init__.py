@@ -7,9 +7,10 @@ memory map read only for the shortlisted items, re-ranked by a registered aligne
     Gallery("gal/", index="ivf").query(image_tokens, top_k=10, rerank=create_aligner("mean_max"))
 """
 
-from finealign.kernels.ann import IndexSpec
-from finealign.search.gallery import Gallery, GalleryWriter, SearchResult, add_index, read_manifest, write_gallery
+from finealign.ann import IndexSpec
+from finealign.search.gallery import Gallery, GalleryWriter, SearchResult, add_index, write_gallery
 from finealign.search.integrity import verify_gallery
+from finealign.search.manifest import read_manifest
 from finealign.search.store import TokenStore
 
 __all__ = ["Gallery", "GalleryWriter", "IndexSpec", "SearchResult", "TokenStore", "add_index", "read_manifest",

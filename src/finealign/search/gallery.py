@@ -22,7 +22,6 @@ mixed global/local score, equal to what `two_stage` computes for the same shortl
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -37,43 +36,23 @@ import torch
 
 from finealign.aligners.base import Aligner, global_vectors
 from finealign.aligners.two_stage import TwoStageAligner
+from finealign.ann import IndexSpec, build_index, read_index, search, write_index
 from finealign.cache.build import remove_stale_temporaries
-from finealign.cache.format import array_record
-from finealign.checks import check_int, check_positive_int
+from finealign.checks import check_choice, check_int, check_positive_int
 from finealign.errors import ConfigError, DataError, ShapeError
-from finealign.kernels.ann import IndexSpec, build_index, read_index, search, write_index
+from finealign.formats.feature_cache import array_record
 from finealign.kernels.normalize import l2_normalize
 from finealign.resources import check_disk, disk_full_named, preallocate
 from finealign.search.integrity import ARRAY_FILES, GLOBAL_FILE, file_record, gallery_problems, index_path
+from finealign.search.manifest import read_manifest, write_manifest
 from finealign.search.store import TokenStore, TokenStoreWriter
 from finealign.tokens import TokenBatch
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-MANIFEST_FILE = "manifest.json"
 MODALITIES = ("visual", "text")
 QUERY_KNOBS = ("ivf_probe", "hnsw_ef_search")  # what a query may change; the rest is fixed by the build
-
-
-def read_manifest(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / MANIFEST_FILE
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path} is missing or unreadable: not a finished gallery ({exc})") from exc
-    if manifest.get("complete") is not True:
-        raise DataError(f"{path} is not marked complete: the gallery build did not finish")
-    return manifest
-
-
-def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    # Written to a temporary file and renamed: a reader never sees half a manifest.
-    tmp = Path(folder) / f".{MANIFEST_FILE}.{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, Path(folder) / MANIFEST_FILE)
 
 
 class GalleryWriter:
@@ -85,8 +64,7 @@ class GalleryWriter:
 
     def __init__(self, folder: Path, *, count: int, total_tokens: int, dim: int, modality: str,
                  feature_source: str, normalize: bool = True):  # fmt: skip
-        if modality not in MODALITIES:
-            raise ConfigError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        check_choice("modality", modality, MODALITIES)
         if not isinstance(feature_source, str) or not feature_source:
             raise ConfigError(f"feature_source must name where the features came from, got {feature_source!r}")
         self.folder = Path(folder)
@@ -141,7 +119,7 @@ class GalleryWriter:
                 self.meta["arrays"] = {n: array_record(self.tmp / n) for n in ARRAY_FILES}
                 self.meta["indexes"] = {name: _build_index_file(self.tmp, name, spec) for name, spec in indexes.items()}
                 self.meta["complete"] = True  # written last: a manifest without it is no gallery
-                _write_manifest(self.tmp, self.meta)
+                write_manifest(self.tmp, self.meta)
                 os.rename(self.tmp, self.folder)
         finally:
             if self.tmp.exists():
@@ -187,7 +165,7 @@ def add_index(folder: Path, name: str, spec: IndexSpec) -> dict[str, Any]:
         raise ConfigError(f"gallery {folder} already has an index named {name!r}")
     record = _build_index_file(Path(folder), name, spec)
     manifest["indexes"][name] = record
-    _write_manifest(Path(folder), manifest)
+    write_manifest(Path(folder), manifest)
     return record
 
 

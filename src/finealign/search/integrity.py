@@ -1,4 +1,4 @@
-"""A gallery's integrity: the feature cache's model (finealign.cache.format) for a gallery folder.
+"""A gallery's integrity: the feature cache's model (finealign.formats.feature_cache) for a gallery folder.
 
 The manifest records every array's shape, dtype, byte size and SHA-256, and every index file's
 size and SHA-256. Opening a gallery checks the cheap part (file names stay inside the folder,
@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from finealign.cache.format import file_sha256, quick_problems
 from finealign.errors import DataError
+from finealign.formats.feature_cache import file_sha256, quick_problems
 from finealign.safe_paths import confined
+from finealign.search.manifest import read_manifest
 from finealign.search.store import OFFSETS_FILE, TOKENS_FILE
 
 GLOBAL_FILE = "global.npy"
@@ -89,8 +90,6 @@ def gallery_problems(folder: Path, manifest: dict[str, Any], *, hash_limit: floa
 def verify_gallery(folder: Path) -> tuple[str, list[str]]:
     """("ok" | "damaged" | "unverifiable", problems): every check of `gallery_problems`, every
     file hashed, and every stored global vector and token finite."""
-    from finealign.search.gallery import read_manifest
-
     folder = Path(folder)
     manifest = read_manifest(folder)
     problems = gallery_problems(folder, manifest, hash_limit=float("inf"))

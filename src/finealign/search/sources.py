@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from finealign.cache.format import open_arrays, read_meta
-from finealign.errors import ConfigError, DataError, ShapeError
+from finealign.checks import check_choice
+from finealign.errors import DataError, ShapeError
+from finealign.formats.feature_cache import open_arrays, read_meta
 
 MODALITIES = ("visual", "text")
 
@@ -33,8 +34,7 @@ def cache_feature_source(meta: dict[str, Any]) -> str:
 
 def cache_side(entry: Path, modality: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """(tokens, mask, pooled, feature source) of one modality of a feature cache entry (memory-mapped)."""
-    if modality not in MODALITIES:
-        raise ConfigError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    check_choice("modality", modality, MODALITIES)
     arrays = open_arrays(Path(entry))
     source = cache_feature_source(read_meta(Path(entry)) or {})
     return arrays[f"{modality}_tokens"], arrays[f"{modality}_mask"], arrays[f"{modality}_pooled"], source

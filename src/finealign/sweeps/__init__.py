@@ -7,7 +7,8 @@ conditional hyperparameter ranges and objectives; `run_sweep` turns each trial i
 
 from finealign.sweeps.loader import LoadedSweep, load_sweep
 from finealign.sweeps.orchestrate import SweepResult, load_report, run_sweep
-from finealign.sweeps.spec import ObjectiveSpec, ParamSpec, SweepSpec
+from finealign.sweeps.spec import ObjectiveSpec, SweepSpec
+from finealign.sweeps.spec_parts import ParamSpec
 
 __all__ = [
     "LoadedSweep",

@@ -15,8 +15,10 @@ from typing import Any, cast
 
 from omegaconf import OmegaConf
 
+from finealign.checks import did_you_mean
 from finealign.errors import ConfigError
-from finealign.sweeps.spec import SweepSpec, override_key
+from finealign.sweeps.spec import SweepSpec
+from finealign.sweeps.spec_parts import override_key
 
 
 @dataclass(frozen=True)
@@ -62,28 +64,34 @@ def available_sweeps() -> list[str]:
     return sorted(group_options("sweep"))
 
 
+def load_group_file(group: str, name: str, edits: Iterable[str]) -> dict[str, Any]:
+    """The contents of the spec file `GROUP/NAME.yaml` (a sweep or a protocol) with its own
+    `GROUP.KEY=VALUE` edits applied, found through `config.group_options`: finealign's tree
+    first, then every plugin's config folder, so a plugin can ship a sweep or a protocol."""
+    from finealign.config import compose, config_dir, group_options
+
+    edits = list(edits)
+    options = group_options(group)
+    if name not in options:
+        raise ConfigError(
+            f"no {group} config {name!r} in {config_dir() / group} or plugin configs."
+            f"{did_you_mean(name, options)} Available: {', '.join(sorted(options)) or 'none'}"
+        )
+    if (config_dir() / group / f"{name}.yaml").is_file():
+        cfg = compose(f"{group}/{name}", edits)
+        # a DictConfig gives a dict
+        return cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True)).get(group, {})
+    # a plugin's file: Hydra finds primary configs in the main tree only
+    node = OmegaConf.merge(OmegaConf.load(options[name]), OmegaConf.from_dotlist([o[len(group) + 1 :] for o in edits]))
+    return cast("dict[str, Any]", OmegaConf.to_container(node, resolve=True))
+
+
 def load_sweep(args: Iterable[str] = ()) -> LoadedSweep:
     """Compose a sweep file with its overrides, validate it, and check that every option exists."""
-    from finealign.config import compose, config_dir, config_roots, group_options
+    from finealign.config import config_roots
 
     name, sweep_overrides, extra = split_overrides(args)
-    if name not in available_sweeps():
-        raise ConfigError(
-            f"no sweep config {name!r} in {config_dir() / 'sweep'} or plugin configs "
-            f"(available: {', '.join(available_sweeps())})"
-        )
-    own = config_dir() / "sweep" / f"{name}.yaml"
-    if own.is_file():
-        cfg = compose(f"sweep/{name}", sweep_overrides)
-        raw = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True)).get(
-            "sweep", {}
-        )  # a DictConfig gives a dict
-    else:  # a plugin's sweep file: Hydra finds primary configs in the main tree only
-        path = group_options("sweep")[name]
-        node = OmegaConf.merge(
-            OmegaConf.load(path), OmegaConf.from_dotlist([o[len("sweep.") :] for o in sweep_overrides])
-        )
-        raw = OmegaConf.to_container(node, resolve=True)
+    raw = load_group_file("sweep", name, sweep_overrides)
     spec = SweepSpec.from_dict(raw)
     check_options_exist(spec, config_roots())
     trial_overrides = merge_overrides(spec.overrides, extra)

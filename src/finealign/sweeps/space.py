@@ -12,7 +12,8 @@ from typing import Any
 
 import optuna
 
-from finealign.sweeps.spec import ParamSpec, SweepSpec
+from finealign.sweeps.spec import SweepSpec
+from finealign.sweeps.spec_parts import ParamSpec
 
 Point = dict[str, Any]
 

@@ -9,117 +9,26 @@ raises ConfigError naming the first bad key, before any trial starts.
 
 from __future__ import annotations
 
-import difflib
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from finealign.checks import check_int, check_positive_int
+from finealign.checks import (
+    check_choice,
+    check_int,
+    check_known_keys,
+    check_number,
+    check_positive_int,
+    check_text,
+)
 from finealign.errors import ConfigError
+from finealign.sweeps.spec_parts import ParamSpec, check_objective, override_key, parse_overrides, parse_params
 
 SAMPLERS = ("grid", "tpe", "nsga2", "random")
 SEED_MODES = ("paired", "per_trial")
 DIRECTIONS = ("maximize", "minimize")
 Direction = Literal["maximize", "minimize"]
 PRUNERS = ("none", "median", "percentile", "hyperband")
-
-Value = Any  # None | bool | int | float | str: what Optuna can store as a categorical choice
-
-
-def _unknown_keys(given: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
-    for key in given:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=2, cutoff=0.5)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ConfigError(f"{where} has no key {key!r}{hint} (allowed: {', '.join(allowed)})")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One hyperparameter: a categorical list (`values`) or a numeric range (`low`..`high`).
-
-    `grid` lists the values a range takes in grid mode (a categorical param uses its `values`).
-    The name is the Hydra override key the value is passed as (`aligner.epsilon=0.1`).
-    """
-
-    name: str
-    kind: str  # "categorical" | "float" | "int"
-    values: tuple[Value, ...] = ()
-    low: float | int | None = None
-    high: float | int | None = None
-    log: bool = False
-    step: float | int | None = None
-    grid: tuple[Value, ...] = ()
-
-    ALLOWED = ("values", "low", "high", "log", "step", "type", "grid")
-
-    @classmethod
-    def from_raw(cls, name: str, raw: Any) -> ParamSpec:
-        where = f"param {name!r}"
-        if isinstance(raw, (list, tuple)):  # shorthand: a bare list is a categorical choice
-            raw = {"values": list(raw)}
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{where} must be a mapping (values: [...] or low/high) or a list, got {raw!r}")
-        _unknown_keys(raw, cls.ALLOWED, where)
-        if "values" in raw:
-            extra = [k for k in ("low", "high", "log", "step", "grid") if k in raw]
-            if extra:
-                raise ConfigError(f"{where}: give either values or a low/high range, not both (also has {extra})")
-            values = tuple(raw["values"] or ())
-            if not values:
-                raise ConfigError(f"{where}: values is empty")
-            for v in values:
-                if v is not None and not isinstance(v, (bool, int, float, str)):
-                    raise ConfigError(f"{where}: value {v!r} is not a bool, number, string or null")
-            if len(set(map(repr, values))) != len(values):
-                raise ConfigError(f"{where}: values {list(values)} hold duplicates")
-            return cls(name=name, kind="categorical", values=values)
-        if "low" not in raw or "high" not in raw:
-            raise ConfigError(f"{where} needs values: [...] or both low and high")
-        low, high, step = raw["low"], raw["high"], raw.get("step")
-        for key, v in (("low", low), ("high", high)) + ((("step", step),) if step is not None else ()):
-            if not _is_number(v):
-                raise ConfigError(f"{where}: {key} must be a finite number, got {v!r}")
-        kind = raw.get("type") or ("int" if all(isinstance(v, int) for v in (low, high)) else "float")
-        if kind not in ("int", "float"):
-            raise ConfigError(f"{where}: type must be int or float, got {kind!r}")
-        if kind == "int" and not all(isinstance(v, int) for v in (low, high, step if step is not None else 1)):
-            raise ConfigError(f"{where}: an int range needs int low/high/step, got {low!r}, {high!r}, {step!r}")
-        log = bool(raw.get("log", False))
-        if not low <= high:
-            raise ConfigError(f"{where}: low ({low}) must not exceed high ({high})")
-        if log and low <= 0:
-            raise ConfigError(f"{where}: a log range needs low > 0, got {low}")
-        if step is not None and step <= 0:
-            raise ConfigError(f"{where}: step must be > 0, got {step}")
-        if log and step is not None:
-            raise ConfigError(f"{where}: Optuna cannot combine log=true with a step")
-        grid = tuple(raw.get("grid") or ())
-        for v in grid:
-            if not _is_number(v) or not low <= v <= high:
-                raise ConfigError(f"{where}: grid value {v!r} is not a number in [{low}, {high}]")
-            if kind == "int" and not isinstance(v, int):
-                raise ConfigError(f"{where}: grid value {v!r} of an int range is not an int")
-        return cls(name=name, kind=kind, low=low, high=high, log=log, step=step, grid=grid)
-
-    def grid_values(self) -> tuple[Value, ...]:
-        if self.kind == "categorical":
-            return self.values
-        if not self.grid:
-            raise ConfigError(
-                f"param {self.name!r} is a range ({self.low}..{self.high}); grid mode needs the values "
-                f"to try: add grid: [...] to it"
-            )
-        return self.grid
-
-    def signature(self) -> tuple:
-        """What Optuna requires to agree between two uses of one parameter name."""
-        return (self.kind, self.log, self.values if self.kind == "categorical" else ())
 
 
 @dataclass(frozen=True)
@@ -134,13 +43,11 @@ class ObjectiveSpec:
             raw = {"metric": raw}
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where} must be a metric name or {{metric, direction}}, got {raw!r}")
-        _unknown_keys(raw, ("metric", "direction"), where)
+        check_known_keys(raw, ("metric", "direction"), where)
         metric, direction = raw.get("metric"), raw.get("direction", "maximize")
-        if not isinstance(metric, str) or not metric:
-            raise ConfigError(f"{where}.metric must be a metric name such as rsum, got {metric!r}")
-        if direction not in DIRECTIONS:
-            raise ConfigError(f"{where}.direction must be maximize or minimize, got {direction!r}")
-        return cls(metric=metric, direction=direction)
+        check_text(f"{where}.metric", metric, what="a metric name such as rsum")
+        check_choice(f"{where}.direction", direction, DIRECTIONS)
+        return cls(metric=str(metric), direction=direction)
 
 
 @dataclass(frozen=True)
@@ -156,15 +63,13 @@ class PrunerSpec:
             raw = {"name": raw or "none"}
         if not isinstance(raw, Mapping):
             raise ConfigError(f"pruner must be a name or a mapping, got {raw!r}")
-        _unknown_keys(raw, ("name", "n_startup_trials", "n_warmup_steps", "percentile"), "pruner")
+        check_known_keys(raw, ("name", "n_startup_trials", "n_warmup_steps", "percentile"), "pruner")
         spec = cls(**dict(raw))
-        if spec.name not in PRUNERS:
-            raise ConfigError(f"pruner.name must be one of {', '.join(PRUNERS)}, got {spec.name!r}")
+        check_choice("pruner.name", spec.name, PRUNERS)
         for key in ("n_startup_trials", "n_warmup_steps"):
             value = getattr(spec, key)
             check_int(f"pruner.{key}", value, low=0)
-        if not _is_number(spec.percentile) or not 0 < spec.percentile < 100:
-            raise ConfigError(f"pruner.percentile must be in (0, 100), got {spec.percentile!r}")
+        check_number("pruner.percentile", spec.percentile, low=0, strict=True, high=100, high_strict=True)
         return spec
 
 
@@ -199,13 +104,12 @@ class SweepSpec:
     def from_dict(cls, raw: Mapping[str, Any]) -> SweepSpec:
         if not isinstance(raw, Mapping):
             raise ConfigError(f"a sweep config must be a mapping, got {type(raw).__name__}")
-        _unknown_keys(raw, cls.TOP_KEYS, "the sweep config")
+        check_known_keys(raw, cls.TOP_KEYS, "the sweep config")
         study = raw.get("study")
         if not isinstance(study, str) or not study or any(c in study for c in "/\\ "):
             raise ConfigError(f"study must be a name without slashes or spaces, got {study!r}")
         sampler = raw.get("sampler", "tpe")
-        if sampler not in SAMPLERS:
-            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        check_choice("sampler", sampler, SAMPLERS)
         objectives = tuple(ObjectiveSpec.from_raw(o, i) for i, o in enumerate(raw.get("objectives") or ()))
         if not objectives:
             raise ConfigError("objectives is empty: name at least one metric, e.g. [{metric: rsum}]")
@@ -213,11 +117,8 @@ class SweepSpec:
         if len(set(metrics)) != len(metrics):
             raise ConfigError(f"objectives name a metric twice: {metrics}")
         choices = _parse_choices(raw.get("choose") or {})
-        params = tuple(ParamSpec.from_raw(k, v) for k, v in (raw.get("params") or {}).items())
-        overrides = tuple(raw.get("overrides") or ())
-        for o in overrides:
-            if not isinstance(o, str) or "=" not in o:
-                raise ConfigError(f"overrides must be strings like 'data=toy', got {o!r}")
+        params = parse_params(raw.get("params"), "params")
+        overrides = parse_overrides(raw.get("overrides"), "overrides")
         pruner = PrunerSpec.from_raw(raw.get("pruner"))
         if pruner.name != "none" and len(objectives) > 1:
             raise ConfigError(
@@ -231,15 +132,13 @@ class SweepSpec:
         seed = raw.get("seed", 0)
         check_int("seed", seed, low=0)
         seeds = raw.get("seeds", "paired")
-        if seeds not in SEED_MODES:
-            raise ConfigError(f"seeds must be one of {', '.join(SEED_MODES)}, got {seeds!r}")
+        check_choice("seeds", seeds, SEED_MODES)
         heartbeat_s = raw.get("heartbeat_s", 10)
         check_int("heartbeat_s", heartbeat_s, note=" (seconds)")
         plot = dict(raw.get("plot") or {})
-        _unknown_keys(plot, ("x", "y"), "plot")
+        check_known_keys(plot, ("x", "y"), "plot")
         objective = raw.get("objective")
-        if objective is not None and (not isinstance(objective, str) or ":" not in objective):
-            raise ConfigError(f"objective must be 'module:function' or null, got {objective!r}")
+        check_objective(objective)
         spec = cls(
             study=study,
             sampler=sampler,
@@ -307,12 +206,6 @@ class SweepSpec:
         return asdict(self)
 
 
-def override_key(override: str) -> str:
-    """`aligner=hard` → `aligner`; `+train.x=1` / `~foo` → `train.x` / `foo`."""
-    key = override.split("=", 1)[0].strip()
-    return key.lstrip("+~")
-
-
 def _parse_choices(raw: Any) -> dict[str, dict[str, tuple[ParamSpec, ...]]]:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"choose must map a config group to its options, got {raw!r}")
@@ -324,10 +217,6 @@ def _parse_choices(raw: Any) -> dict[str, dict[str, tuple[ParamSpec, ...]]]:
             raise ConfigError(f"choose.{group} must list at least one option, got {options!r}")
         parsed: dict[str, tuple[ParamSpec, ...]] = {}
         for option, params in options.items():
-            if params is None:
-                params = {}
-            if not isinstance(params, Mapping):
-                raise ConfigError(f"choose.{group}.{option} must map param names to specs, got {params!r}")
-            parsed[str(option)] = tuple(ParamSpec.from_raw(k, v) for k, v in params.items())
+            parsed[str(option)] = parse_params(params, f"choose.{group}.{option}")
         out[str(group)] = parsed
     return out

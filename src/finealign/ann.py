@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from finealign.checks import check_int, check_positive_int
+from finealign.checks import check_choice, check_int, check_positive_int
 from finealign.errors import ConfigError, PluginError, ShapeError
 
 INDEX_KINDS = ("flat", "ivf", "hnsw")
@@ -40,8 +40,7 @@ class IndexSpec:
     seed: int = 0  # IVF training sample and k-means seed
 
     def __post_init__(self) -> None:
-        if self.kind not in INDEX_KINDS:
-            raise ConfigError(f"index kind must be one of {INDEX_KINDS}, got {self.kind!r}")
+        check_choice("index kind", self.kind, INDEX_KINDS)
         check_positive_int("ivf_lists", self.ivf_lists, optional=True)
         check_positive_int("ivf_train", self.ivf_train, optional=True)
         for key in ("ivf_probe", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search"):

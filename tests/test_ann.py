@@ -1,4 +1,4 @@
-"""FAISS top-K search (kernels/ann.py) against a brute-force numpy reference."""
+"""FAISS top-K search (ann.py) against a brute-force numpy reference."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from finealign.errors import ConfigError, ShapeError
 
 faiss = pytest.importorskip("faiss")
 
-from finealign.kernels.ann import IndexSpec, brute_force_search, build_index, search  # noqa: E402
+from finealign.ann import IndexSpec, brute_force_search, build_index, search  # noqa: E402
 
 
 def clustered(n: int, dim: int, seed: int) -> np.ndarray:
