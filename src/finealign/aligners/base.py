@@ -346,6 +346,25 @@ class Aligner(nn.Module, Generic[C]):
         return self.prepare(visual), self.prepare(text)
 
 
+def prepare_gallery(aligner: Any, text: TokenBatch) -> Any:
+    """`aligner.prepare_gallery(text)`, or the captions themselves for an aligner without one
+    (any callable module the engine is given)."""
+    prepare = getattr(aligner, "prepare_gallery", None)
+    return text if prepare is None else prepare(text)
+
+
+def score_queries(aligner: Any, visual: TokenBatch, gallery: Any, queries: str = "i2t") -> Tensor:
+    """(Nv, Nt) scores of image queries against a gallery from `prepare_gallery`, as the queries
+    of one direction rank them (gallery-dependent aligners; one matrix for the others)."""
+    if isinstance(gallery, TokenBatch):  # an aligner without prepare_gallery
+        if getattr(aligner, "gallery_dependent", False):
+            return aligner.query_scores(visual, gallery, queries)
+        return aligner(visual, gallery)
+    if getattr(aligner, "gallery_dependent", False):
+        return aligner.query_scores_prepared(visual, gallery, queries)
+    return aligner.score_prepared(visual, gallery)
+
+
 def packed_word_best(visual: TokenBatch, text: TokenBatch) -> tuple[Tensor, Tensor]:
     """(best (Nv, R), owner (R,)): every real word of `text` packed caption after caption (R real
     words, owner[r] = its caption) with its best similarity over each image's real regions. One
