@@ -124,3 +124,19 @@ def test_bad_captions_fail_when_the_gallery_is_prepared(gen):
     text.mask[1] = False
     with pytest.raises(ShapeError, match=r"text: item\(s\) \[1\] have no real token"):
         create_aligner("hard").prepare_gallery(text)
+
+
+@pytest.mark.parametrize("name", ["mean_max", "hard"])
+def test_word_max_in_several_tiles_matches_the_loop_reference(name, gen, monkeypatch):
+    from finealign.aligners import base
+    from tests.aligners.reference import hard_pair, mean_max_pair, pairwise, real_tokens
+
+    monkeypatch.setattr(base, "WORD_TILE", 1)  # tiles of 64 words: ~140 real words take three
+    visual, text = random_batch(3, 6, 8, generator=gen), random_batch(25, 9, 8, generator=gen)
+    assert int(text.mask.sum()) > 128 and not bool(visual.mask.all())
+    aligner = create_aligner(name)
+    pair = mean_max_pair if name == "mean_max" else hard_pair
+    ref = pairwise(visual, text, lambda i, j: pair(real_tokens(visual, i), real_tokens(text, j)))
+    with torch.no_grad():
+        torch.testing.assert_close(aligner.score_prepared(visual, aligner.prepare_gallery(text)).double(), ref,
+                                   atol=1e-5, rtol=1e-5)  # fmt: skip

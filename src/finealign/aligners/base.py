@@ -373,13 +373,30 @@ def packed_word_best(visual: TokenBatch, text: TokenBatch) -> tuple[Tensor, Tens
     return word_best(visual, block.words), block.owner
 
 
+#: Similarities per tile of `word_best` (256 KiB in fp32): a tile's product is reduced while it is
+#: still in the core's cache. benchmarks/scoring_cost_cpu.py: 0.8× instead of 0.9–1.2× the
+#: real-token floor at 1–64 queries on one CPU thread (the floor writes its whole product out).
+WORD_TILE = 2**16
+
+
 def word_best(visual: TokenBatch, words: Tensor) -> Tensor:
-    """(Nv, R) each of the packed `words` (R, d)'s best similarity over each image's real regions."""
+    """(Nv, R) each of the packed `words` (R, d)'s best similarity over each image's real regions.
+
+    The product is taken in tiles of words (`WORD_TILE` similarities, at least 64 words), each
+    reduced over the regions at once, so the (Nv, Lv, R) product is never held whole."""
     nv, lv, dim = visual.tokens.shape
-    sim = (visual.tokens.reshape(nv * lv, dim) @ words.T).reshape(nv, lv, -1)
-    if not bool(visual.mask.all()):  # grid tokens are all real: skip a full pass over sim
-        sim = sim.masked_fill(~visual.mask[:, :, None], float("-inf"))
-    return sim.amax(dim=1)
+    regions = visual.tokens.reshape(nv * lv, dim)
+    padded = None if bool(visual.mask.all()) else ~visual.mask[:, :, None]  # grid tokens: all real
+    tile = max(64, WORD_TILE // max(nv * lv, 1))
+    best = []
+    for start in range(0, len(words), tile):
+        sim = (regions @ words[start : start + tile].T).reshape(nv, lv, -1)
+        if padded is not None:
+            sim = sim.masked_fill(padded, float("-inf"))
+        best.append(sim.amax(dim=1))
+    if not best:  # no words: an empty (Nv, 0) result
+        return regions.new_zeros(nv, 0)
+    return best[0] if len(best) == 1 else torch.cat(best, 1)
 
 
 def best_region_alignment(
