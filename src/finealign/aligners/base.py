@@ -374,20 +374,25 @@ def packed_word_best(visual: TokenBatch, text: TokenBatch) -> tuple[Tensor, Tens
 
 
 #: Similarities per tile of `word_best` (256 KiB in fp32): a tile's product is reduced while it is
-#: still in the core's cache. benchmarks/scoring_cost_cpu.py: 0.8× instead of 0.9–1.2× the
-#: real-token floor at 1–64 queries on one CPU thread (the floor writes its whole product out).
+#: still in the core's cache. benchmarks/scoring_cost_cpu.py (one CPU thread, 2,500 captions):
+#: mean_max 0.86/1.06/0.89× the real-token floor at 1/8/64 queries, 0.96/1.27/1.11× in one product
+#: (benchmarks/results/scoring-cost-2026-12-03; the floor writes its whole product out).
 WORD_TILE = 2**16
 
 
 def word_best(visual: TokenBatch, words: Tensor) -> Tensor:
     """(Nv, R) each of the packed `words` (R, d)'s best similarity over each image's real regions.
 
-    The product is taken in tiles of words (`WORD_TILE` similarities, at least 64 words), each
-    reduced over the regions at once, so the (Nv, Lv, R) product is never held whole."""
+    Scoring on the CPU, the product is taken in tiles of words (`WORD_TILE` similarities, at least
+    64 words), each reduced over the regions at once while in cache, so the (Nv, Lv, R) product is
+    never held whole. With gradients (training: the tiles' backward cost ~9 % more per step) or on
+    an accelerator (many small products cost launches there) it is one product."""
     nv, lv, dim = visual.tokens.shape
     regions = visual.tokens.reshape(nv * lv, dim)
     padded = None if bool(visual.mask.all()) else ~visual.mask[:, :, None]  # grid tokens: all real
-    tile = max(64, WORD_TILE // max(nv * lv, 1))
+    grad = torch.is_grad_enabled() and (regions.requires_grad or words.requires_grad)
+    tiled = regions.device.type == "cpu" and not grad
+    tile = max(64, WORD_TILE // max(nv * lv, 1)) if tiled else max(len(words), 1)
     best = []
     for start in range(0, len(words), tile):
         sim = (regions @ words[start : start + tile].T).reshape(nv, lv, -1)
