@@ -29,6 +29,7 @@ from finealign.checks import (
     is_int,
 )
 from finealign.errors import ConfigError, UnknownNameError
+from finealign.profiling.scoring_cost import COST_BATCH
 
 #: environment variable that points finealign at another config tree
 CONFIG_DIR_ENV = "FINEALIGN_CONFIG_DIR"
@@ -354,9 +355,10 @@ class EvalConfig:
     max_items: int = 0  # evaluate on the first N items only (0: all)
     progress: bool = True
     # Scoring cost with spread (profiling.scoring_cost): 0 = off, else >= 5 interleaved repeats of
-    # scoring `cost_rows` image queries against the whole caption gallery, beside two references.
+    # preparing the caption gallery, scoring one image query and a batch of `cost_rows` image
+    # queries against it, beside two references.
     cost_repeats: int = 0
-    cost_rows: int = 16
+    cost_rows: int = COST_BATCH
     threads: int = 0  # torch intra-op threads while evaluating (0: leave torch's setting)
     save_ranks: bool = True  # write ranks.npz (every query's rank) beside results.json: paired bootstraps
 

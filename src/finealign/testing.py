@@ -9,8 +9,10 @@ Each check raises AssertionError naming the broken clause: output shape and dtyp
 exactness (what padded tokens hold changes nothing); order of tokens (padding moved elsewhere
 changes nothing); chunk invariance (block sizes change nothing); low precision (bf16 stays
 finite); gradients (float64 gradcheck on a tiny problem, when the aligner is differentiable);
-`score_pairs` equal to the diagonal of the matrix; `explain` (when implemented) returning one
-weight row per real word over the real regions. `gallery_dependent` aligners skip the checks
+`score_pairs` equal to the diagonal of the matrix; a prepared gallery (scores of image queries
+against `prepare_gallery(text)`, reused call after call and in query chunks, equal to
+`aligner(visual, text)` within 1e-6; `query_scores_prepared` likewise per direction); `explain`
+(when implemented) returning one weight row per real word over the real regions. `gallery_dependent` aligners skip the checks
 that assume a pair's score ignores the rest of the gallery.
 """
 
@@ -71,6 +73,8 @@ def check_aligner(
     assert scores.dtype == torch.float32, f"{name}: fp32 tokens must give fp32 scores, got {scores.dtype}"
     assert bool(torch.isfinite(scores).all()), f"{name}: non-finite scores on ordinary inputs"
 
+    _check_prepared_gallery(model, name, visual, text, scores)
+
     noisy = [TokenBatch(torch.where(b.mask[..., None], b.tokens, 1e4 * torch.randn(b.tokens.shape, generator=g)),
                         b.mask, b.pooled) for b in (visual, text)]  # fmt: skip
     torch.testing.assert_close(_score(model, *noisy), scores, msg=f"{name}: padded token values changed scores")
@@ -118,3 +122,24 @@ def check_aligner(
         f"{name}: explain weights must be (real words, real regions) = {(words, regions)}, "
         f"got {tuple(alignment.weights.shape)}"
     )
+
+
+def _check_prepared_gallery(model: Any, name: Any, visual: TokenBatch, text: TokenBatch, scores: torch.Tensor) -> None:
+    """Scoring against a gallery prepared once equals scoring with the captions (1e-6), also when
+    the gallery is reused by several calls of query chunks and per query direction."""
+    with torch.no_grad():
+        gallery = model.prepare_gallery(text)
+        if getattr(model, "gallery_dependent", False):
+            for queries in ("i2t", "t2i"):
+                torch.testing.assert_close(model.query_scores_prepared(visual, gallery, queries),
+                                           model.query_scores(visual, text, queries), atol=1e-6, rtol=0.0,
+                                           msg=f"{name}: {queries} scores against a prepared gallery differ from "
+                                               "query_scores(visual, text)")  # fmt: skip
+            return
+        # Query chunks first: the gallery must come out of them unchanged for the whole call after.
+        chunks = torch.cat([model.score_prepared(visual[:2], gallery), model.score_prepared(visual[2:], gallery)])
+        whole = model.score_prepared(visual, gallery)
+    torch.testing.assert_close(whole, scores, atol=1e-6, rtol=0.0,
+                               msg=f"{name}: scores against a prepared gallery differ from aligner(visual, text)")  # fmt: skip
+    torch.testing.assert_close(chunks, scores, atol=1e-5, rtol=1e-5,
+                               msg=f"{name}: query chunks against one prepared gallery differ from the whole matrix")  # fmt: skip

@@ -213,3 +213,19 @@ def test_entries_without_checksums_verify_as_unverifiable_not_fine(setup, tmp_pa
     (entry / "meta.json").write_text(json.dumps(meta))
     status, problems = verify_entry(entry)
     assert status == "unverifiable" and "rebuild" in problems[0]
+
+
+def test_a_build_logs_each_stage_with_counts_and_time(setup, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="finealign.cache"):
+        entry = build(setup, tmp_path)
+        build(setup, tmp_path)  # reused
+    lines = [r.getMessage() for r in caplog.records]
+    where = "feature cache flickr8k/test"
+    assert any(line.startswith(f"{where}: building {entry}") and "3 images" in line and "13 captions" in line
+               for line in lines)  # fmt: skip
+    assert any("3/3 encoded (100%)" in line for line in lines)  # encoding progress, at least when done
+    assert any("13/13 encoded (100%)" in line for line in lines)
+    assert any(line.startswith(f"{where}: 3 images encoded and written in") for line in lines)
+    assert any(line.startswith(f"{where}: 13 captions encoded and written in") for line in lines)
+    assert any(line.startswith(f"{where}: entry {entry.name} complete in") for line in lines)
+    assert any(line.startswith(f"{where}: reusing {entry}") for line in lines)

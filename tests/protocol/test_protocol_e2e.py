@@ -73,6 +73,10 @@ def test_protocol_end_to_end(protocol, tmp_path, monkeypatch):
     mean_max, hard = frame.loc["mean_max"], frame.loc["hard"]
     assert mean_max["seeds_done"] == 2 and mean_max["d_rsum_low"] <= mean_max["d_rsum"] <= mean_max["d_rsum_high"]
     assert hard["cost_repeats"] == 5 and hard["cost_ms_per_query_q25"] <= hard["cost_ms_per_query_q75"]
+    # the cost as users meet it: one-off preparation, one query, a batch (profiling.scoring_cost)
+    assert hard["cost_latency_ms_q25"] <= hard["cost_latency_ms"] <= hard["cost_latency_ms_q75"]
+    assert hard["cost_prepare_ms"] > 0 and hard["cost_latency_vs_floor"] > 0 and hard["cost_queries_per_s"] > 0
+    assert "1-query ms [IQR]" in report.md.read_text()
     assert "pooling" in frame.loc["broken", "status"] and "broken" in report.md.read_text()
     tex = report.tex.read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex and "mean\\_max" in tex

@@ -17,17 +17,29 @@ search) declares `gallery_dependent = True` and implements `query_scores(visual,
 the matrix as the queries of ONE direction see it. The engine then scores each direction (and
 each sub-gallery, such as a COCO 1K fold) separately, so no query is credited with a candidate
 that only another query's shortlist held.
+
+A prepared gallery. Much of scoring depends on the captions alone: normalising them, sorting them
+by length into blocks, packing their real words, text-side weights, global vectors. A retrieval
+system does that once per gallery, like building an index, and then scores every image query
+against it: `gallery = aligner.prepare_gallery(text)` once, then `aligner.score_prepared(visual,
+gallery)` per batch of image queries (`query_scores_prepared` per query direction for
+gallery-dependent aligners). `aligner(visual, text)` prepares on the fly and gives the same scores.
+An aligner keeps what it needs per block by overriding `prepare_block` / `score_prepared_block`
+(or `build_gallery` / `score_against` for the whole gallery). A plugin that defines its own
+`forward` and none of these gets a gallery that stores the captions and scores by `forward`: the
+same scores, without the saving.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 
-from finealign.aligners.validation import check_pair
+from finealign.aligners.validation import check_batch, check_pair, check_queries
 from finealign.checks import check_positive_int
 from finealign.errors import ConfigError, ShapeError
 from finealign.kernels.checks import check_pair_indices
@@ -77,6 +89,62 @@ class TokenAlignment:
     score: float
 
 
+@dataclass(frozen=True, eq=False)
+class PreparedGallery:
+    """A caption gallery prepared once for many image queries (`Aligner.prepare_gallery`).
+
+    captions: the captions as given, (N, L, d) — what an aligner that only stores its inputs
+              scores from.
+    prepared_by: which aligner object prepared it; only that one can score against it.
+    text: the prepared captions (padding zeroed, normalised when the config asks) in the given
+          order; None when the aligner only stores its inputs (scores come from its `forward`).
+    order / restore: the captions' stable ascending-length order and its inverse permutation.
+    blocks: one entry per `chunk_text` captions of that order — the block's prepared TokenBatch
+            cut to its used token positions, or the aligner's own record of it (`prepare_block`).
+    extras: whole-gallery values an aligner keeps (global vectors, an index, ...).
+
+    It holds tensors computed with the aligner's parameters at preparation time: prepare again
+    after training changes them.
+    """
+
+    captions: TokenBatch
+    prepared_by: str
+    text: TokenBatch | None = None
+    order: Tensor | None = None
+    restore: Tensor | None = None
+    blocks: tuple[Any, ...] = ()
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+@dataclass(frozen=True, eq=False)
+class PackedBlock:
+    """A block of prepared captions with their real words packed caption after caption.
+
+    batch: the block (N, L, d); words: (R, d) its real words; owner: (R,) each word's caption in
+    the block; counts: (N,) real words per caption."""
+
+    batch: TokenBatch
+    words: Tensor
+    owner: Tensor
+    counts: Tensor
+
+    @classmethod
+    def of(cls, batch: TokenBatch) -> PackedBlock:
+        real = batch.mask
+        return cls(batch, batch.tokens[real], real.nonzero()[:, 0], real.sum(1))
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+
+def gallery_key(aligner: Any) -> str:
+    """The `prepared_by` of a gallery that `aligner` prepares: its class and identity."""
+    return f"{type(aligner).__name__}@{id(aligner):x}"
+
+
 #: The Config dataclass of an aligner (AlignerConfig or a subclass).
 C = TypeVar("C", bound=AlignerConfig)
 
@@ -103,28 +171,94 @@ class Aligner(nn.Module, Generic[C]):
 
     # -- the contract -------------------------------------------------------------------------
     def forward(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
-        """(Nv, Nt) similarity matrix, computed in bounded chunks."""
+        """(Nv, Nt) similarity matrix, computed in bounded chunks: the captions prepared on the fly
+        (`build_gallery`), then scored like a prepared gallery (`score_against`)."""
         check_pair(visual, text, need_pooled=self.needs_pooled)
-        visual, text = self.prepare(visual), self.prepare(text)
-        fused = self.fused_scores(visual, text)
+        return self.score_against(visual, self.build_gallery(text))
+
+    def prepare_gallery(self, text: TokenBatch) -> PreparedGallery:
+        """The caption gallery `text` prepared once for scoring many image queries (module docstring).
+
+        `score_prepared(visual, prepare_gallery(text))` equals `self(visual, text)`."""
+        check_batch(text, "text", need_pooled=self.needs_pooled)
+        if self._overrides("forward") and not (self._overrides("build_gallery") or self._overrides("score_against")):
+            # A plugin's own forward: store the inputs, score by forward (same scores, no saving).
+            return PreparedGallery(captions=text, prepared_by=gallery_key(self))
+        return self.build_gallery(text)
+
+    def score_prepared(self, visual: TokenBatch, gallery: PreparedGallery) -> Tensor:
+        """(Nv, Nt) scores of image queries `visual` against a gallery from `prepare_gallery`."""
+        self.check_gallery(visual, gallery)
+        if gallery.text is None:  # stored inputs (see prepare_gallery)
+            return self(visual, gallery.captions)
+        return self.score_against(visual, gallery)
+
+    def query_scores_prepared(self, visual: TokenBatch, gallery: PreparedGallery, queries: str) -> Tensor:
+        """`query_scores` against a prepared caption gallery (the same matrix)."""
+        check_query_direction(queries)
+        if self._overrides("query_scores") and not self._overrides("query_scores_prepared"):
+            self.check_gallery(visual, gallery)  # a plugin's own query_scores: called on the captions
+            return self.query_scores(visual, gallery.captions, queries)
+        return self.score_prepared(visual, gallery)
+
+    def check_gallery(self, visual: TokenBatch, gallery: PreparedGallery) -> None:
+        """ConfigError / ShapeError unless `gallery` was prepared by this aligner and `visual` can
+        be scored against it."""
+        if not isinstance(gallery, PreparedGallery):
+            raise ConfigError(
+                f"expected a PreparedGallery from this aligner's prepare_gallery(text), got {type(gallery).__name__}"
+            )
+        if gallery.prepared_by != gallery_key(self):
+            raise ConfigError(
+                f"this gallery was prepared by {gallery.prepared_by}, not by this aligner "
+                f"({gallery_key(self)}): prepare it with the aligner that scores it"
+            )
+        check_queries(visual, gallery.captions, need_pooled=self.needs_pooled)
+
+    def build_gallery(self, text: TokenBatch) -> PreparedGallery:
+        """`prepare_gallery` on checked captions: prepared, sorted by length, cut into blocks of
+        `chunk_text` captions of similar length, each cut to the token positions any of its items
+        uses (the padding that would be multiplied shrinks; padding is exact, so no score
+        changes), and each block kept as `prepare_block` makes it."""
+        prepared = self.prepare(text)
+        order = prepared.mask.sum(1).argsort(stable=True)
+        ordered = prepared[order]
+        ct = self.config.chunk_text
+        blocks = tuple(self.prepare_block(without_padding(ordered[j : j + ct])) for j in range(0, len(ordered), ct))
+        return PreparedGallery(captions=text, prepared_by=gallery_key(self), text=prepared, order=order,
+                               restore=order.argsort(), blocks=blocks)  # fmt: skip
+
+    def score_against(self, visual: TokenBatch, gallery: PreparedGallery) -> Tensor:
+        """`score_prepared` on checked queries: the fused kernel when it applies, else blocks of
+        `chunk_visual` images × each prepared caption block, columns put back in caption order."""
+        assert gallery.text is not None and gallery.restore is not None  # build_gallery fills them
+        visual = self.prepare(visual)
+        fused = self.fused_scores(visual, gallery.text)
         if fused is not None:
             return fused
-        cv, ct = self.config.chunk_visual, self.config.chunk_text
-        # Captions are scored in blocks of similar length, each block cut to the token positions
-        # any of its items uses: the padding that would be multiplied shrinks (padding is exact,
-        # so no score changes; columns are put back in their order at the end).
-        order = text.mask.sum(1).argsort(stable=True)
-        text = text[order]
-        text_blocks = [without_padding(text[j : j + ct]) for j in range(0, len(text), ct)]
+        cv = self.config.chunk_visual
         rows = []
         for i in range(0, len(visual), cv):
             vb = without_padding(visual[i : i + cv])
-            rows.append(torch.cat([self.score_block(vb, tb) for tb in text_blocks], 1))
-        return torch.cat(rows, 0)[:, order.argsort()]
+            rows.append(torch.cat([self.score_prepared_block(vb, block) for block in gallery.blocks], 1))
+        return torch.cat(rows, 0)[:, gallery.restore]
+
+    def prepare_block(self, block: TokenBatch) -> Any:
+        """What `score_prepared_block` needs of one block of prepared, length-sorted captions:
+        by default the block itself. An aligner keeps here what it would otherwise redo per call."""
+        return block
+
+    def score_prepared_block(self, visual: TokenBatch, block: Any) -> Tensor:
+        """(nv, nt) scores of prepared visual items against one prepared caption block."""
+        return self.score_block(visual, block)
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         """(nv, nt) scores for one block of already-prepared items."""
         raise NotImplementedError
+
+    def _overrides(self, name: str) -> bool:
+        """Whether this aligner's class replaces `Aligner.<name>`."""
+        return getattr(type(self), name) is not getattr(Aligner, name)
 
     def query_scores(self, visual: TokenBatch, text: TokenBatch, queries: str) -> Tensor:
         """(Nv, Nt) scores as the queries of one direction rank them.
@@ -154,7 +288,10 @@ class Aligner(nn.Module, Generic[C]):
         """
         check_pair(visual, text, need_pooled=self.needs_pooled)
         pairs = resolve_pairs(visual, text, pairs)
-        visual, text = self.prepare(visual), self.prepare(text)
+        return self.score_prepared_pairs(self.prepare(visual), self.prepare(text), pairs)
+
+    def score_prepared_pairs(self, visual: TokenBatch, text: TokenBatch, pairs: Tensor) -> Tensor:
+        """`score_pairs` of already-prepared (`prepare`) items at checked (P, 2) `pairs`."""
         fused = self.fused_pair_scores(visual, text, pairs)
         if fused is not None:
             return fused
@@ -209,18 +346,62 @@ class Aligner(nn.Module, Generic[C]):
         return self.prepare(visual), self.prepare(text)
 
 
+def prepare_gallery(aligner: Any, text: TokenBatch) -> Any:
+    """`aligner.prepare_gallery(text)`, or the captions themselves for an aligner without one
+    (any callable module the engine is given)."""
+    prepare = getattr(aligner, "prepare_gallery", None)
+    return text if prepare is None else prepare(text)
+
+
+def score_queries(aligner: Any, visual: TokenBatch, gallery: Any, queries: str = "i2t") -> Tensor:
+    """(Nv, Nt) scores of image queries against a gallery from `prepare_gallery`, as the queries
+    of one direction rank them (gallery-dependent aligners; one matrix for the others)."""
+    if isinstance(gallery, TokenBatch):  # an aligner without prepare_gallery
+        if getattr(aligner, "gallery_dependent", False):
+            return aligner.query_scores(visual, gallery, queries)
+        return aligner(visual, gallery)
+    if getattr(aligner, "gallery_dependent", False):
+        return aligner.query_scores_prepared(visual, gallery, queries)
+    return aligner.score_prepared(visual, gallery)
+
+
 def packed_word_best(visual: TokenBatch, text: TokenBatch) -> tuple[Tensor, Tensor]:
     """(best (Nv, R), owner (R,)): every real word of `text` packed caption after caption (R real
     words, owner[r] = its caption) with its best similarity over each image's real regions. One
     product of every region with every *real* word: no padded word position is multiplied."""
-    real = text.mask
-    words = text.tokens[real]
-    owner = real.nonzero()[:, 0]
+    block = PackedBlock.of(text)
+    return word_best(visual, block.words), block.owner
+
+
+#: Similarities per tile of `word_best` (256 KiB in fp32): a tile's product is reduced while it is
+#: still in the core's cache. benchmarks/scoring_cost_cpu.py (one CPU thread, 2,500 captions):
+#: mean_max 0.86/1.06/0.89× the real-token floor at 1/8/64 queries, 0.96/1.27/1.11× in one product
+#: (benchmarks/results/scoring-cost-2026-12-03; the floor writes its whole product out).
+WORD_TILE = 2**16
+
+
+def word_best(visual: TokenBatch, words: Tensor) -> Tensor:
+    """(Nv, R) each of the packed `words` (R, d)'s best similarity over each image's real regions.
+
+    Scoring on the CPU, the product is taken in tiles of words (`WORD_TILE` similarities, at least
+    64 words), each reduced over the regions at once while in cache, so the (Nv, Lv, R) product is
+    never held whole. With gradients (training: the tiles' backward cost ~9 % more per step) or on
+    an accelerator (many small products cost launches there) it is one product."""
     nv, lv, dim = visual.tokens.shape
-    sim = (visual.tokens.reshape(nv * lv, dim) @ words.T).reshape(nv, lv, -1)
-    if not bool(visual.mask.all()):  # grid tokens are all real: skip a full pass over sim
-        sim = sim.masked_fill(~visual.mask[:, :, None], float("-inf"))
-    return sim.amax(dim=1), owner
+    regions = visual.tokens.reshape(nv * lv, dim)
+    padded = None if bool(visual.mask.all()) else ~visual.mask[:, :, None]  # grid tokens: all real
+    grad = torch.is_grad_enabled() and (regions.requires_grad or words.requires_grad)
+    tiled = regions.device.type == "cpu" and not grad
+    tile = max(64, WORD_TILE // max(nv * lv, 1)) if tiled else max(len(words), 1)
+    best = []
+    for start in range(0, len(words), tile):
+        sim = (regions @ words[start : start + tile].T).reshape(nv, lv, -1)
+        if padded is not None:
+            sim = sim.masked_fill(padded, float("-inf"))
+        best.append(sim.amax(dim=1))
+    if not best:  # no words: an empty (Nv, 0) result
+        return regions.new_zeros(nv, 0)
+    return best[0] if len(best) == 1 else torch.cat(best, 1)
 
 
 def best_region_alignment(

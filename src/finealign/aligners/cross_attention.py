@@ -105,6 +105,29 @@ class CrossAttentionAligner(Aligner[CrossAttentionConfig]):
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         return self.packed_block_scores(visual, text)
 
+    def prepare_block(self, block: TokenBatch) -> PackedCaptions:
+        # Already sorted by length (build_gallery): packed and grouped once per gallery.
+        return self.pack_captions(block)
+
+    def score_prepared_block(self, visual: TokenBatch, block: PackedCaptions) -> Tensor:
+        return self.packed_scores(visual, block)
+
+    def pack_captions(self, text: TokenBatch) -> PackedCaptions:
+        """The captions' real words packed, shortest captions first, with what the packed path
+        reads of them (see PackedCaptions)."""
+        acc = accumulation_dtype(text.tokens.dtype)
+        sorting = text.mask.sum(1).argsort(stable=True)
+        # Aligner.forward sorts captions by length already: then no reordering is needed.
+        order = None if bool((sorting[1:] > sorting[:-1]).all()) else sorting
+        packed = text if order is None else text[order]
+        words = packed.tokens[packed.mask].to(acc)  # (R, d): real words, shortest captions first
+        lengths = packed.mask.sum(1)
+        groups, counts = torch.unique_consecutive(lengths, return_counts=True)
+        owner = torch.repeat_interleave(torch.arange(len(text), device=lengths.device), lengths)
+        return PackedCaptions(words=words, word_norm=words.norm(dim=-1), owner=owner, counts=lengths,
+                              groups=tuple(zip(groups.tolist(), counts.tolist(), strict=True)),
+                              restore=None if order is None else order.argsort())  # fmt: skip
+
     def padded_block_scores(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         """(nv, nt) scores from every pair's padded (Lv, Lt) block (the reference for the packed path)."""
         _, relevance = self.block_relevance(visual, text)
@@ -112,21 +135,20 @@ class CrossAttentionAligner(Aligner[CrossAttentionConfig]):
 
     def packed_block_scores(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         """(nv, nt) scores with the captions' real words packed and grouped by length (module docstring)."""
+        return self.packed_scores(visual, self.pack_captions(text))
+
+    def packed_scores(self, visual: TokenBatch, text: PackedCaptions) -> Tensor:
+        """`packed_block_scores` of captions packed by `pack_captions`."""
         cfg = self.config
         acc = accumulation_dtype(visual.tokens.dtype)
-        sorting = text.mask.sum(1).argsort(stable=True)
-        # Aligner.forward sorts captions by length already: then no reordering is needed.
-        order = None if bool((sorting[1:] > sorting[:-1]).all()) else sorting
-        packed = text if order is None else text[order]
-        words = packed.tokens[packed.mask].to(acc)  # (R, d): real words, shortest captions first
-        lengths = packed.mask.sum(1)
+        words = text.words.to(acc)
         v = visual.tokens.to(acc)
         nv, lv, dim = v.shape
         sim = (v.reshape(nv * lv, dim) @ words.T).view(nv, lv, len(words))  # the real-token product
         inplace = not (torch.is_grad_enabled() and sim.requires_grad)
         # Logits in base 2 (λ·ŝ·log₂e): exp2 costs half of exp here and gives the same α.
         if cfg.scan_norm:
-            logits = self._scan_logits(sim, lengths, LOG2_E * cfg.lambda_softmax, inplace)
+            logits = self._scan_logits(sim, text.groups, LOG2_E * cfg.lambda_softmax, inplace)
         else:
             logits = (LOG2_E * cfg.lambda_softmax) * sim
         if not bool(visual.mask.all()):
@@ -142,21 +164,20 @@ class CrossAttentionAligner(Aligner[CrossAttentionConfig]):
         spread = spread[:, :lv]
         quadratic = (spread.mul_(attention) if inplace else spread * attention).sum(1)  # Σ e (G e)
         attended_norm = (quadratic / total.square()).clamp_min(NORM_EPS**2).sqrt()  # ‖a_w‖ = √(αᵀGα)
-        relevance = dot / (attended_norm * words.norm(dim=-1)).clamp_min(NORM_EPS)  # (nv, R)
-        owner = torch.repeat_interleave(torch.arange(len(text), device=lengths.device), lengths)
-        scores = segment_pool(relevance, owner, len(text), cfg.pooling, cfg.temperature)
-        scores = scores if order is None else scores[:, order.argsort()]
+        relevance = dot / (attended_norm * text.word_norm.to(acc)).clamp_min(NORM_EPS)  # (nv, R)
+        scores = segment_pool(relevance, text.owner, len(text.counts), cfg.pooling, cfg.temperature,
+                              counts=text.counts)  # fmt: skip
+        scores = scores if text.restore is None else scores[:, text.restore]
         return scores.to(visual.tokens.dtype)
 
-    def _scan_logits(self, sim: Tensor, lengths: Tensor, lam: float, inplace: bool) -> Tensor:
+    def _scan_logits(self, sim: Tensor, groups: tuple[tuple[int, int], ...], lam: float, inplace: bool) -> Tensor:
         """lam · leaky_relu(s) / ‖leaky_relu(s)‖ over each caption's words, for sim (nv, Lv, R) whose
-        words are packed caption after caption in non-decreasing `lengths`: each run of equal-length
-        captions is a regular (nv, Lv, captions, L) view, normalised with a broadcast."""
+        words are packed caption after caption in runs of (length, captions) `groups`: each run of
+        equal-length captions is a regular (nv, Lv, captions, L) view, normalised with a broadcast."""
         clipped = F.leaky_relu(sim, LEAKY_SLOPE)
         nv, lv, _ = sim.shape
-        groups, counts = torch.unique_consecutive(lengths, return_counts=True)
         scales, start = [], 0
-        for length, count in zip(groups.tolist(), counts.tolist(), strict=True):
+        for length, count in groups:
             group = clipped[:, :, start : start + length * count].view(nv, lv, count, length)
             # Σ over a short last axis as a matrix–vector product (3× faster than a reduction here).
             # (clamped before the root: a zero row — a padded region — then has gradient 0, not NaN)
@@ -184,6 +205,21 @@ class CrossAttentionAligner(Aligner[CrossAttentionConfig]):
         score = self.score_block(visual, text)[0, 0]
         best = weights.argmax(dim=1)
         return TokenAlignment(weights=weights, word_to_region=best, score=float(score.detach()))
+
+
+@dataclass(frozen=True, eq=False)
+class PackedCaptions:
+    """Captions as the packed path reads them: words (R, d) their real words in ≥ fp32, shortest
+    captions first, word_norm (R,), owner (R,) each word's caption in that order, counts (N,) real
+    words per caption in that order, groups the runs of (length, captions) of equal length,
+    restore the permutation back to the given caption order (None: it was sorted already)."""
+
+    words: Tensor
+    word_norm: Tensor
+    owner: Tensor
+    counts: Tensor
+    groups: tuple[tuple[int, int], ...]
+    restore: Tensor | None
 
 
 def _cosine_with_attended(alpha: Tensor, sim: Tensor, gram_alpha: Tensor, word_norm: Tensor) -> Tensor:

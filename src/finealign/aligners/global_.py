@@ -6,9 +6,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from finealign.aligners.base import Aligner, AlignerConfig
+from finealign.aligners.base import Aligner, AlignerConfig, PreparedGallery, gallery_key
 from finealign.aligners.pooling import accumulation_dtype
-from finealign.aligners.validation import check_pair
 from finealign.errors import ConfigError
 from finealign.kernels.normalize import l2_normalize
 from finealign.registry import ALIGNERS
@@ -42,10 +41,14 @@ class GlobalAligner(Aligner[GlobalConfig]):
         super().__init__(config)
         self.needs_pooled = self.config.source == "pooled"
 
-    def forward(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+    def build_gallery(self, text: TokenBatch) -> PreparedGallery:
+        # The gallery is its captions' normalised global vectors, made once.
+        return PreparedGallery(captions=text, prepared_by=gallery_key(self), text=self.prepare(text))
+
+    def score_against(self, visual: TokenBatch, gallery: PreparedGallery) -> Tensor:
         # One (Nv, d) x (d, Nt) matmul: no (Lv, Lt) temporaries, so no chunking.
-        check_pair(visual, text, need_pooled=self.needs_pooled)
-        return self.score_block(self.prepare(visual), self.prepare(text))
+        assert gallery.text is not None  # build_gallery fills it
+        return self.score_block(self.prepare(visual), gallery.text)
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         assert visual.pooled is not None and text.pooled is not None  # prepare() fills them

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from finealign.aligners.base import (
+    PackedBlock,
     TokenAlignment,
     best_region_alignment,
     masked_fill_pairs,
-    packed_word_best,
     paired_token_similarities,
     token_similarities,
+    word_best,
 )
 from finealign.aligners.kernel_backed import KernelAligner, KernelConfig
 from finealign.aligners.pooling import check_pooling, pool_masked, segment_pool
@@ -73,12 +74,20 @@ class HardAligner(KernelAligner[HardConfig]):
         return scores / cfg.temperature if cfg.pooling == "lse_chan" else scores
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
-        if self.config.direction == "text":  # CHAN's direction: pack the real words (no padded products)
-            best, owner = packed_word_best(visual, text)
-            scores = segment_pool(best, owner, len(text), self.config.pooling, self.config.temperature)
+        return self.score_prepared_block(visual, self.prepare_block(text))
+
+    def prepare_block(self, block: TokenBatch) -> TokenBatch | PackedBlock:
+        # CHAN's direction reads each caption's real words packed: packed once per gallery.
+        return PackedBlock.of(block) if self.config.direction == "text" else block
+
+    def score_prepared_block(self, visual: TokenBatch, block: TokenBatch | PackedBlock) -> Tensor:
+        if isinstance(block, PackedBlock):  # the real words only (no padded products)
+            best = word_best(visual, block.words)
+            cfg = self.config
+            scores = segment_pool(best, block.owner, len(block), cfg.pooling, cfg.temperature, counts=block.counts)
             return scores.to(best.dtype)
-        sim = masked_fill_pairs(token_similarities(visual, text), visual.mask, text.mask, float("-inf"))
-        return self._reduce(sim, visual.mask[:, None, :], text.mask[None, :, :])
+        sim = masked_fill_pairs(token_similarities(visual, block), visual.mask, block.mask, float("-inf"))
+        return self._reduce(sim, visual.mask[:, None, :], block.mask[None, :, :])
 
     def score_pair_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         # Item p with item p only: (c, Lv, Lt) instead of the c × c block.

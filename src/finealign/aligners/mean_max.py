@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from finealign.aligners.base import (
+    PackedBlock,
     TokenAlignment,
     best_region_alignment,
     masked_fill_pairs,
     masked_mean,
-    packed_word_best,
     paired_token_similarities,
     token_similarities,
+    word_best,
 )
 from finealign.aligners.kernel_backed import KernelAligner, KernelConfig
 from finealign.aligners.pooling import segment_pool
@@ -89,18 +90,25 @@ class MeanMaxAligner(KernelAligner[MeanMaxConfig]):
         return self.config.scale * scores
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
-        if self.config.direction == "text":
-            return self._packed_text_scores(visual, text)
-        sim = masked_fill_pairs(token_similarities(visual, text), visual.mask, text.mask, float("-inf"))
-        return self._reduce(sim, visual.mask[:, None, :], text.mask[None, :, :])
+        return self.score_prepared_block(visual, self.prepare_block(text))
 
-    def _packed_text_scores(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+    def prepare_block(self, block: TokenBatch) -> TokenBatch | PackedBlock:
+        # The text direction reads each caption's real words packed: packed once per gallery.
+        return PackedBlock.of(block) if self.config.direction == "text" else block
+
+    def score_prepared_block(self, visual: TokenBatch, block: TokenBatch | PackedBlock) -> Tensor:
+        if isinstance(block, PackedBlock):
+            return self._packed_text_scores(visual, block)
+        sim = masked_fill_pairs(token_similarities(visual, block), visual.mask, block.mask, float("-inf"))
+        return self._reduce(sim, visual.mask[:, None, :], block.mask[None, :, :])
+
+    def _packed_text_scores(self, visual: TokenBatch, text: PackedBlock) -> Tensor:
         """Word → best region with the captions' real words packed into one matrix: one product of
         every region with every *real* word (no padded word positions multiplied), the max over
         regions, then each caption's words summed back by index. Same scores as the padded path."""
-        best, owner = packed_word_best(visual, text)
+        best = word_best(visual, text.words)
         best = floor_at_zero_padding(best, visual.mask, self.config.zero_pad_visual)
-        scores = segment_pool(best, owner, len(text), self.config.word_pooling, 1.0)
+        scores = segment_pool(best, text.owner, len(text), self.config.word_pooling, 1.0, counts=text.counts)
         return (self.config.scale * scores).to(best.dtype)
 
     def score_pair_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:

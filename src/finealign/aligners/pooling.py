@@ -58,14 +58,17 @@ def pool_masked(values: Tensor, mask: Tensor, dim: int, pooling: str, temperatur
     raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
 
 
-def segment_pool(values: Tensor, owner: Tensor, segments: int, pooling: str, temperature: float) -> Tensor:
+def segment_pool(
+    values: Tensor, owner: Tensor, segments: int, pooling: str, temperature: float, *, counts: Tensor | None = None
+) -> Tensor:
     """`pool_masked` over packed segments: values (N, R) whose column r belongs to segment owner[r]
     (e.g. the real words of several captions, caption after caption) → (N, segments). "sum" is also
     accepted (TGDT's Σ over words). LogSumExp subtracts each segment's own max, so a segment far
-    below the others never underflows."""
+    below the others never underflows. `counts` (segments,): entries per segment, when the caller
+    has them already (a prepared gallery); else counted from `owner`."""
     values = values.to(accumulation_dtype(values.dtype))
     n = values.shape[0]
-    counts = torch.bincount(owner, minlength=segments).to(values.dtype)
+    counts = (torch.bincount(owner, minlength=segments) if counts is None else counts).to(values.dtype)
     if pooling in ("mean", "sum"):
         sums = values.new_zeros(n, segments).index_add(1, owner, values)
         return sums / counts.clamp_min(1) if pooling == "mean" else sums

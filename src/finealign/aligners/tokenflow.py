@@ -245,30 +245,43 @@ class TokenFlowAligner(KernelAligner[TokenFlowConfig]):
         tmask = text.mask[None, :, :].expand(nv, nt, lt).reshape(nv * nt, lt)
         return self._scores(sim, region_imp, word_imp, vmask, tmask).reshape(nv, nt)
 
-    def _newton_block_scores(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
+    def prepare_block(self, block: TokenBatch) -> TokenBatch | FlowCaptions:
+        # The Newton solver's packed word layout depends on the captions alone: made once per gallery.
+        if not self.newton_solver:
+            return block
+        return FlowCaptions.of(block)
+
+    def score_prepared_block(self, visual: TokenBatch, block: TokenBatch | FlowCaptions) -> Tensor:
+        if isinstance(block, FlowCaptions):
+            return self._newton_block_scores(visual, block.batch, block)
+        return self.score_block(visual, block)
+
+    def _newton_block_scores(self, visual: TokenBatch, text: TokenBatch, packing: FlowCaptions | None = None) -> Tensor:
         """`_block_scores` for the Newton solver: the same scores from less work. Each caption's real
         words are packed into a prefix (the order of a caption's words does not change its flow), so
         the product multiplies real words only; the regions are divided by ε first, so the product
         is S/ε, the kernel's exponent; and it comes out (image, caption, word, region) — each pair's
-        words × regions block contiguous, the layout the solver builds its kernel in."""
+        words × regions block contiguous, the layout the solver builds its kernel in. `packing`:
+        the captions' layout when already made (a prepared gallery)."""
         cfg = self.config
         nv, nt, lv = len(visual), len(text), visual.tokens.shape[1]
         if not nv or not nt:
             return visual.tokens.new_zeros(nv, nt)
-        lengths = text.mask.sum(1)
-        width = int(lengths.max())
-        starts = torch.arange(nt, device=lengths.device)[:, None] * width
-        slots = (starts + text.mask.cumsum(1) - 1)[text.mask]  # each real word's place in (caption, prefix)
-        words = text.tokens[text.mask]  # (R, d), caption after caption
-        word_mask = torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+        packing = FlowCaptions.of(text) if packing is None else packing
+        words, slots, word_mask, free, width = (
+            packing.words,
+            packing.slots,
+            packing.word_mask,
+            packing.free,
+            packing.width,
+        )
         # One flat product (its shape keeps BLAS efficient), then each word scattered to its slot.
         regions = (visual.tokens * (1.0 / cfg.epsilon)).reshape(nv * lv, -1)
         packed = (words @ regions.T).view(len(words), nv, lv).transpose(0, 1)  # (nv, R, lv)
-        free = (~word_mask).flatten().nonzero().flatten()  # the prefixes' padded slots
         exponent = packed.new_empty(nv, nt * width, lv).index_copy_(1, slots, packed).index_fill_(1, free, 0.0)
         exponent = exponent.view(nv * nt, width, lv)
         with torch.no_grad():  # |S/ε| ≤ the longest region times the longest word, over ε
-            bound = float(regions.norm(dim=1).amax() * words.norm(dim=1).amax()) if len(words) else 0.0
+            bound = float(regions.norm(dim=1).amax() * packing.longest_word) if len(words) else 0.0
         word_imp = (words @ global_vectors(visual).T).T  # (nv, R): word · image global vector
         word_imp = word_imp.new_zeros(nv, nt * width).index_copy(1, slots, word_imp).view(nv * nt, width)
         region_imp = torch.einsum("ikd,jd->ijk", visual.tokens, text.pooled).reshape(nv * nt, lv)
@@ -365,3 +378,35 @@ class TokenFlowAligner(KernelAligner[TokenFlowConfig]):
     def _score(flow: Tensor, sim: Tensor) -> Tensor:
         """Σ flow · similarity (padded pairs have flow 0 and similarity 0), in the input dtype."""
         return (flow * sim.to(flow.dtype)).sum(dim=(1, 2)).to(sim.dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class FlowCaptions:
+    """A block of prepared captions in the Newton path's layout: each caption's real words packed
+    into a prefix of `width` slots. words (R, d) caption after caption; slots (R,) each word's
+    place in (caption, prefix); word_mask (N, width) the real prefix slots; free the padded slots
+    (flat); longest_word the largest word norm (0-dim, no gradient)."""
+
+    batch: TokenBatch
+    words: Tensor
+    slots: Tensor
+    word_mask: Tensor
+    free: Tensor
+    width: int
+    longest_word: Tensor
+
+    @classmethod
+    def of(cls, text: TokenBatch) -> FlowCaptions:
+        lengths = text.mask.sum(1)
+        width = int(lengths.max())
+        starts = torch.arange(len(text), device=lengths.device)[:, None] * width
+        slots = (starts + text.mask.cumsum(1) - 1)[text.mask]
+        words = text.tokens[text.mask]
+        word_mask = torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+        free = (~word_mask).flatten().nonzero().flatten()
+        with torch.no_grad():
+            longest = words.norm(dim=1).amax() if len(words) else words.new_zeros(())
+        return cls(text, words, slots, word_mask, free, width, longest)
+
+    def __len__(self) -> int:
+        return len(self.batch)

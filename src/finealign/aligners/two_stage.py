@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -51,8 +52,10 @@ from finealign.aligners.base import (
     QUERY_DIRECTIONS,
     Aligner,
     AlignerConfig,
+    PreparedGallery,
     TokenAlignment,
     check_query_direction,
+    gallery_key,
     global_vectors,
     resolve_pairs,
 )
@@ -180,12 +183,45 @@ class TwoStageAligner(Aligner[TwoStageConfig]):
         queries ("t2i", per-column shortlists) rank them; see the module docstring."""
         check_query_direction(queries)
         check_pair(visual, text)
-        v, t = self.global_pair(visual, text)
+        return self.query_scores_prepared(visual, self.build_gallery(text), queries)
+
+    def build_gallery(self, text: TokenBatch) -> PreparedGallery:
+        """The captions' global vectors (normalised when `normalize`), the FAISS index over them
+        that image queries search (a FAISS first stage), and the captions as the local aligner
+        prepares them for its pair scores (when it uses the base class's `score_pairs`)."""
+        t = global_vectors(text)
+        t = l2_normalize(t) if self.config.normalize else t
+        extras: dict[str, Any] = {"global": t}
+        spec = self.config.index_spec()
+        if spec is not None:
+            extras["index_i2t"] = build_index(t.detach().float().cpu().numpy(), spec)
+        if not self.local._overrides("score_pairs"):
+            extras["local_text"] = self.local.prepare(text)
+        return PreparedGallery(captions=text, prepared_by=gallery_key(self), text=text, extras=extras)
+
+    def score_against(self, visual: TokenBatch, gallery: PreparedGallery) -> Tensor:
+        if self.training:  # training scores every pair (see forward)
+            return self(visual, gallery.captions)
+        return self.query_scores_prepared(visual, gallery, self.config.direction)
+
+    def query_scores_prepared(self, visual: TokenBatch, gallery: PreparedGallery, queries: str) -> Tensor:
+        """`query_scores` against a prepared caption gallery (the same matrix)."""
+        check_query_direction(queries)
+        self.check_gallery(visual, gallery)
+        v = global_vectors(visual)
+        v = l2_normalize(v) if self.config.normalize else v
+        t = gallery.extras["global"]
         glob = v @ t.T
         spec = self.config.index_spec()
-        keep = self.shortlist(glob, queries) if spec is None else self.index_shortlist(v, t, queries, spec)
+        if spec is None:
+            keep = self.shortlist(glob, queries)
+        else:
+            keep = self.index_shortlist(v, t, queries, spec, index=gallery.extras.get(f"index_{queries}"))
         pairs = keep.nonzero()  # (P, 2) shortlisted (image, caption) pairs
-        local = self.local.score_pairs(visual, text, pairs)
+        if "local_text" in gallery.extras:
+            local = self.local.score_prepared_pairs(self.local.prepare(visual), gallery.extras["local_text"], pairs)
+        else:
+            local = self.local.score_pairs(visual, gallery.captions, pairs)
         mixed = self.mix(glob[pairs[:, 0], pairs[:, 1]], local)
         # Outside the shortlist: strictly below every shortlisted score, global order kept.
         out = mixed.min() - 1.0 - (glob.max() - glob)
@@ -221,13 +257,15 @@ class TwoStageAligner(Aligner[TwoStageConfig]):
             v, t = l2_normalize(v), l2_normalize(t)
         return v, t
 
-    def index_shortlist(self, v: Tensor, t: Tensor, queries: str, spec: IndexSpec) -> Tensor:
+    def index_shortlist(self, v: Tensor, t: Tensor, queries: str, spec: IndexSpec, index: Any = None) -> Tensor:
         """`shortlist` from a FAISS index over the gallery side's global vectors (captions for
         "i2t", images for "t2i"), searched with the query side's. An approximate index may return
-        fewer than K candidates for a query; the missing ones are simply not shortlisted."""
+        fewer than K candidates for a query; the missing ones are simply not shortlisted. `index`:
+        that index when already built (a prepared gallery), else it is built here."""
         check_query_direction(queries)
         query_vecs, gallery = (v, t) if queries == "i2t" else (t, v)
-        index = build_index(gallery.detach().float().cpu().numpy(), spec)
+        if index is None:
+            index = build_index(gallery.detach().float().cpu().numpy(), spec)
         k = min(self.config.shortlist_length(queries), len(gallery))
         ids = torch.from_numpy(search(index, query_vecs.detach().float().cpu().numpy(), k)[1])
         rows = torch.arange(len(query_vecs)).unsqueeze(1).expand_as(ids)

@@ -65,6 +65,18 @@ def check_batch(batch: TokenBatch, name: str, *, need_pooled: bool = False) -> N
 def check_pair(visual: TokenBatch, text: TokenBatch, *, need_pooled: bool = False) -> None:
     check_batch(visual, "visual", need_pooled=need_pooled)
     check_batch(text, "text", need_pooled=need_pooled)
+    check_match(visual, text)
+
+
+def check_queries(visual: TokenBatch, text: TokenBatch, *, need_pooled: bool = False) -> None:
+    """check_pair for image queries against a gallery whose captions `text` were checked when it
+    was prepared: only the queries' own values are read again."""
+    check_batch(visual, "visual", need_pooled=need_pooled)
+    check_match(visual, text)
+
+
+def check_match(visual: TokenBatch, text: TokenBatch) -> None:
+    """ShapeError unless two checked batches share their token dim, device and dtype."""
     if visual.dim != text.dim:
         raise ShapeError(
             f"visual and text token dims differ: {visual.dim} vs {text.dim}; "

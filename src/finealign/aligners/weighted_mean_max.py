@@ -162,24 +162,36 @@ class WeightedMeanMaxAligner(KernelAligner[WeightedMeanMaxConfig]):
         )
 
     def score_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
-        sim = token_similarities(self._unit(visual), self._unit(text))
+        return self.score_prepared_block(visual, self.prepare_block(text))
+
+    def prepare_block(self, block: TokenBatch) -> WeightedBlock:
+        # The captions' unit tokens and learned word weights depend on the captions alone.
+        weights = None if self.text_weight is None else self.token_weights(block, self.text_weight)
+        return WeightedBlock(block, self._unit(block), weights)
+
+    def score_prepared_block(self, visual: TokenBatch, block: WeightedBlock) -> Tensor:
+        text = block.batch
+        sim = token_similarities(self._unit(visual), block.unit)
         sim = masked_fill_pairs(sim, visual.mask, text.mask, float("-inf"))
-        return self._reduce(sim, visual, text, lambda x: x[:, None, :], lambda x: x[None, :, :])
+        return self._reduce(sim, visual, text, lambda x: x[:, None, :], lambda x: x[None, :, :], block.weights)
 
     def score_pair_block(self, visual: TokenBatch, text: TokenBatch) -> Tensor:
         # Item p with item p only: (c, Lv, Lt) instead of the c × c block.
         sim = paired_token_similarities(self._unit(visual), self._unit(text), float("-inf"))
         return self._reduce(sim, visual, text, lambda x: x, lambda x: x)
 
-    def _reduce(self, sim: Tensor, visual: TokenBatch, text: TokenBatch, as_visual, as_text) -> Tensor:
+    def _reduce(
+        self, sim: Tensor, visual: TokenBatch, text: TokenBatch, as_visual, as_text, text_weights: Tensor | None = None
+    ) -> Tensor:
         """Scores from masked similarities (..., Lv, Lt) (padding = -inf). `as_visual`/`as_text`
-        reshape per-item (n, L) weights and masks to broadcast against (..., L)."""
+        reshape per-item (n, L) weights and masks to broadcast against (..., L). `text_weights`:
+        the captions' word weights when already computed (a prepared block)."""
         cfg = self.config
         parts = []
         if self.text_weight is not None:
             word_best = sim.amax(dim=-2)  # (..., Lt): best region per word
             word_best = floor_at_zero_padding(word_best, as_visual(visual.mask), cfg.zero_pad_visual)
-            weights = self.token_weights(text, self.text_weight)
+            weights = self.token_weights(text, self.text_weight) if text_weights is None else text_weights
             parts.append(_weighted_sum(word_best, as_text(weights), as_text(text.mask)))
         if self.visual_weight is not None:
             region_best = sim.amax(dim=-1)  # (..., Lv): best word per region
@@ -201,6 +213,19 @@ class WeightedMeanMaxAligner(KernelAligner[WeightedMeanMaxConfig]):
         if self._raw_head_input:  # the score from the raw tokens, whose weights the heads give
             alignment = replace(alignment, score=float(self.score_block(visual, text)[0, 0].detach()))
         return alignment
+
+
+@dataclass(frozen=True, eq=False)
+class WeightedBlock:
+    """A prepared caption block: the tokens as prepared, the unit tokens the similarities use,
+    and the word weights (None without a text-side head)."""
+
+    batch: TokenBatch
+    unit: TokenBatch
+    weights: Tensor | None
+
+    def __len__(self) -> int:
+        return len(self.batch)
 
 
 def _weighted_sum(values: Tensor, weights: Tensor, mask: Tensor) -> Tensor:

@@ -12,6 +12,7 @@ so a full disk is a DiskFullError that leaves no half entry, never a SIGBUS.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import time
@@ -39,6 +40,8 @@ from finealign.formats.feature_cache import (
 )
 from finealign.registry import create_dataset, create_encoder
 from finealign.resources import check_disk, disk_full_error, is_disk_full, preallocate
+
+log = logging.getLogger(__name__)
 
 
 def _options_of(component: Any, given: dict[str, Any]) -> dict[str, Any]:
@@ -153,9 +156,11 @@ def build_feature_cache(
     }
     key = cache_key(identity)
     entry = cache_dir / key
+    where = f"feature cache {dataset_name}/{split}"
     if is_complete(entry):
         damaged = _reuse_problems(entry, data.items, verify)
         if not damaged:
+            log.info("%s: reusing %s (%d images, %d captions)", where, entry, data.num_items, data.num_captions)
             return entry
         warnings.warn(f"feature cache {entry} is damaged or stale ({damaged[0]}); rebuilding it", RuntimeWarning,
                       stacklevel=2)  # fmt: skip
@@ -165,9 +170,11 @@ def build_feature_cache(
     remove_stale_temporaries(cache_dir, key)
     tmp = cache_dir / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    log.info("%s: building %s — %d images with %s, then %d captions with %s, on %s", where, entry, data.num_items,
+             vision_name, data.num_captions, text_name, device)  # fmt: skip
     try:
         seconds = {}
-        start = time.perf_counter()
+        began = start = time.perf_counter()
         v = encode_items(
             vision,
             data.num_items,
@@ -180,6 +187,8 @@ def build_feature_cache(
         visual_info = _write_modality(tmp, "visual", *v)
         del v
         seconds["vision"] = time.perf_counter() - start
+        log.info("%s: %d images encoded and written in %.1f s (%d tokens of d %d each)", where, data.num_items,
+                 seconds["vision"], visual_info["num_tokens"], visual_info["dim"])  # fmt: skip
         start = time.perf_counter()
         t = encode_items(
             text,
@@ -193,6 +202,8 @@ def build_feature_cache(
         text_info = _write_modality(tmp, "text", *t)
         del t
         seconds["text"] = time.perf_counter() - start
+        log.info("%s: %d captions encoded and written in %.1f s (up to %d tokens of d %d)", where, data.num_captions,
+                 seconds["text"], text_info["num_tokens"], text_info["dim"])  # fmt: skip
         save_array(tmp, "caption_item", data.caption_item.numpy())
         finish_entry(tmp, {
             "key": key,
@@ -209,6 +220,7 @@ def build_feature_cache(
             "device": str(device),
         })  # fmt: skip
         _move_into_place(tmp, entry)
+        log.info("%s: entry %s complete in %.1f s", where, key, time.perf_counter() - began)
     except OSError as exc:
         if is_disk_full(exc):
             raise disk_full_error(cache_dir, f"the feature cache entry {key}") from exc

@@ -21,10 +21,16 @@ from finealign.protocol.stats import COMPARED, QueryRanks, mean_std, paired_boot
 from finealign.tables import to_booktabs
 
 MEAN_METRICS = ("rsum", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "train_time_s")
+# Batched cost (cost_ms_per_query, cost_vs_*: a batch of cost_rows queries against the prepared
+# gallery), single-query latency (cost_latency_*), one-off preparation (cost_prepare_ms): see
+# profiling.scoring_cost. Results written before 2026-12-03 lack the latency and preparation keys
+# (read back as NaN, shown "–") and timed their batch with the gallery-side work redone per call.
 COST_KEYS = (
     "cost_ms_per_query", "cost_ms_per_query_q25", "cost_ms_per_query_q75", "cost_vs_global", "cost_vs_global_q25",
-    "cost_vs_global_q75", "cost_vs_floor", "cost_vs_floor_q25", "cost_vs_floor_q75", "cost_repeats",
-    "cost_threads", "score_peak_mem_mb",
+    "cost_vs_global_q75", "cost_vs_floor", "cost_vs_floor_q25", "cost_vs_floor_q75", "cost_queries_per_s",
+    "cost_latency_ms", "cost_latency_ms_q25", "cost_latency_ms_q75", "cost_latency_vs_floor",
+    "cost_latency_vs_floor_q25", "cost_latency_vs_floor_q75", "cost_prepare_ms", "cost_prepare_ms_q25",
+    "cost_prepare_ms_q75", "cost_rows", "cost_repeats", "cost_threads", "score_peak_mem_mb",
 )  # fmt: skip
 
 
@@ -129,7 +135,7 @@ def _diff(row: pd.Series, metric: str, dash: str, star: str) -> str:
 
 
 def _spread(row: pd.Series, key: str, digits: int, dash: str) -> str:
-    med, lo, hi = row[key], row[f"{key}_q25"], row[f"{key}_q75"]
+    med, lo, hi = row.get(key, math.nan), row.get(f"{key}_q25", math.nan), row.get(f"{key}_q75", math.nan)
     if not math.isfinite(med):
         return "–"
     if key == "cost_vs_global" and row.get("aligner") == "global":
@@ -162,11 +168,15 @@ def display_frame(frame: pd.DataFrame, reference: str, *, latex: bool = False) -
         "ms/query [IQR]": [_spread(r, "cost_ms_per_query", 3, dash) for _, r in frame.iterrows()],
         "× global": [_spread(r, "cost_vs_global", 3, dash) for _, r in frame.iterrows()],
         "× floor": [_spread(r, "cost_vs_floor", 3, dash) for _, r in frame.iterrows()],
+        "1-query ms [IQR]": [_spread(r, "cost_latency_ms", 3, dash) for _, r in frame.iterrows()],
+        "1-query × floor": [_spread(r, "cost_latency_vs_floor", 3, dash) for _, r in frame.iterrows()],
+        "prepare ms": [_spread(r, "cost_prepare_ms", 3, dash) for _, r in frame.iterrows()],
         "peak MiB": [_num(v) for v in frame["score_peak_mem_mb"]],
         "status": frame["status"],
     })  # fmt: skip
     if latex:
-        out = out.rename(columns={"× global": r"$\times$ global", "× floor": r"$\times$ floor"})
+        out = out.rename(columns={"× global": r"$\times$ global", "× floor": r"$\times$ floor",
+                                  "1-query × floor": r"1-query $\times$ floor"})  # fmt: skip
     return out
 
 

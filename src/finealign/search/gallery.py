@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from finealign.aligners.base import Aligner, global_vectors
+from finealign.aligners.base import Aligner, global_vectors, prepare_gallery, score_queries
 from finealign.aligners.two_stage import TwoStageAligner
 from finealign.ann import IndexSpec, build_index, read_index, search, write_index
 from finealign.cache.build import remove_stale_temporaries
@@ -324,9 +324,12 @@ class Gallery:
         """(nq, s) scores of each query's shortlisted items `ids` by `rerank` (-inf where id is -1).
 
         Only the shortlisted items' tokens are read from the memory map. Each query is scored
-        against its own shortlist with the aligner's public call (one (1, s) row; the aligner
-        contract makes these entries equal to `score_pairs` of the same pairs, which is what
-        two_stage uses), never against the other queries' shortlists.
+        against its own shortlist (one (1, s) row; the aligner contract makes these entries equal
+        to `score_pairs` of the same pairs, which is what two_stage uses), never against the other
+        queries' shortlists. Image queries against a caption gallery score through the prepared-
+        gallery contract (`prepare_gallery` of the shortlist, then `score_prepared`): the shortlist
+        is that query's caption gallery, so it is prepared once per query, and only the
+        shortlisted captions are read and prepared (the memory-mapped store is never loaded whole).
         """
         local_aligner = rerank.local if isinstance(rerank, TwoStageAligner) else rerank
         final = np.full(ids.shape, -np.inf, dtype=np.float32)
@@ -338,7 +341,7 @@ class Gallery:
                 items = self.store.read(found, dtype=queries.tokens.dtype)
                 query = queries[row]
                 if self.modality == "text":
-                    local = local_aligner(query, items)[0]
+                    local = score_queries(local_aligner, query, prepare_gallery(local_aligner, items))[0]
                 else:
                     local = local_aligner(items, query)[:, 0]
                 if isinstance(rerank, TwoStageAligner):

@@ -90,7 +90,9 @@ def summary_frame(frame: pd.DataFrame, study: optuna.Study) -> pd.DataFrame:
     if "aligner" in out.columns and "aligner_converged" in frame.columns:
         # A truncated solver is named as such (engine.results.solver_label).
         out["aligner"] = [solver_label(str(name), row) for name, row in zip(out["aligner"], frame.to_dict("records"))]
-    for key in ("cost_ms_per_query", "cost_vs_global"):
+    # batched ms/query and its ratios, single-query latency, one-off preparation (profiling.scoring_cost)
+    for key in ("cost_ms_per_query", "cost_vs_global", "cost_vs_floor", "cost_latency_ms", "cost_latency_vs_floor",
+                "cost_prepare_ms"):  # fmt: skip
         if {key, f"{key}_q25", f"{key}_q75"} <= set(frame.columns):  # every cost with its spread
             out[f"{key} [IQR]"] = [
                 f"{m:.3g} [{lo:.3g}–{hi:.3g}]" if isinstance(m, float) and math.isfinite(m) else ""
