@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from finealign.checks import check_positive_int
 from finealign.errors import ConfigError, UnknownNameError
@@ -112,6 +112,7 @@ def compose(config_name: str = "config", overrides: Iterable[str] = ()) -> DictC
 
     overrides = list(overrides)
     check_method_overrides(overrides)
+    overrides, renamed = _names_as_group_choices(overrides)
     packages = plugin_config_packages()
     if packages and not any(o.startswith("hydra.searchpath") for o in overrides):
         # Plugins' config groups join finealign's: `aligner=<plugin>` needs no copy of this tree.
@@ -120,7 +121,8 @@ def compose(config_name: str = "config", overrides: Iterable[str] = ()) -> DictC
         GlobalHydra.instance().clear()
         try:
             with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-                return hydra_compose(config_name=config_name, overrides=overrides)
+                cfg = hydra_compose(config_name=config_name, overrides=overrides)
+            return _with_bare_components(cfg, renamed)
         except (HydraException, OmegaConfBaseException) as exc:
             missing = _not_overridable(exc)
             adjusted = _into_free_form(overrides, missing)
@@ -133,6 +135,51 @@ def compose(config_name: str = "config", overrides: Iterable[str] = ()) -> DictC
         finally:
             GlobalHydra.instance().clear()
     raise AssertionError("unreachable: every retry moves one override into a free-form dict")
+
+
+#: Config groups that hold one registered component (`name:` + its options), so `GROUP.name=X`
+#: means "the component X" (the group choice GROUP=X), never "X with another component's options".
+NAMED_GROUPS = ("aligner", "loss")
+
+
+def _names_as_group_choices(overrides: list[str]) -> tuple[list[str], dict[str, tuple[str, list[str]]]]:
+    """`aligner.name=X` composes X's own config: the group choice `aligner=X` when X has a config
+    file (finealign's or a plugin's), else X alone (`{name: X}`: its dataclass defaults; set
+    apart in the second value, with the user's other `aligner.*` overrides, for
+    `_with_bare_components`). Without this the default aligner's options would carry over to X.
+    """
+    kept, bare = list(overrides), {}
+    for group in NAMED_GROUPS:
+        names = [o for o in kept if o.lstrip("+").partition("=")[0] == f"{group}.name"]
+        if not names:
+            continue
+        value = names[-1].partition("=")[2]
+        choices = [o for o in kept if o.lstrip("+~").partition("=")[0] == group]
+        if choices:
+            raise ConfigError(
+                f"{names[-1]!r} and {choices[-1]!r} both choose the {group}: give it once, as {group}={value}"
+            )
+        kept = [o for o in kept if o not in names]
+        if value in group_options(group):
+            kept.append(f"{group}={value}")
+            continue
+        options = [o for o in kept if o.lstrip("+").startswith(f"{group}.")]
+        kept = [o for o in kept if o not in options]
+        bare[group] = (value, options)
+    return kept, bare
+
+
+def _with_bare_components(cfg: DictConfig, bare: dict[str, tuple[str, list[str]]]) -> DictConfig:
+    """`cfg` with each group in `bare` replaced by `{name: X}` plus the user's own overrides of it."""
+    if not bare:
+        return cfg
+    from finealign.overrides import apply
+
+    for group, (name, options) in bare.items():
+        with open_dict(cfg):
+            cfg[group] = {"name": name}
+        cfg = apply(cfg, [f"++{o.lstrip('+')}" for o in options])
+    return cfg
 
 
 def _not_overridable(exc: Exception) -> str | None:
