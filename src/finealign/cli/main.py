@@ -136,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
 
     forget()
     try:
+        if getattr(args, "config_dir", None) and hasattr(args, "overrides"):
+            from finealign.cli.hydra_flags import with_config_dirs
+
+            args.overrides, args.config_dir = with_config_dirs(list(args.overrides), args.config_dir), None
         return int(importlib.import_module(args._module).run(args) or 0)
     except (Exception, KeyboardInterrupt) as exc:
         named = failure(args.command, exc)
