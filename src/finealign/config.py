@@ -84,10 +84,14 @@ def config_roots(extra: Iterable[Path] = ()) -> list[Path]:
 
 def group_options(group: str, extra: Iterable[Path] = ()) -> dict[str, Path]:
     """Option name → its file for one config group (`aligner` → {"hard": .../aligner/hard.yaml, ...}),
-    over finealign's tree and every plugin's config folder; the first root holding a name wins, as
-    on Hydra's search path."""
+    over finealign's tree, the user's search-path folders and every plugin's config folder; the
+    first root holding a name wins, as on Hydra's search path."""
+    return _options_in(config_roots(extra), group)
+
+
+def _options_in(roots: list[Path], group: str) -> dict[str, Path]:
     found: dict[str, Path] = {}
-    for root in config_roots(extra):
+    for root in roots:
         for path in sorted((root / group).glob("*.yaml")):
             found.setdefault(path.stem, path)
     return found
@@ -95,10 +99,9 @@ def group_options(group: str, extra: Iterable[Path] = ()) -> dict[str, Path]:
 
 def config_groups(extra: Iterable[Path] = ()) -> dict[str, dict[str, Path]]:
     """Every top-level config group (a folder of *.yaml in any root) with its options."""
-    extra = list(extra)
     roots = config_roots(extra)
     names = {p.name for r in roots for p in r.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
-    return {name: options for name in sorted(names) if (options := group_options(name, extra))}
+    return {name: options for name in sorted(names) if (options := _options_in(roots, name))}
 
 
 def compose(config_name: str = "config", overrides: Iterable[str] = ()) -> DictConfig:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 from pathlib import Path
-
-from omegaconf import DictConfig, OmegaConf, open_dict
+from typing import TYPE_CHECKING
 
 from finealign.errors import ConfigError
-from finealign.overrides import expand_sweeps
+
+if TYPE_CHECKING:  # omegaconf is imported where used: `finealign --help` stays quick
+    from omegaconf import DictConfig
 
 
 def add_hydra_flags(parser: argparse.ArgumentParser) -> None:
@@ -97,6 +98,8 @@ def jobs(
         raise ConfigError("hydra.sweep.dir applies to -m/--multirun only; for one run use hydra.run.dir=DIR")
     if not multirun:
         return [(overrides, run_dir)]
+    from finealign.overrides import expand_sweeps
+
     combos = expand_sweeps(overrides)
     root = Path(sweep_dir or Path("multirun") / _dt.datetime.now().strftime("%Y-%m-%d/%H-%M-%S"))
     return [(list(combo), str(root / str(i))) for i, combo in enumerate(combos)]
@@ -106,6 +109,8 @@ def write_multirun_record(sweep_dir: Path, cfg: DictConfig, hydra: DictConfig, o
     """`<sweep dir>/multirun.yaml` as Hydra's multirun leaves it: the first job's config with the
     `hydra:` node of the sweep (mode MULTIRUN, the sweep dir, the overrides as typed, comma lists
     included)."""
+    from omegaconf import OmegaConf, open_dict
+
     node = hydra.copy()
     with open_dict(node):
         node.merge_with({"mode": "MULTIRUN", "sweep": {"dir": str(sweep_dir)}, "overrides": {"task": overrides}})

@@ -70,6 +70,14 @@ def version_line() -> str:
     return f"finealign {__version__}{where}"
 
 
+class _Version(argparse.Action):
+    """--version, with the line computed only when asked (the git lookup imports the engine)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit()
+
+
 def setup_logging() -> None:
     """Library code logs through `logging`; the command line shows INFO and above on stderr
     (FINEALIGN_LOG_LEVEL=DEBUG|INFO|WARNING changes it). A host app's own config is left alone."""
@@ -91,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="finealign",
         description="Benchmark and ablate fine-grained cross-modal alignment for retrieval.",
     )
-    parser.add_argument("--version", action="version", version=version_line())
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version (and git commit) and exit")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (after any command)")
     parser.add_argument(
         "--shell-completion",

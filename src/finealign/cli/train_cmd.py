@@ -15,8 +15,6 @@ import json
 import os
 from pathlib import Path
 
-from omegaconf import OmegaConf, open_dict
-
 from finealign.cli.hydra_flags import (
     add_hydra_flags,
     jobs,
@@ -25,7 +23,6 @@ from finealign.cli.hydra_flags import (
     with_config_dirs,
     write_multirun_record,
 )
-from finealign.config import compose_with_hydra, validate
 
 HEADLINE = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 
@@ -44,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf, open_dict
+
+    from finealign.config import compose_with_hydra, validate
+
     given = with_config_dirs(list(args.overrides), args.config_dir)
     if args.info:
         print_info(args.config_name, given)
