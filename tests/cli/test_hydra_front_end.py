@@ -61,3 +61,14 @@ def test_runs_leave_hydra_yaml_a_job_log_and_multirun_yaml(tmp_path, monkeypatch
         assert f"aligner={aligner}" in record["overrides"]["task"] and record["run"]["dir"] == f"sweep/{i}"
         log = (run / "train.log").read_text()
         assert "INFO" in log and "epoch" in log.lower()
+
+
+def test_eval_of_a_checkpoint_finds_group_files_in_the_config_dir(tmp_path, monkeypatch, capsys):
+    folder = my_configs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["train", *TINY, "hydra.run.dir=trained"]) == 0
+    capsys.readouterr()
+    ckpt = tmp_path / "trained" / "model.pt"
+    assert cli_main(["eval", "--cfg", "job", "--config-dir", str(folder), f"ckpt={ckpt}", "aligner=my"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["aligner"]["temperature"] == 0.3 and "hydra" not in printed

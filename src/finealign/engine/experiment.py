@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from finealign.config import ExperimentSpec, group_options, validate
+from finealign.config import SEARCHPATH_KEY, ExperimentSpec, group_options, searchpath_roots, validate
 from finealign.data.sanity import check_splits
 from finealign.devices import resolve_device
 from finealign.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -406,12 +406,16 @@ def _plain(meta: dict[str, Any]) -> dict[str, Any]:
 def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
     """Apply overrides to a saved config by Hydra's grammar (`finealign.overrides.apply`):
     `group=option` (e.g. aligner=hard, data=features) swaps in that group file; any other
-    `a.b=value` sets one value (a saved config may predate a key, so a plain override may add it)."""
+    `a.b=value` sets one value (a saved config may predate a key, so a plain override may add it).
+    `hydra.searchpath=[...]` (`--config-dir`) adds the user's folders to where group files are found."""
+    overrides = list(overrides)
+    extra = searchpath_roots(overrides)
+    overrides = [o for o in overrides if o.lstrip("+").partition("=")[0] != SEARCHPATH_KEY]
 
     def group_node(key: str, value: str) -> DictConfig | None:
         if key not in GROUPS:
             return None
-        path = group_options(key).get(value)
+        path = group_options(key, extra).get(value)
         if path is None:
             return None
         node = cast(DictConfig, OmegaConf.load(path))  # a group file is a mapping
