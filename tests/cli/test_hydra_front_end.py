@@ -2,6 +2,7 @@
 (--config-dir, hydra.searchpath), unknown `+key` refused, did-you-mean for a group choice, and
 the run records Hydra leaves (.hydra/hydra.yaml, multirun.yaml, the job log file)."""
 
+import pytest
 import yaml
 
 from finealign.cli.main import main as cli_main
@@ -72,3 +73,14 @@ def test_eval_of_a_checkpoint_finds_group_files_in_the_config_dir(tmp_path, monk
     assert cli_main(["eval", "--cfg", "job", "--config-dir", str(folder), f"ckpt={ckpt}", "aligner=my"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["aligner"]["temperature"] == 0.3 and "hydra" not in printed
+
+
+def test_overrides_may_follow_a_flag_as_in_hydra(tmp_path, monkeypatch, capsys):
+    folder = my_configs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["train", "--cfg", "job", "seed=4", "--config-dir", str(folder), "aligner=my", "train.lr=0.5"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["aligner"]["name"] == "hard" and printed["seed"] == 4 and printed["train"]["lr"] == 0.5
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--cfg", "job", "--config-dir", str(folder), "aligner=my", "--no-such-flag"])
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err

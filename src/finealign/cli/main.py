@@ -117,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse `argv`; KEY=VALUE overrides may also come after a flag, as Hydra accepts them
+    (`finealign train aligner=my --config-dir DIR seed=1`), which argparse alone refuses."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if not hasattr(args, "overrides") or any(u.startswith("-") or "=" not in u for u in unknown):
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.overrides = [*args.overrides, *unknown]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -135,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"finealign: error: {exc}", file=sys.stderr)
             return 2
         return 0
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     setup_logging()
     if not getattr(args, "command", None):
         parser.print_help()
