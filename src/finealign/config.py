@@ -217,16 +217,19 @@ def _check_added_keys(config_name: str, overrides: list[str]) -> None:
     """Refuse `+key=value` / `++key=value` adding a key nothing reads (Hydra adds it silently).
 
     New keys are allowed inside a component's or section's node (its dataclass checks them), in a
+    sweep or protocol file's own node (`sweep.`, `protocol.`: its spec loader checks them), in a
     free-form `*_options` dict, for config groups (`+aligner@x=hard`) and `hydra.*`.
     """
     roots = config_roots(searchpath_roots(overrides))
     groups = {p.name for r in roots if r.is_dir() for p in r.iterdir() if p.is_dir()}
+    # a sweep or protocol file's own node (`sweep.`, `protocol.`) is checked by its spec loader
+    checked = (*CHECKED_NODES, *([config_name.split("/")[0]] if "/" in config_name else []))
 
     def allowed(key: str) -> bool:
         parts = key.split(".")
         return (
             key.startswith("hydra.") or "@" in key or key in groups
-            or any(key.startswith(f"{node}.") for node in CHECKED_NODES)
+            or any(key.startswith(f"{node}.") for node in checked)
             or any(part.endswith("_options") for part in parts[:-1])
         )  # fmt: skip
 
