@@ -18,7 +18,19 @@ import finealign
 
 # lowest first; a module's layer is its top-level name under finealign/
 LAYERS = [
-    {"errors", "checks", "tokens", "progress", "tables", "devices", "safe_paths", "resources", "kept", "__init__"},
+    {
+        "errors",
+        "checks",
+        "tokens",
+        "progress",
+        "tables",
+        "devices",
+        "safe_paths",
+        "resources",
+        "kept",
+        "cost_defaults",
+        "__init__",
+    },
     {"registry"},
     {"formats", "ann"},  # file formats (feature-cache entries, images) · the FAISS index
     {"kernels"},

@@ -8,9 +8,23 @@ from finealign.errors import (
     ShapeError,
     UnknownNameError,
 )
-from finealign.tokens import TokenBatch
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from finealign.tokens import TokenBatch
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """`finealign.TokenBatch` on first use: importing finealign (the command line's `--help`,
+    `list`, shell completion) must not import torch."""
+    if name == "TokenBatch":
+        from finealign.tokens import TokenBatch
+
+        return TokenBatch
+    raise AttributeError(f"module 'finealign' has no attribute {name!r}")
+
 
 __all__ = [
     "ConfigError",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from finealign.checks import (
     check_bool,
@@ -28,8 +28,8 @@ from finealign.checks import (
     did_you_mean,
     is_int,
 )
+from finealign.cost_defaults import COST_BATCH
 from finealign.errors import ConfigError, UnknownNameError
-from finealign.profiling.scoring_cost import COST_BATCH
 
 #: environment variable that points finealign at another config tree
 CONFIG_DIR_ENV = "FINEALIGN_CONFIG_DIR"
@@ -72,11 +72,12 @@ def plugin_config_packages() -> list[str]:
     return sorted({ep.value for ep in importlib.metadata.entry_points(group=CONFIG_ENTRY_POINTS)})
 
 
-def config_roots() -> list[Path]:
-    """finealign's config tree first, then every plugin's config folder (for listing options)."""
+def config_roots(extra: Iterable[Path] = ()) -> list[Path]:
+    """finealign's config tree first, then the user's search-path folders (`extra`: --config-dir,
+    hydra.searchpath), then every plugin's config folder (for listing options)."""
     import importlib.util
 
-    roots = [config_dir()]
+    roots = [config_dir(), *extra]
     for package in plugin_config_packages():
         try:
             spec = importlib.util.find_spec(package)
@@ -90,21 +91,26 @@ def config_roots() -> list[Path]:
     return roots
 
 
-def group_options(group: str) -> dict[str, Path]:
+def group_options(group: str, extra: Iterable[Path] = ()) -> dict[str, Path]:
     """Option name → its file for one config group (`aligner` → {"hard": .../aligner/hard.yaml, ...}),
-    over finealign's tree and every plugin's config folder; the first root holding a name wins, as
-    on Hydra's search path."""
+    over finealign's tree, the user's search-path folders and every plugin's config folder; the
+    first root holding a name wins, as on Hydra's search path."""
+    return _options_in(config_roots(extra), group)
+
+
+def _options_in(roots: list[Path], group: str) -> dict[str, Path]:
     found: dict[str, Path] = {}
-    for root in config_roots():
+    for root in roots:
         for path in sorted((root / group).glob("*.yaml")):
             found.setdefault(path.stem, path)
     return found
 
 
-def config_groups() -> dict[str, dict[str, Path]]:
+def config_groups(extra: Iterable[Path] = ()) -> dict[str, dict[str, Path]]:
     """Every top-level config group (a folder of *.yaml in any root) with its options."""
-    names = {p.name for r in config_roots() for p in r.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
-    return {name: options for name in sorted(names) if (options := group_options(name))}
+    roots = config_roots(extra)
+    names = {p.name for r in roots for p in r.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
+    return {name: options for name in sorted(names) if (options := _options_in(roots, name))}
 
 
 def compose(config_name: str = "config", overrides: Iterable[str] = ()) -> DictConfig:
@@ -112,6 +118,18 @@ def compose(config_name: str = "config", overrides: Iterable[str] = ()) -> DictC
 
     Hydra's global state is cleared before and after, so this can be called repeatedly (sweeps,
     tests) and from inside a process that already used Hydra.
+    """
+    return compose_with_hydra(config_name, overrides)[0]
+
+
+def compose_with_hydra(config_name: str = "config", overrides: Iterable[str] = ()) -> tuple[DictConfig, DictConfig]:
+    """(the composed config, Hydra's own `hydra:` node for it: search path, group choices,
+    overrides, job logging...), for the run record `.hydra/hydra.yaml`.
+
+    finealign's layer on Hydra's: `method=` and group choices (`aligner=meanmax`) get "did you
+    mean"; `aligner.name=X` composes X's own config; a `+key` that nothing reads is refused;
+    `hydra.searchpath=[...]` (or `--config-dir DIR`) adds the user's config folders before the
+    plugins' config packages.
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -122,15 +140,17 @@ def compose(config_name: str = "config", overrides: Iterable[str] = ()) -> DictC
     overrides = list(overrides)
     check_method_overrides(overrides)
     check_group_choices(overrides)
-    packages = plugin_config_packages()
-    if packages and not any(o.startswith("hydra.searchpath") for o in overrides):
-        # Plugins' config groups join finealign's: `aligner=<plugin>` needs no copy of this tree.
-        overrides = [f"hydra.searchpath=[{','.join(f'pkg://{p}' for p in packages)}]", *overrides]
+    overrides, renamed = _names_as_group_choices(overrides)
+    _check_added_keys(config_name, overrides)
+    overrides = _with_plugin_searchpath(overrides)
     for _ in range(len(overrides) + 1):
         GlobalHydra.instance().clear()
         try:
             with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-                return hydra_compose(config_name=config_name, overrides=overrides)
+                full = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+            with open_dict(full):
+                hydra_node = full.pop("hydra")
+            return _with_bare_components(full, renamed), hydra_node
         except (HydraException, OmegaConfBaseException) as exc:
             missing = _not_overridable(exc)
             adjusted = _into_free_form(overrides, missing)
@@ -143,6 +163,136 @@ def compose(config_name: str = "config", overrides: Iterable[str] = ()) -> DictC
         finally:
             GlobalHydra.instance().clear()
     raise AssertionError("unreachable: every retry moves one override into a free-form dict")
+
+
+SEARCHPATH_KEY = "hydra.searchpath"
+
+
+def searchpath_entries(overrides: Iterable[str]) -> list[str]:
+    """The entries of a `hydra.searchpath=[...]` override (Hydra's grammar), else []."""
+    from finealign.overrides import parse
+
+    for text in overrides:
+        if text.lstrip("+").partition("=")[0] == SEARCHPATH_KEY:
+            value = parse([text])[0].value()
+            return [str(v) for v in (value if isinstance(value, list) else [value])]
+    return []
+
+
+def searchpath_roots(overrides: Iterable[str]) -> list[Path]:
+    """The folders of the `hydra.searchpath` override's file:// (or plain path) entries."""
+    roots = []
+    for entry in searchpath_entries(overrides):
+        if entry.startswith("pkg://"):
+            continue
+        path = Path(entry.removeprefix("file://")).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"{SEARCHPATH_KEY} entry {entry!r}: {path} is not a folder")
+        roots.append(path.resolve())
+    return roots
+
+
+def _with_plugin_searchpath(overrides: list[str]) -> list[str]:
+    """One `hydra.searchpath` override: the user's folders (checked, as file://), then every
+    plugin's config package, so `aligner=<plugin>` needs no copy of this tree."""
+    user = [f"file://{p}" for p in searchpath_roots(overrides)]
+    user += [e for e in searchpath_entries(overrides) if e.startswith("pkg://")]
+    entries = [*user, *(f"pkg://{p}" for p in plugin_config_packages() if f"pkg://{p}" not in user)]
+    rest = [o for o in overrides if o.lstrip("+").partition("=")[0] != SEARCHPATH_KEY]
+    return [f"{SEARCHPATH_KEY}=[{','.join(entries)}]", *rest] if entries else rest
+
+
+#: Top-level nodes whose keys a dataclass checks after composing (an unknown `+key` there gets
+#: that dataclass's own "has no option" error with close matches).
+CHECKED_NODES = ("aligner", "loss", "data", "train", "eval", "encoder.vision", "encoder.text")
+
+
+def _check_added_keys(config_name: str, overrides: list[str]) -> None:
+    """Refuse `+key=value` / `++key=value` adding a key nothing reads (Hydra adds it silently).
+
+    New keys are allowed inside a component's or section's node (its dataclass checks them), in a
+    sweep or protocol file's own node (`sweep.`, `protocol.`: its spec loader checks them), in a
+    free-form `*_options` dict, for config groups (`+aligner@x=hard`) and `hydra.*`.
+    """
+    roots = config_roots(searchpath_roots(overrides))
+    groups = {p.name for r in roots if r.is_dir() for p in r.iterdir() if p.is_dir()}
+    # a sweep or protocol file's own node (`sweep.`, `protocol.`) is checked by its spec loader
+    checked = (*CHECKED_NODES, *([config_name.split("/")[0]] if "/" in config_name else []))
+
+    def allowed(key: str) -> bool:
+        parts = key.split(".")
+        return (
+            key.startswith("hydra.") or "@" in key or key in groups
+            or any(key.startswith(f"{node}.") for node in checked)
+            or any(part.endswith("_options") for part in parts[:-1])
+        )  # fmt: skip
+
+    adds = [o for o in overrides if o.startswith("+") and not allowed(o.lstrip("+").partition("=")[0])]
+    if not adds:
+        return
+    base = compose(config_name, [o for o in overrides if o not in adds])
+    for text in adds:
+        key = text.lstrip("+").partition("=")[0]
+        if OmegaConf.select(base, key, default=_ABSENT) is not _ABSENT:
+            continue  # `++key=v` on a key that exists only sets it
+        import difflib
+
+        keys = list(_dotted_keys(OmegaConf.to_container(base, resolve=False)))
+        close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ConfigError(
+            f"{text!r} adds the key {key!r}, which config {config_name!r} does not have and nothing reads.{hint} "
+            f"New keys go only into a component's options ({', '.join(CHECKED_NODES)}: checked by its "
+            "dataclass) or a free-form *_options dict"
+        )
+
+
+_ABSENT = object()
+
+
+#: Config groups that hold one registered component (`name:` + its options), so `GROUP.name=X`
+#: means "the component X" (the group choice GROUP=X), never "X with another component's options".
+NAMED_GROUPS = ("aligner", "loss")
+
+
+def _names_as_group_choices(overrides: list[str]) -> tuple[list[str], dict[str, tuple[str, list[str]]]]:
+    """`aligner.name=X` composes X's own config: the group choice `aligner=X` when X has a config
+    file (finealign's or a plugin's), else X alone (`{name: X}`: its dataclass defaults; set
+    apart in the second value, with the user's other `aligner.*` overrides, for
+    `_with_bare_components`). Without this the default aligner's options would carry over to X.
+    """
+    kept, bare = list(overrides), {}
+    for group in NAMED_GROUPS:
+        names = [o for o in kept if o.lstrip("+").partition("=")[0] == f"{group}.name"]
+        if not names:
+            continue
+        value = names[-1].partition("=")[2]
+        choices = [o for o in kept if o.lstrip("+~").partition("=")[0] == group]
+        if choices:
+            raise ConfigError(
+                f"{names[-1]!r} and {choices[-1]!r} both choose the {group}: give it once, as {group}={value}"
+            )
+        kept = [o for o in kept if o not in names]
+        if value in group_options(group, searchpath_roots(overrides)):
+            kept.append(f"{group}={value}")
+            continue
+        options = [o for o in kept if o.lstrip("+").startswith(f"{group}.")]
+        kept = [o for o in kept if o not in options]
+        bare[group] = (value, options)
+    return kept, bare
+
+
+def _with_bare_components(cfg: DictConfig, bare: dict[str, tuple[str, list[str]]]) -> DictConfig:
+    """`cfg` with each group in `bare` replaced by `{name: X}` plus the user's own overrides of it."""
+    if not bare:
+        return cfg
+    from finealign.overrides import apply
+
+    for group, (name, options) in bare.items():
+        with open_dict(cfg):
+            cfg[group] = {"name": name}
+        cfg = apply(cfg, [f"++{o.lstrip('+')}" for o in options])
+    return cfg
 
 
 def _not_overridable(exc: Exception) -> str | None:
@@ -206,6 +356,7 @@ def check_group_choices(overrides: Iterable[str]) -> None:
     tree or a plugin's: else a ConfigError with the close matches, before Hydra's own message
     (which lists the search path, not the options). Keys with a dot, values Hydra would expand
     (lists, sweeps, `null`) and method presets (check_method_overrides) are left alone."""
+    overrides = list(overrides)
     for override in overrides:
         key, sep, value = override.partition("=")
         key = key.lstrip("+~")
@@ -213,7 +364,7 @@ def check_group_choices(overrides: Iterable[str]) -> None:
             continue
         if value in ("", "null") or any(c in value for c in ",[]()${}"):
             continue
-        options = group_options(key)
+        options = group_options(key, searchpath_roots(overrides))
         if options and value not in options:
             raise ConfigError(
                 f"{key}={value}: no {key} config {value!r}.{did_you_mean(value, options)} "

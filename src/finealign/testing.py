@@ -7,7 +7,9 @@
 
 Each check raises AssertionError naming the broken clause: output shape and dtype; padding
 exactness (what padded tokens hold changes nothing); order of tokens (padding moved elsewhere
-changes nothing); chunk invariance (block sizes change nothing); low precision (bf16 stays
+changes nothing); padding invariance (the same item scored alone, beside longer and shorter
+items, and with extra padding slots gets the same score: catches a mean over all slots, padding
+included, that random masks let through); chunk invariance (block sizes change nothing); low precision (bf16 stays
 finite); gradients (float64 gradcheck on a tiny problem, when the aligner is differentiable);
 `score_pairs` equal to the diagonal of the matrix; a prepared gallery (scores of image queries
 against `prepare_gallery(text)`, reused call after call and in query chunks, equal to
@@ -84,6 +86,7 @@ def check_aligner(
              TokenBatch(text.tokens[:, order_t], text.mask[:, order_t], text.pooled))  # fmt: skip
     torch.testing.assert_close(_score(model, *moved), scores, atol=1e-5, rtol=1e-5,
                                msg=f"{name}: moving padding to other positions changed scores")  # fmt: skip
+    check_padding_invariance(model, name=str(name), dim=dim, seed=seed)
 
     if not getattr(model, "gallery_dependent", False):
         if hasattr(model.config, "chunk_visual"):
@@ -143,3 +146,63 @@ def _check_prepared_gallery(model: Any, name: Any, visual: TokenBatch, text: Tok
                                msg=f"{name}: scores against a prepared gallery differ from aligner(visual, text)")  # fmt: skip
     torch.testing.assert_close(chunks, scores, atol=1e-5, rtol=1e-5,
                                msg=f"{name}: query chunks against one prepared gallery differ from the whole matrix")  # fmt: skip
+
+
+def _item(real: int, dim: int, g: torch.Generator) -> TokenBatch:
+    """One item of `real` real tokens and no padding, with its masked-mean pooled vector."""
+    tokens = torch.randn(1, real, dim, generator=g)
+    return TokenBatch(tokens, torch.ones(1, real, dtype=torch.bool), tokens.mean(1))
+
+
+def _stack(items: list[TokenBatch], length: int, g: torch.Generator) -> TokenBatch:
+    """`items` in one batch, each padded (noise that the mask marks as padding) to `length` slots."""
+    tokens, masks = [], []
+    for item in items:
+        pad = length - item.tokens.shape[1]
+        tokens.append(torch.cat([item.tokens, torch.randn(1, pad, item.dim, generator=g)], 1))
+        masks.append(torch.cat([item.mask, torch.zeros(1, pad, dtype=torch.bool)], 1))
+    pooled = [item.pooled for item in items]
+    return TokenBatch(torch.cat(tokens), torch.cat(masks), None if None in pooled else torch.cat(pooled))  # type: ignore[arg-type]
+
+
+def check_padding_invariance(
+    model: Aligner[Any], *, name: str, dim: int = 8, seed: int = 0, atol: float = 1e-5, rtol: float = 1e-5
+) -> None:
+    """Score one fixed (image, caption) pair in deterministic layouts and require one score.
+
+    Layouts: alone (no padding at all); beside a longer item (so the pair is padded); beside a
+    shorter item; beside both; alone with extra padding slots. Each is scored through the matrix
+    (`forward`) and through `score_pairs`. A mean, softmax or count over every slot, padding
+    included, changes the score between layouts even when the padded values are zero, which a
+    random mask may miss. A `gallery_dependent` aligner's score may depend on the other items, so
+    it is checked only with extra padding slots (the same gallery, wider). Raises AssertionError
+    saying "padding" and naming the layout.
+    """
+    g = torch.Generator().manual_seed(seed + 1)
+    v, t = _item(3, dim, g), _item(2, dim, g)
+    v_long, t_long = _item(5, dim, g), _item(6, dim, g)
+    v_short, t_short = _item(1, dim, g), _item(1, dim, g)
+    with torch.no_grad():
+        alone = float(model(v, t)[0, 0])
+    extra = {"with extra padding slots": (_stack([v], 7, g), _stack([t], 6, g), 0, 0)}
+    layouts: dict[str, tuple[TokenBatch, TokenBatch, int, int]] = {}
+    if not getattr(model, "gallery_dependent", False):
+        layouts = {
+            "beside a longer item": (_stack([v, v_long], 5, g), _stack([t_long, t], 6, g), 0, 1),
+            "beside a shorter item": (_stack([v_short, v], 3, g), _stack([t, t_short], 2, g), 1, 0),
+            "beside longer and shorter items": (
+                _stack([v_long, v, v_short], 8, g), _stack([t_short, t_long, t], 9, g), 1, 2),
+        }  # fmt: skip
+    layouts |= extra
+    for layout, (visual, text, i, j) in layouts.items():
+        pairs = torch.tensor([[i, j]])
+        with torch.no_grad():
+            got = {"the matrix": float(model(visual, text)[i, j]),
+                   "score_pairs": float(model.score_pairs(visual, text, pairs)[0])}  # fmt: skip
+        for route, score in got.items():
+            if not abs(score - alone) <= atol + rtol * abs(alone):
+                raise AssertionError(
+                    f"{name}: padding changed the score of one pair {layout} ({route}): {score:.6g}, "
+                    f"scored alone without padding {alone:.6g}. Padded positions must not count "
+                    "(a mean, softmax or count over every slot? divide by the real tokens, mask before max/softmax)"
+                )

@@ -36,7 +36,7 @@ def test_hydra_run_dir_is_honoured_and_other_hydra_keys_are_named(tmp_path, monk
     assert cli_main(["train", *TINY, "hydra.run.dir=mine"]) == 0
     assert (tmp_path / "mine" / "results.json").is_file()
     assert cli_main(["train", *TINY, "hydra.job.chdir=true"]) == 2
-    assert "hydra.run.dir and hydra.sweep.dir" in capsys.readouterr().err
+    assert "hydra.run.dir, hydra.sweep.dir and hydra.searchpath" in capsys.readouterr().err
 
 
 def test_sweeps_expand_by_hydras_grammar():

@@ -63,9 +63,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 def _config_candidates(config_name: str, partial: str) -> list[str]:
-    from omegaconf import OmegaConf
-
-    from finealign.config import compose, config_groups
+    from finealign.config import config_groups
 
     prefix = ""
     for mark in ("++", "+", "~"):
@@ -78,19 +76,60 @@ def _config_candidates(config_name: str, partial: str) -> list[str]:
         if key in groups and config_name == "config":
             return [f"{prefix}{key}={o}" for o in sorted(groups[key]) if o.startswith(value)]
         return []
+    cfg = _composed(config_name)
+    if cfg is None:  # a broken config tree: complete nothing rather than print a traceback
+        return []
+    keys = set(_keys_at_level(cfg, key))
+    if config_name == "config":
+        keys |= {f"{g}=" for g in groups if g.startswith(key) and "." not in key}
+    return sorted(f"{prefix}{k}" for k in keys if k.startswith(key))
+
+
+def _composed(config_name: str) -> Any:
+    """The composed config as plain data, from a per-user cache keyed by every config file's path,
+    size and mtime (a TAB must answer in well under a second; composing with Hydra takes most of
+    one): recomposed only after a config file changes. None when the tree does not compose."""
+    import hashlib
+    import json
+    import os
+    from pathlib import Path
+
+    from finealign import __version__
+    from finealign.config import config_roots
+
     try:
+        files = sorted(p for root in config_roots() for p in root.rglob("*.yaml"))
+        stamp = "\n".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    except Exception:
+        return None
+    digest = hashlib.sha1(f"{__version__}\n{config_name}\n{stamp}".encode()).hexdigest()[:16]
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "finealign" / "completion"
+    path = base / f"{config_name}-{digest}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    try:
+        from omegaconf import OmegaConf
+
+        from finealign.config import compose
+
         extra = []
         if config_name == "profile":
             from finealign.cli.profile_cmd import aligner_node_overrides
 
             extra = aligner_node_overrides()[0]
         cfg = OmegaConf.to_container(compose(config_name, extra), resolve=False)
-    except Exception:  # a broken config tree: complete nothing rather than print a traceback
-        return []
-    keys = set(_keys_at_level(cfg, key))
-    if config_name == "config":
-        keys |= {f"{g}=" for g in groups if g.startswith(key) and "." not in key}
-    return sorted(f"{prefix}{k}" for k in keys if k.startswith(key))
+    except Exception:
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for old in path.parent.glob(f"{config_name}-*.json"):
+            old.unlink()
+        path.write_text(json.dumps(cfg, default=str))
+    except OSError:
+        pass  # a read-only home: complete without the cache
+    return cfg
 
 
 def _keys_at_level(cfg: Any, typed: str) -> Iterable[str]:

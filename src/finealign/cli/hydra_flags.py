@@ -1,6 +1,8 @@
 """Hydra's command-line habits for finealign's commands: `--cfg job|hydra|all`, `--info`,
 `-m/--multirun` with comma lists (Hydra's basic sweeper: the cartesian product, one job per
-combination, each in its own numbered directory), `hydra.run.dir=...` / `hydra.sweep.dir=...`.
+combination, each in its own numbered directory, the sweep recorded in `<sweep dir>/multirun.yaml`),
+`hydra.run.dir=...` / `hydra.sweep.dir=...`, and a personal config folder on the search path:
+`--config-dir DIR` / `hydra.searchpath=[file://DIR,...]` (`DIR/aligner/my.yaml` → `aligner=my`).
 
 finealign composes configs with Hydra's compose API (so sweeps and tests can compose many configs
 in one process); this module reproduces the flags a Hydra user types on top of it.
@@ -11,9 +13,12 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from finealign.errors import ConfigError
-from finealign.overrides import expand_sweeps
+
+if TYPE_CHECKING:  # omegaconf is imported where used: `finealign --help` stays quick
+    from omegaconf import DictConfig
 
 
 def add_hydra_flags(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +32,14 @@ def add_hydra_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolve", action="store_true", help="with --cfg: resolve interpolations")
     parser.add_argument("--info", action="store_true", help="print config search path, groups and their options")
     parser.add_argument(
+        "--config-dir",
+        "-cd",
+        metavar="DIR",
+        action="append",
+        default=None,
+        help="add a config folder to the search path (DIR/aligner/my.yaml → aligner=my); repeatable",
+    )
+    parser.add_argument(
         "--multirun",
         "-m",
         action="store_true",
@@ -34,8 +47,25 @@ def add_hydra_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def with_config_dirs(overrides: list[str], config_dirs: list[str] | None) -> list[str]:
+    """`overrides` with `--config-dir` folders put first on `hydra.searchpath` (merged with a
+    `hydra.searchpath=[...]` the user also gave)."""
+    if not config_dirs:
+        return overrides
+    from finealign.config import SEARCHPATH_KEY, searchpath_entries
+
+    for folder in config_dirs:
+        if not Path(folder).expanduser().is_dir():
+            raise ConfigError(f"--config-dir {folder}: not a folder")
+    given = searchpath_entries(overrides)
+    entries = [f"file://{Path(d).expanduser().resolve()}" for d in config_dirs] + given
+    rest = [o for o in overrides if o.lstrip("+").partition("=")[0] != SEARCHPATH_KEY]
+    return [f"{SEARCHPATH_KEY}=[{','.join(entries)}]", *rest]
+
+
 def run_dirs(overrides: list[str]) -> tuple[list[str], str | None, str | None]:
-    """(overrides without hydra.run.dir / hydra.sweep.dir, run dir, sweep dir)."""
+    """(overrides without hydra.run.dir / hydra.sweep.dir, run dir, sweep dir); hydra.searchpath
+    stays (finealign.config.compose reads it)."""
     rest, run_dir, sweep_dir = [], None, None
     for o in overrides:
         key, _, value = o.partition("=")
@@ -43,9 +73,12 @@ def run_dirs(overrides: list[str]) -> tuple[list[str], str | None, str | None]:
             run_dir = value
         elif key == "hydra.sweep.dir":
             sweep_dir = value
+        elif key.lstrip("+") == "hydra.searchpath":
+            rest.append(o)
         elif key.startswith("hydra."):
             raise ConfigError(
-                f"{key!r}: finealign honours hydra.run.dir and hydra.sweep.dir; other hydra.* keys do nothing"
+                f"{key!r}: finealign honours hydra.run.dir, hydra.sweep.dir and hydra.searchpath; "
+                "other hydra.* keys do nothing"
             )
         else:
             rest.append(o)
@@ -65,18 +98,34 @@ def jobs(
         raise ConfigError("hydra.sweep.dir applies to -m/--multirun only; for one run use hydra.run.dir=DIR")
     if not multirun:
         return [(overrides, run_dir)]
+    from finealign.overrides import expand_sweeps
+
     combos = expand_sweeps(overrides)
     root = Path(sweep_dir or Path("multirun") / _dt.datetime.now().strftime("%Y-%m-%d/%H-%M-%S"))
     return [(list(combo), str(root / str(i))) for i, combo in enumerate(combos)]
 
 
-def print_info(config_name: str) -> None:
-    from finealign.config import config_groups, config_roots, plugin_config_packages
+def write_multirun_record(sweep_dir: Path, cfg: DictConfig, hydra: DictConfig, overrides: list[str]) -> None:
+    """`<sweep dir>/multirun.yaml` as Hydra's multirun leaves it: the first job's config with the
+    `hydra:` node of the sweep (mode MULTIRUN, the sweep dir, the overrides as typed, comma lists
+    included)."""
+    from omegaconf import OmegaConf, open_dict
 
+    node = hydra.copy()
+    with open_dict(node):
+        node.merge_with({"mode": "MULTIRUN", "sweep": {"dir": str(sweep_dir)}, "overrides": {"task": overrides}})
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / "multirun.yaml").write_text(OmegaConf.to_yaml({"hydra": node, **OmegaConf.to_container(cfg)}))  # type: ignore[dict-item]
+
+
+def print_info(config_name: str, overrides: list[str] | None = None) -> None:
+    from finealign.config import config_groups, config_roots, plugin_config_packages, searchpath_roots
+
+    extra = searchpath_roots(overrides or [])
     print(f"Config search path (primary config {config_name!r}):")
-    for r in config_roots():
+    for r in config_roots(extra):
         print(f"  {r}")
     print("Config groups (group: options):")
-    for name, options in config_groups().items():
+    for name, options in config_groups(extra).items():
         print(f"  {name}: {', '.join(sorted(options))}")
     print(f"Plugin config packages: {', '.join(plugin_config_packages()) or '(none)'}")

@@ -70,6 +70,14 @@ def version_line() -> str:
     return f"finealign {__version__}{where}"
 
 
+class _Version(argparse.Action):
+    """--version, with the line computed only when asked (the git lookup imports the engine)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit()
+
+
 def setup_logging() -> None:
     """Library code logs through `logging`; the command line shows INFO and above on stderr
     (FINEALIGN_LOG_LEVEL=DEBUG|INFO|WARNING changes it). A host app's own config is left alone."""
@@ -91,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="finealign",
         description="Benchmark and ablate fine-grained cross-modal alignment for retrieval.",
     )
-    parser.add_argument("--version", action="version", version=version_line())
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version (and git commit) and exit")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (after any command)")
     parser.add_argument(
         "--shell-completion",
@@ -107,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         importlib.import_module(module).add_arguments(p)
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse `argv`; KEY=VALUE overrides may also come after a flag, as Hydra accepts them
+    (`finealign train aligner=my --config-dir DIR seed=1`), which argparse alone refuses."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if not hasattr(args, "overrides") or any(u.startswith("-") or "=" not in u for u in unknown):
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.overrides = [*args.overrides, *unknown]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"finealign: error: {exc}", file=sys.stderr)
             return 2
         return 0
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     setup_logging()
     if not getattr(args, "command", None):
         parser.print_help()
@@ -136,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
 
     forget()
     try:
+        if getattr(args, "config_dir", None) and hasattr(args, "overrides"):
+            from finealign.cli.hydra_flags import with_config_dirs
+
+            args.overrides, args.config_dir = with_config_dirs(list(args.overrides), args.config_dir), None
         return int(importlib.import_module(args._module).run(args) or 0)
     except (Exception, KeyboardInterrupt) as exc:
         named = failure(args.command, exc)

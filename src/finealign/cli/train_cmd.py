@@ -4,6 +4,7 @@ finealign train aligner=hard loss=triplet data=flickr30k encoder=vit_b16_bert tr
 finealign train --cfg job data=toy               # print the composed config and stop
 finealign train -m aligner=global,mean_max seed=0,1    # 4 jobs in multirun/<date>/<time>/0..3
 finealign train hydra.run.dir=runs/mine          # where this run writes
+finealign train --config-dir ~/my_configs aligner=my   # ~/my_configs/aligner/my.yaml joins the search path
 torchrun --nproc_per_node 4 -m finealign train ...  # DDP over 4 processes (train.batch_size is global)
 """
 
@@ -12,11 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from finealign.cli.hydra_flags import add_hydra_flags, jobs, print_info, run_dirs
-from finealign.config import compose, validate
+from finealign.cli.hydra_flags import (
+    add_hydra_flags,
+    jobs,
+    print_info,
+    run_dirs,
+    with_config_dirs,
+    write_multirun_record,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,27 +39,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf, open_dict
+
+    from finealign.config import compose_with_hydra, validate
+
+    given = with_config_dirs(list(args.overrides), args.config_dir)
     if args.info:
-        print_info(args.config_name)
+        print_info(args.config_name, given)
         return 0
-    overrides, run_dir, sweep_dir = run_dirs(list(args.overrides))
+    overrides, run_dir, sweep_dir = run_dirs(given)
     planned = jobs(overrides, args.multirun, sweep_dir, run_dir)
     show = "job" if args.print_config else args.cfg
-    for job_overrides, out in planned:
-        cfg = compose(args.config_name, [*job_overrides, *([f"output_dir={out}"] if out else [])])
+    for number, (job_overrides, out) in enumerate(planned):
+        cfg, hydra = compose_with_hydra(args.config_name, [*job_overrides, *([f"output_dir={out}"] if out else [])])
         if show:
             if show in ("job", "all"):
                 print(OmegaConf.to_yaml(cfg, resolve=args.resolve or args.print_config), end="")
-            if show in ("hydra", "all"):
-                sweep = sweep_dir or "multirun/<date>/<time>"
-                print(f"hydra:\n  run:\n    dir: {cfg.output_dir}\n  sweep:\n    dir: {sweep}")
+            if show in ("hydra", "all"):  # Hydra's own node, with finealign's run and sweep dirs
+                with open_dict(hydra):
+                    hydra.merge_with(
+                        {"run": {"dir": cfg.output_dir}, "sweep": {"dir": sweep_dir or "multirun/<date>/<time>"}}
+                    )
+                print(OmegaConf.to_yaml({"hydra": hydra}), end="")
             validate(cfg)
             continue
         from finealign.engine.experiment import run_experiment
 
+        if args.multirun and number == 0 and out and int(os.environ.get("RANK", "0") or 0) == 0:
+            write_multirun_record(Path(out).parent, cfg, hydra, overrides)
         if len(planned) > 1:
             print(f"[job] {' '.join(job_overrides)}")
-        result = run_experiment(cfg, overrides=job_overrides)
+        result = run_experiment(cfg, overrides=job_overrides, hydra=hydra)
         if int(os.environ.get("RANK", "0") or 0) > 0:
             continue  # torchrun: every rank returns the same result; rank 0 prints it
         if args.json:

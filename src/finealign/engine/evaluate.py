@@ -14,11 +14,11 @@ import torch
 from torch import Tensor
 
 from finealign.aligners.base import prepare_gallery, score_queries
+from finealign.cost_defaults import COST_BATCH
 from finealign.data.base import RetrievalSplit
 from finealign.encoders.batches import autocast_context, encoded_batches
 from finealign.engine.distributed import SINGLE, World, broadcast_object, gather_rows, gather_token_batch, shard_range
 from finealign.engine.metrics import fold_slices, mean_metrics, query_ranks, retrieval_metrics
-from finealign.profiling.scoring_cost import COST_BATCH
 from finealign.progress import bar as progress_bar
 from finealign.resources import check_memory
 from finealign.tokens import TokenBatch

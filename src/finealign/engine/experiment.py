@@ -17,9 +17,9 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from finealign.config import ExperimentSpec, group_options, validate
+from finealign.config import SEARCHPATH_KEY, ExperimentSpec, group_options, searchpath_roots, validate
 from finealign.data.sanity import check_splits
 from finealign.devices import resolve_device
 from finealign.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -35,6 +35,7 @@ from finealign.engine.distributed import (
     rank_device,
 )
 from finealign.engine.evaluate import evaluate
+from finealign.engine.job_log import JobLog
 from finealign.engine.model import RetrievalModel, build_loss, build_model, fit_to_training_data
 from finealign.engine.provenance import provenance
 from finealign.engine.results import save_results
@@ -193,17 +194,21 @@ def save_ranks(path: Path, ranks: dict[str, Any], *, split: str) -> None:
     )  # fmt: skip
 
 
-def _begin_run(cfg: DictConfig, world: World = SINGLE) -> tuple[ExperimentSpec, Path, torch.device, Any]:
+def _begin_run(
+    cfg: DictConfig, world: World = SINGLE, job_log: tuple[JobLog, str] | None = None
+) -> tuple[ExperimentSpec, Path, torch.device, Any]:
     """What every run does first: validate (every ConfigError before any data is read), claim a
     fresh writable run directory (before training: a run must not be lost to a late write error),
-    pick the device, seed, and open the dataset. With several ranks, rank 0 claims the directory
-    and tells the others."""
+    start the job log file in it (`job_log`: the log and its file name), pick the device, seed,
+    and open the dataset. With several ranks, rank 0 claims the directory and tells the others."""
     validate(cfg)
     claimed: Path | None = None
     if world.is_main:
         claimed = claim_output_dir(cfg)
         check_writable(claimed)
         keep("run", f"run directory {claimed}")
+        if job_log is not None:
+            job_log[0].start(claimed / job_log[1])
     out_dir = Path(broadcast_object(str(claimed), world))
     cfg.output_dir = str(out_dir)
     spec = validate(cfg)  # again: output_dir is now fixed
@@ -214,7 +219,11 @@ def _begin_run(cfg: DictConfig, world: World = SINGLE) -> tuple[ExperimentSpec, 
 
 
 def run_experiment(
-    cfg: DictConfig, *, on_validation: Callable[[int, dict], None] | None = None, overrides: Iterable[str] | None = None
+    cfg: DictConfig,
+    *,
+    on_validation: Callable[[int, dict], None] | None = None,
+    overrides: Iterable[str] | None = None,
+    hydra: DictConfig | None = None,
 ) -> dict:
     """Train and evaluate the experiment `cfg` (as composed by finealign.config.compose).
 
@@ -224,15 +233,17 @@ def run_experiment(
     best_val_rsum, and writes results.json / results.csv / ranks.npz (and model.pt, when
     train.save_model) into the run's directory: cfg.output_dir, or a fresh sibling of it when that
     already holds results (`claim_output_dir`). results.json carries the provenance block
-    (`engine.provenance`); `overrides` are the command-line overrides it records.
+    (`engine.provenance`); `overrides` are the command-line overrides it records, `hydra` the
+    `hydra:` node of the composition (finealign.config.compose_with_hydra) for `.hydra/hydra.yaml`.
+    Log records also go to `<run dir>/train.log` while the run lasts.
 
     Launched by torchrun (WORLD_SIZE > 1, train.distributed=auto), every rank runs this: they train
     one model with DDP over the global batch, share the evaluation, and rank 0 alone writes files;
     every rank returns the same metrics. A rank whose peers fail stops with RankFailure.
     """
     world = _start_world(cfg)
-    with failures_named(world):
-        return _run_experiment(cfg, world, on_validation, overrides)
+    with failures_named(world), JobLog() as job_log:
+        return _run_experiment(cfg, world, on_validation, overrides, hydra, job_log)
 
 
 def _start_world(cfg: DictConfig) -> World:
@@ -251,9 +262,14 @@ def _start_world(cfg: DictConfig) -> World:
 
 
 def _run_experiment(
-    cfg: DictConfig, world: World, on_validation: Callable[[int, dict], None] | None, overrides: Iterable[str] | None
+    cfg: DictConfig,
+    world: World,
+    on_validation: Callable[[int, dict], None] | None,
+    overrides: Iterable[str] | None,
+    hydra: DictConfig | None,
+    job_log: JobLog,
 ) -> dict:
-    spec, out_dir, device, dataset = _begin_run(cfg, world)
+    spec, out_dir, device, dataset = _begin_run(cfg, world, (job_log, "train.log"))
     train_split = dataset.split("train")
     has_val = getattr(dataset, "has_split", lambda name: True)("val")
     val_split = dataset.split("val") if has_val and spec.train.eval_every else None
@@ -306,7 +322,7 @@ def _run_experiment(
         if spec.train.save_model:
             save_checkpoint(out_dir / "model.pt", {"model": model.state_dict(), **snapshot})
             keep("model", f"trained model {out_dir / 'model.pt'}")
-        write_hydra_record(out_dir, cfg, overrides)
+        write_hydra_record(out_dir, cfg, overrides, hydra, job="train")
         save_results(out_dir, trained, labels=labels(spec), config=snapshot["config"], extra=extra, stem="train")
         keep("train", f"training record {out_dir / 'train.json'}")
     try:
@@ -328,12 +344,47 @@ def _run_experiment(
     return out
 
 
-def write_hydra_record(directory: Path, cfg: DictConfig, overrides: Iterable[str] | None) -> None:
-    """`.hydra/config.yaml` (the composed config) and `.hydra/overrides.yaml`, as a Hydra run leaves them."""
+def write_hydra_record(
+    directory: Path,
+    cfg: DictConfig,
+    overrides: Iterable[str] | None,
+    hydra: DictConfig | None = None,
+    job: str = "finealign",
+) -> None:
+    """`.hydra/config.yaml` (the composed config), `.hydra/overrides.yaml` and `.hydra/hydra.yaml`
+    (Hydra's own `hydra:` node: search path, group choices, overrides, versions), as a Hydra run
+    leaves them. Without `hydra` (a library call), hydra.yaml holds what is known: the run dir,
+    the overrides, the versions and the working directory."""
     hydra_dir = directory / ".hydra"
     hydra_dir.mkdir(parents=True, exist_ok=True)
+    overrides = list(overrides or [])
     (hydra_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    (hydra_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides or []))))
+    (hydra_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(overrides)))
+    (hydra_dir / "hydra.yaml").write_text(
+        OmegaConf.to_yaml({"hydra": hydra_run_node(directory, overrides, hydra, job)})
+    )
+
+
+def hydra_run_node(directory: Path, overrides: list[str], hydra: DictConfig | None, job: str) -> DictConfig:
+    """The `hydra:` node of one run as Hydra's own run would record it (the run's directory and
+    job name filled in)."""
+    import hydra as hydra_package
+
+    node = OmegaConf.create({}) if hydra is None else hydra.copy()
+    with open_dict(node):
+        known = {
+            "run": {"dir": str(directory)},
+            "mode": node.get("mode") or "RUN",
+            "overrides": {"task": overrides},
+            "job": {"name": job, "override_dirname": ",".join(overrides)},
+            "runtime": {
+                "version": hydra_package.__version__,
+                "cwd": os.getcwd(),
+                "output_dir": str(directory.resolve()),
+            },
+        }
+        node.merge_with(known)
+    return node
 
 
 def check_writable(directory: Path) -> None:
@@ -355,12 +406,16 @@ def _plain(meta: dict[str, Any]) -> dict[str, Any]:
 def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
     """Apply overrides to a saved config by Hydra's grammar (`finealign.overrides.apply`):
     `group=option` (e.g. aligner=hard, data=features) swaps in that group file; any other
-    `a.b=value` sets one value (a saved config may predate a key, so a plain override may add it)."""
+    `a.b=value` sets one value (a saved config may predate a key, so a plain override may add it).
+    `hydra.searchpath=[...]` (`--config-dir`) adds the user's folders to where group files are found."""
+    overrides = list(overrides)
+    extra = searchpath_roots(overrides)
+    overrides = [o for o in overrides if o.lstrip("+").partition("=")[0] != SEARCHPATH_KEY]
 
     def group_node(key: str, value: str) -> DictConfig | None:
         if key not in GROUPS:
             return None
-        path = group_options(key).get(value)
+        path = group_options(key, extra).get(value)
         if path is None:
             return None
         node = cast(DictConfig, OmegaConf.load(path))  # a group file is a mapping

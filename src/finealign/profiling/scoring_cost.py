@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from finealign.aligners.base import prepare_gallery, score_queries
+from finealign.cost_defaults import COST_BATCH
 from finealign.errors import ConfigError
 from finealign.profiling.device import pinned_threads, synchronize
 from finealign.profiling.timing import summarize
@@ -42,7 +43,6 @@ from finealign.tokens import TokenBatch
 FLOOR_CHUNK = 16_384  # caption tokens per floor matmul block (bounds its output to ~64 MB at rows·49)
 #: Image queries per batched call: the one home of the default of `eval.cost_rows` (a batch of 64
 #: queries, as a retrieval system serves them; fewer shares the per-call overhead among too few).
-COST_BATCH = 64
 #: One-query calls per repeat whose mean is that repeat's single-query latency.
 LATENCY_QUERIES = 8
 
