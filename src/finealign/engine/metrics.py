@@ -25,6 +25,12 @@ from torch import Tensor
 from finealign.errors import ShapeError
 
 KS = (1, 5, 10)
+#: what every evaluation reports for a gallery (retrieval_metrics; with coco folds also as
+#: `folds_<name>`): the names a protocol's `tune.metric` may take
+GALLERY_METRICS = (
+    *(f"{d}_{m}" for d in ("i2t", "t2i") for m in (*(f"r{k}" for k in KS), "medr", "meanr")),
+    "rsum",
+)
 
 
 def _check(sim: Tensor, caption_item: Tensor) -> None:
