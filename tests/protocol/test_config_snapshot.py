@@ -13,7 +13,7 @@ from finealign.config import CONFIG_DIR_ENV, compose, config_dir
 from finealign.errors import ConfigError
 from finealign.protocol.loader import load_protocol
 from finealign.protocol.run import run_protocol
-from finealign.protocol.snapshot import SNAPSHOT_DIR, tree_differences
+from finealign.sweeps.snapshot import SNAPSHOT_DIR, tree_differences
 from tests.protocol.objectives import ranked
 
 PROTOCOL = ["protocol=toy", "protocol.tune.n_trials=1", "protocol.seeds=1"]
@@ -86,3 +86,17 @@ def test_tree_differences_name_each_file_once():
         "added d",
         "removed c",
     ]
+
+
+def test_a_sweep_composes_from_its_snapshot_too(tree, tmp_path):
+    from finealign.sweeps import run_sweep
+
+    args = ["sweep=toy", "sweep.sampler=random", "sweep.n_trials=1"]
+    kw = dict(storage=f"sqlite:///{tmp_path / 's.db'}", out_dir=tmp_path / "sweep", objective=composing,
+              progress=False, write_outputs=False)  # fmt: skip
+    run_sweep(args, n_trials=1, **kw)
+    assert seen == [2.0e-3]  # the tree was edited during the trial; the trial composed the snapshot
+    with pytest.raises(ConfigError, match=r"changed since this sweep started \(changed train/quick\.yaml\)"):
+        run_sweep(args, n_trials=2, **kw)
+    run_sweep(args, n_trials=2, adopt_config_changes=True, **kw)
+    assert seen == [2.0e-3, 9.0e-3]

@@ -10,7 +10,7 @@ trials and runs are never repeated. Several `finealign bench` processes on one s
 protocol folder split the work (protocol/worker.py).
 
 Every run composes its config from the config tree as it was when the protocol started
-(`OUT/config-snapshot/`, protocol/snapshot.py): edits to configs/ during a long protocol change
+(`OUT/config-snapshot/`, sweeps/snapshot.py): edits to configs/ during a long protocol change
 nothing in it, and resuming with a changed tree is refused unless the changes are adopted.
 
 Test data is never read while tuning: tuning trials run with `eval.split=val`, and the split the
@@ -47,11 +47,11 @@ from finealign.protocol.recipe import (  # noqa: F401  (re-exported: the protoco
     tune_sampler,
     tune_sweep_spec,
 )
-from finealign.protocol.snapshot import composing_from, freeze_config_tree
 from finealign.protocol.spec import ProtocolSpec
 from finealign.protocol.worker import BenchWorker, WorkerReport
 from finealign.sweeps.objective import load_objective
 from finealign.sweeps.runner import Objective
+from finealign.sweeps.snapshot import composing_from, freeze_config_tree
 from finealign.sweeps.storage import open_storage, with_available_driver
 
 DEFAULT_ROOT = Path("runs") / "bench"
@@ -195,7 +195,7 @@ def run_protocol(
     storage and protocol folder. `extra`: command-line overrides added to every run of every
     method. `wait=False`: return when the rest is held by other workers instead of waiting for
     them. `adopt_config_changes`: resume although the config tree changed since the protocol
-    started (protocol/snapshot.py). Returns the bases' outcomes."""
+    started (sweeps/snapshot.py). Returns the bases' outcomes."""
     return run_worker(spec, extra, storage=storage, out_dir=out_dir, objective=objective, methods=methods,
                       factors=factors, progress=progress, wait=wait, poll_s=poll_s,
                       adopt_config_changes=adopt_config_changes)[0]  # fmt: skip

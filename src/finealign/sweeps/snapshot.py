@@ -1,13 +1,13 @@
-"""A protocol's config tree, frozen when it starts: every run of the protocol — tuning trials and
-final runs, in any worker, after any number of resumes — composes its config from
+"""The config tree of a long run (a protocol, a sweep), frozen when it starts: every run of it —
+trials and final runs, in any worker, after any number of resumes — composes its config from
 `OUT/config-snapshot/` (a copy of the tree `finealign.config.config_dir()` names), never from the
-YAML on disk, so editing `configs/` while a long protocol runs changes nothing in it.
+YAML on disk, so editing `configs/` while it runs changes nothing in it.
 
 Resuming when the tree on disk differs from the snapshot is refused with the files that differ,
-unless the caller adopts the changes (`finealign bench --adopt-config-changes`): then the tree
-becomes the snapshot (the old one is kept as `config-snapshot.replaced-<UTC time>`), and the runs
-still to do use it. Workers that start together race to create the snapshot: one wins (a rename),
-the others compare against it.
+unless the caller adopts the changes (`--adopt-config-changes`): then the tree becomes the
+snapshot (the old one is kept as `config-snapshot.replaced-<UTC time>`), and the runs still to do
+use it. Workers that start together race to create the snapshot: one wins (a rename), the others
+compare against it.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from finealign.config import CONFIG_DIR_ENV, config_dir
 from finealign.errors import ConfigError
 
 SNAPSHOT_DIR = "config-snapshot"
-#: what runs never compose from: protocol and sweep files (a protocol's own spec is held, and its
-#: growth checked, by protocol.json), caches
+#: what runs never compose from: protocol and sweep files (their specs are held and checked by
+#: protocol.json and the sweep's study), caches
 LEFT_OUT = ("protocol", "sweep", "__pycache__")
 
 
@@ -53,8 +53,8 @@ def _copy_tree(source: Path, out: Path) -> Path:
     return tmp
 
 
-def freeze_config_tree(out: Path, *, adopt_changes: bool = False, log=print) -> Path:
-    """The protocol's snapshot of the config tree (made now if it has none); ConfigError when the
+def freeze_config_tree(out: Path, *, adopt_changes: bool = False, log=print, what: str = "this protocol") -> Path:
+    """The run's snapshot of the config tree (made now if it has none); ConfigError when the
     tree on disk differs from it, unless `adopt_changes`."""
     out.mkdir(parents=True, exist_ok=True)
     source = config_dir()
@@ -74,7 +74,7 @@ def freeze_config_tree(out: Path, *, adopt_changes: bool = False, log=print) -> 
     if not adopt_changes:
         shown = "; ".join(differ[:8]) + (f"; and {len(differ) - 8} more" if len(differ) > 8 else "")
         raise ConfigError(
-            f"the config tree {source} changed since this protocol started ({shown}); its runs compose from "
+            f"the config tree {source} changed since {what} started ({shown}); its runs compose from "
             f"the snapshot {snapshot}. Undo the edits, or resume with --adopt-config-changes to use the tree "
             "as it is now for the runs still to do (finished runs keep what they used)"
         )
@@ -82,7 +82,7 @@ def freeze_config_tree(out: Path, *, adopt_changes: bool = False, log=print) -> 
     kept = out / f"{SNAPSHOT_DIR}.replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
     os.rename(snapshot, kept)
     os.rename(tmp, snapshot)
-    log(f"[bench] adopted config changes ({'; '.join(differ)}); the previous snapshot is {kept}")
+    log(f"adopted config changes ({'; '.join(differ)}); the previous snapshot is {kept}")
     return snapshot
 
 
