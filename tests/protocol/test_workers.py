@@ -63,13 +63,13 @@ def finish(procs, results, timeout: float = 240) -> list[tuple]:
 
 
 def finals_trials(storage: str, study: str = "toy_ablation") -> list[optuna.trial.FrozenTrial]:
-    from sqlalchemy.exc import IntegrityError
+    from sqlalchemy.exc import SQLAlchemyError
 
     try:
         return optuna.load_study(study_name=f"{study}-finals", storage=with_available_driver(storage)).trials
     except KeyError:
         return []
-    except IntegrityError:  # polled while a worker creates the schema (both write alembic_version)
+    except SQLAlchemyError:  # polled while a worker creates the schema (both create alembic_version)
         return []
 
 
