@@ -7,7 +7,8 @@ levels toy_ablation sets (transformer head +, triplet loss −). Each test query
 when a per-query uniform number drawn from the *seed alone* is below that quality, so two methods
 with one seed see the same query difficulties (paired, like real runs).
 
-FINEALIGN_TEST_SLEEP=s: every final run takes s seconds (worker and kill tests).
+FINEALIGN_TEST_SLEEP=s: every final run takes s seconds (worker and kill tests);
+FINEALIGN_TEST_TUNE_SLEEP=s: every tuning trial too.
 FINEALIGN_TEST_FAIL=KEY=VALUE: a run whose overrides hold it raises (a broken level).
 """
 
@@ -60,6 +61,7 @@ def ranked(overrides: list[str], report) -> dict[str, Any]:
         raise RuntimeError(f"simulated failure of a run with {fail}")
     q, seed = quality(kw), int(kw["seed"])
     if kw.get("eval.split") != "test":
+        time.sleep(float(os.environ.get("FINEALIGN_TEST_TUNE_SLEEP", "0")))
         report(1, {"rsum": 600.0 * q})
         return {"rsum": 600.0 * q, "score_latency_ms": 1.0}
     time.sleep(float(os.environ.get("FINEALIGN_TEST_SLEEP", "0")))

@@ -1,6 +1,6 @@
 """`finealign bench` workers sharing one storage and one protocol folder (separate processes): every
 final run (method, level, seed) is run by exactly one of them, each tuning budget is spent once,
-the table equals one worker's, a worker SIGKILLed mid-run is taken over after the heartbeat grace,
+the table equals one worker's, a worker SIGKILLed mid-run is taken over (its process is gone),
 and a worker with nothing left names who holds the rest.
 
 Workers are forked processes running what `finealign bench` runs (protocol.run.run_worker), so a
@@ -63,11 +63,15 @@ def finish(procs, results, timeout: float = 240) -> list[tuple]:
 
 
 def finals_trials(storage: str, study: str = "toy_ablation") -> list[optuna.trial.FrozenTrial]:
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         # open_storage: the workers may still be creating the schema (it retries that race)
         url = open_storage(with_available_driver(storage), heartbeat_s=2)
         return optuna.load_study(study_name=f"{study}-finals", storage=url).trials
     except KeyError:
+        return []
+    except SQLAlchemyError:  # polled while a worker creates the schema (both create alembic_version)
         return []
 
 
@@ -157,10 +161,10 @@ def test_a_killed_worker_s_run_is_taken_over_and_an_idle_worker_names_who_holds_
         os.kill(slow.pid, signal.SIGKILL)  # mid-run: its trial stays RUNNING, its heartbeat stops
         slow.join()
 
-    rescuers, results = workers(spec, extra, storage, out, 1)  # waits out the grace (2 × heartbeat_s = 4 s)
+    rescuers, results = workers(spec, extra, storage, out, 1)  # its process is gone: taken over at once
     ((pid, _, finals, _),) = finish(rescuers, results)
     assert finals == 1  # the killed run, and only it
     check_shared_run(spec, storage, out, reference)
     killed = [t for t in finals_trials(storage) if t.user_attrs["run"] == run]
-    assert [t.state.name for t in killed] == ["FAIL", "COMPLETE"] and "error" not in killed[0].user_attrs
-    assert killed[1].user_attrs["retry_of"] == killed[0].number and killed[1].user_attrs["worker"].endswith(f":{pid}")
+    assert [t.state.name for t in killed] == ["COMPLETE"] and killed[0].number == held.number  # the same trial
+    assert killed[0].user_attrs["attempt"] == 2 and killed[0].user_attrs["worker"].endswith(f":{pid}")

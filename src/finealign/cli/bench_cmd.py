@@ -10,6 +10,7 @@ the same command again after a stop. Workers: start it N times (processes, machi
     finealign bench --methods global,hard             # a subset now, the rest later
     finealign bench --factors none                    # the bases only; --factors head,loss: those cells
     finealign bench --storage postgresql://... --out /shared/bench   # one of N workers
+    finealign bench --adopt-config-changes            # resume although configs/ was edited meanwhile
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="when the rest is held by other workers, say who holds it and stop (default: wait for them, so "
         "that a dead worker's runs are taken over, then write the complete report)",
     )  # fmt: skip
+    parser.add_argument(
+        "--adopt-config-changes", action="store_true",
+        help="resume although configs/ changed since the protocol started (its runs compose from the snapshot "
+        "OUT/config-snapshot/ taken then; without this flag a changed tree is refused, naming the files)",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or per-run lines")
 
 
@@ -53,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or DEFAULT_ROOT / spec.study
     storage = args.storage or default_storage(spec.study, out.parent)
     _, did = run_worker(spec, extra, storage=storage, out_dir=out, methods=methods, factors=factors,
-                        progress=not args.no_progress, wait=not args.no_wait)  # fmt: skip
+                        progress=not args.no_progress, wait=not args.no_wait,
+                        adopt_config_changes=args.adopt_config_changes)  # fmt: skip
     from finealign.protocol.outputs import write_protocol_report  # noqa: PLC0415  (after the long part)
 
     report = write_protocol_report(out, storage)

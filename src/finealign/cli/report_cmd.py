@@ -41,6 +41,26 @@ def check_database(url: str, what: str) -> None:
         raise ConfigError(f"{path} is empty (0 bytes): no {what} was stored in it; pass --storage URL")
 
 
+def check_holds_protocol(storage: str, protocol_dir: Path) -> None:
+    """ConfigError when the storage holds no study of the protocol in `protocol_dir` (another
+    protocol's or a sweep's database, a mistyped --storage): its report would be a table of
+    methods "not tuned yet", with exit 0."""
+    import optuna
+
+    from finealign.protocol.outputs import stored_spec
+    from finealign.protocol.run import existing_storage
+
+    spec = stored_spec(protocol_dir)
+    rdb = existing_storage(storage)
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(rdb)) if rdb is not None else []
+    if not any(name.startswith(f"{spec.study}-") for name in names):
+        held = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "") or "none"
+        raise ConfigError(
+            f"{storage} holds no study of the protocol {spec.study!r} of {protocol_dir} (it holds: {held}); "
+            "pass the --storage its `finealign bench` used"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from finealign.protocol.run import DEFAULT_ROOT, SPEC_FILE, default_storage
     from finealign.sweeps.storage import DEFAULT_ROOT as SWEEP_ROOT
@@ -52,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
         storage = args.storage or default_storage(args.study, protocol_dir.parent)
         check_database(storage, f"the protocol {args.study!r} of {protocol_dir}")
+        check_holds_protocol(storage, protocol_dir)
         report = write_protocol_report(protocol_dir, storage)
         abl = report.ablation
         printed = {

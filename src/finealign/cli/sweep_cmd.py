@@ -21,6 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker-id", type=int, default=0, help="give parallel workers distinct ids (sampler seeds)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
+        "--adopt-config-changes", action="store_true",
+        help="resume although configs/ changed since the sweep started (its trials compose from the snapshot "
+        "OUT/config-snapshot/ taken then; without this flag a changed tree is refused, naming the files)",
+    )  # fmt: skip
+    parser.add_argument(
         "--cfg",
         "-c",
         choices=("job",),
@@ -57,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_sweep(
         list(args.overrides), storage=args.storage, study_name=args.study, n_trials=args.n_trials,
         out_dir=args.out, progress=not args.no_progress, worker_id=args.worker_id,
+        adopt_config_changes=args.adopt_config_changes,
     )  # fmt: skip
     report = result.report
     assert report is not None  # run_sweep writes the report unless told not to

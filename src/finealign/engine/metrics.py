@@ -28,6 +28,12 @@ KS = (1, 5, 10)
 #: the metrics a run is summed up by (printed after train / eval, logged per validation): R@K both
 #: ways, then RSUM
 HEADLINE = (*(f"{d}_r{k}" for d in ("i2t", "t2i") for k in KS), "rsum")
+#: what every evaluation reports for a gallery (retrieval_metrics; with coco folds also as
+#: `folds_<name>`): the names a protocol's `tune.metric` may take
+GALLERY_METRICS = (
+    *(f"{d}_{m}" for d in ("i2t", "t2i") for m in (*(f"r{k}" for k in KS), "medr", "meanr")),
+    "rsum",
+)
 
 
 def _check(sim: Tensor, caption_item: Tensor) -> None:

@@ -4,11 +4,11 @@ Study `STUDY-finals` holds one queued trial per final run (method, factor level,
 protocol, enqueued once by the worker that creates the study. A worker claims a run by moving its
 trial WAITING → RUNNING, which the storage lets exactly one worker do; it records its host:pid
 (user attribute `worker`), beats the heartbeat while the run trains, and tells COMPLETE (value:
-the test metric) when results.json is written. A worker that dies stops beating: after the grace
-(2 × heartbeat_s) the next worker that looks fails the trial and queues the same run again
-(storage.requeue_stale_trial keeps the run's attributes). Its run directory has no results.json
-then, or, if it died after writing one, the retry adopts it without training again: a run is never
-counted twice.
+the test metric) when results.json is written. A worker that dies (its process on this host is
+gone, or it stopped beating for 2 × heartbeat_s) has its trial put back in the queue as it was
+(storage.recover_stale_trials), and so has one stopped by Ctrl-C. Its run directory has no
+results.json then (a results.json that does not parse is no result), or, if it died after writing
+one, the retry adopts it without training again: a run is never counted twice.
 
 A run that fails (raises) is FAIL with its `error`, leaves error.txt, and is queued again for the
 *next* `finealign bench`: the retry carries `not_before` = the failure time, and only workers
@@ -30,15 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, fail_stale_trials
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from finealign.errors import ConfigError
 from finealign.protocol.cells import Cell, cells
 from finealign.protocol.growth import differences, growth_problems
 from finealign.protocol.spec import ProtocolSpec
-from finealign.sweeps.runner import ERROR_ATTR, WORKER_ATTR, Objective, worker_label
-from finealign.sweeps.storage import Heartbeat, requeue_stale_trial
+from finealign.sweeps.runner import ERROR_ATTR, WORKER_ATTR, Objective
+from finealign.sweeps.storage import Heartbeat, claim_trial, recover_stale_trials, release_trial, still_ours
 
 FINAL_ATTR = "final"  # {"method", "factor", "level", "seed"}
 RUN_ATTR = "run"  # the run's folder under the protocol folder (what a person reads in the dashboard)
@@ -152,7 +152,7 @@ class FinalsQueue:
         self._study_id = storage.get_study_id_from_name(study.study_name)
 
     def state(self) -> FinalsState:
-        fail_stale_trials(self.study)  # a dead worker's run goes back into the queue
+        recover_stale_trials(self.study, self.storage)  # a dead worker's run goes back into the queue
         waiting: dict[FinalKey, list[FrozenTrial]] = {}
         running: dict[FinalKey, list[FrozenTrial]] = {}
         complete: set[FinalKey] = set()
@@ -176,8 +176,7 @@ class FinalsQueue:
             for frozen in state.waiting.get(key, []):
                 trial_id = self.storage.get_trial_id_from_study_id_trial_number(self._study_id, frozen.number)
                 try:
-                    if self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
-                        self.storage.set_trial_user_attr(trial_id, WORKER_ATTR, worker_label())
+                    if claim_trial(self.storage, trial_id):
                         return key, trial_id
                 except optuna.exceptions.UpdateFinishedTrialError:
                     continue
@@ -188,7 +187,8 @@ class FinalsQueue:
     ) -> dict[str, Any] | None:
         """Run a claimed final (or adopt the results.json a killed worker left); record it."""
         directory = key.cell.final_dir(self.out, key.seed)
-        number = self.storage.get_trial(trial_id).number
+        claimed = self.storage.get_trial(trial_id)
+        number = claimed.number
         with Heartbeat(self.storage, trial_id, self.heartbeat_s):
             try:
                 metrics = read_final(directory)
@@ -201,8 +201,7 @@ class FinalsQueue:
                     if metrics is None:
                         raise RuntimeError(f"the run finished without writing {directory / 'results.json'}")
             except (KeyboardInterrupt, SystemExit):
-                self.study.tell(number, state=TrialState.FAIL)  # interrupted, not broken: queue it again now
-                requeue_stale_trial(self.study, self.study.trials[number])
+                release_trial(self.storage, trial_id)  # interrupted, not broken: queue it again now
                 raise
             except Exception as exc:  # one failed run must not end the protocol
                 error = f"{type(exc).__name__}: {exc}"[:2000]
@@ -215,13 +214,15 @@ class FinalsQueue:
                 return None
         value = metrics.get(self.spec.tune.metric)
         try:
+            if not still_ours(self.storage, trial_id, claimed.datetime_start):
+                raise optuna.exceptions.UpdateFinishedTrialError("put back in the queue meanwhile")
             self.storage.set_trial_user_attr(trial_id, "metrics", {k: v for k, v in metrics.items() if _plain(v)})
             if not (isinstance(value, (int, float)) and math.isfinite(value)):
                 # a run that wrote non-finite numbers is done (its numbers are what they are)
                 self.storage.set_trial_user_attr(trial_id, ERROR_ATTR, f"test {self.spec.tune.metric} is {value!r}")
         except optuna.exceptions.UpdateFinishedTrialError:
-            # Our heartbeats came late and another worker failed the trial as stale; the retry it
-            # queued finds this results.json and adopts it (nothing runs twice).
+            # Our heartbeats came late and another worker put the trial back in the queue; its
+            # retry finds this results.json and adopts it (nothing is counted twice).
             return metrics
         if isinstance(value, (int, float)) and math.isfinite(value):
             self.study.tell(number, float(value), skip_if_finished=True)
@@ -235,7 +236,11 @@ def _plain(value: Any) -> bool:
 
 
 def read_final(directory: Path) -> dict[str, Any] | None:
+    """A final run's metrics, or None when it has none: no results.json, or one that does not
+    parse or holds no metrics (cut short by a kill: never adopted, the run is redone)."""
     path = directory / "results.json"
-    if not path.is_file():
+    try:
+        metrics = json.loads(path.read_text())["metrics"]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return dict(json.loads(path.read_text())["metrics"])
+    return dict(metrics) if isinstance(metrics, dict) else None

@@ -61,11 +61,35 @@ def check_methods_compose(spec: ProtocolSpec, extra: Iterable[str] = ()) -> None
             ) from exc
 
 
+def check_tune_metric(spec: ProtocolSpec) -> None:
+    """`tune.metric` must be a metric the engine reports for a gallery (engine.metrics.GALLERY_METRICS,
+    or `folds_<name>` with coco folds): a typo is one ConfigError with the closest names before any
+    trial, not a whole budget of trials that fail for want of it. A protocol with its own
+    `objective` names its own metrics: not checked."""
+    import difflib
+
+    from finealign.engine.metrics import GALLERY_METRICS
+
+    if spec.objective is not None:
+        return
+    metric = spec.tune.metric
+    known = [*GALLERY_METRICS, *(f"folds_{m}" for m in GALLERY_METRICS)]
+    if metric in known:
+        return
+    close = difflib.get_close_matches(metric, known, n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    raise ConfigError(
+        f"protocol {spec.study!r}: tune.metric {metric!r} is no metric the engine reports; {hint}"
+        f"(known: {', '.join(GALLERY_METRICS)}, and folds_<name> with eval.coco_folds)"
+    )
+
+
 def load_protocol(args: Iterable[str] = ()) -> tuple[ProtocolSpec, tuple[str, ...]]:
     """(validated spec, overrides for every run)."""
     name, own, extra = split_group_overrides(args, "protocol", DEFAULT)
     raw = load_group_file("protocol", name, own)
     spec = ProtocolSpec.from_dict(raw)
+    check_tune_metric(spec)
     varied = {p.name for p in spec.shared} | {p.name for m in spec.methods for p in m.params}
     check_methods_compose(spec, extra)
     for o in extra:

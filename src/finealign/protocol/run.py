@@ -9,6 +9,10 @@ Stopping at any point and running the same command again continues where it stop
 trials and runs are never repeated. Several `finealign bench` processes on one storage and one
 protocol folder split the work (protocol/worker.py).
 
+Every run composes its config from the config tree as it was when the protocol started
+(`OUT/config-snapshot/`, sweeps/snapshot.py): edits to configs/ during a long protocol change
+nothing in it, and resuming with a changed tree is refused unless the changes are adopted.
+
 Test data is never read while tuning: tuning trials run with `eval.split=val`, and the split the
 final runs evaluate is only requested after a method's tuning study is finished.
 """
@@ -31,6 +35,7 @@ from finealign.errors import ConfigError
 from finealign.protocol.cells import Cell, cells, study_name, tuning_cell
 from finealign.protocol.finals import FinalsQueue, open_finals, read_final
 from finealign.protocol.growth import differences, growth_problems
+from finealign.protocol.loader import check_tune_metric
 from finealign.protocol.recipe import (  # noqa: F401  (re-exported: the protocol's public names)
     FINAL_FIXED,
     TUNE_FIXED,
@@ -46,6 +51,7 @@ from finealign.protocol.spec import ProtocolSpec
 from finealign.protocol.worker import BenchWorker, WorkerReport
 from finealign.sweeps.objective import load_objective
 from finealign.sweeps.runner import Objective
+from finealign.sweeps.snapshot import composing_from, freeze_config_tree
 from finealign.sweeps.storage import open_storage, with_available_driver
 
 DEFAULT_ROOT = Path("runs") / "bench"
@@ -181,15 +187,18 @@ def run_protocol(
     progress: bool = True,
     wait: bool = True,
     poll_s: float | None = None,
+    adopt_config_changes: bool = False,
 ) -> list[MethodOutcome]:
     """Work on the protocol until nothing is left: tune, retrain with the shared seeds and test
     each method, then each factor level (a subset with `methods`; `factors`: None = all, [] =
     the bases only); resumable, and any number of calls (processes, machines) may share one
     storage and protocol folder. `extra`: command-line overrides added to every run of every
     method. `wait=False`: return when the rest is held by other workers instead of waiting for
-    them. Returns the bases' outcomes."""
+    them. `adopt_config_changes`: resume although the config tree changed since the protocol
+    started (sweeps/snapshot.py). Returns the bases' outcomes."""
     return run_worker(spec, extra, storage=storage, out_dir=out_dir, objective=objective, methods=methods,
-                      factors=factors, progress=progress, wait=wait, poll_s=poll_s)[0]  # fmt: skip
+                      factors=factors, progress=progress, wait=wait, poll_s=poll_s,
+                      adopt_config_changes=adopt_config_changes)[0]  # fmt: skip
 
 
 def run_worker(
@@ -204,14 +213,18 @@ def run_worker(
     progress: bool = True,
     wait: bool = True,
     poll_s: float | None = None,
+    adopt_config_changes: bool = False,
 ) -> tuple[list[MethodOutcome], WorkerReport]:
     """run_protocol, also returning what this worker did."""
     extra = tuple(extra)
+    if objective is None:
+        check_tune_metric(spec)  # before anything is created or run
     out = Path(out_dir) if out_dir is not None else DEFAULT_ROOT / spec.study
     url = with_available_driver(storage or default_storage(spec.study, out.parent))
     chosen_methods = [spec.method(name).name for name in methods] if methods else None
     chosen_factors = None if factors is None else [spec.factor(name).name for name in factors]
     _check_same_protocol(out, spec, extra)
+    snapshot = freeze_config_tree(out, adopt_changes=adopt_config_changes)
     objective = objective or load_objective(spec.objective, spec.experiment)
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
@@ -223,7 +236,8 @@ def run_worker(
         sampler_for_trial=lambda number: tune_sampler(spec, trial_sampler_seed(spec, number)),
         progress=progress, poll_s=poll_s if poll_s is not None else 1.0,
     )  # fmt: skip
-    report = worker.run(wait=wait)
+    with composing_from(snapshot):
+        report = worker.run(wait=wait)
     return stored_outcomes(spec, rdb, out), report
 
 

@@ -14,6 +14,7 @@ than two shared seeds an interval is reported as unavailable, never as a zero-wi
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,12 @@ KS = (1, 5, 10)
 DIRECTIONS = ("i2t", "t2i")
 # metrics with a paired interval: the headline RSUM and R@1 both ways
 COMPARED = ("rsum", "i2t_r1", "t2i_r1")
+RANK_ARRAYS = ("i2t", "t2i", "caption_item")
+
+
+class RanksError(ShapeError):
+    """A ranks.npz that cannot be what a test evaluation wrote: unreadable, missing an array, not
+    whole numbers, or ranks outside 1..gallery size (a statistic from it would be a made-up one)."""
 
 
 @dataclass(frozen=True)
@@ -39,8 +46,51 @@ class QueryRanks:
 
     @classmethod
     def load(cls, path: str | Path) -> QueryRanks:
-        with np.load(path) as f:
-            return cls(i2t=f["i2t"], t2i=f["t2i"], caption_item=f["caption_item"])
+        """The ranks in `path`, checked (RanksError naming the file and what is impossible)."""
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                missing = [k for k in RANK_ARRAYS if k not in f.files]
+                if missing:
+                    raise RanksError(f"{path} lacks {', '.join(missing)} (a ranks.npz holds {', '.join(RANK_ARRAYS)})")
+                arrays = {k: _whole_numbers(np.asarray(f[k]), k, path) for k in RANK_ARRAYS}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            if isinstance(exc, RanksError):
+                raise
+            raise RanksError(f"{path} is no readable ranks file ({type(exc).__name__}: {exc})") from exc
+        return cls(**arrays).checked(path)
+
+    def checked(self, where: str | Path = "ranks") -> QueryRanks:
+        """Self, when every rank is possible: i2t ranks in 1..captions, t2i ranks in 1..images, one
+        image (0..images-1) per caption; else RanksError."""
+        n_img, n_cap = len(self.i2t), len(self.t2i)
+        if len(self.caption_item) != n_cap:
+            raise RanksError(f"{where}: {n_cap} caption ranks but {len(self.caption_item)} caption images")
+        for name, ranks, top, what in (("i2t", self.i2t, n_cap, "captions"), ("t2i", self.t2i, n_img, "images")):
+            bad = (ranks < 1) | (ranks > top)
+            if bad.any():
+                raise RanksError(
+                    f"{where}: {int(bad.sum())} {name} ranks outside 1..{top} (the gallery has {top} {what}), "
+                    f"e.g. {int(ranks[bad][0])}"
+                )
+        bad = (self.caption_item < 0) | (self.caption_item >= n_img)
+        if bad.any():
+            raise RanksError(
+                f"{where}: caption_item names images outside 0..{n_img - 1}, e.g. {int(self.caption_item[bad][0])}"
+            )
+        return self
+
+
+def _whole_numbers(values: np.ndarray, name: str, path: str | Path) -> np.ndarray:
+    """A 1-D array of whole numbers as int64, or RanksError."""
+    if values.ndim != 1 or values.size == 0:
+        raise RanksError(f"{path}: {name} must be a non-empty 1-D array, got shape {values.shape}")
+    if values.dtype == bool or not np.issubdtype(values.dtype, np.number):
+        raise RanksError(f"{path}: {name} must hold whole numbers, got dtype {values.dtype}")
+    if not np.issubdtype(values.dtype, np.integer):
+        integral = np.isfinite(values) & (values == np.round(values))
+        if not integral.all():
+            raise RanksError(f"{path}: {name} must hold whole numbers, got {values[~integral][0].item()!r}")
+    return values.astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -86,7 +136,7 @@ def _check_same_queries(runs: Sequence[QueryRanks]) -> None:
     first = runs[0]
     for run in runs[1:]:
         if run.i2t.shape != first.i2t.shape or not np.array_equal(run.caption_item, first.caption_item):
-            raise ShapeError(
+            raise RanksError(
                 f"runs were tested on different queries ({len(first.i2t)} images / {len(first.caption_item)} "
                 f"captions vs {len(run.i2t)} / {len(run.caption_item)}): a paired comparison needs one test set"
             )

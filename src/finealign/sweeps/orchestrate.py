@@ -13,6 +13,7 @@ from finealign.sweeps.loader import LoadedSweep, load_sweep
 from finealign.sweeps.objective import load_objective
 from finealign.sweeps.outputs import SweepReport, write_report
 from finealign.sweeps.runner import Objective, SweepWorker, WorkerStats
+from finealign.sweeps.snapshot import composing_from, freeze_config_tree
 from finealign.sweeps.storage import (
     DEFAULT_ROOT,
     check_study_name,
@@ -42,11 +43,14 @@ def run_sweep(
     progress: bool = True,
     worker_id: int = 0,
     write_outputs: bool = True,
+    adopt_config_changes: bool = False,
 ) -> SweepResult:
     """Run trials until the study's budget is used up; several calls may share one storage.
 
     sweep: a LoadedSweep, or command-line style overrides (`["sweep=toy", "data=toy"]`).
     objective: replaces the spec's objective (default: compose + run_experiment).
+    Every trial composes from the config tree as it was when the sweep started (OUT/config-snapshot/,
+    sweeps/snapshot.py); a changed tree is refused unless `adopt_config_changes`.
     """
     loaded = sweep if isinstance(sweep, LoadedSweep) else load_sweep(sweep)
     spec = loaded.spec
@@ -57,13 +61,15 @@ def run_sweep(
     name = check_study_name(study_name or spec.study)
     out = Path(out_dir) if out_dir is not None else DEFAULT_ROOT / name
     url = storage or default_storage_url(name)
+    snapshot = freeze_config_tree(out, adopt_changes=adopt_config_changes, what="this sweep")
     rdb = open_storage(url, spec.heartbeat_s)
     study, _ = open_study(spec, rdb, name, loaded.trial_overrides, worker_id=worker_id)
     worker = SweepWorker(
         study, rdb, spec, objective or load_objective(spec.objective, spec.experiment), loaded.trial_overrides,
         output_root=str(out / "trials"), progress=progress,
     )  # fmt: skip
-    stats = worker.run()
+    with composing_from(snapshot):
+        stats = worker.run()
     report = write_report(study, out) if write_outputs else None
     return SweepResult(study=study, storage_url=url, stats=stats, report=report)
 

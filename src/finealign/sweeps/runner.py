@@ -4,7 +4,9 @@ Several copies of this loop (processes or machines) can share one study through 
 The study's budget is study-wide: a worker stops when the study holds `n_trials` trials that are
 finished or in progress (grid: every queued point is done). A trial that raises is recorded as
 FAIL with user_attr "error" and the loop goes on; a trial pruned from its validation recall is
-PRUNED; only Ctrl-C/SIGTERM stop the loop (the interrupted point is re-queued for the next run).
+PRUNED; only Ctrl-C/SIGTERM stop the loop (the interrupted trial goes back in the queue as it was).
+A trial whose worker died is queued again as the same trial (sweeps/storage.py), so the run that
+replaces it is the run it would have been.
 """
 
 from __future__ import annotations
@@ -19,14 +21,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, fail_stale_trials
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from finealign.engine.provenance import provenance
 from finealign.engine.tracking import tracked_as
 from finealign.sweeps.space import suggest, to_overrides
 from finealign.sweeps.spec import SweepSpec
-from finealign.sweeps.storage import Heartbeat, requeue_stale_trial
+from finealign.sweeps.storage import (  # noqa: F401  (WORKER_ATTR, worker_label: re-exported)
+    WORKER_ATTR,
+    Heartbeat,
+    claim_trial,
+    recover_stale_trials,
+    release_trial,
+    still_ours,
+    worker_label,
+)
 
 #: on_validation(epoch, val_metrics): what the engine calls after each validation
 ValidationHook = Callable[[int, Mapping[str, Any]], None]
@@ -36,14 +46,6 @@ Objective = Callable[[list[str], ValidationHook], Mapping[str, Any]]
 ERROR_ATTR = "error"
 PROVENANCE_ATTR = "provenance"
 METRICS_ATTR = "metrics"
-WORKER_ATTR = "worker"  # host:pid of the process that ran (or runs) the trial
-
-
-def worker_label() -> str:
-    import os
-    import socket
-
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def trial_seed(study_seed: int, trial_number: int, paired: bool = True) -> int:
@@ -111,11 +113,13 @@ class SweepWorker:
         return counts
 
     def _pop_waiting(self) -> optuna.Trial | None:
-        """Claim a queued trial; the storage's WAITING→RUNNING update succeeds for one worker only."""
-        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        """Claim a queued trial, lowest number first (a trial put back after its worker died runs
+        where it would have); the storage's WAITING→RUNNING update succeeds for one worker only."""
+        waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        for frozen in sorted(waiting, key=lambda t: (int(t.user_attrs.get("retry_of", t.number)), t.number)):
             trial_id = self.storage.get_trial_id_from_study_id_trial_number(self._study_id, frozen.number)
             try:
-                if self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                if claim_trial(self.storage, trial_id):
                     if self.sampler_for_trial is not None:  # before Trial(): it draws relative params
                         self.study.sampler = self.sampler_for_trial(
                             int(frozen.user_attrs.get("retry_of", frozen.number))
@@ -128,7 +132,7 @@ class SweepWorker:
     def poll(self) -> optuna.Trial | None:
         """One look, no waiting: a trial claimed for this worker, or None — the budget is used up
         or only other workers' trials are left (`busy()` tells which)."""
-        fail_stale_trials(self.study)
+        recover_stale_trials(self.study, self.storage)
         trial = self._pop_waiting()
         if trial is not None:
             return trial
@@ -161,6 +165,7 @@ class SweepWorker:
     # -- one trial ----------------------------------------------------------------------------
     def run_trial(self, trial: optuna.Trial) -> TrialState:
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self._study_id, trial.number)
+        claimed = self.storage.get_trial(trial_id).datetime_start
         with Heartbeat(self.storage, trial_id, self.spec.heartbeat_s):
             try:
                 trial.set_user_attr(WORKER_ATTR, worker_label())
@@ -176,6 +181,8 @@ class SweepWorker:
                 with tracked_as(name, {"study": self.study.study_name, "trial": trial.number}):
                     metrics = dict(self.objective(overrides, self._validation_hook(trial)))
                 values = objective_values(self.spec, metrics)
+                if not still_ours(self.storage, trial_id, claimed):
+                    raise optuna.exceptions.UpdateFinishedTrialError("put back in the queue meanwhile")
                 trial.set_user_attr(METRICS_ATTR, _jsonable(metrics))
                 for o in self.spec.objectives:  # one attr per objective: optuna-dashboard shows them by name
                     trial.set_user_attr(o.metric, float(metrics[o.metric]))
@@ -184,8 +191,8 @@ class SweepWorker:
                 self.stats.complete += 1
                 return TrialState.COMPLETE
             except optuna.exceptions.UpdateFinishedTrialError:
-                # Our heartbeats came late (a stalled machine or storage): another worker failed
-                # the trial as stale and queued its point again; the retry reports it, not us.
+                # Our heartbeats came late (a stalled machine or storage): another worker put the
+                # trial back in the queue (and maybe claimed it); the retry reports it, not us.
                 return TrialState.FAIL
             except optuna.TrialPruned as exc:
                 trial.set_user_attr("pruned", str(exc) or "pruned")
@@ -193,9 +200,8 @@ class SweepWorker:
                 self.stats.pruned += 1
                 return TrialState.PRUNED
             except (KeyboardInterrupt, SystemExit):
-                # Interrupted, not broken: fail it without an "error" and queue the point again.
-                self.study.tell(trial, state=TrialState.FAIL)
-                requeue_stale_trial(self.study, self.study.trials[trial.number])
+                # Interrupted, not broken: the same trial goes back in the queue as it was.
+                release_trial(self.storage, trial_id)
                 raise
             except Exception as exc:  # any failure of one combination must not end the study
                 trial.set_user_attr(ERROR_ATTR, f"{type(exc).__name__}: {exc}"[:2000])

@@ -1,23 +1,35 @@
 """Where studies live: an SQLite file by default, any Optuna RDB URL (PostgreSQL, MySQL) to share.
 
-Heartbeats make killed workers recoverable: every running trial records a heartbeat every
-`heartbeat_s`; a RUNNING trial silent for 2 × heartbeat_s is failed by whichever worker notices
-first, and `requeue_stale_trial` puts its parameters back in the queue, so the point is re-run
-once (with the same seed) and not lost.
+Heartbeats make killed workers recoverable: a worker claims a queued trial (WAITING → RUNNING),
+records its host:pid and a first heartbeat at once (`claim_trial`), and beats every `heartbeat_s`
+while it runs. A RUNNING trial whose worker is gone — its process on this host no longer exists,
+its heartbeat is older than 2 × heartbeat_s, or it has none and was claimed longer ago than that
+(killed between the claim and the first beat) — is put back in the queue *as the same trial*
+(`recover_stale_trials`: RUNNING → WAITING, keeping its number and fixed params, dropping what
+the dead attempt drew or reported). The next claimant runs exactly what the first attempt would
+have: the same trial number (so the same seeded sampler and the same history before it — TPE
+orders its observations by trial number) and the same seed, so a protocol resumed after SIGKILL
+gives the numbers of an uninterrupted run. Ctrl-C puts the current trial back the same way
+(`release_trial`). A point whose worker died MAX_ATTEMPTS times stays FAIL (it probably kills its
+worker: the OOM-killer), and the study records why (`failure_attr`).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import re
+import socket
 import threading
 import time
 import warnings
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import optuna
 from optuna.storages import RDBStorage
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from finealign.errors import ConfigError
 
@@ -27,6 +39,8 @@ MAX_ATTEMPTS = 3
 #: user attributes that name what a queued trial is (a grid point, a protocol's final run); its
 #: retry keeps them
 REQUEUE_KEEPS = ("grid_key", "final", "run")
+WORKER_ATTR = "worker"  # host:pid of the process that runs (or ran) the trial
+ATTEMPT_ATTR = "attempt"  # 1 + how many workers died running it
 
 
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -72,6 +86,165 @@ def requeue_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         **{key: trial.user_attrs[key] for key in REQUEUE_KEEPS if key in trial.user_attrs},
     }
     study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+
+
+def worker_label() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim_trial(storage: RDBStorage, trial_id: int) -> bool:
+    """WAITING → RUNNING for this worker, with its host:pid and a first heartbeat, in one
+    transaction (the storage lets one worker do it): a worker killed at any moment after its claim
+    leaves a trial that names it and beats no more, so it is noticed."""
+    from optuna.storages._rdb import models  # noqa: PLC0415  (Optuna's tables; stable since v3)
+    from sqlalchemy import exc, func  # noqa: PLC0415
+
+    session = storage.scoped_session()
+    try:
+        trial = (
+            session.query(models.TrialModel)
+            .filter(models.TrialModel.trial_id == trial_id)
+            .with_for_update()
+            .one_or_none()
+        )
+        if trial is None or trial.state != TrialState.WAITING:
+            session.rollback()
+            return False
+        trial.state, trial.datetime_start = TrialState.RUNNING, datetime.now()
+        label = json.dumps(worker_label())
+        attr = models.TrialUserAttributeModel.find_by_trial_and_key(trial, WORKER_ATTR, session)
+        if attr is None:
+            session.add(models.TrialUserAttributeModel(trial_id=trial_id, key=WORKER_ATTR, value_json=label))
+        else:
+            attr.value_json = label
+        now = session.execute(func.now()).scalar_one()
+        beat = session.query(models.TrialHeartbeatModel).filter(models.TrialHeartbeatModel.trial_id == trial_id)
+        if beat.one_or_none() is None:
+            session.add(models.TrialHeartbeatModel(trial_id=trial_id, heartbeat=now))
+        else:
+            beat.update({models.TrialHeartbeatModel.heartbeat: now}, synchronize_session=False)
+        session.commit()
+        return True
+    except exc.IntegrityError:
+        session.rollback()
+        return False
+    except Exception:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def still_ours(storage: RDBStorage, trial_id: int, started: datetime | None) -> bool:
+    """True while the trial is RUNNING under the claim that started at `started`: a worker whose
+    heartbeats came late (a stalled machine) may have seen its trial put back and claimed again
+    by another; the other one reports it then."""
+    trial = storage.get_trial(trial_id)
+    return trial.state == TrialState.RUNNING and trial.datetime_start == started
+
+
+def _dead_here(worker: object) -> bool:
+    """True when `worker` (host:pid) names a process of this host that no longer exists."""
+    host, _, pid = str(worker).rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # another user's process
+    return False
+
+
+def _stale_ids(study: optuna.Study, storage: RDBStorage) -> list[int]:
+    """RUNNING trials whose worker is gone: dead on this host, silent past the grace, or never
+    beating and claimed longer ago than the grace."""
+    from optuna.storages._rdb import models  # noqa: PLC0415  (Optuna's tables; stable since v3)
+
+    study_id = storage.get_study_id_from_name(study.study_name)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return []
+    interval = storage.heartbeat_interval or 60
+    grace = timedelta(seconds=storage.grace_period or 2 * interval)
+    silent = set(storage._get_stale_trial_ids(study_id)) if storage.heartbeat_interval else set()
+    ids = {storage.get_trial_id_from_study_id_trial_number(study_id, t.number): t for t in running}
+    session = storage.scoped_session()
+    try:
+        beating = {
+            row[0]
+            for row in session.query(models.TrialHeartbeatModel.trial_id).filter(
+                models.TrialHeartbeatModel.trial_id.in_(list(ids))
+            )
+        }
+    finally:
+        session.close()
+    now = datetime.now()
+    return [
+        trial_id
+        for trial_id, t in ids.items()
+        if trial_id in silent
+        or _dead_here(t.user_attrs.get(WORKER_ATTR))
+        or (trial_id not in beating and t.datetime_start is not None and now - t.datetime_start > grace)
+    ]
+
+
+def recover_stale_trials(study: optuna.Study, storage: RDBStorage) -> list[int]:
+    """Queue again, as the same trials, the RUNNING trials whose worker is gone (numbers of the
+    trials put back). A point whose worker died MAX_ATTEMPTS times is FAIL instead, with the reason
+    in the study's user attributes."""
+    back = []
+    for trial_id in _stale_ids(study, storage):
+        frozen = storage.get_trial(trial_id)
+        attempt = int(frozen.user_attrs.get(ATTEMPT_ATTR, 1))
+        if attempt >= MAX_ATTEMPTS:
+            try:
+                if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                    requeue_stale_trial(study, storage.get_trial(trial_id))  # records why; no retry
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
+            continue
+        if _back_to_queue(storage, trial_id, frozen.datetime_start):
+            storage.set_trial_user_attr(trial_id, ATTEMPT_ATTR, attempt + 1)
+            back.append(frozen.number)
+    return back
+
+
+def release_trial(storage: RDBStorage, trial_id: int) -> bool:
+    """Put this worker's RUNNING trial back in the queue as it was (Ctrl-C: interrupted, not
+    broken; the attempt count is unchanged)."""
+    return _back_to_queue(storage, trial_id, storage.get_trial(trial_id).datetime_start)
+
+
+def _back_to_queue(storage: RDBStorage, trial_id: int, started: datetime | None) -> bool:
+    """RUNNING → WAITING in one transaction, only if nobody claimed the trial since `started`
+    (each claim sets a new start time); the dead attempt's heartbeat, drawn params and reported
+    values go (a queued trial's fixed params are system attributes: they stay)."""
+    from optuna.storages._rdb import models  # noqa: PLC0415
+
+    session = storage.scoped_session()
+    try:
+        trial = (
+            session.query(models.TrialModel)
+            .filter(models.TrialModel.trial_id == trial_id)
+            .with_for_update()
+            .one_or_none()
+        )
+        if trial is None or trial.state != TrialState.RUNNING or trial.datetime_start != started:
+            session.rollback()
+            return False
+        trial.state = TrialState.WAITING
+        trial.datetime_start = None
+        for model in (models.TrialHeartbeatModel, models.TrialParamModel, models.TrialIntermediateValueModel):
+            session.query(model).filter(model.trial_id == trial_id).delete(synchronize_session=False)
+        session.commit()
+        return True
+    except Exception:
+        session.rollback()
+        raise
+    finally:
+        session.close()
 
 
 def open_storage(url: str, heartbeat_s: int) -> RDBStorage:
