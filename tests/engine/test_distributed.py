@@ -295,7 +295,7 @@ def test_sharded_evaluation_gives_the_metrics_of_one_process(two_ranks, case):
     for result in results:
         sharded = result["eval"][case]
         for key, value in single.items():
-            if key != "score_latency_ms":
+            if key not in ("score_latency_ms", "score_prepare_ms"):  # timings of this run
                 assert sharded[key] == value, key
 
 
