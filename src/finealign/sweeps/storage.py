@@ -101,12 +101,7 @@ def claim_trial(storage: RDBStorage, trial_id: int) -> bool:
 
     session = storage.scoped_session()
     try:
-        trial = (
-            session.query(models.TrialModel)
-            .filter(models.TrialModel.trial_id == trial_id)
-            .with_for_update()
-            .one_or_none()
-        )
+        trial = _locked_trial(session, trial_id)
         if trial is None or trial.state != TrialState.WAITING:
             session.rollback()
             return False
@@ -217,6 +212,15 @@ def release_trial(storage: RDBStorage, trial_id: int) -> bool:
     return _back_to_queue(storage, trial_id, storage.get_trial(trial_id).datetime_start)
 
 
+def _locked_trial(session, trial_id: int):
+    """The trial's row, locked for this transaction (None when there is none)."""
+    from optuna.storages._rdb import models  # noqa: PLC0415  (Optuna's tables; stable since v3)
+
+    return (
+        session.query(models.TrialModel).filter(models.TrialModel.trial_id == trial_id).with_for_update().one_or_none()
+    )
+
+
 def _back_to_queue(storage: RDBStorage, trial_id: int, started: datetime | None) -> bool:
     """RUNNING → WAITING in one transaction, only if nobody claimed the trial since `started`
     (each claim sets a new start time); the dead attempt's heartbeat, drawn params and reported
@@ -225,12 +229,7 @@ def _back_to_queue(storage: RDBStorage, trial_id: int, started: datetime | None)
 
     session = storage.scoped_session()
     try:
-        trial = (
-            session.query(models.TrialModel)
-            .filter(models.TrialModel.trial_id == trial_id)
-            .with_for_update()
-            .one_or_none()
-        )
+        trial = _locked_trial(session, trial_id)
         if trial is None or trial.state != TrialState.RUNNING or trial.datetime_start != started:
             session.rollback()
             return False
