@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, cast
 
-from finealign.cli.hydra_flags import add_hydra_flags, jobs, print_info, run_dirs
+from finealign.cli.hydra_flags import add_hydra_flags, dirs_node, jobs, print_cfg, print_info, run_dirs
 from finealign.errors import ConfigError
 
 CONFIG_NAME = "cache"
@@ -89,7 +89,6 @@ def build(settings) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
 
     if args.info:
         print_info(CONFIG_NAME)
@@ -101,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     for job_overrides, _ in planned:
         cfg, settings = read_settings(job_overrides)
         if args.cfg:
-            print(OmegaConf.to_yaml(cfg, resolve=args.resolve), end="")
+            print_cfg(args.cfg, cfg, dirs_node(None, sweep_dir), resolve=args.resolve)
             continue
         if args.verify:
             return verify(settings.cache_dir)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from finealign.cli.hydra_flags import add_hydra_flags, jobs, print_info, run_dirs
+from finealign.cli.hydra_flags import add_hydra_flags, dirs_node, jobs, print_cfg, print_info, run_dirs
 from finealign.errors import ConfigError
 
 
@@ -44,7 +44,9 @@ def _config(ckpt: str | None, overrides: list[str]):
     return compose("config", overrides)
 
 
-def _evaluate_one(job_overrides: list[str], output_dir: str | None, args: argparse.Namespace) -> dict:
+def _evaluate_one(
+    job_overrides: list[str], output_dir: str | None, args: argparse.Namespace, sweep_dir: str | None = None
+) -> dict:
     ckpts = [o.partition("=")[2] for o in job_overrides if o.startswith("ckpt=")]
     if len(ckpts) > 1 or (ckpts and not ckpts[0]):
         raise ConfigError(
@@ -53,9 +55,7 @@ def _evaluate_one(job_overrides: list[str], output_dir: str | None, args: argpar
     overrides = [o for o in job_overrides if not o.startswith("ckpt=")]
     ckpt = ckpts[0] if ckpts else None
     if args.cfg:
-        from omegaconf import OmegaConf
-
-        print(OmegaConf.to_yaml(_config(ckpt, overrides), resolve=args.resolve), end="")
+        print_cfg(args.cfg, _config(ckpt, overrides), dirs_node(output_dir, sweep_dir), resolve=args.resolve)
         return {}
     from finealign.engine.experiment import evaluate_checkpoint, evaluate_untrained
 
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     for job_overrides, out in planned:
         if len(planned) > 1 and not args.cfg:
             print(f"[job] {' '.join(job_overrides)}")
-        metrics = _evaluate_one(job_overrides, out, args)
+        metrics = _evaluate_one(job_overrides, out, args, sweep_dir)
         if args.cfg:
             continue
         if args.json:

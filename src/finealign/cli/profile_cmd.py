@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, cast
 
-from finealign.cli.hydra_flags import add_hydra_flags, jobs, print_info, run_dirs
+from finealign.cli.hydra_flags import add_hydra_flags, dirs_node, jobs, print_cfg, print_info, run_dirs
 from finealign.errors import ConfigError
 
 CONFIG_NAME = "profile"
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             container[name] = {k: v for k, v in container[name].items() if not OmegaConf.is_interpolation(cfg[name], k)}
         profile = read_profile_config(container, node_names)
         if args.cfg:
-            print(OmegaConf.to_yaml(cfg, resolve=args.resolve), end="")
+            print_cfg(args.cfg, cfg, dirs_node(out_dir, sweep_dir), resolve=args.resolve)
             continue
         if len(planned) > 1:
             print(f"[job] {' '.join(job_overrides)}")
