@@ -130,15 +130,28 @@ def jobs(
     return [(list(combo), str(root / str(i))) for i, combo in enumerate(combos)]
 
 
-def write_multirun_record(sweep_dir: Path, cfg: DictConfig, hydra: DictConfig, overrides: list[str]) -> None:
-    """`<sweep dir>/multirun.yaml` as Hydra's multirun leaves it: the first job's config with the
-    `hydra:` node of the sweep (mode MULTIRUN, the sweep dir, the overrides as typed, comma lists
-    included)."""
+def write_multirun_record(
+    planned: list[tuple[list[str], str | None]],
+    cfg: DictConfig,
+    hydra: DictConfig | None,
+    overrides: list[str],
+    job: str,
+) -> None:
+    """`<sweep dir>/multirun.yaml` as Hydra's multirun leaves it, for the jobs of `jobs(..., multirun=True)`:
+    the first job's config `cfg` with the `hydra:` node of the sweep (its composition's node, or
+    what is known without one: mode MULTIRUN, the sweep dir, the job name, the overrides as typed,
+    comma lists included). Every `-m` command (train, eval, profile, cache) writes it before its
+    first job runs."""
     from omegaconf import OmegaConf, open_dict
 
-    node = hydra.copy()
+    first = planned[0][1]
+    if first is None:
+        raise ValueError("write_multirun_record takes the jobs of a multirun (each has a numbered directory)")
+    sweep_dir = Path(first).parent
+    node = OmegaConf.create({}) if hydra is None else hydra.copy()
     with open_dict(node):
-        node.merge_with({"mode": "MULTIRUN", "sweep": {"dir": str(sweep_dir)}, "overrides": {"task": overrides}})
+        node.merge_with({"mode": "MULTIRUN", "sweep": {"dir": str(sweep_dir)}, "overrides": {"task": overrides},
+                         "job": {"name": job}})  # fmt: skip
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "multirun.yaml").write_text(OmegaConf.to_yaml({"hydra": node, **OmegaConf.to_container(cfg)}))  # type: ignore[dict-item]
 

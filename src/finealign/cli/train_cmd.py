@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 
 from finealign.cli.hydra_flags import (
     add_hydra_flags,
@@ -62,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         from finealign.engine.experiment import run_experiment
 
-        if args.multirun and number == 0 and out and int(os.environ.get("RANK", "0") or 0) == 0:
-            write_multirun_record(Path(out).parent, cfg, hydra, overrides)
+        if args.multirun and number == 0 and int(os.environ.get("RANK", "0") or 0) == 0:
+            write_multirun_record(planned, cfg, hydra, overrides, "train")
         if len(planned) > 1:
             print(f"[job] {' '.join(job_overrides)}")
         result = run_experiment(cfg, overrides=job_overrides, hydra=hydra)
