@@ -73,6 +73,8 @@ def test_eval_multirun_and_run_dir(tmp_path, monkeypatch, capsys):
         assert (run / "results.json").is_file()
         assert yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["aligner"]["name"] == aligner
         assert f"ckpt={ckpt}" in yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+    record = yaml.safe_load((tmp_path / "evals" / "multirun.yaml").read_text())  # the checkpoint's config
+    assert record["hydra"]["job"]["name"] == "eval" and record["aligner"]["name"] == "global"
     assert cli_main(["eval", f"ckpt={ckpt}", "eval.progress=false", "hydra.run.dir=one"]) == 0
     assert (tmp_path / "one" / "results.json").is_file()
 
@@ -86,6 +88,9 @@ def test_profile_and_cache_take_hydra_flags(tmp_path, monkeypatch, capsys):
             "trace=false", "flops=false", "progress=false"]  # fmt: skip
     assert cli_main(["profile", "-m", "dtype=fp32,fp64", *args, "hydra.sweep.dir=prof"]) == 0
     assert all((tmp_path / "prof" / str(i) / "profile.csv").is_file() for i in (0, 1))
+    record = yaml.safe_load((tmp_path / "prof" / "multirun.yaml").read_text())  # as train -m leaves it
+    assert record["hydra"]["mode"] == "MULTIRUN" and record["hydra"]["job"]["name"] == "profile"
+    assert "dtype=fp32,fp64" in record["hydra"]["overrides"]["task"] and record["dtype"] == "fp32"
     assert cli_main(["profile", *args, "hydra.run.dir=one"]) == 0
     assert (tmp_path / "one" / "profile.csv").is_file()
     capsys.readouterr()

@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from finealign.config import compose, validate
+from finealign.config import EvalConfig, compose, validate
 from finealign.engine.batching import epoch_loader
 from finealign.engine.checkpoint import load_checkpoint
 from finealign.engine.distributed import (
@@ -116,8 +116,10 @@ def sharded_eval(aligner: str, max_items: int, world: World) -> dict[str, float]
     seed_everything(spec.seed)
     dataset = create_dataset(spec.data[0], **spec.data[1])
     model = build_model(spec, dataset.split("train").meta)
-    return evaluate(model, dataset.split("test"), device=torch.device("cpu"), batch_size=5, chunk_items=3,
-                    max_items=max_items, measure_memory=False, world=world)  # fmt: skip
+    options = EvalConfig(batch_size=5, chunk_items=3, max_items=max_items, progress=False)
+    return evaluate(
+        model, dataset.split("test"), options, device=torch.device("cpu"), measure_memory=False, world=world
+    )
 
 
 # -- the workers (one per rank, started like torchrun starts them) -----------------------------

@@ -11,16 +11,20 @@ the same command again after a stop. Workers: start it N times (processes, machi
     finealign bench --factors none                    # the bases only; --factors head,loss: those cells
     finealign bench --storage postgresql://... --out /shared/bench   # one of N workers
     finealign bench --adopt-config-changes            # resume although configs/ was edited meanwhile
+    finealign bench --cfg job protocol=toy            # each method's base-run config; runs nothing
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from finealign.cli.hydra_flags import add_cfg_flags, print_cfg
 
 if TYPE_CHECKING:
     from finealign.protocol.outputs import ProtocolReport
+    from finealign.protocol.spec import ProtocolSpec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "OUT/config-snapshot/ taken then; without this flag a changed tree is refused, naming the files)",
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or per-run lines")
+    add_cfg_flags(parser, "each method's base-run config, under the method's name")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
     methods = _names(args.methods)
     factors = None if args.factors is None else [] if args.factors.strip() == "none" else _names(args.factors)
     out = args.out or DEFAULT_ROOT / spec.study
+    if args.cfg:
+        show_configs(args.cfg, spec, extra, out, methods, resolve=args.resolve)
+        return 0
     storage = args.storage or default_storage(spec.study, out.parent)
     _, did = run_worker(spec, extra, storage=storage, out_dir=out, methods=methods, factors=factors,
                         progress=not args.no_progress, wait=not args.no_wait,
@@ -69,6 +77,35 @@ def run(args: argparse.Namespace) -> int:
     print(f"this worker: {did.tuning_trials} tuning trials, {did.finals} final runs, waited {did.waited_s:.0f} s"
           + (f"; held by other workers: {', '.join(did.held_by_others)}" if did.held_by_others else ""))  # fmt: skip
     return 0
+
+
+def show_configs(
+    show: str, spec: ProtocolSpec, extra: tuple[str, ...], out: Path, methods: list[str] | None, *, resolve: bool
+) -> None:
+    """`bench --cfg`: each method's base run as its tuning trials compose it (the protocol's, the
+    command line's and the method's overrides, on the validation split), under the method's name;
+    the keys the protocol tunes show their config defaults and are named in a comment. Hydra's node
+    is the first method's, with the protocol folder as the sweep directory."""
+    from omegaconf import OmegaConf, open_dict
+
+    from finealign.config import compose_with_hydra
+    from finealign.protocol.recipe import tune_overrides
+
+    job: dict[str, Any] = {}
+    hydra = None
+    for method in [spec.method(name) for name in methods] if methods else spec.methods:
+        cfg, node = compose_with_hydra(spec.experiment, tune_overrides(spec, method, extra))
+        job[method.name] = OmegaConf.to_container(cfg, resolve=resolve)  # resolved alone: ${...} are absolute
+        hydra = hydra or node
+    assert hydra is not None  # a protocol has at least one method
+    with open_dict(hydra):
+        hydra.merge_with({"mode": "MULTIRUN", "sweep": {"dir": str(out)}})
+    if show in ("job", "all"):
+        tuned = ", ".join(p.name for p in spec.shared) or "nothing"
+        own = "; ".join(f"{m.name}: {', '.join(p.name for p in m.params)}" for m in spec.methods if m.params)
+        print(f"# protocol {spec.study!r}: each method's base run as its tuning trials compose it; tuned (shown at "
+              f"their defaults): {tuned}{f'; {own}' if own else ''}")  # fmt: skip
+    print_cfg(show, job, hydra, resolve=resolve)
 
 
 def _names(text: str | None) -> list[str] | None:

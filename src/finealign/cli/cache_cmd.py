@@ -13,7 +13,15 @@ from __future__ import annotations
 import argparse
 from typing import Any, cast
 
-from finealign.cli.hydra_flags import add_hydra_flags, jobs, print_info, run_dirs
+from finealign.cli.hydra_flags import (
+    add_hydra_flags,
+    dirs_node,
+    jobs,
+    print_cfg,
+    print_info,
+    run_dirs,
+    write_multirun_record,
+)
 from finealign.errors import ConfigError
 
 CONFIG_NAME = "cache"
@@ -33,16 +41,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_settings(overrides: list[str]):
-    """The composed cache config as CacheBuildSettings (ConfigError on a bad key or value)."""
+    """(the composed cache config, Hydra's node of it, the config as CacheBuildSettings); ConfigError
+    on a bad key or value."""
     from omegaconf import OmegaConf
 
     from finealign.cache.settings import CacheBuildSettings
-    from finealign.config import compose
+    from finealign.config import compose_with_hydra
     from finealign.registry import build_config
 
-    cfg = compose(CONFIG_NAME, overrides)
-    return cfg, build_config(
-        CacheBuildSettings, cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True)), "cache config"
+    cfg, hydra = compose_with_hydra(CONFIG_NAME, overrides)
+    return (
+        cfg,
+        hydra,
+        build_config(
+            CacheBuildSettings, cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True)), "cache config"
+        ),
     )
 
 
@@ -89,7 +102,6 @@ def build(settings) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
 
     if args.info:
         print_info(CONFIG_NAME)
@@ -98,13 +110,15 @@ def run(args: argparse.Namespace) -> int:
     if run_dir:
         raise ConfigError("finealign cache writes entries to cache_dir (content-addressed), not to hydra.run.dir")
     planned = jobs(overrides, args.multirun, sweep_dir)
-    for job_overrides, _ in planned:
-        cfg, settings = read_settings(job_overrides)
+    for number, (job_overrides, _) in enumerate(planned):
+        cfg, hydra, settings = read_settings(job_overrides)
         if args.cfg:
-            print(OmegaConf.to_yaml(cfg, resolve=args.resolve), end="")
+            print_cfg(args.cfg, cfg, dirs_node(None, sweep_dir), resolve=args.resolve)
             continue
         if args.verify:
             return verify(settings.cache_dir)
+        if args.multirun and number == 0:  # the jobs write cache entries; the sweep dir holds the record
+            write_multirun_record(planned, cfg, hydra, overrides, "cache")
         if len(planned) > 1:
             print(f"[job] {' '.join(job_overrides)}")
         entries = build(settings)

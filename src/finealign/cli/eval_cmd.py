@@ -12,9 +12,21 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
-from finealign.cli.hydra_flags import add_hydra_flags, jobs, print_info, run_dirs
+from finealign.cli.hydra_flags import (
+    add_hydra_flags,
+    dirs_node,
+    jobs,
+    print_cfg,
+    print_info,
+    run_dirs,
+    write_multirun_record,
+)
 from finealign.errors import ConfigError
+
+if TYPE_CHECKING:  # omegaconf is imported where used: `finealign --help` stays quick
+    from omegaconf import DictConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,29 +45,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_hydra_flags(parser)
 
 
-def _config(ckpt: str | None, overrides: list[str]):
-    """The config that would be evaluated: a checkpoint's own with `overrides`, or a composed one."""
+def _config(ckpt: str | None, overrides: list[str]) -> tuple[DictConfig, DictConfig | None]:
+    """(the config that would be evaluated: a checkpoint's own with `overrides`, or a composed one;
+    Hydra's node of the composition, None for a checkpoint's)."""
     if ckpt:
         from finealign.engine.experiment import checkpoint_config
 
-        return checkpoint_config(ckpt, overrides)[2]
-    from finealign.config import compose
+        return checkpoint_config(ckpt, overrides)[2], None
+    from finealign.config import compose_with_hydra
 
-    return compose("config", overrides)
+    return compose_with_hydra("config", overrides)
 
 
-def _evaluate_one(job_overrides: list[str], output_dir: str | None, args: argparse.Namespace) -> dict:
+def _split_ckpt(job_overrides: list[str]) -> tuple[str | None, list[str]]:
+    """(ckpt=PATH or None, the other overrides)."""
     ckpts = [o.partition("=")[2] for o in job_overrides if o.startswith("ckpt=")]
     if len(ckpts) > 1 or (ckpts and not ckpts[0]):
         raise ConfigError(
             "finealign eval takes one ckpt=PATH (a model.pt or checkpoints/last.pt), or none for zero-shot"
         )
-    overrides = [o for o in job_overrides if not o.startswith("ckpt=")]
-    ckpt = ckpts[0] if ckpts else None
-    if args.cfg:
-        from omegaconf import OmegaConf
+    return (ckpts[0] if ckpts else None), [o for o in job_overrides if not o.startswith("ckpt=")]
 
-        print(OmegaConf.to_yaml(_config(ckpt, overrides), resolve=args.resolve), end="")
+
+def _evaluate_one(
+    job_overrides: list[str], output_dir: str | None, args: argparse.Namespace, sweep_dir: str | None = None
+) -> dict:
+    ckpt, overrides = _split_ckpt(job_overrides)
+    if args.cfg:
+        print_cfg(args.cfg, _config(ckpt, overrides)[0], dirs_node(output_dir, sweep_dir), resolve=args.resolve)
         return {}
     from finealign.engine.experiment import evaluate_checkpoint, evaluate_untrained
 
@@ -73,10 +90,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     overrides, run_dir, sweep_dir = run_dirs(list(args.overrides))
     planned = jobs(overrides, args.multirun, sweep_dir, run_dir or args.output_dir)
+    if args.multirun and not args.cfg:
+        cfg, hydra = _config(*_split_ckpt(planned[0][0]))
+        write_multirun_record(planned, cfg, hydra, overrides, "eval")
     for job_overrides, out in planned:
         if len(planned) > 1 and not args.cfg:
             print(f"[job] {' '.join(job_overrides)}")
-        metrics = _evaluate_one(job_overrides, out, args)
+        metrics = _evaluate_one(job_overrides, out, args, sweep_dir)
         if args.cfg:
             continue
         if args.json:

@@ -1,10 +1,11 @@
 """`finealign explain ckpt=PATH image=I [caption=J] [aligners=a,b,...] [--out FILE.png]
-[--keep-special-tokens] [overrides]`: a picture of which word goes to which region under several
+[--keep-special-tokens] [--cfg job|hydra|all [--resolve]] [overrides]`: a picture of which word goes to which region under several
 aligners, for one test pair, written into the run's folder (`<run>/explain/imageI_captionJ.png`)
 unless `--out` (or `out=`) names the file.
 
     finealign explain ckpt=runs/.../model.pt image=3
     finealign explain ckpt=runs/.../model.pt image=3 caption=17 aligners=tokenflow,hard,mean_max,cross_attention
+    finealign explain --cfg job ckpt=runs/.../model.pt eval.split=val   # the config it would use; draws nothing
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import os
 from pathlib import Path
 
+from finealign.cli.hydra_flags import add_cfg_flags, dirs_node, print_cfg
 from finealign.errors import ConfigError
 
 OWN = ("ckpt", "image", "caption", "aligners", "out")
@@ -30,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to draw (default: <run>/explain/image<I>_caption<J>.png beside the checkpoint)")  # fmt: skip
     parser.add_argument("--keep-special-tokens", action="store_true",
                         help="also draw [CLS]/[SEP] (scored by the aligners either way; not drawn by default)")  # fmt: skip
+    add_cfg_flags(parser, "the checkpoint's config with the overrides applied")
 
 
 def check_picture_path(path: Path) -> None:
@@ -55,6 +58,16 @@ def run(args: argparse.Namespace) -> int:
         if key.lstrip("+~").startswith("hydra."):
             raise ConfigError(f"{key}: explain writes one picture (out=FILE.png); Hydra's settings do nothing here")
         (own.__setitem__(key, value) if key in OWN else rest.append(item))
+    show = getattr(args, "cfg", None)
+    if show and "ckpt" in own:  # what would be explained, and where its picture goes; nothing is loaded or drawn
+        from finealign.engine.experiment import checkpoint_config
+        from finealign.engine.explain import run_folder
+
+        picture = getattr(args, "out", None) or own.get("out")
+        folder = Path(picture).parent if picture else run_folder(own["ckpt"]) / "explain"
+        cfg = checkpoint_config(own["ckpt"], rest)[2]
+        print_cfg(show, cfg, dirs_node(str(folder)), resolve=bool(getattr(args, "resolve", False)))
+        return 0
     if "ckpt" not in own or "image" not in own:
         raise ConfigError("finealign explain needs ckpt=PATH and image=INDEX (a test image)")
     try:

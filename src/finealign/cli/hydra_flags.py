@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from finealign.errors import ConfigError
 
@@ -21,15 +21,40 @@ if TYPE_CHECKING:  # omegaconf is imported where used: `finealign --help` stays 
     from omegaconf import DictConfig
 
 
-def add_hydra_flags(parser: argparse.ArgumentParser) -> None:
+SWEEP_DIR_SHOWN = "multirun/<date>/<time>"  # what --cfg hydra shows for a sweep dir not given
+
+
+def add_cfg_flags(parser: argparse.ArgumentParser, job: str = "the composed config") -> None:
+    """`--cfg job|hydra|all` and `--resolve` (every command that composes a config has them)."""
     parser.add_argument(
         "--cfg",
         "-c",
         choices=("job", "hydra", "all"),
         default=None,
-        help="print the composed config (job; hydra: the run/sweep directories; all: both) and exit",
+        help=f"print {job} (job; hydra: Hydra's node with the run/sweep directories; all: both) and exit",
     )
     parser.add_argument("--resolve", action="store_true", help="with --cfg: resolve interpolations")
+
+
+def print_cfg(show: str, cfg: Any, hydra: Any = None, *, resolve: bool = False) -> None:
+    """What `--cfg show` prints: the job's config (job), Hydra's node under `hydra:` (hydra), or
+    both (all). `cfg` and `hydra` are DictConfigs or plain dicts; `resolve` applies to the job's
+    config (Hydra's node refers to runtime values it does not have outside a run)."""
+    from omegaconf import OmegaConf
+
+    if show in ("job", "all"):
+        print(OmegaConf.to_yaml(cfg, resolve=resolve), end="")
+    if show in ("hydra", "all"):
+        print(OmegaConf.to_yaml({"hydra": hydra if hydra is not None else {}}), end="")
+
+
+def dirs_node(run_dir: str | None, sweep_dir: str | None = None) -> dict[str, Any]:
+    """The run and sweep directories as Hydra's node holds them (what `--cfg hydra` shows)."""
+    return {"run": {"dir": run_dir}, "sweep": {"dir": sweep_dir or SWEEP_DIR_SHOWN}}
+
+
+def add_hydra_flags(parser: argparse.ArgumentParser) -> None:
+    add_cfg_flags(parser)
     parser.add_argument("--info", action="store_true", help="print config search path, groups and their options")
     parser.add_argument(
         "--config-dir",
@@ -105,15 +130,28 @@ def jobs(
     return [(list(combo), str(root / str(i))) for i, combo in enumerate(combos)]
 
 
-def write_multirun_record(sweep_dir: Path, cfg: DictConfig, hydra: DictConfig, overrides: list[str]) -> None:
-    """`<sweep dir>/multirun.yaml` as Hydra's multirun leaves it: the first job's config with the
-    `hydra:` node of the sweep (mode MULTIRUN, the sweep dir, the overrides as typed, comma lists
-    included)."""
+def write_multirun_record(
+    planned: list[tuple[list[str], str | None]],
+    cfg: DictConfig,
+    hydra: DictConfig | None,
+    overrides: list[str],
+    job: str,
+) -> None:
+    """`<sweep dir>/multirun.yaml` as Hydra's multirun leaves it, for the jobs of `jobs(..., multirun=True)`:
+    the first job's config `cfg` with the `hydra:` node of the sweep (its composition's node, or
+    what is known without one: mode MULTIRUN, the sweep dir, the job name, the overrides as typed,
+    comma lists included). Every `-m` command (train, eval, profile, cache) writes it before its
+    first job runs."""
     from omegaconf import OmegaConf, open_dict
 
-    node = hydra.copy()
+    first = planned[0][1]
+    if first is None:
+        raise ValueError("write_multirun_record takes the jobs of a multirun (each has a numbered directory)")
+    sweep_dir = Path(first).parent
+    node = OmegaConf.create({}) if hydra is None else hydra.copy()
     with open_dict(node):
-        node.merge_with({"mode": "MULTIRUN", "sweep": {"dir": str(sweep_dir)}, "overrides": {"task": overrides}})
+        node.merge_with({"mode": "MULTIRUN", "sweep": {"dir": str(sweep_dir)}, "overrides": {"task": overrides},
+                         "job": {"name": job}})  # fmt: skip
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "multirun.yaml").write_text(OmegaConf.to_yaml({"hydra": node, **OmegaConf.to_container(cfg)}))  # type: ignore[dict-item]
 

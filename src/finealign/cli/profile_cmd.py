@@ -15,7 +15,15 @@ from __future__ import annotations
 import argparse
 from typing import Any, cast
 
-from finealign.cli.hydra_flags import add_hydra_flags, jobs, print_info, run_dirs
+from finealign.cli.hydra_flags import (
+    add_hydra_flags,
+    dirs_node,
+    jobs,
+    print_cfg,
+    print_info,
+    run_dirs,
+    write_multirun_record,
+)
 from finealign.errors import ConfigError
 
 CONFIG_NAME = "profile"
@@ -40,7 +48,7 @@ def aligner_node_overrides() -> tuple[list[str], set[str]]:
 def run(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    from finealign.config import compose
+    from finealign.config import compose_with_hydra
     from finealign.profiling.pipeline import render, run_profile
     from finealign.profiling.run_config import read_profile_config
 
@@ -54,16 +62,18 @@ def run(args: argparse.Namespace) -> int:
     planned = jobs(overrides, args.multirun, sweep_dir, run_dir)
     nodes, node_names = aligner_node_overrides()
     failed = False
-    for job_overrides, out_dir in planned:
-        cfg = compose(CONFIG_NAME, [*nodes, *job_overrides])
+    for number, (job_overrides, out_dir) in enumerate(planned):
+        cfg, hydra = compose_with_hydra(CONFIG_NAME, [*nodes, *job_overrides])
         container = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=False))  # a DictConfig gives a dict
         for name in node_names & set(container):
             # `dim: ${encoder.embed_dim}` refers to the training config; the profile's `dim` applies
             container[name] = {k: v for k, v in container[name].items() if not OmegaConf.is_interpolation(cfg[name], k)}
         profile = read_profile_config(container, node_names)
         if args.cfg:
-            print(OmegaConf.to_yaml(cfg, resolve=args.resolve), end="")
+            print_cfg(args.cfg, cfg, dirs_node(out_dir, sweep_dir), resolve=args.resolve)
             continue
+        if args.multirun and number == 0:
+            write_multirun_record(planned, cfg, hydra, overrides, "profile")
         if len(planned) > 1:
             print(f"[job] {' '.join(job_overrides)}")
         result = run_profile(

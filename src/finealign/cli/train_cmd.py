@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 
 from finealign.cli.hydra_flags import (
     add_hydra_flags,
+    dirs_node,
     jobs,
+    print_cfg,
     print_info,
     run_dirs,
     with_config_dirs,
@@ -39,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import open_dict
 
     from finealign.config import compose_with_hydra, validate
 
@@ -53,20 +54,15 @@ def run(args: argparse.Namespace) -> int:
     for number, (job_overrides, out) in enumerate(planned):
         cfg, hydra = compose_with_hydra(args.config_name, [*job_overrides, *([f"output_dir={out}"] if out else [])])
         if show:
-            if show in ("job", "all"):
-                print(OmegaConf.to_yaml(cfg, resolve=args.resolve or args.print_config), end="")
-            if show in ("hydra", "all"):  # Hydra's own node, with finealign's run and sweep dirs
-                with open_dict(hydra):
-                    hydra.merge_with(
-                        {"run": {"dir": cfg.output_dir}, "sweep": {"dir": sweep_dir or "multirun/<date>/<time>"}}
-                    )
-                print(OmegaConf.to_yaml({"hydra": hydra}), end="")
+            with open_dict(hydra):  # Hydra's own node, with finealign's run and sweep dirs
+                hydra.merge_with(dirs_node(cfg.output_dir, sweep_dir))
+            print_cfg(show, cfg, hydra, resolve=args.resolve or args.print_config)
             validate(cfg)
             continue
         from finealign.engine.experiment import run_experiment
 
-        if args.multirun and number == 0 and out and int(os.environ.get("RANK", "0") or 0) == 0:
-            write_multirun_record(Path(out).parent, cfg, hydra, overrides)
+        if args.multirun and number == 0 and int(os.environ.get("RANK", "0") or 0) == 0:
+            write_multirun_record(planned, cfg, hydra, overrides, "train")
         if len(planned) > 1:
             print(f"[job] {' '.join(job_overrides)}")
         result = run_experiment(cfg, overrides=job_overrides, hydra=hydra)

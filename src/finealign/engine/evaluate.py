@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from finealign.aligners.base import prepare_gallery, score_queries
-from finealign.cost_defaults import COST_BATCH
+from finealign.config import EvalConfig
 from finealign.data.base import RetrievalSplit
 from finealign.encoders.batches import autocast_context, encoded_batches
 from finealign.engine.distributed import SINGLE, World, broadcast_object, gather_rows, gather_token_batch, shard_range
@@ -297,25 +297,19 @@ def warn_if_unconverged(solver: dict[str, float]) -> None:
 def evaluate(
     model: Any,
     split: RetrievalSplit,
+    options: EvalConfig,
     *,
     device: torch.device,
-    batch_size: int = 256,
-    chunk_items: int = 256,
-    max_items: int = 0,
-    coco_folds: int = 0,
-    fold_size: int = 1000,
     amp: str = "none",
-    progress: bool = False,
     measure_memory: bool = True,
-    cost_repeats: int = 0,
-    cost_rows: int = COST_BATCH,
-    threads: int = 0,
     ranks: dict[str, Any] | None = None,
     world: World = SINGLE,
 ) -> dict[str, float]:
-    """Metrics of `model` on `split` (+ score_latency_ms and score_prepare_ms — scoring every query
-    against the caption gallery, and preparing that gallery once —, score_peak_mem_mb unless
-    `measure_memory` is off, and `folds_*` averages when coco_folds>0).
+    """Metrics of `model` on `split` scored as `options` say (an `EvalConfig`, checked where it was
+    built: batch_size, chunk_items, max_items, coco_folds/fold_size, progress, cost_repeats/cost_rows,
+    threads; `split` and `save_ranks` are its caller's business), + score_latency_ms and
+    score_prepare_ms — scoring every query against the caption gallery, and preparing that gallery
+    once —, score_peak_mem_mb unless `measure_memory` is off, and `folds_*` averages when coco_folds>0.
 
     cost_repeats >= 5 adds the scoring cost as users meet it — preparation, single-query latency
     and throughput at a batch of `cost_rows` queries — with its spread and its ratios to reference
@@ -326,87 +320,66 @@ def evaluate(
     cost are measured on rank 0 alone."""
     from finealign.profiling.device import pinned_threads
 
-    with pinned_threads(threads or None):
-        return _evaluate(
-            model, split, device=device, batch_size=batch_size, chunk_items=chunk_items, max_items=max_items,
-            coco_folds=coco_folds, fold_size=fold_size, amp=amp, progress=progress, measure_memory=measure_memory,
-            cost_repeats=cost_repeats, cost_rows=cost_rows, ranks=ranks, world=world,
-        )  # fmt: skip
-
-
-def _evaluate(
-    model: Any,
-    split: RetrievalSplit,
-    *,
-    device: torch.device,
-    batch_size: int,
-    chunk_items: int,
-    max_items: int,
-    coco_folds: int,
-    fold_size: int,
-    amp: str,
-    progress: bool,
-    measure_memory: bool,
-    cost_repeats: int,
-    cost_rows: int,
-    ranks: dict[str, Any] | None,
-    world: World = SINGLE,
-) -> dict[str, float]:
-    was_training = model.training
-    progress = progress and world.is_main
-    model.eval()
-    try:
-        items, captions, caption_item = subset(split, max_items)
-        check_scoring_fits(model.aligner, len(items), len(captions), chunk_items=chunk_items, device=device)
-        encode: dict[str, Any] = dict(batch_size=batch_size, device=device, amp=amp, progress=progress)
-        visual = encode_sharded(model.vision, items, world, **encode, desc="images")
-        text = encode_sharded(model.text, captions, world, **encode, desc="captions")
-        check_scoring_fits(model.aligner, len(items), len(captions), chunk_items=chunk_items, device=device,
-                           tokens=(visual, text))  # fmt: skip
-        with autocast_context(device, amp):
-            getattr(model.aligner, "reset_diagnostics", lambda: None)()
-            scores = score_gallery(model.aligner, visual, text, chunk_items=chunk_items, progress=progress, device=device,
-                                   world=world)  # fmt: skip
-            measure_memory, cost_repeats = (measure_memory, cost_repeats) if world.is_main else (False, 0)
-            solver: dict[str, float] = getattr(
-                model.aligner, "diagnostics", dict
-            )()  # read before the memory pass scores again
-            # A profiled extra pass: worth it for the reported test metrics, not for every validation.
-            score_mem = (
-                scoring_peak_memory_mb(model.aligner, visual, text, chunk_items=chunk_items, device=device)
-                if measure_memory
-                else None
-            )
-            metrics = gallery_metrics(scores, caption_item)
-            if ranks is not None:
-                ranks.update(query_ranks(scores.i2t, caption_item, scores.t2i), caption_item=caption_item.clone())
-            cost = {}
-            if cost_repeats:
-                from finealign.profiling.scoring_cost import scoring_cost
-
-                cost = scoring_cost(model.aligner, visual, text, rows=cost_rows, repeats=cost_repeats, device=device)
-            if coco_folds:
-                folds = fold_gallery_metrics(
-                    model.aligner,
-                    scores,
-                    visual,
-                    text,
-                    caption_item,
-                    coco_folds,
-                    fold_size,
-                    chunk_items=chunk_items,
-                    device=device,
+    with pinned_threads(options.threads or None):
+        chunk_items = options.chunk_items
+        progress = options.progress and world.is_main
+        cost_repeats = options.cost_repeats if world.is_main else 0
+        measure_memory = measure_memory and world.is_main
+        was_training = model.training
+        model.eval()
+        try:
+            items, captions, caption_item = subset(split, options.max_items)
+            check_scoring_fits(model.aligner, len(items), len(captions), chunk_items=chunk_items, device=device)
+            encode: dict[str, Any] = dict(batch_size=options.batch_size, device=device, amp=amp, progress=progress)
+            visual = encode_sharded(model.vision, items, world, **encode, desc="images")
+            text = encode_sharded(model.text, captions, world, **encode, desc="captions")
+            check_scoring_fits(model.aligner, len(items), len(captions), chunk_items=chunk_items, device=device,
+                               tokens=(visual, text))  # fmt: skip
+            with autocast_context(device, amp):
+                getattr(model.aligner, "reset_diagnostics", lambda: None)()
+                scores = score_gallery(model.aligner, visual, text, chunk_items=chunk_items, progress=progress, device=device,
+                                       world=world)  # fmt: skip
+                solver: dict[str, float] = getattr(
+                    model.aligner, "diagnostics", dict
+                )()  # read before the memory pass scores again
+                # A profiled extra pass: worth it for the reported test metrics, not for every validation.
+                score_mem = (
+                    scoring_peak_memory_mb(model.aligner, visual, text, chunk_items=chunk_items, device=device)
+                    if measure_memory
+                    else None
                 )
-                metrics.update({f"folds_{k}": v for k, v in folds.items()})
-    finally:
-        model.train(was_training)
-    metrics["score_latency_ms"] = scores.latency_ms
-    metrics["score_prepare_ms"] = scores.prepare_ms
-    metrics.update(cost)
-    metrics.update({f"aligner_{key}": value for key, value in solver.items()})
-    warn_if_unconverged(solver)
-    if score_mem is not None:
-        metrics["score_peak_mem_mb"] = score_mem
-    metrics["num_items"] = float(len(items))
-    metrics["num_captions"] = float(len(captions))
-    return broadcast_object(metrics, world)
+                metrics = gallery_metrics(scores, caption_item)
+                if ranks is not None:
+                    ranks.update(query_ranks(scores.i2t, caption_item, scores.t2i), caption_item=caption_item.clone())
+                cost = {}
+                if cost_repeats:
+                    from finealign.profiling.scoring_cost import scoring_cost
+
+                    cost = scoring_cost(
+                        model.aligner, visual, text, rows=options.cost_rows, repeats=cost_repeats, device=device
+                    )
+                if options.coco_folds:
+                    folds = fold_gallery_metrics(
+                        model.aligner,
+                        scores,
+                        visual,
+                        text,
+                        caption_item,
+                        options.coco_folds,
+                        options.fold_size,
+                        chunk_items=chunk_items,
+                        device=device,
+                    )
+                    metrics.update({f"folds_{k}": v for k, v in folds.items()})
+        finally:
+            model.train(was_training)
+        metrics["score_latency_ms"] = scores.latency_ms
+        metrics["score_prepare_ms"] = scores.prepare_ms
+        metrics.update(cost)
+        metrics.update({f"aligner_{key}": value for key, value in solver.items()})
+        warn_if_unconverged(solver)
+        if score_mem is not None:
+            metrics["score_peak_mem_mb"] = score_mem
+        metrics["num_items"] = float(len(items))
+        metrics["num_captions"] = float(len(captions))
+        return broadcast_object(metrics, world)

@@ -173,15 +173,10 @@ def _test_metrics(
     output_dir: Path,
     world: World = SINGLE,
 ) -> dict[str, float]:
-    e = spec.eval
     ranks: dict[str, Any] = {}
-    metrics = evaluate(
-        model, split, device=device, batch_size=e.batch_size, chunk_items=e.chunk_items, max_items=e.max_items,
-        coco_folds=e.coco_folds, fold_size=e.fold_size, amp=spec.train.amp, progress=e.progress,
-        cost_repeats=e.cost_repeats, cost_rows=e.cost_rows, threads=e.threads, ranks=ranks, world=world,
-    )  # fmt: skip
-    if e.save_ranks and world.is_main:
-        save_ranks(output_dir / "ranks.npz", ranks, split=e.split)
+    metrics = evaluate(model, split, spec.eval, device=device, amp=spec.train.amp, ranks=ranks, world=world)
+    if spec.eval.save_ranks and world.is_main:
+        save_ranks(output_dir / "ranks.npz", ranks, split=spec.eval.split)
     return metrics
 
 

@@ -9,7 +9,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,11 @@ class Trainer:
         self.model, self.loss, self.cfg, self.device, self.seed = model, loss, cfg, device, seed
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.eval_cfg = eval_cfg or EvalConfig()
+        # validation scores like the test, on a gallery capped by train.val_max_items, without
+        # progress bars, folds, cost timing or pinned threads
+        self.validation_options = replace(
+            self.eval_cfg, max_items=cfg.val_max_items, progress=False, coco_folds=0, cost_repeats=0, threads=0
+        )
         self.config_snapshot = config_snapshot or {}
         self.run_labels = run_labels or {}  # what names and tags the run in TensorBoard / MLflow
         self.world = world  # several processes: rank 0 alone logs and writes checkpoints
@@ -445,16 +450,7 @@ class Trainer:
         self.scheduler.step()
 
     def _validate(self, split: RetrievalSplit) -> dict[str, float]:
-        e = self.eval_cfg
         return evaluate(
-            self.model,
-            split,
-            device=self.device,
-            batch_size=e.batch_size,
-            chunk_items=e.chunk_items,
-            max_items=self.cfg.val_max_items,
-            amp=self.cfg.amp,
-            progress=False,
-            measure_memory=False,
-            world=self.world,
-        )
+            self.model, split, self.validation_options, device=self.device, amp=self.cfg.amp,
+            measure_memory=False, world=self.world,
+        )  # fmt: skip
