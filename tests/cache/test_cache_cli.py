@@ -8,7 +8,7 @@ from tests.data.fake_karpathy import make_fake_karpathy
 
 
 def test_settings_compose_by_hydras_grammar():
-    _, settings = read_settings(["dataset=coco", "splits=[test,val]", "batch_size=8", "dataset_options.max_items=4",
+    _, _, settings = read_settings(["dataset=coco", "splits=[test,val]", "batch_size=8", "dataset_options.max_items=4",
                                  "vision_options.freeze=true", "text_options.pooling=cls"])  # fmt: skip
     assert settings.dataset == "coco" and settings.splits == ["test", "val"] and settings.batch_size == 8
     assert settings.dataset_options == {"max_items": 4} and settings.vision_options == {"freeze": True}
