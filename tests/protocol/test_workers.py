@@ -30,7 +30,7 @@ from finealign.protocol.finals import all_finals
 from finealign.protocol.loader import load_protocol
 from finealign.protocol.outputs import write_protocol_report
 from finealign.protocol.run import run_protocol, run_worker
-from finealign.sweeps.storage import open_storage, with_available_driver
+from finealign.sweeps.storage import with_available_driver
 
 FAKE = "tests.protocol.objectives:ranked"
 PROTOCOL = ["protocol=toy_ablation", f"protocol.objective={FAKE}", "protocol.tune.sampler=random",
@@ -66,9 +66,7 @@ def finals_trials(storage: str, study: str = "toy_ablation") -> list[optuna.tria
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
-        # open_storage: the workers may still be creating the schema (it retries that race)
-        url = open_storage(with_available_driver(storage), heartbeat_s=2)
-        return optuna.load_study(study_name=f"{study}-finals", storage=url).trials
+        return optuna.load_study(study_name=f"{study}-finals", storage=with_available_driver(storage)).trials
     except KeyError:
         return []
     except SQLAlchemyError:  # polled while a worker creates the schema (both create alembic_version)
